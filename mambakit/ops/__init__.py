@@ -55,7 +55,7 @@ def resolve_backend(backend: str | None, tensor: torch.Tensor, op: str) -> str:
     return choice
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    initial_state=None, seq_idx=None, backend: str | None = None):
     """Mamba-1 selective scan. See ops/selective_scan/README.md.
 
@@ -77,7 +77,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
               initial_state=initial_state, seq_idx=seq_idx)
 
 
-def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
+def ssd_fn(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
         dt_limit=(0.0, float("inf")), initial_state=None, seq_idx=None, backend: str | None = None):
     """Mamba-2 state space duality (SSD). See ops/ssd/README.md.
 
@@ -101,5 +101,5 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplu
     return ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, **kwargs)
 
 
-__all__ = ["selective_scan", "ssd", "causal_conv1d", "causal_conv1d_update", "rms_norm",
+__all__ = ["selective_scan_fn", "ssd_fn", "causal_conv1d", "causal_conv1d_update", "rms_norm",
            "gated_rms_norm", "resolve_backend"]

@@ -1,0 +1,11 @@
+"""mambakit: Mamba, Mamba-2 and hybrid SSM language models in PyTorch (CPU and GPU)."""
+from .cache import InferenceCache
+from .config import ModelConfig
+from .convert import CheckpointError, load
+from .generation import generate
+from .model import LM
+from .presets import PRESETS
+
+__version__ = "0.1.0"
+
+__all__ = ["ModelConfig", "LM", "InferenceCache", "load", "generate", "PRESETS", "CheckpointError"]

@@ -1,0 +1,48 @@
+"""InferenceCache: what each layer carries from one call to the next while decoding.
+
+Letters: b batch, e inner width, c conv channels, k conv width, h heads, p head dim, n state dim,
+t cached tokens, kvh key/value heads, hd head dim.
+
+SSM layers hold {"conv": (b, c, k), "ssm": (b, e, n) or (b, h, p, n) fp32}; attention layers
+hold {"k": (b, t, kvh, hd), "v": (b, t, kvh, hd)} grown as tokens arrive; MLP layers hold
+nothing. `seqlen_offset` counts the tokens already consumed.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class InferenceCache:
+    def __init__(self, config, batch_size: int, layers: list[dict[str, torch.Tensor]]):
+        self.config = config
+        self.batch_size = batch_size
+        self.layers = layers
+        self.seqlen_offset = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by every tensor of the cache."""
+        return sum(t.numel() * t.element_size() for state in self.layers for t in state.values())
+
+    def reset(self) -> None:
+        """Forget every sequence: zero the states, drop cached keys and values."""
+        for state in self.layers:
+            for name, t in state.items():
+                if name in ("k", "v"):
+                    state[name] = t[:, :0]
+                else:
+                    t.zero_()
+        self.seqlen_offset = 0
+
+    def check_compatible(self, config, batch_size: int) -> None:
+        """Raise a ValueError unless this cache was allocated for `config` and `batch_size`."""
+        if self.config is not config and self.config != config:
+            raise ValueError("this InferenceCache was allocated by a model with another config; "
+                             "call model.allocate_cache(batch_size) on the model you run")
+        if self.batch_size != batch_size:
+            raise ValueError(f"the cache holds {self.batch_size} sequences but input_ids has batch size "
+                             f"{batch_size}; allocate a cache with batch_size={batch_size}")
+
+    def __repr__(self) -> str:
+        return (f"InferenceCache(batch_size={self.batch_size}, seqlen_offset={self.seqlen_offset}, "
+                f"layers={len(self.layers)}, nbytes={self.nbytes})")

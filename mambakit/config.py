@@ -1,0 +1,224 @@
+"""ModelConfig: one dataclass for every model mambakit builds, with JSON round-trip and presets.
+
+Letters: d model width, e inner width (expand * d), h heads, p head dim, n state dim, g groups,
+k conv width, v vocabulary.
+
+A model is a stack of residual blocks given by `layer_pattern`, one character per block, as
+Megatron writes it: `M` the SSM mixer (`ssm_layer`: mamba2, mamba1 or s4d), `*` attention,
+`-` MLP. Each kind has its own sub-config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PATTERN_CHARS = {"M": "ssm", "*": "attention", "-": "mlp"}
+SSM_LAYERS = ("mamba1", "mamba2", "s4d")
+MLP_ACTIVATIONS = ("swiglu", "gelu", "relu2")
+
+
+@dataclass
+class Mamba1Config:
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | str = "auto"  # "auto" = ceil(d / 16)
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False
+
+
+@dataclass
+class Mamba2Config:
+    d_state: int = 128
+    d_conv: int = 4
+    expand: int = 2
+    headdim: int = 64
+    ngroups: int = 1
+    chunk_size: int = 256
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    dt_limit: tuple[float, float] = (0.0, float("inf"))
+    A_init_range: tuple[float, float] = (1.0, 16.0)
+    conv_bias: bool = True
+    bias: bool = False
+    norm_before_gate: bool = False
+
+
+@dataclass
+class AttentionConfig:
+    n_heads: int = 12
+    n_kv_heads: int | None = None  # None = n_heads (MHA); fewer = grouped-query attention
+    head_dim: int | None = None  # None = d_model // n_heads
+    rotary_fraction: float = 0.0  # share of head_dim rotated by RoPE; 0 = no position encoding
+    rope_theta: float = 10000.0
+    bias: bool = False
+    max_seqlen: int | None = None  # a hard context limit, if the model has one
+
+
+@dataclass
+class MLPConfig:
+    hidden_size: int | None = None  # None = 4 * d_model
+    activation: str = "swiglu"  # swiglu (gated), gelu, relu2 (squared ReLU)
+    bias: bool = False
+
+
+@dataclass
+class S4DConfig:
+    d_state: int = 64
+    init: str = "real"  # "real" (A = -(1..n)/2... see layers/s4d.py) or "lin" (S4D-Lin, complex)
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+
+
+_SUB_CONFIGS = {"mamba1": Mamba1Config, "mamba2": Mamba2Config, "attention": AttentionConfig,
+                "mlp": MLPConfig, "s4d": S4DConfig}
+
+
+def _unknown_key_error(where: str, key: str, valid) -> ValueError:
+    near = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return ValueError(f"unknown {where} field {key!r}{hint} (valid: {', '.join(sorted(valid))})")
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 768
+    n_layer: int = 24
+    vocab_size: int = 50277
+    pad_vocab_size_multiple: int = 8
+    layer_pattern: str | None = None  # None = "M" * n_layer
+    ssm_layer: str = "mamba2"
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    residual_in_fp32: bool = True
+    initializer_range: float = 0.02
+    mamba1: Mamba1Config = field(default_factory=Mamba1Config)
+    mamba2: Mamba2Config = field(default_factory=Mamba2Config)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    s4d: S4DConfig = field(default_factory=S4DConfig)
+
+    def __post_init__(self):
+        for name, cls in _SUB_CONFIGS.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _sub_from_dict(cls, value, name))
+        if isinstance(self.mamba2.dt_limit, list):
+            self.mamba2.dt_limit = tuple(self.mamba2.dt_limit)
+        if isinstance(self.mamba2.A_init_range, list):
+            self.mamba2.A_init_range = tuple(self.mamba2.A_init_range)
+        if self.layer_pattern is None:
+            self.layer_pattern = "M" * self.n_layer
+        self.validate()
+
+    # --- derived sizes -------------------------------------------------------------------------
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_size_multiple
+        return int(math.ceil(self.vocab_size / m) * m) if m > 1 else self.vocab_size
+
+    @property
+    def max_seqlen(self) -> int | None:
+        """The longest sequence the model accepts, or None: SSM-only models have no limit."""
+        return self.attention.max_seqlen if "*" in self.layer_pattern else None
+
+    def mamba1_dt_rank(self) -> int:
+        r = self.mamba1.dt_rank
+        return math.ceil(self.d_model / 16) if r == "auto" else int(r)
+
+    # --- checks ----------------------------------------------------------------------------------
+    def validate(self) -> None:
+        for name in ("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {v!r}")
+        if self.ssm_layer not in SSM_LAYERS:
+            raise ValueError(f"ModelConfig.ssm_layer must be one of {SSM_LAYERS}, got {self.ssm_layer!r}")
+        pattern = self.layer_pattern
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError("ModelConfig.layer_pattern must be a non-empty string of 'M', '*' and '-'")
+        bad = sorted(set(pattern) - set(PATTERN_CHARS))
+        if bad:
+            raise ValueError(f"ModelConfig.layer_pattern has unknown characters {bad}; "
+                             "expected 'M' (SSM), '*' (attention) and '-' (MLP)")
+        if len(pattern) != self.n_layer:
+            raise ValueError(f"ModelConfig.layer_pattern has {len(pattern)} layers but n_layer is {self.n_layer}")
+        if "M" in pattern and self.ssm_layer == "mamba2":
+            m2 = self.mamba2
+            e = m2.expand * self.d_model
+            if e % m2.headdim:
+                raise ValueError(f"mamba2: expand*d_model = {e} is not divisible by headdim {m2.headdim}")
+            h = e // m2.headdim
+            if h % m2.ngroups:
+                raise ValueError(f"mamba2: {h} heads are not divisible by ngroups {m2.ngroups}")
+        if "*" in pattern:
+            a = self.attention
+            kv = a.n_kv_heads or a.n_heads
+            if a.n_heads % kv:
+                raise ValueError(f"attention: n_heads {a.n_heads} is not divisible by n_kv_heads {kv}")
+            if a.head_dim is None and self.d_model % a.n_heads:
+                raise ValueError(f"attention: d_model {self.d_model} is not divisible by n_heads {a.n_heads}; set head_dim")
+            if not 0.0 <= a.rotary_fraction <= 1.0:
+                raise ValueError(f"attention: rotary_fraction must be in [0, 1], got {a.rotary_fraction}")
+        if "-" in pattern and self.mlp.activation not in MLP_ACTIVATIONS:
+            raise ValueError(f"mlp: activation must be one of {MLP_ACTIVATIONS}, got {self.mlp.activation!r}")
+
+    # --- serialization ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["mamba2"]["dt_limit"] = [_finite_or_str(v) for v in self.mamba2.dt_limit]
+        d["mamba2"]["A_init_range"] = list(self.mamba2.A_init_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        valid = {f.name for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in valid:
+                raise _unknown_key_error("ModelConfig", key, valid)
+        d = dict(d)
+        if "mamba2" in d and "dt_limit" in d["mamba2"]:
+            d["mamba2"] = dict(d["mamba2"], dt_limit=tuple(float(v) for v in d["mamba2"]["dt_limit"]))
+        return cls(**d)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, path_or_text: str | Path) -> "ModelConfig":
+        p = Path(path_or_text)
+        text = p.read_text() if p.suffix == ".json" or p.exists() else str(path_or_text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "ModelConfig":
+        from .presets import PRESETS
+        if name not in PRESETS:
+            near = difflib.get_close_matches(name, list(PRESETS), n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise ValueError(f"unknown preset {name!r}{hint} (known: {', '.join(PRESETS)})")
+        cfg = PRESETS[name]
+        return cls.from_dict({**cfg.to_dict(), **overrides}) if overrides else cls.from_dict(cfg.to_dict())
+
+
+def _finite_or_str(v: float):
+    return v if math.isfinite(v) else ("inf" if v > 0 else "-inf")
+
+
+def _sub_from_dict(cls, d: dict, where: str):
+    valid = {f.name for f in dataclasses.fields(cls)}
+    for key in d:
+        if key not in valid:
+            raise _unknown_key_error(where, key, valid)
+    return cls(**d)

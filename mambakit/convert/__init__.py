@@ -1,0 +1,87 @@
+"""Checkpoint formats: mambakit's native folder, Hugging Face transformers folders and mamba_ssm
+folders. `load` sniffs the folder; `save` writes native or Hugging Face.
+
+A format is a module with
+  NAME: str
+  detect(raw_config: dict) -> bool
+  to_mambakit(raw_config: dict, state: dict) -> (ModelConfig, state with mambakit key names)
+  from_mambakit(model) -> (raw_config: dict, state with the format's key names)   [writers only]
+Every key and shape is checked before a model is returned (see io.load_checked).
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from .io import CheckpointError, load_checked, read_config, read_weights, write_folder
+
+_FORMAT_MODULES = ["native", "hf_mamba", "hf_mamba2", "mamba_ssm", "hf_nemotron_h", "hf_llama"]
+
+
+def formats():
+    mods = []
+    for name in _FORMAT_MODULES:
+        try:
+            mods.append(importlib.import_module(f"{__name__}.{name}"))
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+    return mods
+
+
+def detect_format(raw: dict, path: Path):
+    for fmt in formats():
+        if fmt.detect(raw):
+            return fmt
+    arch = raw.get("architectures") or raw.get("model_type")
+    raise CheckpointError(f"{path}/config.json: unrecognized checkpoint (architectures/model_type {arch!r}); "
+                          "expected a mambakit folder, a transformers Mamba/Mamba2/NemotronH/Llama folder "
+                          "or a mamba_ssm folder")
+
+
+def load(path, dtype=None, device=None):
+    """Read a checkpoint folder (any supported format) into an LM; every key and shape checked."""
+    from ..config import ModelConfig
+    from ..presets import PRESETS
+    p = Path(path)
+    if not p.exists() and str(path) in PRESETS:
+        raise CheckpointError(f"{path!r} is a preset name, not a folder; build it with "
+                              f"mambakit.LM(mambakit.ModelConfig.from_preset({str(path)!r}))")
+    raw = read_config(p)
+    fmt = detect_format(raw, p)
+    try:
+        config, state = fmt.to_mambakit(raw, read_weights(p))
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{p}/config.json: cannot convert this {fmt.NAME} checkpoint: {err}") from err
+    assert isinstance(config, ModelConfig)
+    return load_checked(config, state, p, dtype=dtype, device=device)
+
+
+def save(model, path, format: str = "native") -> None:
+    """Write the model as a folder: format "native" (config.json + model.safetensors) or "hf"."""
+    if format == "native":
+        from . import native as fmt
+    elif format == "hf":
+        fmt = _hf_writer(model.config)
+    else:
+        raise ValueError(f"unknown checkpoint format {format!r}; expected 'native' or 'hf'")
+    raw, state = fmt.from_mambakit(model)
+    write_folder(Path(path), raw, state)
+
+
+def _hf_writer(config):
+    pattern = config.layer_pattern
+    if set(pattern) == {"M"} and config.ssm_layer == "mamba1":
+        from . import hf_mamba as fmt
+    elif set(pattern) == {"M"} and config.ssm_layer == "mamba2":
+        from . import hf_mamba2 as fmt
+    elif "M" not in pattern:
+        fmt = importlib.import_module(f"{__name__}.hf_llama")
+    elif config.ssm_layer == "mamba2":
+        fmt = importlib.import_module(f"{__name__}.hf_nemotron_h")
+    else:
+        raise ValueError(f"no Hugging Face class holds a {config.ssm_layer} hybrid; save with format='native'")
+    return fmt
+
+
+__all__ = ["load", "save", "CheckpointError", "formats"]

@@ -1,0 +1,62 @@
+"""Key renaming and vocabulary padding shared by the Hugging Face and mamba_ssm formats.
+
+Letters: v vocabulary, d model width.
+
+transformers and mamba_ssm prefix the trunk with `backbone.` and name the embedding
+`embeddings` (transformers) or `embedding` (mamba_ssm); inside a layer (`norm`, `mixer.*`) the
+names are already mambakit's.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def strip_backbone(state: dict, embedding_key: str = "embeddings") -> dict:
+    out = {}
+    for key, value in state.items():
+        if key.startswith("backbone."):
+            key = key[len("backbone."):]
+            if key.startswith(embedding_key + "."):
+                key = "embedding." + key[len(embedding_key) + 1:]
+        out[key] = value
+    return out
+
+
+def add_backbone(state: dict, embedding_key: str = "embeddings") -> dict:
+    out = {}
+    for key, value in state.items():
+        if key == "lm_head.weight":
+            out[key] = value
+            continue
+        if key.startswith("embedding."):
+            key = embedding_key + key[len("embedding"):]
+        out["backbone." + key] = value
+    return out
+
+
+def pad_vocab(state: dict, padded: int) -> dict:
+    """Zero rows up to the padded vocabulary for the embedding and the head."""
+    for key in ("embedding.weight", "lm_head.weight"):
+        if key in state and state[key].shape[0] < padded:
+            state[key] = F.pad(state[key], (0, 0, 0, padded - state[key].shape[0]))
+    return state
+
+
+def trim_vocab(state: dict, vocab: int) -> dict:
+    for key in ("embedding.weight", "lm_head.weight"):
+        if key in state:
+            state[key] = state[key][:vocab]
+    return state
+
+
+def export_state(model, vocab: int | None = None) -> dict[str, torch.Tensor]:
+    """The model's tensors with the head dropped when tied and, if vocab is given, the padding trimmed."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return trim_vocab(state, vocab) if vocab is not None else state
+
+
+def has_arch(raw: dict, names: tuple, model_types: tuple) -> bool:
+    return bool(set(raw.get("architectures") or []) & set(names)) or raw.get("model_type") in model_types

@@ -1,0 +1,94 @@
+"""The Mamba-1 mixer (arXiv 2312.00752, Figure 3): in_proj -> causal conv -> SiLU -> selective SSM
+(dt, B, C from the input) -> gate by SiLU(z) -> out_proj.
+
+Letters: b batch, l length, d model width, e inner width (expand * d), n state dim,
+r dt rank, k conv width.
+
+Parameter names and shapes are those of mamba_ssm and transformers' MambaMixer, so their
+checkpoints load without renaming inside the mixer.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from .init import dt_bias_init
+
+
+class Mamba1Mixer(nn.Module):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        c = config.mamba1
+        d = config.d_model
+        self.layer_idx = layer_idx
+        self.d_inner = e = c.expand * d
+        self.d_state = n = c.d_state
+        self.d_conv = c.d_conv
+        self.dt_rank = r = config.mamba1_dt_rank()
+        self.in_proj = nn.Linear(d, 2 * e, bias=c.bias)
+        self.conv1d = nn.Conv1d(e, e, c.d_conv, groups=e, padding=c.d_conv - 1, bias=c.conv_bias)
+        self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, e, bias=True)
+        self.out_proj = nn.Linear(e, d, bias=c.bias)
+        # S4D-real: A = -(1, 2, ..., n) for every channel, stored as A_log in fp32.
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1))
+        self.D = nn.Parameter(torch.ones(e))
+        with torch.no_grad():
+            std = r ** -0.5
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+            self.dt_proj.bias.copy_(dt_bias_init(e, c.dt_min, c.dt_max, c.dt_init_floor))
+        self.dt_proj.bias._no_reinit = True
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+
+    def allocate_state(self, batch_size: int, dtype=None, device=None) -> dict:
+        dtype = dtype or self.in_proj.weight.dtype
+        device = device or self.in_proj.weight.device
+        return {"conv": torch.zeros(batch_size, self.d_inner, self.d_conv, dtype=dtype, device=device),
+                "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, dtype=torch.float32, device=device)}
+
+    def forward(self, hidden: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
+        state = cache.layers[self.layer_idx] if cache is not None else None
+        if state is not None and hidden.shape[1] == 1 and seq_idx is None:
+            return self.step(hidden, state)
+        A = -torch.exp(self.A_log.float())  # (e, n)
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (b, l, e) each
+        conv_w = self.conv1d.weight.squeeze(1)  # (e, k)
+        if state is None:
+            x = ops.causal_conv1d(x, conv_w, self.conv1d.bias, "silu", seq_idx=seq_idx)
+        else:
+            x, conv_state = ops.causal_conv1d(x, conv_w, self.conv1d.bias, "silu", initial_state=state["conv"],
+                                              seq_idx=seq_idx, return_final_state=True)
+            state["conv"].copy_(conv_state)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)  # (b, l, e); the bias goes in as delta_bias, in fp32
+        y, last = ops.selective_scan_fn(x, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+                                     delta_softplus=True, initial_state=None if state is None else state["ssm"],
+                                     seq_idx=seq_idx)
+        if state is not None:
+            state["ssm"].copy_(last)
+        return self.out_proj(y)
+
+    def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
+        """One token for every sequence of the batch: O(1) in the length. hidden (b, 1, d)."""
+        x, z = self.in_proj(hidden.squeeze(1)).chunk(2, dim=-1)  # (b, e)
+        x = ops.causal_conv1d_update(x, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(F.linear(dt, self.dt_proj.weight, self.dt_proj.bias).float())  # (b, e)
+        ssm = state["ssm"]
+        dA = torch.exp(dt.unsqueeze(-1) * -torch.exp(self.A_log.float()))  # (b, e, n)
+        dBx = (dt * x.float()).unsqueeze(-1) * B.float().unsqueeze(1)  # (b, e, n)
+        ssm.mul_(dA).add_(dBx)
+        y = torch.bmm(ssm, C.float().unsqueeze(-1)).squeeze(-1) + self.D.float() * x.float()  # (b, e)
+        y = (y * F.silu(z.float())).to(hidden.dtype)
+        return self.out_proj(y).unsqueeze(1)
+
+
+def rescale_out_proj_(module: nn.Module, n_layer: int) -> None:
+    """GPT-2 style: out_proj.weight /= sqrt(n_layer) after its default init (Mamba's _init_weights)."""
+    with torch.no_grad():
+        module.out_proj.weight.div_(math.sqrt(n_layer))

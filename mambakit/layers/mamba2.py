@@ -1,0 +1,113 @@
+"""The Mamba-2 mixer (arXiv 2405.21060, Figure 6): one in_proj to [z, x, B, C, dt], causal conv over
+xBC, SiLU, SSD (multi-head, B/C shared by groups), gated RMSNorm with z, out_proj.
+
+Letters: b batch, l length, d model width, e inner width (expand * d), h heads, p head dim
+(e = h * p), n state dim, g groups, c = e + 2 g n conv channels, k conv width.
+
+Parameter names and shapes follow mamba_ssm's Mamba2 and transformers' Mamba2Mixer.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from .init import dt_bias_init
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        c = config.mamba2
+        d = config.d_model
+        self.layer_idx = layer_idx
+        self.d_inner = e = c.expand * d
+        self.headdim = c.headdim
+        self.nheads = h = e // c.headdim
+        self.ngroups = g = c.ngroups
+        self.d_state = n = c.d_state
+        self.d_conv = c.d_conv
+        self.chunk_size = c.chunk_size
+        self.dt_limit = tuple(c.dt_limit)
+        self.norm_before_gate = c.norm_before_gate
+        self.eps = config.norm_eps
+        self.conv_dim = e + 2 * g * n
+        self.in_proj = nn.Linear(d, 2 * e + 2 * g * n + h, bias=c.bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, c.d_conv, groups=self.conv_dim,
+                                padding=c.d_conv - 1, bias=c.conv_bias)
+        self.dt_bias = nn.Parameter(dt_bias_init(h, c.dt_min, c.dt_max, c.dt_init_floor))
+        lo, hi = c.A_init_range
+        self.A_log = nn.Parameter(torch.log(torch.empty(h).uniform_(lo, hi)))
+        self.D = nn.Parameter(torch.ones(h))
+        self.norm = _GatedNormWeight(e)
+        self.out_proj = nn.Linear(e, d, bias=c.bias)
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True
+        self.dt_bias._no_reinit = True
+
+    def allocate_state(self, batch_size: int, dtype=None, device=None) -> dict:
+        dtype = dtype or self.in_proj.weight.dtype
+        device = device or self.in_proj.weight.device
+        return {"conv": torch.zeros(batch_size, self.conv_dim, self.d_conv, dtype=dtype, device=device),
+                "ssm": torch.zeros(batch_size, self.nheads, self.headdim, self.d_state,
+                                   dtype=torch.float32, device=device)}
+
+    def _split(self, zxbcdt: torch.Tensor):
+        e, h = self.d_inner, self.nheads
+        return torch.split(zxbcdt, [e, self.conv_dim, h], dim=-1)
+
+    def _gate_norm_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        y = ops.gated_rms_norm(y, z, self.norm.weight, self.eps, group_size=self.d_inner // self.ngroups,
+                               norm_before_gate=self.norm_before_gate)
+        return self.out_proj(y)
+
+    def forward(self, hidden: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
+        state = cache.layers[self.layer_idx] if cache is not None else None
+        if state is not None and hidden.shape[1] == 1 and seq_idx is None:
+            return self.step(hidden, state)
+        b, l, _ = hidden.shape
+        e, h, p, g, n = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
+        z, xBC, dt = self._split(self.in_proj(hidden))  # (b, l, e), (b, l, c), (b, l, h)
+        conv_w = self.conv1d.weight.squeeze(1)  # (c, k)
+        if state is None:
+            xBC = ops.causal_conv1d(xBC, conv_w, self.conv1d.bias, "silu", seq_idx=seq_idx)
+        else:
+            xBC, conv_state = ops.causal_conv1d(xBC, conv_w, self.conv1d.bias, "silu", initial_state=state["conv"],
+                                                seq_idx=seq_idx, return_final_state=True)
+            state["conv"].copy_(conv_state)
+        x, B, C = torch.split(xBC, [e, g * n, g * n], dim=-1)
+        y, last = ops.ssd_fn(x.reshape(b, l, h, p), dt, -torch.exp(self.A_log.float()), B.reshape(b, l, g, n),
+                          C.reshape(b, l, g, n), chunk_size=self.chunk_size, D=self.D.float(),
+                          dt_bias=self.dt_bias.float(), dt_softplus=True, dt_limit=self.dt_limit,
+                          initial_state=None if state is None else state["ssm"], seq_idx=seq_idx)
+        if state is not None:
+            state["ssm"].copy_(last)
+        return self._gate_norm_out(y.reshape(b, l, e), z)
+
+    def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
+        """One token for every sequence of the batch: O(1) in the length. hidden (b, 1, d)."""
+        b = hidden.shape[0]
+        e, h, p, g, n = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
+        z, xBC, dt = self._split(self.in_proj(hidden.squeeze(1)))  # (b, e), (b, c), (b, h)
+        xBC = ops.causal_conv1d_update(xBC, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
+        x, B, C = torch.split(xBC, [e, g * n, g * n], dim=-1)
+        x = x.reshape(b, h, p).float()
+        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit)  # (b, h)
+        dA = torch.exp(dt * -torch.exp(self.A_log.float()))  # (b, h)
+        rep = h // g
+        B = B.reshape(b, g, 1, n).float().expand(b, g, rep, n).reshape(b, h, n)
+        C = C.reshape(b, g, 1, n).float().expand(b, g, rep, n).reshape(b, h, n)
+        ssm = state["ssm"]  # (b, h, p, n)
+        ssm.mul_(dA[:, :, None, None]).add_((dt.unsqueeze(-1) * x).unsqueeze(-1) * B.unsqueeze(2))
+        y = torch.matmul(ssm, C.unsqueeze(-1)).squeeze(-1) + self.D.float()[:, None] * x  # (b, h, p)
+        y = y.reshape(b, e).to(hidden.dtype)
+        return self._gate_norm_out(y, z).unsqueeze(1)
+
+
+class _GatedNormWeight(nn.Module):
+    """Holds `norm.weight` so the parameter names match mamba_ssm and transformers."""
+
+    def __init__(self, e: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(e))

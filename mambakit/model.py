@@ -1,0 +1,148 @@
+"""The language model: embedding -> residual blocks given by the layer pattern -> RMSNorm -> head.
+
+Letters: b batch, l length, d model width, v vocabulary (padded to a multiple of 8 inside,
+unpadded in the logits).
+
+Each block is pre-norm: x = x + mixer(norm(x)), where the mixer is an SSM layer (`M`),
+attention (`*`) or an MLP (`-`). The residual stream stays in fp32 when residual_in_fp32.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .cache import InferenceCache
+from .config import ModelConfig
+from .layers.norm import RMSNorm
+
+
+def make_mixer(kind: str, config: ModelConfig, layer_idx: int) -> nn.Module:
+    if kind == "M":
+        if config.ssm_layer == "mamba1":
+            from .layers.mamba1 import Mamba1Mixer
+            return Mamba1Mixer(config, layer_idx)
+        if config.ssm_layer == "mamba2":
+            from .layers.mamba2 import Mamba2Mixer
+            return Mamba2Mixer(config, layer_idx)
+        from .layers.s4d import S4DMixer
+        return S4DMixer(config, layer_idx)
+    if kind == "*":
+        from .layers.attention import Attention
+        return Attention(config, layer_idx)
+    from .layers.mlp import MLP
+    return MLP(config, layer_idx)
+
+
+class Block(nn.Module):
+    def __init__(self, kind: str, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.kind = kind
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mixer = make_mixer(kind, config, layer_idx)
+        self.residual_in_fp32 = config.residual_in_fp32
+
+    def forward(self, x: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
+        h = self.norm(x.to(self.norm.weight.dtype))
+        return x + self.mixer(h, cache=cache, seq_idx=seq_idx).to(x.dtype)
+
+
+class LM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise ValueError(f"LM expects a ModelConfig, got {type(config).__name__}")
+        self.config = config
+        v, d = config.padded_vocab_size, config.d_model
+        self.embedding = nn.Embedding(v, d)
+        self.layers = nn.ModuleList(Block(kind, config, i) for i, kind in enumerate(config.layer_pattern))
+        self.norm_f = RMSNorm(d, config.norm_eps)
+        self.lm_head = nn.Linear(d, v, bias=False)
+        self._init_weights()
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+
+    def _init_weights(self) -> None:
+        """As mamba_ssm: embeddings N(0, 0.02), biases 0 (except dt), output projections / sqrt(n_layer)."""
+        cfg = self.config
+        with torch.no_grad():
+            nn.init.normal_(self.embedding.weight, std=cfg.initializer_range)
+            nn.init.normal_(self.lm_head.weight, std=cfg.initializer_range)
+            for module in self.modules():
+                if isinstance(module, nn.Linear) and module.bias is not None \
+                        and not getattr(module.bias, "_no_reinit", False):
+                    nn.init.zeros_(module.bias)
+            for name, p in self.named_parameters():
+                if name.endswith(("out_proj.weight", "o_proj.weight", "down_proj.weight", "fc2.weight")):
+                    p.div_(math.sqrt(cfg.n_layer))
+
+    # --- inference cache ---------------------------------------------------------------------------
+    def allocate_cache(self, batch_size: int, dtype=None, device=None) -> InferenceCache:
+        """A fresh cache for `batch_size` sequences (states zero, no keys/values yet)."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        layers = []
+        for block in self.layers:
+            alloc = getattr(block.mixer, "allocate_state", None)
+            layers.append(alloc(batch_size, dtype=dtype, device=device) if alloc else {})
+        return InferenceCache(self.config, batch_size, layers)
+
+    # --- forward --------------------------------------------------------------------------------------
+    def check_inputs(self, input_ids: torch.Tensor, cache=None, seq_idx=None) -> None:
+        if not isinstance(input_ids, torch.Tensor):
+            raise ValueError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
+        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"input_ids must hold integer token ids (torch.long), got dtype {input_ids.dtype}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be 2-d (batch, length), got shape {tuple(input_ids.shape)}")
+        b, l = input_ids.shape
+        if b == 0 or l == 0:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); expected at least one token")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got values in [{lo}, {hi}]")
+        limit = self.config.max_seqlen
+        total = l + (cache.seqlen_offset if cache is not None else 0)
+        if limit is not None and total > limit:
+            raise ValueError(f"sequence of {total} tokens is longer than this model's limit of {limit}")
+        if cache is not None:
+            if not isinstance(cache, InferenceCache):
+                raise ValueError(f"cache must be an InferenceCache from model.allocate_cache, got {type(cache).__name__}")
+            cache.check_compatible(self.config, b)
+        if seq_idx is not None:
+            check_seq_idx(seq_idx, b, l)
+
+    def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None,
+                seq_idx: torch.Tensor | None = None, validate: bool = True) -> torch.Tensor:
+        """input_ids (b, l) -> logits (b, l, vocab_size). With a cache: read it and advance it by l tokens."""
+        if validate:
+            self.check_inputs(input_ids, cache, seq_idx)
+        x = self.embedding(input_ids)  # (b, l, d)
+        if self.config.residual_in_fp32:
+            x = x.float()
+        for block in self.layers:
+            x = block(x, cache=cache, seq_idx=seq_idx)
+        x = self.norm_f(x.to(self.norm_f.weight.dtype))
+        logits = self.lm_head(x)  # (b, l, v padded)
+        if cache is not None:
+            cache.seqlen_offset += input_ids.shape[1]
+        return logits[..., : self.config.vocab_size]
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+    def save(self, path, format: str = "native") -> None:
+        from .convert import save
+        save(self, path, format=format)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def check_seq_idx(seq_idx: torch.Tensor, b: int, l: int) -> None:
+    if not isinstance(seq_idx, torch.Tensor) or seq_idx.shape != (b, l):
+        shape = tuple(seq_idx.shape) if isinstance(seq_idx, torch.Tensor) else type(seq_idx).__name__
+        raise ValueError(f"seq_idx must be a tensor of shape (batch, length) = {(b, l)}, got {shape}")
+    if seq_idx.dtype.is_floating_point or seq_idx.dtype == torch.bool:
+        raise ValueError(f"seq_idx must hold integer document ids, got dtype {seq_idx.dtype}")
+    if l > 1 and bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
+        raise ValueError("seq_idx must be non-decreasing within each row (documents packed one after another)")

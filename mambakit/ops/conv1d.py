@@ -1,0 +1,76 @@
+"""Causal depthwise 1-d convolution (the short conv of Mamba blocks) and its one-step update.
+
+Letters: b batch, l length, c channels, k kernel width.
+
+x is (b, l, c), weight (c, k) with weight[:, -1] applied to the current token. The rolling state
+(b, c, k) holds the last k inputs, newest last (the layout of mamba_ssm and transformers), so a
+decode step shifts it left by one, writes the new input at the end and takes a dot product.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    if activation is None:
+        return y
+    if activation in ("silu", "swish"):
+        return F.silu(y)
+    raise ValueError(f"unknown activation {activation!r}; expected None or 'silu'")
+
+
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  activation: str | None = None, initial_state: torch.Tensor | None = None,
+                  seq_idx: torch.Tensor | None = None, return_final_state: bool = False):
+    """y[t] = act(bias + sum_j weight[:, j] * x[t - (k-1) + j]), inputs before t=0 from initial_state.
+
+    initial_state: (b, c, k) last inputs of an earlier call (zeros if None).
+    seq_idx: (b, l) document ids; a tap never reads across a change of id (packed sequences).
+    Returns y (b, l, c), and the new state (b, c, k) if return_final_state.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"causal_conv1d: x must be (b, l, c), got shape {tuple(x.shape)}")
+    b, l, c = x.shape
+    if weight.dim() != 2 or weight.shape[0] != c:
+        raise ValueError(f"causal_conv1d: weight must be ({c}, k), got {tuple(weight.shape)}")
+    k = weight.shape[1]
+    if initial_state is None:
+        past = x.new_zeros(b, k - 1, c)
+    else:
+        if initial_state.shape != (b, c, k):
+            raise ValueError(f"causal_conv1d: initial_state must be {(b, c, k)}, got {tuple(initial_state.shape)}")
+        past = initial_state[:, :, 1:].transpose(1, 2).to(x.dtype)
+    xpad = torch.cat([past, x], dim=1)  # (b, l + k - 1, c)
+    w = weight.to(x.dtype)
+    if seq_idx is not None:
+        # The state before t=0 belongs to the row's first document.
+        ids = torch.cat([seq_idx[:, :1].expand(b, k - 1), seq_idx], dim=1)  # (b, l + k - 1)
+    # Sum of k shifted products: contiguous over c, cheaper than transposing for F.conv1d.
+    y = xpad[:, k - 1:] * w[:, k - 1]
+    for j in range(k - 1):
+        tap = xpad[:, j:j + l] * w[:, j]
+        if seq_idx is not None:
+            tap = tap * (ids[:, j:j + l] == seq_idx).unsqueeze(-1).to(x.dtype)
+        y = y + tap
+    if bias is not None:
+        y = y + bias.to(x.dtype)
+    y = _activate(y, activation)
+    if not return_final_state:
+        return y
+    final = xpad[:, -k:].transpose(1, 2) if xpad.shape[1] >= k else F.pad(xpad, (0, 0, k - xpad.shape[1], 0)).transpose(1, 2)
+    return y, final.contiguous()
+
+
+def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor | None = None, activation: str | None = None) -> torch.Tensor:
+    """One decode step. x: (b, c); conv_state: (b, c, k) updated in place. Returns y (b, c)."""
+    if x.dim() != 2 or conv_state.shape[:2] != x.shape or conv_state.shape[2] != weight.shape[1]:
+        raise ValueError(f"causal_conv1d_update: x (b, c) and conv_state (b, c, k) disagree: "
+                         f"{tuple(x.shape)} vs {tuple(conv_state.shape)} (k={weight.shape[1]})")
+    conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+    conv_state[:, :, -1] = x.to(conv_state.dtype)
+    y = (conv_state * weight.to(conv_state.dtype)).sum(-1)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return _activate(y, activation).to(x.dtype)
