@@ -208,8 +208,10 @@ class ModelConfig:
             near = difflib.get_close_matches(name, list(PRESETS), n=3)
             hint = f"; did you mean {', '.join(near)}?" if near else ""
             raise ValueError(f"unknown preset {name!r}{hint} (known: {', '.join(PRESETS)})")
-        cfg = PRESETS[name]
-        return cls.from_dict({**cfg.to_dict(), **overrides}) if overrides else cls.from_dict(cfg.to_dict())
+        base = PRESETS[name].to_dict()
+        if "n_layer" in overrides and "layer_pattern" not in overrides and set(base["layer_pattern"]) == {"M"}:
+            base["layer_pattern"] = None  # a pure SSM stack follows n_layer
+        return cls.from_dict({**base, **overrides})
 
 
 def _finite_or_str(v: float):

@@ -102,14 +102,14 @@ class LM(nn.Module):
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= self.config.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got values in [{lo}, {hi}]")
-        limit = self.config.max_seqlen
-        total = l + (cache.seqlen_offset if cache is not None else 0)
-        if limit is not None and total > limit:
-            raise ValueError(f"sequence of {total} tokens is longer than this model's limit of {limit}")
         if cache is not None:
             if not isinstance(cache, InferenceCache):
                 raise ValueError(f"cache must be an InferenceCache from model.allocate_cache, got {type(cache).__name__}")
             cache.check_compatible(self.config, b)
+        limit = self.config.max_seqlen
+        total = l + (cache.seqlen_offset if cache is not None else 0)
+        if limit is not None and total > limit:
+            raise ValueError(f"sequence of {total} tokens is longer than this model's limit of {limit}")
         if seq_idx is not None:
             check_seq_idx(seq_idx, b, l)
 

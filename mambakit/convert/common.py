@@ -58,5 +58,12 @@ def export_state(model, vocab: int | None = None) -> dict[str, torch.Tensor]:
     return trim_vocab(state, vocab) if vocab is not None else state
 
 
+def json_float(v) -> float:
+    """A float from config.json; transformers >= 5 writes inf as {"__float__": "Infinity"}."""
+    if isinstance(v, dict) and "__float__" in v:
+        v = v["__float__"]
+    return float(v)
+
+
 def has_arch(raw: dict, names: tuple, model_types: tuple) -> bool:
     return bool(set(raw.get("architectures") or []) & set(names)) or raw.get("model_type") in model_types

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from ..config import Mamba2Config, ModelConfig
-from .common import add_backbone, export_state, has_arch, pad_vocab, strip_backbone
+from .common import add_backbone, json_float, export_state, has_arch, pad_vocab, strip_backbone
 
 NAME = "transformers Mamba2ForCausalLM"
 
@@ -20,7 +20,7 @@ def to_mambakit(raw: dict, state: dict):
     if raw.get("num_heads", expand * d // headdim) * headdim != expand * d:
         raise ValueError(f"num_heads * head_dim != expand * hidden_size ({raw.get('num_heads')} * {headdim} "
                          f"vs {expand} * {d})")
-    limit = tuple(float(v) for v in raw.get("time_step_limit", (0.0, math.inf)))
+    limit = tuple(json_float(v) for v in raw.get("time_step_limit", (0.0, math.inf)))
     config = ModelConfig(
         d_model=d, n_layer=raw["num_hidden_layers"], vocab_size=raw["vocab_size"], ssm_layer="mamba2",
         tie_embeddings=raw.get("tie_word_embeddings", False), norm_eps=raw.get("layer_norm_epsilon", 1e-5),

@@ -83,13 +83,12 @@ def load_checked(config, state: dict, path: Path, dtype=None, device=None):
             raise CheckpointError(f"{path}: tensor {key!r} has shape {tuple(state[key].shape)}, "
                                   f"config.json implies {tuple(ref.shape)}")
     model = model.to_empty(device=device or "cpu")
-    # Floating parameters take the requested dtype; A_log, D, dt biases and norms are kept in fp32
-    # by mixed precision, not here: a user asking for bf16 gets bf16 everywhere but the SSM math.
-    with torch.no_grad():
-        for key, tensor in model.state_dict().items():
-            tensor.copy_(state[key].to(tensor.dtype))
     if config.tie_embeddings:
         model.lm_head.weight = model.embedding.weight
+    with torch.no_grad():
+        for key, tensor in model.state_dict().items():
+            if key in state:  # the tied head is filled through the embedding
+                tensor.copy_(state[key].to(tensor.dtype))
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()

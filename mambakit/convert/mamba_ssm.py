@@ -8,7 +8,7 @@ this reader does not take yet: it says so instead of loading something else.
 from __future__ import annotations
 
 from ..config import Mamba1Config, Mamba2Config, ModelConfig
-from .common import pad_vocab, strip_backbone
+from .common import json_float, pad_vocab, strip_backbone
 
 NAME = "mamba_ssm"
 
@@ -41,7 +41,7 @@ def to_mambakit(raw: dict, state: dict):
         raise ValueError(f"ssm_cfg has fields mambakit does not know: {unknown}")
     sub = {k: v for k, v in ssm_cfg.items() if k in allowed}
     if "dt_limit" in sub:
-        sub["dt_limit"] = tuple(float(v) for v in sub["dt_limit"])
+        sub["dt_limit"] = tuple(json_float(v) for v in sub["dt_limit"])
     common = dict(d_model=raw["d_model"], n_layer=raw["n_layer"], vocab_size=raw["vocab_size"],
                   pad_vocab_size_multiple=raw.get("pad_vocab_size_multiple", 8),
                   tie_embeddings=raw.get("tie_embeddings", True), residual_in_fp32=raw.get("residual_in_fp32", True),

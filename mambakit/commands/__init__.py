@@ -1,0 +1,1 @@
+"""Subcommands of the `mambakit` command, one module each (see cli.py)."""
