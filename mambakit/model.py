@@ -114,8 +114,13 @@ class LM(nn.Module):
             check_seq_idx(seq_idx, b, l)
 
     def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None,
-                seq_idx: torch.Tensor | None = None, validate: bool = True) -> torch.Tensor:
-        """input_ids (b, l) -> logits (b, l, vocab_size). With a cache: read it and advance it by l tokens."""
+                seq_idx: torch.Tensor | None = None, validate: bool = True,
+                last_only: bool = False) -> torch.Tensor:
+        """input_ids (b, l) -> logits (b, l, vocab_size). With a cache: read it and advance it by l tokens.
+
+        last_only: only the last position's logits, (b, 1, vocab_size). A prefill needs no more, and
+        the full logits of a long prompt (l * vocab_size floats) would dwarf everything else it holds.
+        """
         if validate:
             self.check_inputs(input_ids, cache, seq_idx)
         x = self.embedding(input_ids)  # (b, l, d)
@@ -123,6 +128,8 @@ class LM(nn.Module):
             x = x.float()
         for block in self.layers:
             x = block(x, cache=cache, seq_idx=seq_idx)
+        if last_only:
+            x = x[:, -1:]  # (b, 1, d)
         x = self.norm_f(x.to(self.norm_f.weight.dtype))
         logits = self.lm_head(x)  # (b, l, v padded)
         if cache is not None:
