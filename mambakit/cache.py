@@ -6,6 +6,10 @@ t cached tokens, kvh key/value heads, hd head dim.
 SSM layers hold {"conv": (b, c, k), "ssm": (b, e, n) or (b, h, p, n) fp32}; attention layers
 hold {"k": (b, t, kvh, hd), "v": (b, t, kvh, hd)} grown as tokens arrive; MLP layers hold
 nothing. `seqlen_offset` counts the tokens already consumed.
+
+Left-padded batches (generation with an attention_mask): `pad_lengths` (b,) says how many of each
+row's first cached positions are padding; attention layers must not attend to those keys.
+`clear_padding_` wipes what padding left in the recurrent states during a prefill.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ class InferenceCache:
         self.batch_size = batch_size
         self.layers = layers
         self.seqlen_offset = 0
+        self.pad_lengths: torch.Tensor | None = None  # (b,) long, or None: no padding
 
     @property
     def nbytes(self) -> int:
@@ -33,6 +38,28 @@ class InferenceCache:
                 else:
                     t.zero_()
         self.seqlen_offset = 0
+        self.pad_lengths = None
+
+    def clear_padding_(self, pad_lengths: torch.Tensor, consumed: int) -> None:
+        """After `consumed` tokens of a left-padded prompt: give every row the states it would have alone.
+
+        pad_lengths (b,): row i's first pad_lengths[i] tokens are padding. A row still inside its
+        padding gets zero states (a fresh sequence); a conv window forgets the inputs that were
+        padding, as a prompt alone starts with zeros there. Keys and values are left to attention,
+        which skips the first pad_lengths[i] positions.
+        """
+        for state in self.layers:
+            for name, t in state.items():
+                if name in ("k", "v"):
+                    continue
+                if name == "conv":  # (b, c, k): inputs at positions consumed-k .. consumed-1
+                    k = t.shape[-1]
+                    pos = torch.arange(consumed - k, consumed, device=t.device)  # (k,)
+                    keep = (pos[None, :] >= pad_lengths[:, None].to(t.device))[:, None, :]  # (b, 1, k)
+                else:
+                    started = pad_lengths.to(t.device) < consumed  # (b,)
+                    keep = started.view(-1, *([1] * (t.dim() - 1)))
+                t.masked_fill_(~keep, 0)
 
     def check_compatible(self, config, batch_size: int) -> None:
         """Raise a ValueError unless this cache was allocated for `config` and `batch_size`."""
