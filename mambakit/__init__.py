@@ -2,10 +2,10 @@
 from .cache import InferenceCache
 from .config import ModelConfig
 from .convert import CheckpointError, load
-from .generation import generate
+from .generation import generate, stream
 from .model import LM
 from .presets import PRESETS
 
 __version__ = "0.1.0"
 
-__all__ = ["ModelConfig", "LM", "InferenceCache", "load", "generate", "PRESETS", "CheckpointError"]
+__all__ = ["ModelConfig", "LM", "InferenceCache", "load", "generate", "stream", "PRESETS", "CheckpointError"]
