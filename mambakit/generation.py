@@ -1,26 +1,52 @@
-"""Text generation: one prefill that fills the cache, then one token at a time.
+"""Text generation: prefill the prompt (in chunks if asked), then decode one token at a time.
 
-Letters: b batch, l prompt length, v vocabulary.
+Letters: b batch, l prompt length (padded), t new tokens, v vocabulary, s stop-sequence length.
+
+Padding. `attention_mask` (b, l) marks real tokens with 1. A left-padded row is treated like a
+packed row whose first "document" is the padding: seq_idx is 0 on the padding and 1 on the
+prompt, so the conv and the scan restart where the prompt starts and no padding reaches a state.
+After each prefill chunk `cache.clear_padding_` wipes what padding left behind (the states of rows
+still inside their padding, conv inputs that were padding), and attention layers skip the first
+`cache.pad_lengths[i]` keys. Decode steps then run per row as usual. Right padding is turned into
+left padding (each row rolled) and rolled back in the output: prompt, new tokens, then padding.
 """
 from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
 
 import torch
 
 
-def _check_sampling(max_new_tokens, temperature, top_k, top_p):
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+# --- sampling ---------------------------------------------------------------------------------------
+def check_sampling(max_new_tokens, temperature, top_k, top_p, min_p=None, repetition_penalty=1.0) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+    if not isinstance(temperature, numbers.Real) or not temperature >= 0:
+        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_p is not None and not (isinstance(top_p, numbers.Real) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if min_p is not None and not (isinstance(min_p, numbers.Real) and 0.0 <= min_p <= 1.0):
+        raise ValueError(f"min_p must be in [0, 1], got {min_p!r}")
+    if not isinstance(repetition_penalty, numbers.Real) or not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be a number > 0 (1 = no penalty), got {repetition_penalty!r}")
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (b, v) -> token ids (b,). temperature 0 is greedy."""
+                top_p: float | None = None, generator: torch.Generator | None = None, *,
+                min_p: float | None = None, repetition_penalty: float = 1.0,
+                seen: torch.Tensor | None = None) -> torch.Tensor:
+    """logits (b, v) -> token ids (b,). temperature 0 is greedy.
+
+    The order is that of transformers: repetition penalty on the raw logits (seen (b, v) bool marks
+    the tokens to penalize), then temperature, top-k, top-p, min-p.
+    """
+    if repetition_penalty != 1.0 and seen is not None:
+        logits = logits.float()
+        penalized = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+        logits = torch.where(seen, penalized, logits)
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -35,31 +61,293 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)
+    if min_p is not None and min_p > 0:
+        # keep tokens at least min_p times as likely as the likeliest (which always stays)
+        probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.inference_mode()
-def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Prompt (b, l) -> prompt + new tokens (b, l + t), t <= max_new_tokens.
 
-    Rows that produced eos_token_id are padded with it until every row is done.
+@dataclass
+class _Settings:
+    max_new_tokens: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    min_p: float | None
+    repetition_penalty: float
+    eos: torch.Tensor | None  # (number of eos ids,)
+    stops: list[torch.Tensor]  # each (s,)
+    pad_token_id: int
+    generator: torch.Generator | None
+    prefill_chunk: int | None
+    cuda_graph: bool
+
+
+@dataclass
+class _Prompt:
+    ids: torch.Tensor  # (b, l) left-padded, padding replaced by token 0
+    pad_lengths: torch.Tensor | None  # (b,) long, None when no row is padded
+    max_pad: int
+    shifts: torch.Tensor | None  # (b,) how far each right-padded row was rolled, None if none was
+    original: torch.Tensor  # (b, l) the caller's ids, left-aligned like `ids`
+
+
+def _normalize_prompt(model, input_ids, attention_mask) -> _Prompt:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be a 2-d tensor (batch, length) of token ids, got {shape}")
+    if attention_mask is None:
+        model.check_inputs(input_ids)
+        return _Prompt(input_ids, None, 0, None, input_ids)
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+        shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(f"attention_mask must be a tensor of the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"got {shape}")
+    if attention_mask.device != input_ids.device:
+        raise ValueError(f"attention_mask is on {attention_mask.device} but input_ids on {input_ids.device}")
+    if attention_mask.dtype != torch.bool and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("attention_mask must hold 1 for real tokens and 0 for padding (or be a bool tensor)")
+    mask = attention_mask.bool()
+    b, l = mask.shape
+    n = mask.sum(-1)  # (b,) real tokens per row
+    if bool((n == 0).any()):
+        rows = torch.nonzero(n == 0).flatten().tolist()
+        raise ValueError(f"attention_mask rows {rows} have no real token; every prompt needs at least one")
+    ar = torch.arange(l, device=mask.device)
+    left = (mask == (ar[None] >= (l - n)[:, None])).all(-1)  # (b,) padding only on the left
+    right = (mask == (ar[None] < n[:, None])).all(-1)  # (b,) padding only on the right
+    if not bool((left | right).all()):
+        rows = torch.nonzero(~(left | right)).flatten().tolist()
+        raise ValueError(f"attention_mask rows {rows} have holes: each row must be one run of 1s, with the "
+                         "padding all on the left (recommended) or all on the right")
+    shifts = torch.where(left, torch.zeros_like(n), l - n)
+    original = input_ids
+    if bool((shifts > 0).any()):
+        original = _roll_rows(input_ids, shifts)
+        mask = _roll_rows(mask, shifts)
+    else:
+        shifts = None
+    pad_lengths = l - n
+    ids = original.masked_fill(~mask, 0)  # padding may hold any value (even -100); it is never read
+    model.check_inputs(ids)
+    max_pad = int(pad_lengths.max())
+    return _Prompt(ids, pad_lengths if max_pad > 0 else None, max_pad, shifts, original)
+
+
+def _roll_rows(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Roll row i of x (b, L) right by shifts[i] (left when negative)."""
+    L = x.shape[1]
+    ar = torch.arange(L, device=x.device)
+    return x.gather(1, (ar[None] - shifts[:, None]) % L)
+
+
+def _settings(model, prompt: _Prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
+              eos_token_id, stop_sequences, pad_token_id, generator, max_length, prefill_chunk,
+              cuda_graph) -> _Settings:
+    check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty)
+    device = prompt.ids.device
+    param = next(model.parameters(), None)
+    if param is not None and param.device != device:
+        raise ValueError(f"input_ids are on {device} but the model is on {param.device}; "
+                         f"move them with input_ids.to({str(param.device)!r})")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != device.type:
+            raise ValueError(f"generator is on {generator.device} but the model runs on {device}; "
+                             f"create it with torch.Generator(device={device.type!r})")
+    vocab = model.config.vocab_size
+    eos = _token_list(eos_token_id, "eos_token_id", vocab)
+    stops = []
+    for seq in stop_sequences or []:
+        ids = _token_list(seq, "each stop sequence", vocab)
+        if not ids:
+            raise ValueError("stop sequences must not be empty")
+        stops.append(torch.tensor(ids, dtype=torch.long, device=device))
+    if pad_token_id is None:
+        pad_token_id = eos[0] if eos else 0
+    elif not isinstance(pad_token_id, int) or not 0 <= pad_token_id < vocab:
+        raise ValueError(f"pad_token_id must be a token id in [0, {vocab}), got {pad_token_id!r}")
+    if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or prefill_chunk < 1):
+        raise ValueError(f"prefill_chunk must be a positive int (tokens per prefill step) or None, got {prefill_chunk!r}")
+    l = prompt.ids.shape[1]
+    if max_length is not None:
+        if not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length must be a positive int (prompt + new tokens) or None, got {max_length!r}")
+        if l > max_length:
+            raise ValueError(f"the prompt has {l} tokens (padding included), more than max_length={max_length}")
+        max_new_tokens = min(max_new_tokens, max_length - l)
+    limit = model.config.max_seqlen
+    if limit is not None and l + max_new_tokens > limit:
+        raise ValueError(f"prompt of {l} tokens (padding included) + max_new_tokens={max_new_tokens} exceeds this "
+                         f"model's limit of {limit} tokens; ask for at most {max(limit - l, 0)} new tokens"
+                         + ("" if l <= limit else " after shortening the prompt"))
+    eos_t = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
+    return _Settings(max_new_tokens, float(temperature), top_k, top_p, min_p, float(repetition_penalty), eos_t,
+                     stops, pad_token_id, generator, prefill_chunk, bool(cuda_graph))
+
+
+def _token_list(value, what: str, vocab: int) -> list[int]:
+    if value is None:
+        return []
+    values = [value] if isinstance(value, int) else value
+    if isinstance(values, torch.Tensor):
+        values = values.flatten().tolist()
+    try:
+        values = list(values)
+    except TypeError:
+        raise ValueError(f"{what} must be a token id or a list of token ids, got {value!r}") from None
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vocab:
+            raise ValueError(f"{what} must hold token ids in [0, {vocab}), got {value!r}")
+    return values
+
+
+class _Stopping:
+    """Tracks finished rows (eos or a stop sequence produced) and pads them from then on."""
+
+    def __init__(self, s: _Settings, b: int, device):
+        self.s = s
+        self.active = s.eos is not None or bool(s.stops)
+        self.finished = torch.zeros(b, dtype=torch.bool, device=device)
+        width = max((len(t) for t in s.stops), default=0)
+        self.recent = torch.full((b, width), -1, dtype=torch.long, device=device)  # last generated ids
+
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return token
+        token = torch.where(self.finished, torch.full_like(token, self.s.pad_token_id), token)
+        done = torch.isin(token, self.s.eos) if self.s.eos is not None else torch.zeros_like(self.finished)
+        if self.s.stops:
+            self.recent = torch.cat([self.recent[:, 1:], token[:, None]], dim=1)
+            for stop in self.s.stops:
+                done |= (self.recent[:, -len(stop):] == stop).all(-1)
+        self.finished |= done
+        return token
+
+    def all_done(self) -> bool:
+        return self.active and bool(self.finished.all())
+
+
+def prefill(model, input_ids: torch.Tensor, cache, seq_idx: torch.Tensor | None = None,
+            pad_lengths: torch.Tensor | None = None, chunk: int | None = None, max_pad: int | None = None):
+    """Run a (left-padded) prompt (b, l) through the model into `cache`; return the last logits (b, v).
+
+    With `chunk`, the prompt goes in pieces of at most `chunk` tokens, so activations stay
+    bounded whatever l is; the states after it are those of a one-shot prefill.
     """
-    _check_sampling(max_new_tokens, temperature, top_k, top_p)
-    model.check_inputs(input_ids)
-    b = input_ids.shape[0]
-    cache = model.allocate_cache(b, device=input_ids.device)
-    logits = model(input_ids, cache=cache, validate=False)[:, -1]
-    out = [input_ids]
-    finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-    for i in range(max_new_tokens):
-        token = sample_next(logits, temperature, top_k, top_p, generator)
-        if eos_token_id is not None:
-            token = torch.where(finished, torch.full_like(token, eos_token_id), token)
-            finished |= token == eos_token_id
-        out.append(token[:, None])
-        if i + 1 == max_new_tokens or (eos_token_id is not None and bool(finished.all())):
-            break
-        logits = model(token[:, None], cache=cache, validate=False)[:, -1]
-    return torch.cat(out, dim=1)
+    l = input_ids.shape[1]
+    step = chunk or l
+    if pad_lengths is not None and max_pad is None:
+        max_pad = int(pad_lengths.max())
+    conv_width = max((state["conv"].shape[-1] for state in cache.layers if "conv" in state), default=0)
+    logits = None
+    for start in range(0, l, step):
+        end = min(start + step, l)
+        # Chunks past every row's padding need no document ids (the fast path).
+        sl = seq_idx[:, start:end] if seq_idx is not None and start < max_pad else None
+        logits = model(input_ids[:, start:end], cache=cache, seq_idx=sl, validate=False, last_only=True)
+        # Wipe padding's traces while they can still be there: states of rows not yet started,
+        # conv windows reaching back into padding.
+        if pad_lengths is not None and end - conv_width < max_pad:
+            cache.clear_padding_(pad_lengths, end)
+    return logits[:, -1]
+
+
+@torch.inference_mode()
+def _decode(model, prompt: _Prompt, s: _Settings):
+    """Yield one (b,) tensor of new token ids per step."""
+    if s.max_new_tokens == 0:
+        return
+    b = prompt.ids.shape[0]
+    device = prompt.ids.device
+    decoder = None
+    if s.cuda_graph:
+        from .cuda_graphs import graphed_decoder
+        decoder = graphed_decoder(model, b, device)
+    if decoder is not None:
+        cache = decoder.begin(prompt.pad_lengths)
+        step = decoder.step
+    else:
+        cache = model.allocate_cache(b, device=device)
+        cache.pad_lengths = prompt.pad_lengths
+
+        def step(token):
+            return model(token, cache=cache, validate=False)[:, -1]
+
+    seq_idx = None
+    if prompt.pad_lengths is not None:
+        seq_idx = (torch.arange(prompt.ids.shape[1], device=device)[None] >= prompt.pad_lengths[:, None]).long()
+    logits = prefill(model, prompt.ids, cache, seq_idx, prompt.pad_lengths, s.prefill_chunk, prompt.max_pad)
+    seen = None
+    if s.repetition_penalty != 1.0:
+        # Tokens of the real prompt (not its padding) and everything generated are penalized.
+        real = torch.ones_like(prompt.ids, dtype=torch.int32) if prompt.pad_lengths is None else seq_idx.int()
+        counts = torch.zeros(b, logits.shape[-1], dtype=torch.int32, device=device)
+        seen = counts.scatter_add_(1, prompt.ids, real) > 0  # (b, v)
+    stopping = _Stopping(s, b, device)
+    for i in range(s.max_new_tokens):
+        token = sample_next(logits, s.temperature, s.top_k, s.top_p, s.generator, min_p=s.min_p,
+                            repetition_penalty=s.repetition_penalty, seen=seen)
+        token = stopping(token)
+        if seen is not None:
+            seen.scatter_(1, token[:, None], True)
+        yield token
+        if i + 1 == s.max_new_tokens or stopping.all_done():
+            return
+        logits = step(token[:, None])
+
+
+_DOC_ARGS = """
+    attention_mask (b, l): 1 for prompt tokens, 0 for padding (left padding preferred; right padding
+        is accepted and the output then reads prompt, new tokens, padding).
+    temperature 0 is greedy; top_k, top_p (in (0, 1]), min_p (in [0, 1]) filter the distribution;
+        repetition_penalty > 0 (1 = off) divides positive logits of seen tokens, multiplies negative ones.
+    eos_token_id: an id or a list of ids; stop_sequences: lists of ids. A row that produced one is
+        finished: its later tokens are pad_token_id (default: the first eos id, else 0).
+    generator: a torch.Generator on the model's device, for reproducible sampling.
+    max_length: a cap on prompt + new tokens. A model with a context limit refuses, before any
+        work, a prompt + max_new_tokens longer than it.
+    prefill_chunk: prefill the prompt this many tokens at a time (bounded memory, same result).
+    cuda_graph: on CUDA, replay the decode step from a CUDA graph (falls back to eager elsewhere).
+"""
+
+
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, eos_token_id=None,
+             generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None,
+             min_p: float | None = None, repetition_penalty: float = 1.0, stop_sequences=None,
+             pad_token_id: int | None = None, max_length: int | None = None, prefill_chunk: int | None = None,
+             cuda_graph: bool = False) -> torch.Tensor:
+    """Prompt (b, l) -> prompt + new tokens (b, l + t), t <= max_new_tokens (fewer once every row stopped).
+    """
+    prompt = _normalize_prompt(model, input_ids, attention_mask)
+    s = _settings(model, prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
+                  eos_token_id, stop_sequences, pad_token_id, generator, max_length, prefill_chunk, cuda_graph)
+    new = list(_decode(model, prompt, s))
+    out = torch.cat([prompt.original] + [t[:, None].to(prompt.original.dtype) for t in new], dim=1)  # (b, l + t)
+    if prompt.shifts is not None:
+        out = _roll_rows(out, -prompt.shifts)
+    return out
+
+
+def stream(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+           top_k: int | None = None, top_p: float | None = None, eos_token_id=None,
+           generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None,
+           min_p: float | None = None, repetition_penalty: float = 1.0, stop_sequences=None,
+           pad_token_id: int | None = None, max_length: int | None = None, prefill_chunk: int | None = None,
+           cuda_graph: bool = False):
+    """Like generate, but yields each step's new tokens, a (b,) tensor, as soon as it is sampled.
+
+    Arguments are checked when stream() is called, before the first token is asked for.
+    torch.stack(list(stream(...)), 1) equals generate(...)[:, l:].
+    """
+    prompt = _normalize_prompt(model, input_ids, attention_mask)
+    s = _settings(model, prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
+                  eos_token_id, stop_sequences, pad_token_id, generator, max_length, prefill_chunk, cuda_graph)
+    return _decode(model, prompt, s)
+
+
+generate.__doc__ += _DOC_ARGS
+stream.__doc__ += _DOC_ARGS
