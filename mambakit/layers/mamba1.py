@@ -81,8 +81,7 @@ class Mamba1Mixer(nn.Module):
         dt = F.softplus(F.linear(dt, self.dt_proj.weight, self.dt_proj.bias).float())  # (b, e)
         ssm = state["ssm"]
         dA = torch.exp(dt.unsqueeze(-1) * -torch.exp(self.A_log.float()))  # (b, e, n)
-        dBx = (dt * x.float()).unsqueeze(-1) * B.float().unsqueeze(1)  # (b, e, n)
-        ssm.mul_(dA).add_(dBx)
+        ssm.mul_(dA).addcmul_((dt * x.float()).unsqueeze(-1), B.float().unsqueeze(1))  # += dt x B: (b, e, n)
         y = torch.bmm(ssm, C.float().unsqueeze(-1)).squeeze(-1) + self.D.float() * x.float()  # (b, e)
         y = (y * F.silu(z.float())).to(hidden.dtype)
         return self.out_proj(y).unsqueeze(1)

@@ -99,7 +99,7 @@ class Mamba2Mixer(nn.Module):
         B = B.reshape(b, g, 1, n).float().expand(b, g, rep, n).reshape(b, h, n)
         C = C.reshape(b, g, 1, n).float().expand(b, g, rep, n).reshape(b, h, n)
         ssm = state["ssm"]  # (b, h, p, n)
-        ssm.mul_(dA[:, :, None, None]).add_((dt.unsqueeze(-1) * x).unsqueeze(-1) * B.unsqueeze(2))
+        ssm.mul_(dA[:, :, None, None]).addcmul_((dt.unsqueeze(-1) * x).unsqueeze(-1), B.unsqueeze(2))
         y = torch.matmul(ssm, C.unsqueeze(-1)).squeeze(-1) + self.D.float()[:, None] * x  # (b, h, p)
         y = y.reshape(b, e).to(hidden.dtype)
         return self._gate_norm_out(y, z).unsqueeze(1)

@@ -1,0 +1,74 @@
+"""Helpers shared by the benchmark scripts: timing, machine floors, result files.
+
+Letters: m, k, n matrix sizes of the floor measurements.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def best_of(fn, repeats: int = 3, warmup: int = 1) -> float:
+    """Best wall time in seconds over `repeats` calls after `warmup` calls (the least disturbed run)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def matmul_rate(size: int = 1536, repeats: int = 5) -> float:
+    """fp32 matmul FLOP/s of this machine with the current thread count."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    t = best_of(lambda: torch.mm(a, b), repeats, warmup=2)
+    return 2 * size ** 3 / t
+
+
+def matvec_bandwidth(rows: int = 32768, cols: int = 8192, repeats: int = 5) -> float:
+    """Bytes/s streamed by an fp32 matrix-vector product (what decoding does). The default matrix
+    is 1 GiB, larger than any cache here (the L3 of this machine's kind is 260 MiB)."""
+    w, x = torch.randn(rows, cols), torch.randn(cols)
+    t = best_of(lambda: torch.mv(w, x), repeats, warmup=2)
+    return rows * cols * 4 / t
+
+
+def machine_info() -> dict:
+    info = {"host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    try:
+        import transformers
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        try:
+            import triton
+            info["triton"] = triton.__version__
+        except ImportError:
+            pass
+    return info
+
+
+def write_result(name: str, payload: dict, out_dir: str | os.PathLike | None = None) -> Path:
+    """benchmarks/results/<name>-<hardware>-<date>.json (or under out_dir)."""
+    hardware = "gpu-" + torch.cuda.get_device_name().replace(" ", "_") if torch.cuda.is_available() else "cpu"
+    day = datetime.date.today().isoformat()
+    folder = Path(out_dir) if out_dir else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{hardware}-{day}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    return path

@@ -1,0 +1,150 @@
+"""CPU prefill and decode speed of mambakit against transformers, with the machine's floors.
+
+Letters: b batch (1), l prompt length, t new tokens, d model width, v vocabulary.
+
+For each family a 130M-shaped model with random weights (tied embeddings) is built in
+transformers, saved, and loaded into mambakit, so both run the same weights in the same process.
+Prefill: one forward over l tokens that fills the cache. Decode: greedy tokens after that prefill.
+Each figure is the best of --repeats runs. Floors are measured in the same run: prefill
+tokens/s <= matmul FLOP/s / (matmul FLOPs per token); decode tokens/s <= matrix-vector bytes/s /
+(weight bytes per token). Elementwise work (conv, scan, norms) is not in the FLOP count.
+
+    python benchmarks/cpu_generation.py                   # both families, l 1024, t 128
+    python benchmarks/cpu_generation.py --families mamba2 --prefill 256 --decode 16 --repeats 1
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mambakit  # noqa: E402
+from common import best_of, machine_info, matmul_rate, matvec_bandwidth, write_result  # noqa: E402
+
+VOCAB = 50280
+
+
+def build_pair(family: str, d_model: int, n_layer: int):
+    import transformers
+    if family == "mamba":
+        cfg = transformers.MambaConfig(vocab_size=VOCAB, hidden_size=d_model, num_hidden_layers=n_layer,
+                                       state_size=16, expand=2, tie_word_embeddings=True)
+        hf = transformers.MambaForCausalLM(cfg)
+    elif family == "mamba2":
+        cfg = transformers.Mamba2Config(vocab_size=VOCAB, hidden_size=d_model, num_hidden_layers=n_layer,
+                                        state_size=128, head_dim=64, num_heads=2 * d_model // 64, n_groups=1,
+                                        expand=2, chunk_size=256, tie_word_embeddings=True)
+        hf = transformers.Mamba2ForCausalLM(cfg)
+    else:
+        raise ValueError(f"unknown family {family!r}; expected mamba or mamba2")
+    hf.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = mambakit.load(tmp)
+    return hf, ours
+
+
+def matmul_flops_per_token(model) -> float:
+    """2 x the weights of every Linear (the tied head included), plus SSD's chunk matmuls for Mamba-2."""
+    flops = 0.0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            flops += 2 * module.weight.numel()
+    c = model.config
+    if c.ssm_layer == "mamba2":
+        m = c.mamba2
+        h = m.expand * c.d_model // m.headdim
+        per_layer = m.chunk_size * (m.ngroups * m.d_state + h * m.headdim) + 4 * h * m.headdim * m.d_state
+        flops += c.layer_pattern.count("M") * per_layer
+    return flops
+
+
+def weight_bytes_per_token(model) -> float:
+    return sum(p.numel() * p.element_size() for p in model.parameters())  # tied head counted once
+
+
+@torch.inference_mode()
+def measure(family: str, args) -> dict:
+    hf, ours = build_pair(family, args.d_model, args.n_layer)
+    ids = torch.randint(0, VOCAB, (1, args.prefill))
+
+    def ours_prefill():
+        ours(ids, cache=ours.allocate_cache(1))
+
+    def hf_prefill():
+        hf(ids, use_cache=True)
+
+    def ours_generate(n):
+        return lambda: mambakit.generate(ours, ids, max_new_tokens=n)
+
+    def hf_generate(n):
+        return lambda: hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+
+    row = {"family": family, "prefill_tokens": args.prefill, "decode_tokens": args.decode,
+           "params": sum(p.numel() for p in ours.parameters())}
+    for who, prefill, gen in (("mambakit", ours_prefill, ours_generate), ("transformers", hf_prefill, hf_generate)):
+        t_prefill = best_of(prefill, args.repeats)
+        # generate(n) = prefill + (n - 1) decode steps: the difference of two lengths is the steps alone
+        t_one = best_of(gen(1), args.repeats)
+        t_all = best_of(gen(args.decode), args.repeats, warmup=0)
+        row[f"{who}_prefill_tok_s"] = args.prefill / t_prefill
+        row[f"{who}_decode_tok_s"] = (args.decode - 1) / max(t_all - t_one, 1e-9)
+        print(f"  {family:7s} {who:12s} prefill {row[f'{who}_prefill_tok_s']:8.1f} tok/s   "
+              f"decode {row[f'{who}_decode_tok_s']:6.2f} tok/s", flush=True)
+    row["flops_per_token"] = matmul_flops_per_token(ours)
+    row["weight_bytes_per_token"] = weight_bytes_per_token(ours)
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", default=["mamba", "mamba2"])
+    parser.add_argument("--d-model", type=int, default=768)
+    parser.add_argument("--n-layer", type=int, default=24)
+    parser.add_argument("--prefill", type=int, default=1024)
+    parser.add_argument("--decode", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    floors = {"matmul_flop_s": matmul_rate(), "matvec_bytes_s": matvec_bandwidth()}
+    print(f"floors: matmul {floors['matmul_flop_s'] / 1e9:.1f} GFLOP/s, matvec {floors['matvec_bytes_s'] / 1e9:.1f} GB/s")
+    rows = []
+    for family in args.families:
+        row = measure(family, args)
+        row["prefill_floor_tok_s"] = floors["matmul_flop_s"] / row["flops_per_token"]
+        row["decode_floor_tok_s"] = floors["matvec_bytes_s"] / row["weight_bytes_per_token"]
+        rows.append(row)
+    # the floors again at the end: a neighbour that woke up mid-run shows here
+    floors_end = {"matmul_flop_s": matmul_rate(), "matvec_bytes_s": matvec_bandwidth()}
+    payload = {"machine": machine_info(), "floors": floors, "floors_end": floors_end, "args": vars(args), "rows": rows}
+    path = write_result("cpu_generation", payload, args.out)
+    print(markdown_table(rows))
+    print(f"written: {path}")
+    return 0
+
+
+def markdown_table(rows) -> str:
+    lines = ["| model | prefill tok/s (mambakit / transformers) | ratio | % of matmul floor "
+             "| decode tok/s (mambakit / transformers) | ratio | % of bandwidth floor |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['family']} ({r['params'] / 1e6:.0f}M) | {r['mambakit_prefill_tok_s']:.1f} / "
+            f"{r['transformers_prefill_tok_s']:.1f} | {r['mambakit_prefill_tok_s'] / r['transformers_prefill_tok_s']:.2f}x "
+            f"| {100 * r['mambakit_prefill_tok_s'] / r['prefill_floor_tok_s']:.0f}% "
+            f"| {r['mambakit_decode_tok_s']:.2f} / {r['transformers_decode_tok_s']:.2f} "
+            f"| {r['mambakit_decode_tok_s'] / r['transformers_decode_tok_s']:.2f}x "
+            f"| {100 * r['mambakit_decode_tok_s'] / r['decode_floor_tok_s']:.0f}% |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

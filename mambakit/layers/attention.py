@@ -1,0 +1,134 @@
+"""Causal self-attention with grouped-query heads (the `*` of a layer pattern).
+
+Letters: b batch, l new tokens, t cached + new tokens (keys), d model width, h query heads,
+kvh key/value heads (h is a multiple of kvh; kvh = h is plain multi-head attention),
+hd head dim, r rotary dims (an even number <= hd).
+
+    q, k, v = x Wq, x Wk, x Wv                     (b, l, h, hd), (b, l, kvh, hd) x2
+    q, k    = rope(q, k) on the first r dims of each head (optional)
+    y       = softmax(q k^T / sqrt(hd) + causal mask) v     query head i reads kv head i // (h / kvh)
+    out     = y Wo
+
+Names (q_proj, k_proj, v_proj, o_proj) are those of transformers' Llama and NemotronH.
+
+RoPE (rotary_fraction > 0) rotates the first r = hd * rotary_fraction dims (rounded down to
+even) of q and k as GPT-NeoX, Llama and Megatron do: halves (x1, x2) -> (x1 cos - x2 sin,
+x2 cos + x1 sin), frequencies theta^(-2i/r). The frequencies are computed in forward: the layer
+holds no buffers, so a model built on the meta device and filled by the checkpoint loader has
+nothing left uninitialized, and state_dict holds only weights.
+
+Decoding: the cache dict of this layer holds {"k": (b, t, kvh, hd), "v": (b, t, kvh, hd)},
+keys already rotated, grown by whatever arrives (a prompt, a chunk of one, or one token).
+Positions start at cache.seqlen_offset (the tokens already consumed).
+
+Packed sequences (seq_idx, (b, l) document ids): the mask is block-diagonal causal, no token
+attends to another document. RoPE positions stay global (position in the row, not in the
+document); RoPE scores depend only on the distance between query and key, so within a document
+this gives the same attention as restarting at 0, up to rounding. With a cache, the cached
+tokens count as part of the first document of the new tokens, as the SSM layers' initial state.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_SDPA_HAS_GQA = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+
+def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions (l,) -> cos, sin (l, r) in fp32, as transformers' Llama computes them."""
+    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=positions.device).float() / rotary_dim
+    inv_freq = 1.0 / (theta ** exponent)  # (r/2,)
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # (l, r/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (l, r)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (b, l, heads, hd), cos/sin (l, r): rotate the first r dims of every head."""
+    r = cos.shape[-1]
+    cos = cos[None, :, None].to(x.dtype)  # (1, l, 1, r)
+    sin = sin[None, :, None].to(x.dtype)
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    x1, x2 = x_rot[..., : r // 2], x_rot[..., r // 2:]
+    rotated = x_rot * cos + torch.cat([-x2, x1], dim=-1) * sin
+    return torch.cat([rotated, x_pass], dim=-1) if x_pass.shape[-1] else rotated
+
+
+class Attention(nn.Module):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        a = config.attention
+        d = config.d_model
+        self.layer_idx = layer_idx
+        self.n_heads = h = a.n_heads
+        self.n_kv_heads = kvh = a.n_kv_heads or a.n_heads
+        if h % kvh:
+            raise ValueError(f"attention: n_heads {h} is not a multiple of n_kv_heads {kvh}")
+        self.head_dim = hd = a.head_dim or d // h
+        self.rotary_dim = int(hd * a.rotary_fraction) // 2 * 2
+        self.rope_theta = a.rope_theta
+        self.max_seqlen = a.max_seqlen
+        self.q_proj = nn.Linear(d, h * hd, bias=a.bias)
+        self.k_proj = nn.Linear(d, kvh * hd, bias=a.bias)
+        self.v_proj = nn.Linear(d, kvh * hd, bias=a.bias)
+        self.o_proj = nn.Linear(h * hd, d, bias=a.bias)
+
+    def allocate_state(self, batch_size: int, dtype=None, device=None) -> dict:
+        """No keys or values yet: (b, 0, kvh, hd) each, grown by forward."""
+        dtype = dtype or self.k_proj.weight.dtype
+        device = device or self.k_proj.weight.device
+        shape = (batch_size, 0, self.n_kv_heads, self.head_dim)
+        return {"k": torch.zeros(shape, dtype=dtype, device=device),
+                "v": torch.zeros(shape, dtype=dtype, device=device)}
+
+    def forward(self, x: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
+        """x (b, l, d) -> (b, l, d). With a cache: attend to the cached tokens too, then append."""
+        b, l, _ = x.shape
+        h, kvh, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        past = cache.seqlen_offset if cache is not None else 0
+        if self.max_seqlen is not None and past + l > self.max_seqlen:
+            raise ValueError(f"attention: {past + l} tokens exceed this model's limit of {self.max_seqlen}")
+        q = self.q_proj(x).view(b, l, h, hd)
+        k = self.k_proj(x).view(b, l, kvh, hd)
+        v = self.v_proj(x).view(b, l, kvh, hd)
+        if self.rotary_dim:
+            positions = torch.arange(past, past + l, device=x.device)
+            cos, sin = rope_cos_sin(positions, self.rotary_dim, self.rope_theta)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            state = cache.layers[self.layer_idx]
+            if state["k"].shape[1] != past:
+                raise ValueError(f"attention layer {self.layer_idx}: the cache holds {state['k'].shape[1]} "
+                                 f"tokens but cache.seqlen_offset is {past}; use one cache per sequence")
+            k = torch.cat([state["k"], k.to(state["k"].dtype)], dim=1)  # (b, t, kvh, hd)
+            v = torch.cat([state["v"], v.to(state["v"].dtype)], dim=1)
+            state["k"], state["v"] = k, v
+        mask, is_causal = self._mask(b, l, k.shape[1], seq_idx, x.device)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2).to(q.dtype), v.transpose(1, 2).to(q.dtype)  # (b, heads, ., hd)
+        if kvh != h and _SDPA_HAS_GQA:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
+        else:
+            if kvh != h:
+                k, v = k.repeat_interleave(h // kvh, dim=1), v.repeat_interleave(h // kvh, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        y = y.transpose(1, 2).reshape(b, l, h * hd)  # (b, l, h hd)
+        return self.o_proj(y)
+
+    @staticmethod
+    def _mask(b: int, l: int, t: int, seq_idx, device):
+        """(attn_mask, is_causal) for l queries at positions t-l..t-1 over t keys."""
+        past = t - l
+        if seq_idx is None:
+            if l == 1:
+                return None, False  # one new token sees everything before it
+            if past == 0:
+                return None, True
+            key_pos = torch.arange(t, device=device)
+            return key_pos[None, :] <= (past + torch.arange(l, device=device))[:, None], False  # (l, t)
+        key_pos = torch.arange(t, device=device)
+        causal = key_pos[None, :] <= (past + torch.arange(l, device=device))[:, None]  # (l, t)
+        key_ids = torch.cat([seq_idx[:, :1].expand(b, past), seq_idx], dim=1) if past else seq_idx  # (b, t)
+        same_doc = seq_idx[:, :, None] == key_ids[:, None, :]  # (b, l, t)
+        return (causal[None] & same_doc)[:, None], False  # (b, 1, l, t)

@@ -1,0 +1,50 @@
+"""The MLP block of hybrid and Transformer models (the `-` of a layer pattern).
+
+Letters: b batch, l length, d model width, f hidden width (mlp.hidden_size, default 4 d).
+
+Activations:
+  gelu   down(gelu(up(x)))                   exact (erf) GeLU, Megatron's default
+  relu2  down(relu(up(x))^2)                 squared ReLU (Primer), NemotronH's default
+  swiglu down(silu(gate(x)) * up(x))         gated, as Llama
+
+Names follow transformers (up_proj, gate_proj, down_proj) so that NemotronH (up/down) and
+Llama (gate/up/down) weights load by renaming only the prefix; down_proj is rescaled by
+1/sqrt(n_layer) at init like every output projection. An MLP carries no state between calls.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = ("gelu", "relu2", "swiglu")
+
+
+class MLP(nn.Module):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        m = config.mlp
+        if m.activation not in ACTIVATIONS:
+            raise ValueError(f"mlp: activation must be one of {ACTIVATIONS}, got {m.activation!r}")
+        d = config.d_model
+        self.layer_idx = layer_idx
+        self.hidden_size = f = m.hidden_size or 4 * d
+        self.activation = m.activation
+        if self.activation == "swiglu":
+            self.gate_proj = nn.Linear(d, f, bias=m.bias)
+        self.up_proj = nn.Linear(d, f, bias=m.bias)
+        self.down_proj = nn.Linear(f, d, bias=m.bias)
+
+    def forward(self, x: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
+        """x (b, l, d) -> (b, l, d). Position-wise: cache and seq_idx do not matter."""
+        h = self.up_proj(x)  # (b, l, f)
+        if self.activation == "swiglu":
+            h = F.silu(self.gate_proj(x)) * h
+        elif self.activation == "relu2":
+            h = torch.square(F.relu(h))
+        else:
+            h = F.gelu(h)
+        return self.down_proj(h)
+
+    def allocate_state(self, batch_size: int, dtype=None, device=None) -> dict:
+        return {}
