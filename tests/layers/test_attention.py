@@ -1,0 +1,146 @@
+"""Attention: against a plain softmax loop, transformers' RoPE, decoding, packing, meta build."""
+import math
+
+import pytest
+import torch
+
+from mambakit.cache import InferenceCache
+from mambakit.config import ModelConfig
+from mambakit.layers.attention import Attention, apply_rope, rope_cos_sin
+
+
+def make(n_heads=4, n_kv_heads=2, rotary_fraction=0.5, d=32, dtype=torch.float64, **kw):
+    config = ModelConfig(d_model=d, n_layer=1, vocab_size=16, layer_pattern="*",
+                         attention=dict(n_heads=n_heads, n_kv_heads=n_kv_heads, rotary_fraction=rotary_fraction, **kw))
+    layer = Attention(config, 0).to(dtype)
+    return config, layer
+
+
+def naive_attention(layer, x, seq_idx=None):
+    """Softmax attention written out, one query position at a time."""
+    b, l, _ = x.shape
+    h, kvh, hd = layer.n_heads, layer.n_kv_heads, layer.head_dim
+    q = layer.q_proj(x).view(b, l, h, hd)
+    k = layer.k_proj(x).view(b, l, kvh, hd)
+    v = layer.v_proj(x).view(b, l, kvh, hd)
+    if layer.rotary_dim:
+        cos, sin = rope_cos_sin(torch.arange(l), layer.rotary_dim, layer.rope_theta)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    out = torch.zeros(b, l, h, hd, dtype=x.dtype)
+    for bi in range(b):
+        for i in range(l):
+            for hi in range(h):
+                kv = hi // (h // kvh)
+                scores = k[bi, : i + 1, kv] @ q[bi, i, hi] / math.sqrt(hd)  # (i+1,)
+                if seq_idx is not None:
+                    scores = scores.masked_fill(seq_idx[bi, : i + 1] != seq_idx[bi, i], float("-inf"))
+                out[bi, i, hi] = scores.softmax(0) @ v[bi, : i + 1, kv]
+    return layer.o_proj(out.reshape(b, l, h * hd))
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads,frac", [(4, 4, 0.0), (4, 2, 0.5), (4, 1, 1.0), (2, 2, 0.25)])
+def test_matches_naive_softmax(n_heads, n_kv_heads, frac):
+    _, layer = make(n_heads, n_kv_heads, frac)
+    x = torch.randn(2, 7, 32, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), naive_attention(layer, x))
+
+
+def test_rope_matches_transformers_llama():
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    hd, l = 16, 9
+    q, k = torch.randn(2, l, 3, hd), torch.randn(2, l, 1, hd)
+    cos, sin = rope_cos_sin(torch.arange(l), hd, 500.0)
+    # transformers lays out (b, heads, l, hd) and takes cos/sin (b, l, hd)
+    q_ref, k_ref = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos[None], sin[None])
+    torch.testing.assert_close(apply_rope(q, cos, sin), q_ref.transpose(1, 2))
+    torch.testing.assert_close(apply_rope(k, cos, sin), k_ref.transpose(1, 2))
+
+
+def test_partial_rope_leaves_the_rest_and_rotates_by_relative_position():
+    cos, sin = rope_cos_sin(torch.arange(20), 8, 10000.0)
+    q, k = torch.randn(1, 1, 1, 12, dtype=torch.float64), torch.randn(1, 1, 1, 12, dtype=torch.float64)
+    rq = apply_rope(q.expand(1, 20, 1, 12), cos, sin)
+    rk = apply_rope(k.expand(1, 20, 1, 12), cos, sin)
+    torch.testing.assert_close(rq[..., 8:], q.expand(1, 20, 1, 12)[..., 8:])
+    score = lambda i, j: float((rq[0, i, 0] * rk[0, j, 0]).sum())  # noqa: E731
+    assert score(5, 2) == pytest.approx(score(15, 12), rel=1e-5)  # same distance, same score
+    assert score(5, 2) != pytest.approx(score(5, 4), rel=1e-3)
+
+
+def _cache(config, layer, b):
+    return InferenceCache(config, b, [layer.allocate_state(b)])
+
+
+@pytest.mark.parametrize("splits", [[11], [6, 1, 1, 1, 1, 1], [3, 5, 1, 2]])
+def test_cache_prefill_steps_and_chunks_equal_full(splits):
+    config, layer = make(4, 2, 0.5)
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    full = layer(x)
+    cache = _cache(config, layer, 2)
+    outs, start = [], 0
+    for n in splits:
+        outs.append(layer(x[:, start:start + n], cache=cache))
+        cache.seqlen_offset += n  # the LM advances it after all layers
+        start += n
+    torch.testing.assert_close(torch.cat(outs, 1), full)
+    assert cache.layers[0]["k"].shape == (2, 11, 2, 8) and cache.layers[0]["v"].shape == (2, 11, 2, 8)
+    assert cache.nbytes == 2 * 2 * 11 * 2 * 8 * 8
+
+
+def test_packed_documents_equal_separate_runs():
+    _, layer = make(4, 2, 1.0)
+    lengths = [3, 6, 1, 5]
+    docs = [torch.randn(1, n, 32, dtype=torch.float64) for n in lengths]
+    seq_idx = torch.cat([torch.full((1, n), i) for i, n in enumerate(lengths)], 1)
+    packed = layer(torch.cat(docs, 1), seq_idx=seq_idx)
+    torch.testing.assert_close(packed, torch.cat([layer(d) for d in docs], 1))
+    torch.testing.assert_close(packed, naive_attention(layer, torch.cat(docs, 1), seq_idx))
+
+
+def test_packed_with_cache_continues_the_first_document():
+    config, layer = make(4, 2, 0.5)
+    x = torch.randn(1, 10, 32, dtype=torch.float64)
+    cache = _cache(config, layer, 1)
+    first = layer(x[:, :4], cache=cache)
+    cache.seqlen_offset += 4
+    seq_idx = torch.tensor([[0, 0, 0, 1, 1, 1]])  # tokens 4..6 continue doc 0, 7..9 are a new doc
+    rest = layer(x[:, 4:], cache=cache, seq_idx=seq_idx)
+    whole = layer(x, seq_idx=torch.tensor([[0] * 7 + [1] * 3]))
+    torch.testing.assert_close(torch.cat([first, rest], 1), whole)
+
+
+def test_no_buffers_and_meta_build_loads_exactly():
+    config, layer = make(4, 2, 0.5, dtype=torch.float32)
+    assert list(layer.buffers()) == []
+    assert sorted(layer.state_dict()) == ["k_proj.weight", "o_proj.weight", "q_proj.weight", "v_proj.weight"]
+    with torch.device("meta"):
+        empty = Attention(config, 0)
+    empty = empty.to_empty(device="cpu")
+    empty.load_state_dict(layer.state_dict())
+    x = torch.randn(1, 5, 32)
+    torch.testing.assert_close(empty(x), layer(x), rtol=0, atol=0)
+
+
+def test_bias_and_head_dim():
+    _, layer = make(4, 2, 1.0, head_dim=6, bias=True)
+    assert layer.q_proj.weight.shape == (24, 32) and layer.k_proj.bias.shape == (12,)
+    assert layer.rotary_dim == 6
+    x = torch.randn(1, 4, 32, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), naive_attention(layer, x))
+
+
+def test_max_seqlen_is_enforced():
+    config, layer = make(max_seqlen=6)
+    cache = _cache(config, layer, 1)
+    layer(torch.randn(1, 5, 32, dtype=torch.float64), cache=cache)
+    cache.seqlen_offset += 5
+    with pytest.raises(ValueError, match="limit of 6"):
+        layer(torch.randn(1, 2, 32, dtype=torch.float64), cache=cache)
+
+
+def test_out_of_sync_cache_is_an_error():
+    config, layer = make()
+    cache = _cache(config, layer, 1)
+    cache.seqlen_offset = 3  # nothing was cached
+    with pytest.raises(ValueError, match="seqlen_offset"):
+        layer(torch.randn(1, 1, 32, dtype=torch.float64), cache=cache)
