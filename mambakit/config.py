@@ -73,9 +73,10 @@ class MLPConfig:
 @dataclass
 class S4DConfig:
     d_state: int = 64
-    init: str = "real"  # "real" (A = -(1..n)/2... see layers/s4d.py) or "lin" (S4D-Lin, complex)
+    init: str = "real"  # "real" (S4D-Real, A_n = -(n+1)) or "lin" (S4D-Lin, complex -1/2 + i pi n); layers/s4d.py
     dt_min: float = 0.001
     dt_max: float = 0.1
+    expand: int = 2  # the S4D runs over e = expand * d_model channels
 
 
 _SUB_CONFIGS = {"mamba1": Mamba1Config, "mamba2": Mamba2Config, "attention": AttentionConfig,
