@@ -106,6 +106,9 @@ class Attention(nn.Module):
             v = torch.cat([state["v"], v.to(state["v"].dtype)], dim=1)
             state["k"], state["v"] = k, v
         mask, is_causal = self._mask(b, l, k.shape[1], seq_idx, x.device)
+        pad_lengths = getattr(cache, "pad_lengths", None)
+        if pad_lengths is not None:
+            mask, is_causal = _mask_left_padding(mask, pad_lengths, l, k.shape[1]), False
         q, k, v = q.transpose(1, 2), k.transpose(1, 2).to(q.dtype), v.transpose(1, 2).to(q.dtype)  # (b, heads, ., hd)
         if kvh != h and _SDPA_HAS_GQA:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
@@ -132,3 +135,17 @@ class Attention(nn.Module):
         key_ids = torch.cat([seq_idx[:, :1].expand(b, past), seq_idx], dim=1) if past else seq_idx  # (b, t)
         same_doc = seq_idx[:, :, None] == key_ids[:, None, :]  # (b, l, t)
         return (causal[None] & same_doc)[:, None], False  # (b, 1, l, t)
+
+
+def _mask_left_padding(mask, pad_lengths: torch.Tensor, l: int, t: int) -> torch.Tensor:
+    """Add left padding (cache.pad_lengths (b,): row i's first keys are padding) to an SDPA mask.
+
+    The padding is a document of its own: real tokens never see it, padding sees only padding (so
+    no query row is all masked, which would give NaN). Returns a bool mask (b, 1, l, t).
+    """
+    key_pos = torch.arange(t, device=pad_lengths.device)
+    q_pos = key_pos[t - l:]  # the l new tokens are the last of the t keys
+    pad = pad_lengths[:, None]
+    keep = (q_pos[None] >= pad)[:, :, None] == (key_pos[None] >= pad)[:, None, :]  # (b, l, t)
+    keep = (keep & (key_pos[None, :] <= q_pos[:, None]))[:, None]  # causal, (b, 1, l, t)
+    return keep if mask is None else keep & mask
