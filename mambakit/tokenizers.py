@@ -1,0 +1,209 @@
+"""Tokenizers: a byte-level default that needs no files, and a wrapper for Hugging Face `tokenizers`
+(tokenizer.json) files.
+
+Letters: b batch, l length (longest prompt of a batch).
+
+Both share one interface: encode(text) -> ids, decode(ids) -> text, batch_encode(texts) ->
+(input_ids (b, l), attention_mask (b, l)) left-padded for generate, and stream_decoder() for
+printing tokens as they come without splitting a character (a UTF-8 sequence or a BPE merge that
+spans several tokens).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+# Names under which tokenizer.json files commonly hold their end-of-text token, when no
+# tokenizer_config.json says which it is (GPT-NeoX / GPT-2, Llama 3, Llama 2, Gemma).
+_EOS_GUESSES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+
+
+class Tokenizer:
+    """Shared helpers; subclasses define encode, decode, vocab_size and the special token ids."""
+
+    vocab_size: int
+    eos_token_id: int | None = None
+    bos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        raise NotImplementedError
+
+    def batch_encode(self, texts: list[str], padding_side: str = "left", add_special_tokens: bool = True,
+                     device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """texts -> input_ids (b, l) long and attention_mask (b, l) long (1 = token, 0 = padding)."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts) or not texts:
+            raise ValueError("batch_encode expects a non-empty list of strings")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        rows = [self.encode(t, add_special_tokens=add_special_tokens) for t in texts]
+        if any(not r for r in rows):
+            raise ValueError("a text encodes to no token; every prompt needs at least one")
+        l = max(len(r) for r in rows)
+        pad = next((i for i in (self.pad_token_id, self.eos_token_id) if i is not None), 0)
+        ids = torch.full((len(rows), l), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), l), dtype=torch.long)
+        for i, r in enumerate(rows):
+            span = slice(l - len(r), l) if padding_side == "left" else slice(0, len(r))
+            ids[i, span] = torch.tensor(r, dtype=torch.long)
+            mask[i, span] = 1
+        return ids.to(device), mask.to(device)
+
+    def stream_decoder(self, skip_special_tokens: bool = False) -> "StreamDecoder":
+        return StreamDecoder(self, skip_special_tokens)
+
+
+class StreamDecoder:
+    """Turns tokens arriving one by one into text pieces, holding back an unfinished character.
+
+    Decodes a short window (the tokens since the last emitted piece plus the ones before them,
+    for context such as a leading space) and emits what it adds, unless it ends in U+FFFD, the
+    mark of an incomplete UTF-8 sequence. flush() emits whatever is left at the end.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False):
+        self.tokenizer = tokenizer
+        self.skip = skip_special_tokens
+        self.tokens: list[int] = []
+        self.prefix_offset = 0  # start of the context window
+        self.read_offset = 0  # tokens before this are already printed
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip)
+
+    def push(self, ids) -> str:
+        """Add token ids (an int, a list or a tensor); return the text they complete ('' if none yet)."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.flatten().tolist()
+        self.tokens.extend([ids] if isinstance(ids, int) else ids)
+        before = self._decode(self.tokens[self.prefix_offset:self.read_offset])
+        text = self._decode(self.tokens[self.prefix_offset:])
+        if len(text) > len(before) and not text.endswith("\ufffd"):
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
+            return text[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        """The text still held back (an incomplete character prints as U+FFFD)."""
+        before = self._decode(self.tokens[self.prefix_offset:self.read_offset])
+        text = self._decode(self.tokens[self.prefix_offset:])
+        self.prefix_offset = self.read_offset = len(self.tokens)
+        return text[len(before):]
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes as tokens: id = byte value, 256 ids, no special tokens, no files.
+
+    Ids outside [0, 256) (a model with a larger vocabulary) decode to U+FFFD.
+    """
+
+    vocab_size = 256
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if not isinstance(text, str):
+            raise ValueError(f"encode expects a str, got {type(text).__name__}")
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.flatten().tolist()
+        out, run = [], bytearray()
+        for i in ids:
+            if 0 <= i < 256:
+                run.append(i)
+            else:
+                out.append(run.decode("utf-8", errors="replace") + "\ufffd")
+                run = bytearray()
+        out.append(run.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+    def __repr__(self) -> str:
+        return "ByteTokenizer(vocab_size=256)"
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face `tokenizers.Tokenizer` (tokenizer.json) behind the interface above."""
+
+    def __init__(self, tokenizer, eos_token: str | None = None, bos_token: str | None = None,
+                 pad_token: str | None = None):
+        self.tokenizer = tokenizer
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        if eos_token is None:
+            eos_token = next((t for t in _EOS_GUESSES if tokenizer.token_to_id(t) is not None), None)
+        self.eos_token_id = self._id(eos_token, "eos_token")
+        self.bos_token_id = self._id(bos_token, "bos_token")
+        self.pad_token_id = self._id(pad_token, "pad_token")
+
+    def _id(self, token: str | None, what: str) -> int | None:
+        if token is None:
+            return None
+        i = self.tokenizer.token_to_id(token)
+        if i is None:
+            raise ValueError(f"{what} {token!r} is not in the tokenizer's vocabulary")
+        return i
+
+    @classmethod
+    def from_file(cls, path) -> "HFTokenizer":
+        """path: a tokenizer.json file, or a folder holding one (and maybe tokenizer_config.json,
+        whose eos_token / bos_token / pad_token are used)."""
+        try:
+            from tokenizers import Tokenizer as _HF
+        except ImportError as err:  # pragma: no cover - installed with transformers
+            raise ImportError("reading tokenizer.json needs the `tokenizers` package: pip install tokenizers") from err
+        p = Path(path)
+        file = p / "tokenizer.json" if p.is_dir() else p
+        if not file.is_file():
+            raise FileNotFoundError(f"no tokenizer file at {file}; expected a tokenizer.json "
+                                    "(Hugging Face `tokenizers` format) or a folder holding one")
+        try:
+            tok = _HF.from_file(str(file))
+        except Exception as err:  # the Rust side raises its own exception type
+            raise ValueError(f"{file}: not a valid tokenizer.json ({err})") from err
+        return cls(tok, **_special_tokens(file.parent))
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if not isinstance(text, str):
+            raise ValueError(f"encode expects a str, got {type(text).__name__}")
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.flatten().tolist()
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer(vocab_size={self.vocab_size}, eos_token_id={self.eos_token_id})"
+
+
+def _special_tokens(folder: Path) -> dict:
+    """eos/bos/pad token strings from tokenizer_config.json or special_tokens_map.json, if present."""
+    found = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
+        f = folder / name
+        if not f.is_file():
+            continue
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{f}: cannot read it as JSON ({err})") from err
+        for key in ("eos_token", "bos_token", "pad_token"):
+            value = data.get(key)
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str):
+                found[key] = value
+    return found
+
+
+def load_tokenizer(spec=None) -> Tokenizer:
+    """None or "byte": the byte tokenizer; a path: a tokenizer.json file or a folder holding one."""
+    if spec is None or spec == "byte":
+        return ByteTokenizer()
+    if isinstance(spec, Tokenizer):
+        return spec
+    return HFTokenizer.from_file(spec)
