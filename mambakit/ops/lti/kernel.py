@@ -1,0 +1,48 @@
+"""S4D kernel: zero-order-hold discretization and the Vandermonde product.
+
+Letters: e channels, n state dim (modes; complex for S4D-Lin, real for S4D-Real), l length,
+t positions of a block of the length.
+
+A diagonal LTI SSM per channel, with B folded into the output weights W (see README.md):
+    s_t = dA s_{t-1} + u_t          y_t = Re(sum_n W_n s_{t,n}) + D u_t
+has the convolution kernel
+    K[t] = Re(sum_n W_n dA_n^t) = Re(sum_n W_n exp(t dtA_n))      (Vandermonde product)
+We work with dtA = dt * A, the log of dA, so every power is one exp and never a repeated
+product. The Vandermonde matrix exp(t dtA) is (e, n, l); it is built a block of t at a time so
+memory stays bounded for long sequences.
+"""
+from __future__ import annotations
+
+import torch
+
+# Entries of one Vandermonde block (e * n * t): 2^22 complex64 numbers are 32 MB.
+BLOCK_ELEMENTS = 1 << 22
+
+
+def discretize_zoh(A: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-order hold with B = 1. A (e, n) real or complex, dt (e,) > 0 ->
+    dtA = dt A (the log of dA = exp(dt A)) and dB = (exp(dt A) - 1) / A, both (e, n)."""
+    dtA = dt[:, None] * A
+    return dtA, torch.expm1(dtA) / A
+
+
+def time_blocks(e: int, n: int, l: int):
+    """(t0, t1) ranges covering [0, l) with e * n * (t1 - t0) <= BLOCK_ELEMENTS (at least 1 step)."""
+    step = max(1, BLOCK_ELEMENTS // max(1, e * n))
+    return [(t0, min(l, t0 + step)) for t0 in range(0, l, step)]
+
+
+def vandermonde(dtA: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+    """exp(t dtA) for t in [t0, t1): dtA (e, n) -> (e, n, t1 - t0)."""
+    t = torch.arange(t0, t1, device=dtA.device, dtype=dtA.real.dtype)
+    return torch.exp(dtA[..., None] * t)
+
+
+def lti_kernel(dtA: torch.Tensor, W: torch.Tensor, l: int) -> torch.Tensor:
+    """K (l, e) real: K[t, e] = Re(sum_n W[e, n] exp(t dtA[e, n]))."""
+    e, n = dtA.shape
+    parts = []
+    for t0, t1 in time_blocks(e, n, l):
+        K = torch.einsum("en,ent->te", W, vandermonde(dtA, t0, t1))  # (t, e)
+        parts.append(K.real if K.is_complex() else K)
+    return torch.cat(parts, dim=0)
