@@ -1,0 +1,176 @@
+"""Training checkpoints: written whole or not at all, the last k kept, verified when read back.
+
+No shape letters: this file moves state dicts.
+
+A checkpoint is the folder RUN_DIR/checkpoints/step-NNNNNNN (N = optimizer steps done) holding
+  config.json, model.safetensors   the model in mambakit's native format (mambakit.load reads it)
+  optimizer.pt                     the full optimizer state, keyed by parameter name
+  trainer.pt                       step, samples consumed (the data position), scheduler, config
+  rng-rank{r}.pt                   every RNG state of rank r (python, numpy, torch, cuda)
+  manifest.json                    sha256 of each file above; written last
+Everything is written into `.tmp-step-NNNNNNN` and renamed into place, so a folder named step-*
+is complete; a crash mid-write leaves only a .tmp-* folder, which is never read and is removed by
+the next save. On resume every file is checked against the manifest: a damaged checkpoint is a
+CheckpointError naming the file, never a half-restored run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..convert.io import CheckpointError
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+MANIFEST = "manifest.json"
+
+
+def checkpoints_root(run_dir) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
+    """Complete checkpoints (renamed into place), oldest first. .tmp-* folders are ignored."""
+    root = checkpoints_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- RNG --------------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                       "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- writing ----------------------------------------------------------------------------------------
+def tmp_dir(run_dir, step: int) -> Path:
+    return checkpoints_root(run_dir) / f".tmp-step-{step:07d}"
+
+
+def final_dir(run_dir, step: int) -> Path:
+    return checkpoints_root(run_dir) / f"step-{step:07d}"
+
+
+def begin(run_dir, step: int) -> Path:
+    """Rank 0: a fresh, empty temporary folder for this step (a stale one from a crash is removed)."""
+    tmp = tmp_dir(run_dir, step)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_rng(tmp: Path, rank: int) -> None:
+    torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+
+
+def write_main(tmp: Path, model_config, model_state: dict, optim_state: dict, trainer_state: dict) -> None:
+    """Rank 0: the model (native format), the optimizer and the trainer state."""
+    from safetensors.torch import save_file
+
+    from ..convert.native import FORMAT_VERSION
+    state = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+    if model_config.tie_embeddings:
+        state.pop("lm_head.weight", None)  # shared with the embedding; mambakit.load re-ties it
+    (tmp / "config.json").write_text(json.dumps({"mambakit_format": FORMAT_VERSION,
+                                                 "model": model_config.to_dict()}, indent=2))
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    torch.save(optim_state, tmp / "optimizer.pt")
+    torch.save(trainer_state, tmp / "trainer.pt")
+
+
+def write_manifest(tmp: Path, step: int) -> None:
+    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (tmp / (MANIFEST + ".part")).write_text(json.dumps({"step": step, "files": files}, indent=2))
+    os.replace(tmp / (MANIFEST + ".part"), tmp / MANIFEST)
+
+
+def commit(run_dir, step: int, keep_last: int) -> Path:
+    """Rank 0: manifest, rename into place, drop all but the newest `keep_last`."""
+    tmp, final = tmp_dir(run_dir, step), final_dir(run_dir, step)
+    write_manifest(tmp, step)
+    if final.exists():  # the same step saved again (e.g. a rerun): replace it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for _, old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# --- reading ----------------------------------------------------------------------------------------
+def verify(path: Path) -> dict:
+    """Check every file against manifest.json; return the manifest."""
+    man = path / MANIFEST
+    if not man.is_file():
+        raise CheckpointError(f"{path}: no {MANIFEST}; this checkpoint is incomplete or not a training checkpoint")
+    try:
+        manifest = json.loads(man.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{man}: corrupt manifest ({err})") from err
+    for name in ("config.json", "model.safetensors", "optimizer.pt", "trainer.pt"):
+        if name not in files:
+            raise CheckpointError(f"{man}: lists no {name}; expected a complete training checkpoint")
+    for name, digest in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing from the checkpoint (listed in {MANIFEST})")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"{f}: corrupt (its sha256 does not match {MANIFEST}); "
+                                  "resume from an older checkpoint with --resume PATH")
+    return manifest
+
+
+def read(path, rank: int) -> dict:
+    """Everything a resumed run needs, verified: model_state, optim_state, trainer, rng (or None)."""
+    from ..convert.io import read_config, read_weights
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint folder")
+    verify(path)
+    raw = read_config(path)
+    try:
+        optim_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+        rng_file = path / f"rng-rank{rank}.pt"
+        rng = torch.load(rng_file, map_location="cpu", weights_only=True) if rng_file.exists() else None
+    except Exception as err:  # torch.load raises several types for damaged files
+        raise CheckpointError(f"{path}: cannot read the training state ({err})") from err
+    return {"config": raw, "model_state": read_weights(path), "optim_state": optim_state,
+            "trainer": trainer, "rng": rng}

@@ -1,0 +1,277 @@
+"""Training data: text files, folders and jsonl, tokenized once into a memory-mapped token file,
+packed into fixed-length rows with seq_idx, split into train and validation, read per rank.
+
+Letters: b batch (rows), l length (tokens per row), v vocabulary.
+
+The token file `<cache_dir>/<key>.bin` holds every document's tokens back to back (uint8, uint16
+or uint32 by vocabulary size) and `<key>.docs.npy` the start offset of each document; `<key>.json`
+is written last and marks the pair complete. The key hashes the file list (paths, sizes, mtimes),
+the tokenizer and the jsonl field, so the same data is tokenized once and reused next time.
+
+Row i of a split is tokens[i*l : i*l + l + 1]: inputs its first l tokens, targets the last l.
+seq_idx numbers the documents inside the row from 0, so the model's SSM and conv state is reset at
+every document start; a target that belongs to another document than its input is ignored (-100).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+FORMAT_VERSION = 1
+
+
+# --- tokenizers --------------------------------------------------------------------------------------
+class ByteTokenizer:
+    """Token = byte value of the UTF-8 text; v = 256."""
+    vocab_size = 256
+    name = "byte"
+
+    def encode_bytes(self, raw: bytes) -> np.ndarray:
+        return np.frombuffer(raw, dtype=np.uint8)
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+class _HFTokenizerJson:
+    """A Hugging Face tokenizer.json through the `tokenizers` library."""
+
+    def __init__(self, path: Path):
+        try:
+            from tokenizers import Tokenizer
+        except ModuleNotFoundError as err:
+            raise ValueError("data.tokenizer names a tokenizer.json, which needs `pip install tokenizers`") from err
+        self._tok = Tokenizer.from_file(str(path))
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.name = "hf:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+    def encode_bytes(self, raw: bytes) -> np.ndarray:
+        return np.asarray(self._tok.encode(raw.decode("utf-8", errors="replace")).ids, dtype=np.int64)
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids])
+
+
+def get_tokenizer(spec: str):
+    """"byte" or a path to a tokenizer.json. The one place to switch to mambakit.tokenizers."""
+    if spec == "byte":
+        return ByteTokenizer()
+    p = Path(spec)
+    if not p.is_file():
+        raise ValueError(f"data.tokenizer {spec!r} is neither 'byte' nor an existing tokenizer.json file")
+    return _HFTokenizerJson(p)
+
+
+# --- sources -----------------------------------------------------------------------------------------
+def collect_files(paths, extensions) -> list[Path]:
+    """The files behind data.path: files as given, folders searched recursively by extension."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    exts = {e if e.startswith(".") else "." + e for e in extensions}
+    files: list[Path] = []
+    for entry in paths:
+        p = Path(entry).expanduser()
+        if not p.exists():
+            raise ValueError(f"data.path {str(entry)!r} does not exist; expected a text file, a folder of "
+                             "text files or a .jsonl file")
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix in exts or f.suffix == ".jsonl"))
+            if not found:
+                raise ValueError(f"data.path {str(entry)!r} is a folder without files ending in "
+                                 f"{sorted(exts | {'.jsonl'})} (data.extensions)")
+            files += found
+        else:
+            files.append(p)
+    return files
+
+
+def iter_documents(path: Path, text_field: str):
+    """Each document of one file as UTF-8 bytes: a whole text file, or one jsonl record."""
+    if path.suffix != ".jsonl":
+        yield path.read_bytes()
+        return
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from err
+            if isinstance(record, str):
+                yield record.encode("utf-8")
+            elif isinstance(record, dict) and isinstance(record.get(text_field), str):
+                yield record[text_field].encode("utf-8")
+            else:
+                raise ValueError(f"{path}:{lineno}: expected a string or an object with a string field "
+                                 f"{text_field!r} (data.text_field)")
+
+
+# --- the token file ------------------------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MAMBAKIT_CACHE", Path.home() / ".cache" / "mambakit" / "tokens"))
+
+
+def cache_key(files: list[Path], tokenizer, text_field: str) -> str:
+    h = hashlib.sha256(f"v{FORMAT_VERSION}|{tokenizer.name}|{text_field}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"|{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def token_dtype(vocab_size: int):
+    return np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.uint32
+
+
+@dataclass
+class TokenFile:
+    tokens: np.ndarray  # (total,) memory-mapped
+    doc_starts: np.ndarray  # (n_docs,) int64, ascending, doc_starts[0] == 0
+    key: str
+    vocab_size: int
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def prepare_tokens(data_cfg, tokenizer, write: bool = True) -> TokenFile:
+    """Tokenize data.path into the cache (unless already there) and memory-map it.
+
+    With write=False (ranks other than 0) the file must already exist."""
+    files = collect_files(data_cfg.path, data_cfg.extensions)
+    key = cache_key(files, tokenizer, data_cfg.text_field)
+    cache = Path(data_cfg.cache_dir).expanduser() if data_cfg.cache_dir else default_cache_dir()
+    meta_path = cache / f"{key}.json"
+    if not meta_path.exists():
+        if not write:
+            raise ValueError(f"token file {meta_path} is missing; rank 0 should have written it")
+        _tokenize(files, tokenizer, data_cfg.text_field, cache, key)
+    meta = json.loads(meta_path.read_text())
+    n = meta["n_tokens"]
+    tokens = np.memmap(cache / f"{key}.bin", dtype=np.dtype(meta["dtype"]), mode="r", shape=(n,)) if n \
+        else np.zeros(0, dtype=np.dtype(meta["dtype"]))
+    return TokenFile(tokens, np.load(cache / f"{key}.docs.npy"), key, meta["vocab_size"])
+
+
+def _tokenize(files, tokenizer, text_field, cache: Path, key: str) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(tokenizer.vocab_size)
+    # Files in a fixed pseudo-random order, so that the held-out tail is a sample of all of them.
+    order = np.random.default_rng(0).permutation(len(files))
+    starts, total = [], 0
+    tmp = cache / f".{key}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as out:
+        for i in order:
+            for doc in iter_documents(files[i], text_field):
+                ids = tokenizer.encode_bytes(doc)
+                if len(ids) == 0:
+                    continue
+                starts.append(total)
+                out.write(np.asarray(ids).astype(dtype, copy=False).tobytes())
+                total += len(ids)
+    os.replace(tmp, cache / f"{key}.bin")
+    np.save(cache / f".{key}.docs.tmp.npy", np.asarray(starts, dtype=np.int64))
+    os.replace(cache / f".{key}.docs.tmp.npy", cache / f"{key}.docs.npy")
+    meta = {"format": FORMAT_VERSION, "n_tokens": total, "n_docs": len(starts), "dtype": np.dtype(dtype).name,
+            "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.name, "files": [str(f) for f in files]}
+    (cache / f".{key}.json.tmp").write_text(json.dumps(meta))
+    os.replace(cache / f".{key}.json.tmp", cache / f"{key}.json")  # last: marks the pair complete
+
+
+# --- splits and rows ------------------------------------------------------------------------------------
+def split_point(tf: TokenFile, val_fraction: float) -> int:
+    """Where validation starts: a document start near the cut when one is close, else the cut itself."""
+    n = tf.n_tokens
+    want = int(round(n * val_fraction))
+    if want == 0:
+        return n
+    cut = n - want
+    j = int(np.searchsorted(tf.doc_starts, cut))
+    near = [int(tf.doc_starts[k]) for k in (j - 1, j) if 0 < k < len(tf.doc_starts)]
+    near = [s for s in near if want / 2 <= n - s <= 2 * want]
+    return min(near, key=lambda s: abs(s - cut)) if near else cut
+
+
+class PackedRows:
+    """Fixed-length rows over tokens[start:end]: row i -> (input_ids (l,), targets (l,), seq_idx (l,))."""
+
+    def __init__(self, tf: TokenFile, start: int, end: int, seq_len: int, pack: bool = True, split: str = "train"):
+        self.tf, self.start, self.seq_len, self.pack = tf, start, seq_len, pack
+        n = end - start
+        if n < seq_len + 1:
+            raise ValueError(f"train.seq_len {seq_len} is larger than the data: the {split} split has {n} tokens "
+                             f"and a row needs seq_len + 1 = {seq_len + 1}; lower train.seq_len or add data"
+                             + (" (or raise data.val_fraction)" if split == "validation" else ""))
+        self.n_rows = (n - 1) // seq_len
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def batch(self, rows) -> dict[str, torch.Tensor]:
+        """Rows by index -> input_ids, targets, seq_idx: each (b, l) int64."""
+        l = self.seq_len
+        starts = [self.start + int(r) * l for r in rows]
+        window = np.stack([np.asarray(self.tf.tokens[s:s + l + 1], dtype=np.int64) for s in starts])  # (b, l+1)
+        out = {"input_ids": torch.from_numpy(window[:, :-1].copy()), "targets": torch.from_numpy(window[:, 1:].copy())}
+        if self.pack:
+            pos = np.asarray(starts)[:, None] + np.arange(l + 1)[None, :]  # (b, l+1) token positions
+            doc = np.searchsorted(self.tf.doc_starts, pos, side="right") - 1  # document of each token
+            seq_idx = doc[:, :-1] - doc[:, :1]  # (b, l) from 0 within each row
+            crossing = doc[:, 1:] != doc[:, :-1]  # target starts the next document: nothing to predict
+            out["targets"][torch.from_numpy(crossing)] = IGNORE_INDEX
+            out["seq_idx"] = torch.from_numpy(seq_idx.astype(np.int64))
+        return out
+
+
+class RowSampler:
+    """Sample k of the run -> a row: epoch k // n_rows, a fresh seeded permutation per epoch.
+
+    The position in the data is just the number of samples consumed, so resuming is exact."""
+
+    def __init__(self, n_rows: int, seed: int):
+        self.n_rows, self.seed = n_rows, seed
+        self._epoch, self._perm = -1, None
+
+    def rows(self, first: int, count: int) -> list[int]:
+        out = []
+        for k in range(first, first + count):
+            epoch, j = divmod(k, self.n_rows)
+            if epoch != self._epoch:
+                self._epoch = epoch
+                self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_rows)
+            out.append(int(self._perm[j]))
+        return out
+
+
+class TrainData:
+    """Train and validation rows of one token file, and each rank's share of every step."""
+
+    def __init__(self, tf: TokenFile, seq_len: int, val_fraction: float, seed: int, pack: bool = True):
+        self.tf = tf
+        cut = split_point(tf, val_fraction)
+        self.train = PackedRows(tf, 0, cut, seq_len, pack, "train")
+        self.val = PackedRows(tf, cut, tf.n_tokens, seq_len, pack, "validation") if cut < tf.n_tokens else None
+        self.sampler = RowSampler(len(self.train), seed)
+
+    def step_batches(self, step: int, global_batch: int, micro: int, rank: int, world: int):
+        """The micro-batches of one optimizer step that this rank computes: samples
+        [step*B + rank*B/world, step*B + (rank+1)*B/world) split into runs of `micro`."""
+        per_rank = global_batch // world
+        first = step * global_batch + rank * per_rank
+        rows = self.sampler.rows(first, per_rank)
+        return [self.train.batch(rows[i:i + micro]) for i in range(0, per_rank, micro)]
+
+    def val_batches(self, n_rows: int, micro: int, rank: int, world: int):
+        """The first n_rows validation rows (always the same), dealt round-robin to the ranks."""
+        if self.val is None:
+            return []
+        mine = list(range(min(n_rows, len(self.val))))[rank::world]
+        return [self.val.batch(mine[i:i + micro]) for i in range(0, len(mine), micro)]

@@ -1,0 +1,252 @@
+"""Trainer: the training loop behind `mambakit train`.
+
+Letters: b batch (rows per micro-batch), l length (train.seq_len), v vocabulary.
+
+One optimizer step consumes train.batch_size rows (the global batch), split evenly over the ranks
+and, on each rank, into micro-batches of train.micro_batch_size (gradient accumulation). The loss
+is the mean over every non-ignored target of the global batch: each micro-batch contributes
+sum(token losses) / (tokens in the global batch), times the world size because DDP and FSDP2
+average gradients over ranks. So 1 process and N processes with the same global batch compute the
+same gradient, up to the order of floating-point sums.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from . import distributed as D
+from .config import TrainConfig
+from .data import IGNORE_INDEX, TrainData, get_tokenizer, prepare_tokens
+from .metrics import MetricsLog, Progress
+from .optim import WarmupCosine, build_optimizer, build_scheduler, no_decay_names
+
+logger = logging.getLogger("mambakit.train")
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: str | None = None):
+        """resume: None (fresh run), "latest" (newest complete checkpoint of out_dir) or a checkpoint path."""
+        from ..model import LM
+        config.validate()
+        self.cfg = cfg = config
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.dist = info = D.setup(t.device)
+        self.run_dir = Path(cfg.out_dir)
+        if info.world > 1 and t.batch_size % info.world:
+            raise ValueError(f"train.batch_size {t.batch_size} is not divisible by the {info.world} processes")
+        per_rank = t.batch_size // info.world
+        self.micro = t.micro_batch_size or per_rank
+        if per_rank % self.micro:
+            raise ValueError(f"train.batch_size / processes = {per_rank} is not a multiple of "
+                             f"train.micro_batch_size {self.micro}")
+        self.accum = per_rank // self.micro
+
+        # Data: rank 0 tokenizes (once, cached), the others then map the same file.
+        self.tokenizer = get_tokenizer(cfg.data.tokenizer)
+        if info.is_main:
+            tokens = prepare_tokens(cfg.data, self.tokenizer)
+        D.barrier(info)
+        if not info.is_main:
+            tokens = prepare_tokens(cfg.data, self.tokenizer, write=False)
+        self.data = TrainData(tokens, t.seq_len, cfg.data.val_fraction, cfg.seed, cfg.data.pack)
+
+        # Model: the same seed on every rank gives the same initial weights.
+        self.model_config = cfg.model_config(self.tokenizer.vocab_size)
+        limit = self.model_config.max_seqlen
+        if limit is not None and t.seq_len > limit:
+            raise ValueError(f"train.seq_len {t.seq_len} exceeds the model's context limit of {limit}")
+        torch.manual_seed(cfg.seed)
+        self.model = LM(self.model_config).to(info.device)
+        no_decay = no_decay_names(self.model)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*returned a view tensor.*")
+            self.step_module = D.wrap(self.model, t.distributed, info)
+        self.optimizer = build_optimizer(self.model, cfg.optim, no_decay)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.steps)
+        if t.compile:
+            self.step_module.compile()
+
+        use_cuda = info.device.type == "cuda"
+        bf16 = t.precision == "bf16" or (t.precision == "auto" and use_cuda)
+        self.autocast = (lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)) if bf16 \
+            else contextlib.nullcontext
+        self.step = 0
+        self.samples = 0
+        if resume:
+            self._resume(resume)
+        elif ckpt.list_checkpoints(self.run_dir):
+            raise ValueError(f"out_dir {str(self.run_dir)!r} already holds checkpoints of a run; continue it "
+                             "with --resume, or choose another out_dir")
+        elif info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if info.is_main:
+            (self.run_dir / "config.toml").write_text(cfg.to_toml())
+        self.metrics = MetricsLog(self.run_dir, info.is_main, self.step if resume else None)
+
+    # --- resume -----------------------------------------------------------------------------------------
+    def _resume(self, resume: str) -> None:
+        path = ckpt.latest_checkpoint(self.run_dir) if resume == "latest" else Path(resume)
+        if path is None:
+            raise ValueError(f"--resume: no complete checkpoint in {ckpt.checkpoints_root(self.run_dir)}; "
+                             "start without --resume")
+        state = ckpt.read(path, self.dist.rank)
+        saved = state["config"].get("model")
+        if saved != self.model_config.to_dict():
+            raise ValueError(f"--resume: {path} holds a different model than this config describes; "
+                             "resume with the config the run started with")
+        model_state = dict(state["model_state"])
+        if self.model_config.tie_embeddings:
+            model_state["lm_head.weight"] = model_state["embedding.weight"]
+        D.load_full_state(self.model, self.optimizer, model_state, state["optim_state"])
+        trainer = state["trainer"]
+        self.scheduler.load_state_dict(trainer["scheduler"])
+        # load_state_dict restores the saved schedule's fields; this config's schedule governs from here
+        # (the same values when resuming an interrupted run, a longer cosine when extending train.steps).
+        o = self.cfg.optim
+        self.scheduler.lr_lambdas = [WarmupCosine(o.warmup_steps, self.cfg.train.steps, o.min_lr_ratio)
+                                     for _ in self.scheduler.lr_lambdas]
+        for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * fn(self.scheduler.last_epoch)  # the expression LambdaLR itself uses
+        self.step, self.samples = int(trainer["step"]), int(trainer["samples"])
+        if trainer.get("data_key") != self.data.tf.key:
+            logger.warning("resuming on different data than the checkpoint was trained on (%s)", path)
+        if state["rng"] is not None:
+            ckpt.set_rng_state(state["rng"])
+        if self.dist.is_main:
+            print(f"resumed from {path} at step {self.step}", flush=True)
+
+    # --- one step -------------------------------------------------------------------------------------
+    def _loss_sum(self, batch: dict) -> torch.Tensor:
+        dev = self.dist.device
+        seq_idx = batch["seq_idx"].to(dev) if "seq_idx" in batch else None
+        with self.autocast():
+            logits = self.step_module(batch["input_ids"].to(dev), seq_idx=seq_idx, validate=False)  # (b, l, v)
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].to(dev).flatten(),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+
+    def train_step(self) -> dict:
+        t, info = self.cfg.train, self.dist
+        batches = self.data.step_batches(self.step, t.batch_size, self.micro, info.rank, info.world)
+        local = sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in batches)
+        n_targets = float(D.all_reduce_sum(torch.tensor(float(local), device=info.device), info))
+        scale = info.world / max(n_targets, 1.0)
+        loss_sum = torch.zeros((), device=info.device)
+        self.model.train()
+        for i, batch in enumerate(batches):
+            with D.set_grad_sync(self.step_module, i == len(batches) - 1):
+                loss = self._loss_sum(batch)
+                (loss * scale).backward()
+            loss_sum += loss.detach()
+        clip = self.cfg.optim.grad_clip or float("inf")
+        grad_norm = D.full_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.samples += t.batch_size
+        loss = float(D.all_reduce_sum(loss_sum, info)) / max(n_targets, 1.0)
+        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "targets": n_targets}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict | None:
+        """Mean loss over the same validation rows every time; every rank runs the same number of batches."""
+        info = self.dist
+        if self.data.val is None:
+            return None
+        n_rows = min(self.cfg.train.eval_rows, len(self.data.val)) // info.world * info.world
+        if n_rows == 0:
+            return None
+        module = self.model  # under DDP the bare module: no gradient hooks needed
+        self.model.eval()
+        total = torch.zeros(2, device=info.device, dtype=torch.float64)
+        for batch in self.data.val_batches(n_rows, self.micro, info.rank, info.world):
+            dev = info.device
+            seq_idx = batch["seq_idx"].to(dev) if "seq_idx" in batch else None
+            with self.autocast():
+                logits = module(batch["input_ids"].to(dev), seq_idx=seq_idx, validate=False)
+            targets = batch["targets"].to(dev).flatten()
+            total[0] += F.cross_entropy(logits.float().flatten(0, 1), targets, ignore_index=IGNORE_INDEX,
+                                        reduction="sum").double()
+            total[1] += (targets != IGNORE_INDEX).sum()
+        self.model.train()
+        total = D.all_reduce_sum(total, info)
+        val = float(total[0] / total[1].clamp(min=1))
+        return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        info, run = self.dist, self.run_dir
+        model_state, optim_state = D.full_state(self.model, self.optimizer)
+        if info.is_main:
+            ckpt.begin(run, self.step)
+        D.barrier(info)
+        tmp = ckpt.tmp_dir(run, self.step)
+        ckpt.write_rng(tmp, info.rank)
+        if info.is_main:
+            trainer = {"step": self.step, "samples": self.samples, "scheduler": self.scheduler.state_dict(),
+                       "data_key": self.data.tf.key, "world_size": info.world, "config": self.cfg.to_dict()}
+            ckpt.write_main(tmp, self.model_config, model_state, optim_state, trainer)
+        D.barrier(info)
+        if info.is_main:
+            ckpt.commit(run, self.step, self.cfg.checkpoint.keep_last)
+        D.barrier(info)
+        return ckpt.final_dir(run, self.step)
+
+    # --- the loop ---------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train to train.steps; returns the last metrics. Evaluates and checkpoints on schedule."""
+        t, info = self.cfg.train, self.dist
+        tokens_per_step = t.batch_size * t.seq_len
+        progress = Progress(t.steps, self.step, t.progress and info.is_main)
+        last, val = {}, None
+        if self.step == 0 and t.eval_every:
+            val = self.evaluate()
+            if val:
+                self.metrics.write({"step": 0, **val})
+        start, window_t, window_steps = time.perf_counter(), time.perf_counter(), 0
+        try:
+            while self.step < t.steps:
+                out = self.train_step()
+                window_steps += 1
+                now = time.perf_counter()
+                tok_s = tokens_per_step * window_steps / max(now - window_t, 1e-9)
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    last = {"step": self.step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+                            "tokens": self.samples * t.seq_len, "tokens_per_s": tok_s, "elapsed_s": now - start}
+                    self.metrics.write(last)
+                    window_t, window_steps = now, 0
+                if (t.eval_every and self.step % t.eval_every == 0) or self.step == t.steps:
+                    val = self.evaluate()
+                    if val:
+                        self.metrics.write({"step": self.step, **val})
+                        last.update(val)
+                every = self.cfg.checkpoint.every
+                if (every and self.step % every == 0) or self.step == t.steps:
+                    self.save_checkpoint()
+                progress.update(out["loss"], tok_s, val["val_loss"] if val else None)
+        finally:
+            progress.close()
+        return last
+
+    def close(self) -> None:
+        D.cleanup(self.dist)
+
+
+def train(config: TrainConfig, resume: str | None = None) -> dict:
+    """Build a Trainer, run it to the end, release the process group."""
+    trainer = Trainer(config, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
