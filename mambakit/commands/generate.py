@@ -1,0 +1,137 @@
+"""Generate text: mambakit generate --model PATH|PRESET --prompt TEXT [--max-new-tokens N ...].
+
+No shape letters: the prompt is one row of token ids.
+
+The prompt is echoed, the continuation streamed to stdout as it is made, and a last line on
+stderr gives prefill and decode speed. A checkpoint folder brings its tokenizer.json when it has
+one; a preset name builds a model with random weights and the byte tokenizer (the output is
+noise; it shows the machinery and the speed).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a checkpoint folder, or a preset name (random weights)")
+    parser.add_argument("--prompt", required=True, help="the text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most (default 64)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
+    parser.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for sampling and random weights (default 0)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="'byte', or a tokenizer.json (or its folder); default: the model folder's, else byte")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *_DTYPES],
+                        help="weights' dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill long prompts this many tokens at a time")
+    parser.add_argument("--cuda-graph", action="store_true", help="replay the decode step from a CUDA graph")
+
+
+def _note(message: str) -> None:
+    print(f"mambakit generate: {message}", file=sys.stderr, flush=True)
+
+
+def _load(args, torch):
+    """-> (model, tokenizer) on the requested device and dtype."""
+    import mambakit
+    from mambakit.tokenizers import ByteTokenizer, load_tokenizer
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    dtype_name = _DTYPES.get(args.dtype) or ("bfloat16" if device.type == "cuda" else "float32")
+    dtype = getattr(torch, dtype_name)
+    path = Path(args.model)
+    if path.exists():
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        if tokenizer is None:
+            if (path / "tokenizer.json").is_file():
+                tokenizer = load_tokenizer(path)
+            else:
+                tokenizer = ByteTokenizer()
+                _note(f"{path} has no tokenizer.json; using the byte tokenizer (pass --tokenizer to choose one)")
+        model = mambakit.load(path, dtype=dtype, device=device)
+    elif args.model in mambakit.PRESETS:
+        tokenizer = load_tokenizer(args.tokenizer)
+        overrides = {}
+        if isinstance(tokenizer, ByteTokenizer) and mambakit.PRESETS[args.model].vocab_size != tokenizer.vocab_size:
+            overrides["vocab_size"] = tokenizer.vocab_size
+        config = mambakit.ModelConfig.from_preset(args.model, **overrides)
+        torch.manual_seed(args.seed)
+        model = mambakit.LM(config).to(device=device, dtype=dtype)
+        extra = f", vocabulary {config.vocab_size} to match it" if overrides else ""
+        _note(f"preset {args.model!r}: a model with RANDOM weights ({model.num_parameters() / 1e6:.1f}M parameters) "
+              f"and the {type(tokenizer).__name__}{extra}; its text is noise")
+    else:
+        near = [p for p in mambakit.PRESETS if args.model.split("-")[0] in p][:5]
+        raise ValueError(f"--model {args.model!r} is neither an existing folder nor a preset name"
+                         + (f" (presets like it: {', '.join(near)})" if near else f" (presets: {', '.join(mambakit.PRESETS)})"))
+    model.eval()
+    if tokenizer.vocab_size > model.config.vocab_size:
+        _note(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.vocab_size}; "
+              "prompts using the extra ids will be refused")
+    return model, tokenizer, device
+
+
+def run(args) -> int:
+    import torch
+
+    import mambakit
+
+    model, tokenizer, device = _load(args, torch)
+    ids = tokenizer.encode(args.prompt)
+    if not ids:
+        raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
+    input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    tokens = mambakit.stream(model, input_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                             top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                             eos_token_id=tokenizer.eos_token_id, generator=generator,
+                             prefill_chunk=args.prefill_chunk, cuda_graph=args.cuda_graph)
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    decoder = tokenizer.stream_decoder()
+    n, t_first = 0, None
+    t0 = time.perf_counter()
+    try:
+        for token in tokens:
+            token_id = int(token[0])  # waits for the GPU: the token exists now
+            if t_first is None:
+                t_first = time.perf_counter()
+            n += 1
+            out.write(decoder.push(token_id))
+            out.flush()
+            if token_id == tokenizer.eos_token_id:
+                break
+    except KeyboardInterrupt:
+        _note("interrupted")
+    t_end = time.perf_counter()
+    out.write(decoder.flush() + "\n")
+    out.flush()
+    _report(len(ids), n, t0, t_first, t_end)
+    return 0
+
+
+def _report(prompt_tokens: int, new_tokens: int, t0: float, t_first, t_end: float) -> None:
+    """Prefill = until the first new token exists; decode = the tokens after it."""
+    if t_first is None:
+        _note(f"prefill {prompt_tokens} tokens: not run (no new token was asked for)")
+        return
+    pre = t_first - t0
+    text = f"prefill {prompt_tokens} tokens in {pre:.3f} s ({prompt_tokens / pre:.1f} tok/s)"
+    steps = new_tokens - 1
+    if steps > 0:
+        dec = t_end - t_first
+        text += f", decode {steps} tokens in {dec:.3f} s ({steps / dec:.1f} tok/s)"
+    print(text, file=sys.stderr, flush=True)
