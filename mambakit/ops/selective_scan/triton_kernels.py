@@ -1,0 +1,333 @@
+"""Triton kernels of the Mamba-1 selective scan: forward and backward.
+
+Letters: b batch, l length, e inner width, n state dim, c chunk length (BLOCK_T).
+
+One program owns (one batch row, BLOCK_E channels) and walks the whole length in
+chunks of BLOCK_T steps. Per chunk it reads u, delta, z (c, e) and B, C (c, n) once,
+discretizes on chip, scans the (c, e, n) tile with `tl.associative_scan` along the
+time axis and carries the (e, n) fp32 state to the next chunk in registers. The
+expanded state (b, l, e, n) never reaches HBM.
+
+Backward recomputes. The forward stores the state at the start of every segment of
+`seg_len` steps (b, l / seg_len, e, n); the backward walks the segments last to
+first: pass 1 re-runs the segment forward and parks each chunk's start state in a
+small per-program scratch (it stays in L2); pass 2 walks the segment's chunks last
+to first, recomputes the chunk's states from its parked start state and runs the
+adjoint recursion g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse scan.
+
+Layout note: the tile heuristics keep BLOCK_E * BLOCK_N >= 32 * num_warps, so that
+Triton's default layout gives the time axis neither lanes nor warps: both scans then
+run inside each thread's registers (sequential, no shuffles).
+"""
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _softplus(x):
+    # log(1 + exp(x)) without overflow for large x
+    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _state_combine(a_early, b_early, a_late, b_late):
+    # Composition of h -> a h + b maps, earlier one first.
+    return a_early * a_late, a_late * b_early + b_late
+
+
+@triton.jit
+def _adjoint_combine(fa_late, p_late, g_late, fa_early, p_early, g_early):
+    # Reverse scan (the accumulated window is later in time). A window [i..j] is
+    # (a_i, prod_{s=i+1..j} a_s, g_i as if g_{j+1} = 0) because g_t is fed by
+    # a_{t+1}: the window's first decay multiplies whatever comes before it.
+    return fa_early, p_early * (fa_late * p_late), g_early + p_early * (fa_late * g_late)
+
+
+@triton.jit
+def _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, t, offs_e, offs_n, E, N, L,
+                su_l, sdt_l, sz_l, sB_l, sC_l, sseq_l,
+                HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, EVEN_N: tl.constexpr, VEC: tl.constexpr):
+    """Read one chunk's inputs, (c, e) and (c, n) tiles, upcast to fp32."""
+    t_mask = t < L
+    te_mask = t_mask[:, None] & (offs_e < E)[None, :]
+    tn_mask = t_mask[:, None] & (offs_n < N)[None, :]
+    t64 = t.to(tl.int64)
+    u = tl.load(u_base + t64[:, None] * su_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
+    dt = tl.load(dt_base + t64[:, None] * sdt_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
+    # B and C are read as (c, e, n) tiles broadcast over e (stride 0; the repeats hit L1):
+    # a 3D load anchors a layout with several n per thread, so sums over n stay mostly
+    # in registers instead of a 4-level shuffle tree.
+    # VEC contiguous n per thread: VEC sets the layout (n per thread vs. lanes along n).
+    bc_off = t64[:, None, None] * 0 + offs_e[None, :, None] * 0 + offs_n[None, None, :]
+    if EVEN_N:  # no mask along n, so the loads vectorize
+        tn3 = (t_mask[:, None, None] & (offs_e >= 0)[None, :, None]) & (offs_n >= 0)[None, None, :]
+    else:
+        tn3 = tn_mask[:, None, :] & (offs_e >= 0)[None, :, None]
+    Bt = tl.load(B_base + t64[:, None, None] * sB_l + bc_off, mask=tn3, other=0.0).to(tl.float32)
+    Ct = tl.load(C_base + t64[:, None, None] * sC_l + bc_off, mask=tn3, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_base + t64[:, None] * sz_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
+    else:
+        z = u
+    if HAS_SEQ:
+        s_cur = tl.load(seq_base + t64 * sseq_l, mask=t_mask, other=0)
+        s_prev = tl.load(seq_base + (t64 - 1) * sseq_l, mask=t_mask & (t > 0), other=0)
+        reset = (s_cur != s_prev) & (t > 0) & t_mask
+    else:
+        reset = t < 0
+    return u, dt, z, Bt, Ct, reset
+
+
+@triton.jit
+def _discretize(u, dt_raw, Bt, reset, t, L, A2, bias,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """dt, dA = exp(dt A) and dBu = dt u B for one chunk; padded rows leave the state alone."""
+    t_mask = t < L
+    dt_pre = dt_raw
+    if HAS_BIAS:
+        dt_pre = dt_pre + bias[None, :]
+    if SOFTPLUS:
+        dt = _softplus(dt_pre)
+    else:
+        dt = dt_pre
+    dt = tl.where(t_mask[:, None], dt, 0.0)  # (c, e)
+    dA = tl.exp2(dt[:, :, None] * A2[None, :, :])  # (c, e, n)
+    # a = 0 where seq_idx changes (the state restarts), a = 1 past the end (carry through)
+    dA = tl.where(reset[:, None, None], 0.0, dA)
+    dA = tl.where(t_mask[:, None, None], dA, 1.0)
+    dtu = dt * u
+    dBu = dtu[:, :, None] * Bt  # (c, e, n)
+    return dt_pre, dt, dtu, dA, dBu
+
+
+@triton.jit
+def _state_offsets(BLOCK_N: tl.constexpr, VEC: tl.constexpr, NAT: tl.constexpr):
+    """The n index, permuted so that exactly VEC neighbours are contiguous in memory.
+
+    The load of B/C then vectorizes VEC wide and Triton lays out VEC states per
+    thread (NAT: elements per 16-byte load). The state index is only a label, so any
+    permutation used consistently for A, B, C and the states gives the same result.
+    """
+    r = tl.arange(0, BLOCK_N)
+    if VEC < NAT and VEC < BLOCK_N:
+        r = ((r // VEC) ^ 1) * VEC + r % VEC
+    return r
+
+
+@triton.jit
+def _last_row(x, rows, BLOCK_T: tl.constexpr):
+    return tl.sum(tl.where((rows == BLOCK_T - 1)[:, None, None], x, 0.0), axis=0)
+
+
+@triton.jit
+def _first_row(x, rows):
+    return tl.sum(tl.where((rows == 0)[:, None, None], x, 0.0), axis=0)
+
+
+# Lengths and segment counts vary per call: specializing on them (== 1, % 16) would only
+# multiply compilations.
+@triton.jit(do_not_specialize=["L", "chunks_per_seg", "n_seg"])
+def selective_scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seq_ptr,
+    y_ptr, hT_ptr, ckpt_ptr,
+    L, E, N, chunks_per_seg, n_seg,
+    su_b, su_l, sdt_b, sdt_l, sB_b, sB_l, sC_b, sC_l, sz_b, sz_l, sy_b, sy_l, sseq_b, sseq_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, SAVE_CKPT: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
+    VEC: tl.constexpr,
+):
+    pid_e = tl.program_id(0)
+    bid = tl.program_id(1).to(tl.int64)
+    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    offs_n = _state_offsets(BLOCK_N, VEC, 128 // B_ptr.dtype.element_ty.primitive_bitwidth)
+    rows = tl.arange(0, BLOCK_T)
+    e_mask = offs_e < E
+    en_mask = e_mask[:, None] & (offs_n < N)[None, :]
+    en_off = offs_e[:, None] * N + offs_n[None, :]  # (e, n) offsets into (.., e, n) tensors
+
+    A2 = tl.load(A_ptr + en_off, mask=en_mask, other=0.0).to(tl.float32) * LOG2E  # exp(x A) = exp2(x A log2e)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_e, mask=e_mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_e, mask=e_mask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_E], dtype=tl.float32)
+    if HAS_H0:
+        h = tl.load(h0_ptr + bid * E * N + en_off, mask=en_mask, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
+
+    u_base = u_ptr + bid * su_b
+    dt_base = dt_ptr + bid * sdt_b
+    z_base = z_ptr + bid * sz_b
+    B_base = B_ptr + bid * sB_b
+    C_base = C_ptr + bid * sC_b
+    y_base = y_ptr + bid * sy_b
+    seq_base = seq_ptr + bid * sseq_b
+
+    n_chunks = tl.cdiv(L, BLOCK_T)
+    # Software pipelining by hand: the next chunk's loads are issued before this
+    # chunk's arithmetic, so their latency hides behind it.
+    nu, ndt, nz, nB, nC, nreset = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, rows,
+                                              offs_e, offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l,
+                                              sseq_l, HAS_Z, HAS_SEQ, EVEN_N, VEC)
+    for c in range(0, n_chunks):
+        u, dt_raw, z, Bt, Ct, reset = nu, ndt, nz, nB, nC, nreset
+        t = c * BLOCK_T + rows
+        nu, ndt, nz, nB, nC, nreset = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base,
+                                                  t + BLOCK_T, offs_e, offs_n, E, N, L, su_l, sdt_l,
+                                                  sz_l, sB_l, sC_l, sseq_l, HAS_Z, HAS_SEQ, EVEN_N, VEC)
+        if SAVE_CKPT:
+            if c % chunks_per_seg == 0:
+                seg = c // chunks_per_seg
+                tl.store(ckpt_ptr + (bid * n_seg + seg) * E * N + en_off, h, mask=en_mask)
+        dt_pre, dt, dtu, dA, dBu = _discretize(u, dt_raw, Bt, reset, t, L, A2, bias, HAS_BIAS, SOFTPLUS)
+        acum, hloc = tl.associative_scan((dA, dBu), axis=0, combine_fn=_state_combine)
+        hs = acum * h[None, :, :] + hloc  # (c, e, n): h_t for every step of the chunk
+        y = tl.sum(hs * Ct, axis=2)  # (c, e)
+        if HAS_D:
+            y += Dv[None, :] * u
+        if HAS_Z:
+            y = y * (z * tl.sigmoid(z))
+        t_mask = t < L
+        tl.store(y_base + t.to(tl.int64)[:, None] * sy_l + offs_e[None, :],
+                 y.to(y_ptr.dtype.element_ty), mask=t_mask[:, None] & e_mask[None, :])
+        h = _last_row(hs, rows, BLOCK_T)
+    tl.store(hT_ptr + bid * E * N + en_off, h, mask=en_mask)
+
+
+@triton.jit(do_not_specialize=["L", "chunks_per_seg", "n_seg"])
+def selective_scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, ckpt_ptr, dout_ptr, dhT_ptr,
+    scratch_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    L, E, N, chunks_per_seg, n_seg,
+    su_b, su_l, sdt_b, sdt_l, sB_b, sB_l, sC_b, sC_l, sz_b, sz_l, sseq_b, sseq_l, sdo_b, sdo_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_DHT: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
+    VEC: tl.constexpr,
+):
+    """Gradients. du, ddt, dz: (b, l, e) like the inputs; dB, dC: fp32 (b, l, n), summed
+    over e-blocks with atomics; dA: fp32 (b, e, n) and dD, dbias: fp32 (b, e), summed over
+    b by the caller; dh0: fp32 (b, e, n)."""
+    pid_e = tl.program_id(0)
+    bid = tl.program_id(1).to(tl.int64)
+    n_eblk = tl.num_programs(0)
+    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    offs_n = _state_offsets(BLOCK_N, VEC, 128 // B_ptr.dtype.element_ty.primitive_bitwidth)
+    rows = tl.arange(0, BLOCK_T)
+    e_mask = offs_e < E
+    n_mask = offs_n < N
+    en_mask = e_mask[:, None] & n_mask[None, :]
+    en_off = offs_e[:, None] * N + offs_n[None, :]
+    loc = tl.arange(0, BLOCK_E)[:, None] * BLOCK_N + offs_n[None, :]  # scratch slot layout
+
+    A = tl.load(A_ptr + en_off, mask=en_mask, other=0.0).to(tl.float32)
+    A2 = A * LOG2E
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_e, mask=e_mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_e, mask=e_mask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_E], dtype=tl.float32)
+    # W: the gradient flowing into the last step of the current chunk from later steps
+    if HAS_DHT:
+        W = tl.load(dhT_ptr + bid * E * N + en_off, mask=en_mask, other=0.0).to(tl.float32)
+    else:
+        W = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
+    dA_acc = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_E], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_E], dtype=tl.float32)
+
+    u_base = u_ptr + bid * su_b
+    dt_base = dt_ptr + bid * sdt_b
+    z_base = z_ptr + bid * sz_b
+    B_base = B_ptr + bid * sB_b
+    C_base = C_ptr + bid * sC_b
+    seq_base = seq_ptr + bid * sseq_b
+    do_base = dout_ptr + bid * sdo_b
+    # outputs du, ddt, dz are fresh contiguous (b, l, e); dB, dC fresh contiguous (b, l, n)
+    out_base = bid * L * E
+    dBC_base = bid * L * N
+    scratch = scratch_ptr + ((bid * n_eblk + pid_e) * chunks_per_seg) * (BLOCK_E * BLOCK_N)
+
+    n_chunks = tl.cdiv(L, BLOCK_T)
+    for s in range(0, n_seg):
+        seg = n_seg - 1 - s
+        c_lo = seg * chunks_per_seg
+        c_hi = tl.minimum(c_lo + chunks_per_seg, n_chunks)
+        # pass 1: chunk start states of this segment, from its checkpoint
+        h = tl.load(ckpt_ptr + (bid * n_seg + seg) * E * N + en_off, mask=en_mask, other=0.0)
+        for c in range(c_lo, c_hi):
+            tl.store(scratch + (c - c_lo) * (BLOCK_E * BLOCK_N) + loc, h)
+            t = c * BLOCK_T + rows
+            u, dt_raw, z, Bt, Ct, reset = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, t,
+                                                      offs_e, offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l,
+                                                      sseq_l, False, HAS_SEQ, EVEN_N, VEC)
+            dt_pre, dt, dtu, dA, dBu = _discretize(u, dt_raw, Bt, reset, t, L, A2, bias, HAS_BIAS, SOFTPLUS)
+            acum, hloc = tl.associative_scan((dA, dBu), axis=0, combine_fn=_state_combine)
+            h = _last_row(acum * h[None, :, :] + hloc, rows, BLOCK_T)
+        tl.debug_barrier()  # scratch written by some threads is read by others below
+        # pass 2: the segment's chunks, last to first
+        for cc in range(c_lo, c_hi):
+            c = c_hi - 1 - (cc - c_lo)
+            h0c = tl.load(scratch + (c - c_lo) * (BLOCK_E * BLOCK_N) + loc)
+            t = c * BLOCK_T + rows
+            t_mask = t < L
+            te_mask = t_mask[:, None] & e_mask[None, :]
+            tn_mask = t_mask[:, None] & n_mask[None, :]
+            t64 = t.to(tl.int64)
+            u, dt_raw, z, Bt, Ct, reset = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, t,
+                                                      offs_e, offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l,
+                                                      sseq_l, HAS_Z, HAS_SEQ, EVEN_N, VEC)
+            dout = tl.load(do_base + t64[:, None] * sdo_l + offs_e[None, :], mask=te_mask,
+                           other=0.0).to(tl.float32)
+            dt_pre, dt, dtu, dA, dBu = _discretize(u, dt_raw, Bt, reset, t, L, A2, bias, HAS_BIAS, SOFTPLUS)
+            acum, hloc = tl.associative_scan((dA, dBu), axis=0, combine_fn=_state_combine)
+            hs = acum * h0c[None, :, :] + hloc  # (c, e, n)
+            if HAS_Z:
+                y = tl.sum(hs * Ct, axis=2)
+                if HAS_D:
+                    y += Dv[None, :] * u
+                sz = tl.sigmoid(z)
+                dy = dout * (z * sz)
+                dz = dout * y * sz * (1.0 + z * (1.0 - sz))
+                tl.store(dz_ptr + out_base + t64[:, None] * E + offs_e[None, :],
+                         dz.to(dz_ptr.dtype.element_ty), mask=te_mask)
+            else:
+                dy = dout
+            dyC = dy[:, :, None] * Ct  # (c, e, n)
+            ones = tl.full([BLOCK_T, BLOCK_E, BLOCK_N], 1.0, tl.float32)
+            fa, p, gl = tl.associative_scan((dA, ones, dyC), axis=0, combine_fn=_adjoint_combine,
+                                            reverse=True)
+            g = gl + p * W[None, :, :]  # dL/dh_t, (c, e, n)
+            W = _first_row(dA * g, rows)  # what flows into the previous chunk's last step
+            gh = g * (hs - dBu)  # = g_t a_t h_{t-1}, without a shifted tile
+            gB = tl.sum(g * Bt, axis=2)  # (c, e)
+            ddt = tl.sum(gh * A[None, :, :], axis=2) + u * gB
+            du = dt * gB
+            if HAS_D:
+                du += dy * Dv[None, :]
+                dD_acc += tl.sum(dy * u, axis=0)
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(dt_pre)
+            ddt = tl.where(te_mask, ddt, 0.0)
+            dbias_acc += tl.sum(ddt, axis=0)
+            dA_acc += tl.sum(gh * dt[:, :, None], axis=0)
+            dBt = tl.sum(g * dtu[:, :, None], axis=1)  # (c, n), this e-block's share
+            dCt = tl.sum(hs * dy[:, :, None], axis=1)
+            tl.atomic_add(dB_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dBt, mask=tn_mask)
+            tl.atomic_add(dC_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dCt, mask=tn_mask)
+            tl.store(du_ptr + out_base + t64[:, None] * E + offs_e[None, :],
+                     du.to(du_ptr.dtype.element_ty), mask=te_mask)
+            tl.store(ddt_ptr + out_base + t64[:, None] * E + offs_e[None, :],
+                     ddt.to(ddt_ptr.dtype.element_ty), mask=te_mask)
+        tl.debug_barrier()  # the next segment's pass 1 overwrites the scratch
+    tl.store(dA_ptr + bid * E * N + en_off, dA_acc, mask=en_mask)
+    tl.store(dh0_ptr + bid * E * N + en_off, W, mask=en_mask)
+    tl.store(dD_ptr + bid * E + offs_e, dD_acc, mask=e_mask)
+    tl.store(dbias_ptr + bid * E + offs_e, dbias_acc, mask=e_mask)
