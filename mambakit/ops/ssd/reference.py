@@ -103,7 +103,7 @@ def gate_and_skip(y, x, D=None, z=None):
     """y + D x, then y * silu(z), all in y's dtype (the compute dtype). y, x, z: (b, l, h, p)."""
     if D is not None:
         Dc = D.to(y.dtype)
-        y = y + x.to(y.dtype) * (Dc[:, None] if Dc.dim() == 1 else Dc)
+        y = torch.addcmul(y, x.to(y.dtype), Dc[:, None] if Dc.dim() == 1 else Dc)
     if z is not None:
         y = y * F.silu(z.to(y.dtype))
     return y
