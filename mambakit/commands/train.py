@@ -9,6 +9,7 @@ command under `torchrun --nproc_per_node N` trains on N processes (train.distrib
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +53,7 @@ def run(args) -> int:
         print(cfg.to_toml(), end="")
         return 0
     last = train(cfg, resume=resume)
-    if last:
+    if last and os.environ.get("RANK", "0") == "0":
         shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items()
                           if k in ("step", "loss", "val_loss", "val_ppl", "tokens_per_s"))
         print(f"done: {shown}; checkpoints in {cfg.out_dir}/checkpoints", flush=True)

@@ -28,45 +28,38 @@ FORMAT_VERSION = 1
 
 
 # --- tokenizers --------------------------------------------------------------------------------------
-class ByteTokenizer:
-    """Token = byte value of the UTF-8 text; v = 256."""
-    vocab_size = 256
-    name = "byte"
+class TokenEncoder:
+    """mambakit.tokenizers' tokenizer plus what tokenizing a corpus needs: bytes in, an id array out,
+    and a fingerprint for the cache key. A document ends with the end-of-text token when there is one."""
+
+    def __init__(self, tokenizer, name: str):
+        self.tokenizer, self.name = tokenizer, name
+        self.vocab_size = tokenizer.vocab_size
+        self.eos = getattr(tokenizer, "eos_token_id", None)
 
     def encode_bytes(self, raw: bytes) -> np.ndarray:
-        return np.frombuffer(raw, dtype=np.uint8)
+        if self.name == "byte":  # token = byte value: no need to decode and re-encode
+            return np.frombuffer(raw, dtype=np.uint8)
+        ids = self.tokenizer.encode(raw.decode("utf-8", errors="replace"), add_special_tokens=False)
+        if self.eos is not None:
+            ids = list(ids) + [self.eos]
+        return np.asarray(ids, dtype=np.int64)
 
     def decode(self, ids) -> str:
-        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+        return self.tokenizer.decode([int(i) for i in ids])
 
 
-class _HFTokenizerJson:
-    """A Hugging Face tokenizer.json through the `tokenizers` library."""
-
-    def __init__(self, path: Path):
-        try:
-            from tokenizers import Tokenizer
-        except ModuleNotFoundError as err:
-            raise ValueError("data.tokenizer names a tokenizer.json, which needs `pip install tokenizers`") from err
-        self._tok = Tokenizer.from_file(str(path))
-        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        self.name = "hf:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-    def encode_bytes(self, raw: bytes) -> np.ndarray:
-        return np.asarray(self._tok.encode(raw.decode("utf-8", errors="replace")).ids, dtype=np.int64)
-
-    def decode(self, ids) -> str:
-        return self._tok.decode([int(i) for i in ids])
-
-
-def get_tokenizer(spec: str):
-    """"byte" or a path to a tokenizer.json. The one place to switch to mambakit.tokenizers."""
+def get_tokenizer(spec: str) -> TokenEncoder:
+    """"byte" (token = byte value, v = 256) or a tokenizer.json file or a folder holding one."""
+    from ..tokenizers import ByteTokenizer, load_tokenizer
     if spec == "byte":
-        return ByteTokenizer()
-    p = Path(spec)
-    if not p.is_file():
-        raise ValueError(f"data.tokenizer {spec!r} is neither 'byte' nor an existing tokenizer.json file")
-    return _HFTokenizerJson(p)
+        return TokenEncoder(ByteTokenizer(), "byte")
+    p = Path(spec).expanduser()
+    file = p / "tokenizer.json" if p.is_dir() else p
+    if not file.is_file():
+        raise ValueError(f"data.tokenizer {spec!r} is neither 'byte' nor a tokenizer.json file "
+                         "(or a folder holding one)")
+    return TokenEncoder(load_tokenizer(str(p)), "hf:" + hashlib.sha256(file.read_bytes()).hexdigest()[:16])
 
 
 # --- sources -----------------------------------------------------------------------------------------

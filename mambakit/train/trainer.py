@@ -68,9 +68,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = LM(self.model_config).to(info.device)
         no_decay = no_decay_names(self.model)
-        with warnings.catch_warnings():
+        if info.world > 1 and t.distributed == "fsdp":
+            # FSDP2 warns on every forward that LM returns a view (the vocabulary slice of the logits);
+            # nothing here writes into the logits in place, so the warning says nothing about this run.
             warnings.filterwarnings("ignore", message=".*returned a view tensor.*")
-            self.step_module = D.wrap(self.model, t.distributed, info)
+        self.step_module = D.wrap(self.model, t.distributed, info)
         self.optimizer = build_optimizer(self.model, cfg.optim, no_decay)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.steps)
         if t.compile:
@@ -87,9 +89,8 @@ class Trainer:
         elif ckpt.list_checkpoints(self.run_dir):
             raise ValueError(f"out_dir {str(self.run_dir)!r} already holds checkpoints of a run; continue it "
                              "with --resume, or choose another out_dir")
-        elif info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(cfg.to_toml())
         self.metrics = MetricsLog(self.run_dir, info.is_main, self.step if resume else None)
 

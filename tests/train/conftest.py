@@ -63,6 +63,7 @@ def make_config(tmp: Path, corpus: Path, **sections) -> str:
     from mambakit.train.config import dump_toml
     flat = dict(base.pop(""))
     flat.update(base)
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "config.toml"
     path.write_text(dump_toml(flat))
     return str(path)

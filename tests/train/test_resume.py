@@ -1,0 +1,132 @@
+"""Checkpoints: resume is bitwise exact after a real SIGKILL mid-run; a half-written checkpoint is
+never taken; the newest complete one loads with mambakit.load; a corrupt one is a clear error.
+
+No shape letters: the test compares whole state dicts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mambakit
+from mambakit.train import TrainConfig, Trainer, train
+from mambakit.train import checkpoint as ckpt
+
+REPO = Path(mambakit.__file__).resolve().parents[1]
+
+# Runs the CLI in a child process whose checkpoint at step 15 stalls after writing everything but
+# the manifest (so before the rename): the test SIGKILLs it there, mid-write.
+CHILD = """
+import sys, time
+from pathlib import Path
+from mambakit.train import checkpoint
+from mambakit.cli import main
+
+real = checkpoint.write_manifest
+def stall(tmp, step):
+    if step == 15:
+        Path(sys.argv[2]).write_text("stalled")
+        time.sleep(600)
+    real(tmp, step)
+checkpoint.write_manifest = stall
+sys.exit(main(["train", sys.argv[1], "--train.progress", "false"]))
+"""
+
+
+def _weights(run: Path, step: int) -> dict:
+    return load_file(str(ckpt.final_dir(run, step) / "model.safetensors"))
+
+
+def _losses(run: Path) -> dict:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_resume_after_sigkill_is_bitwise_exact(tmp_path, corpus, tiny_config):
+    sections = dict(train={"steps": 20, "eval_every": 5}, checkpoint={"every": 5, "keep_last": 2})
+    straight = TrainConfig.from_toml(tiny_config(tmp_path / "a", corpus, **sections))
+    train(straight)
+
+    path = tiny_config(tmp_path / "b", corpus, **sections)
+    run = Path(TrainConfig.from_toml(path).out_dir)
+    marker = tmp_path / "stalled"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    child = subprocess.Popen([sys.executable, str(script), path, str(marker)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            if child.poll() is not None:
+                pytest.fail(f"child exited early ({child.returncode}): {child.stdout.read().decode()[-2000:]}")
+            if time.time() > deadline:
+                pytest.fail("child never reached the checkpoint at step 15")
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+
+    # The half-written step 15 is a .tmp folder with weights but no manifest; it is never taken.
+    half = ckpt.tmp_dir(run, 15)
+    assert (half / "model.safetensors").exists() and not (half / "manifest.json").exists()
+    assert [s for s, _ in ckpt.list_checkpoints(run)] == [5, 10]
+    assert ckpt.latest_checkpoint(run) == ckpt.final_dir(run, 10)
+    loaded = mambakit.load(ckpt.final_dir(run, 10))
+    assert torch.equal(loaded.embedding.weight, _weights(run, 10)["embedding.weight"])
+
+    resumed = Trainer(TrainConfig.from_toml(path), resume="latest")
+    assert resumed.step == 10 and resumed.samples == 40
+    resumed.fit()
+    resumed.close()
+    assert not half.exists()  # the stale temporary folder was cleared by the next save of step 15
+
+    a, b = _weights(straight_run := Path(straight.out_dir), 20), _weights(run, 20)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert _losses(straight_run) == _losses(run)  # steps 1..10 from the killed run, 11..20 resumed
+    opt_a = torch.load(ckpt.final_dir(straight_run, 20) / "optimizer.pt", weights_only=True)
+    opt_b = torch.load(ckpt.final_dir(run, 20) / "optimizer.pt", weights_only=True)
+    for name, state in opt_a["state"].items():
+        assert torch.equal(state["exp_avg_sq"], opt_b["state"][name]["exp_avg_sq"]), name
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, corpus, tiny_config):
+    path = tiny_config(tmp_path, corpus, train={"steps": 2, "eval_every": 0}, checkpoint={"every": 1})
+    cfg = TrainConfig.from_toml(path)
+    train(cfg)
+    newest = ckpt.latest_checkpoint(cfg.out_dir)
+    weights = newest / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(mambakit.CheckpointError, match=r"model\.safetensors: corrupt .*--resume PATH"):
+        Trainer(TrainConfig.from_toml(path), resume="latest")
+    (newest / "manifest.json").unlink()
+    with pytest.raises(mambakit.CheckpointError, match="no manifest.json"):
+        Trainer(TrainConfig.from_toml(path), resume=str(newest))
+    # the CLI turns it into a one-line error and exit status 2
+    from mambakit.cli import main
+    assert main(["train", path, "--resume", str(newest)]) == 2
+
+
+def test_resume_without_checkpoint_and_fresh_run_over_old(tmp_path, corpus, tiny_config):
+    path = tiny_config(tmp_path, corpus, train={"steps": 1, "eval_every": 0})
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        Trainer(TrainConfig.from_toml(path), resume="latest")
+    train(TrainConfig.from_toml(path))
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        Trainer(TrainConfig.from_toml(path))
