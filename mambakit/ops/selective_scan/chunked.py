@@ -54,6 +54,7 @@ def _scan_forward(u, delta, A, B, C, h0, keep, save_every: int):
     else:
         h_buf[0].copy_(h0.transpose(1, 2))
     saved = [h_buf[0].clone()] if save_every else None
+    a_steps, h_steps = a_buf.unbind(0), h_buf.unbind(0)    # per-step views, made once
     for t0 in range(0, l, c):
         m = min(c, l - t0)
         t1 = t0 + m
@@ -64,7 +65,7 @@ def _scan_forward(u, delta, A, B, C, h0, keep, save_every: int):
             a.mul_(keep[1][t0:t1, :, None, None])           # zero decay at document starts
         torch.mul(dut[t0:t1, :, None, :], Bt[t0:t1, :, :, None], out=h[1:])
         for k in range(m):
-            h[k + 1].addcmul_(a[k], h[k])                   # h_t = dA_t h_{t-1} + dt u B
+            h_steps[k + 1].addcmul_(a_steps[k], h_steps[k])   # h_t = dA_t h_{t-1} + dt u B
         torch.bmm(Ct[t0:t1].view(m * b, 1, n), h[1:].view(m * b, n, e), out=y[t0:t1].view(m * b, 1, e))
         h_buf[0].copy_(h[m])
         if save_every and t1 % save_every == 0 and t1 < l:
@@ -92,6 +93,7 @@ def _scan_backward(gy, gh_last, u, delta, A, B, C, keep, saved, seg: int, need_h
     a_buf = torch.empty(seg, b, n, e, dtype=dtype, device=device)
     h_buf = torch.empty(seg + 1, b, n, e, dtype=dtype, device=device)
     g_buf = torch.empty(seg, b, n, e, dtype=dtype, device=device)
+    a_steps, h_steps, g_steps = a_buf.unbind(0), h_buf.unbind(0), g_buf.unbind(0)
     # carry = dA_{t1} g_{t1}: what the state after the segment passes back to its last step
     if gh_last is None:
         carry = torch.zeros(b, n, e, dtype=dtype, device=device)
@@ -111,12 +113,12 @@ def _scan_backward(gy, gh_last, u, delta, A, B, C, keep, saved, seg: int, need_h
         h[0].copy_(saved[i])
         torch.mul(dut[t0:t1, :, None, :], Bt[t0:t1, :, :, None], out=h[1:])
         for k in range(m):
-            h[k + 1].addcmul_(a[k], h[k])
+            h_steps[k + 1].addcmul_(a_steps[k], h_steps[k])
         # adjoint states, backwards in time
         torch.mul(gyt[t0:t1, :, None, :], Ct[t0:t1, :, :, None], out=g)
-        g[m - 1].add_(carry)
+        g_steps[m - 1].add_(carry)
         for k in range(m - 2, -1, -1):
-            g[k].addcmul_(a[k + 1], g[k + 1])
+            g_steps[k].addcmul_(a_steps[k + 1], g_steps[k + 1])
         torch.mul(a[0], g[0], out=carry)
         mb = m * b
         hv, gv = h[1:].view(mb, n, e), g.view(mb, n, e)
