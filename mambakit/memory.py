@@ -14,14 +14,23 @@ after a prefill of `context_len` tokens in that dtype.
 """
 from __future__ import annotations
 
+import functools
+import json
+
 import torch
 
 
 def meta_model(config):
-    """LM(config) on the meta device: shapes only."""
+    """LM(config) on the meta device: shapes only. Cached by config (treat the result as read-only)."""
+    return _meta_model(config.to_json())
+
+
+@functools.lru_cache(maxsize=16)
+def _meta_model(config_json: str):
+    from .config import ModelConfig
     from .model import LM
     with torch.device("meta"):
-        return LM(config)
+        return LM(ModelConfig.from_dict(json.loads(config_json)))
 
 
 _KINDS = {"M": "ssm", "*": "attention", "-": "mlp"}

@@ -30,7 +30,7 @@ def hf_logits(model, ids):
         return model(ids).logits
 
 
-@pytest.mark.parametrize("kw", [{}, {"attention_bias": True, "mlp_bias": True}, {"tie_word_embeddings": True},
+@pytest.mark.parametrize("kw", [{}, {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True},
                                 {"num_key_value_heads": 4, "head_dim": None}])
 def test_load_transformers_folder(tmp_path, kw):
     torch.manual_seed(0)
