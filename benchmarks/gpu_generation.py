@@ -186,8 +186,8 @@ def _sync(device) -> None:
 
 
 def _reset_memory(device) -> None:
-    gc.collect()
     if torch.device(device).type == "cuda":
+        gc.collect()  # frees what a failed run left in reference cycles before the next one
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
