@@ -70,7 +70,8 @@ def _scan_forward(u, delta, A, B, C, h0, keep, save_every: int):
         h_buf[0].copy_(h[m])
         if save_every and t1 % save_every == 0 and t1 < l:
             saved.append(h_buf[0].clone())
-    return y.transpose(0, 1), h_buf[0].clone(), (torch.stack(saved) if save_every else None), save_every
+    y = y.transpose(0, 1).contiguous()                      # (b, l, e); a no-op copy for b = 1
+    return y, h_buf[0].clone(), (torch.stack(saved) if save_every else None), save_every
 
 
 def _scan_backward(gy, gh_last, u, delta, A, B, C, keep, saved, seg: int, need_h0: bool):
@@ -129,8 +130,8 @@ def _scan_backward(gy, gh_last, u, delta, A, B, C, keep, saved, seg: int, need_h
         q = a.mul_(h[:m]).mul_(g)                           # (m, b, n, e), reuses a
         gA.add_(torch.mul(q, dlt[t0:t1, :, None, :], out=g).sum((0, 1)))
         torch.sum(torch.mul(q, At, out=g), dim=2, out=g_dA[t0:t1])
-    gu = (g_du * dlt).transpose(0, 1)
-    gdelta = (g_du * ut + g_dA).transpose(0, 1)
+    gu = (g_du * dlt).transpose(0, 1).contiguous()
+    gdelta = torch.addcmul(g_dA, g_du, ut).transpose(0, 1).contiguous()
     gh0 = carry if need_h0 else None
     return gu, gdelta, gA.t(), gB.transpose(0, 1), gC.transpose(0, 1), gh0
 
@@ -179,7 +180,7 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dl, A, B, C, h0))
     y, h_last = _SelectiveScanCore.apply(x, dl, A, B, C, h0, keep_t, keep_any, needs_grad)
     if D is not None:
-        y = y + x * D.to(dtype)
+        y = torch.addcmul(y, x, D.to(dtype))
     if z is not None:
         y = y * F.silu(z.to(dtype))
     return y.to(u.dtype), h_last
