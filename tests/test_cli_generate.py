@@ -1,0 +1,75 @@
+"""`mambakit generate`: presets with random weights, checkpoint folders with their tokenizer, errors.
+
+No shape letters: these tests run the command line.
+"""
+import pytest
+
+import mambakit
+from mambakit.cli import main
+
+
+def run(capsys, *args):
+    rc = main(["generate", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_preset_streams_text_and_reports_speed(capsys):
+    rc, out, err = run(capsys, "--model", "mamba2-tiny", "--prompt", "Hello", "--max-new-tokens", "6",
+                       "--device", "cpu")
+    assert rc == 0
+    assert out.startswith("Hello") and out.endswith("\n")
+    assert "RANDOM weights" in err and "ByteTokenizer" in err
+    assert "prefill 5 tokens" in err and "decode 5 tokens" in err and err.count("tok/s") == 2
+
+
+def test_sampling_is_reproducible_by_seed(capsys):
+    args = ["--model", "mamba2-tiny", "--prompt", "Hi", "--max-new-tokens", "12", "--temperature", "1.0",
+            "--top-p", "0.95", "--device", "cpu"]
+    a = run(capsys, *args, "--seed", "1")[1]
+    b = run(capsys, *args, "--seed", "1")[1]
+    c = run(capsys, *args, "--seed", "2")[1]
+    assert a == b and a != c
+
+
+def test_checkpoint_folder_uses_its_tokenizer(capsys, tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["hello there, general mamba " * 4], trainers.BpeTrainer(
+        vocab_size=270, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    model = mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny", vocab_size=tok.get_vocab_size()))
+    model.save(tmp_path)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    rc, out, err = run(capsys, "--model", str(tmp_path), "--prompt", "hello there", "--max-new-tokens", "4",
+                       "--device", "cpu")
+    assert rc == 0 and out.startswith("hello there")
+    n = len(tok.encode("hello there").ids)
+    assert n < len("hello there")  # its merges, not bytes
+    assert "RANDOM" not in err and "byte tokenizer" not in err and f"prefill {n} tokens" in err
+
+
+def test_folder_without_tokenizer_falls_back_to_bytes(capsys, tmp_path):
+    mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny")).save(tmp_path)
+    rc, out, err = run(capsys, "--model", str(tmp_path), "--prompt", "ab", "--max-new-tokens", "2",
+                       "--device", "cpu")
+    assert rc == 0 and "no tokenizer.json; using the byte tokenizer" in err
+
+
+def test_zero_new_tokens(capsys):
+    rc, out, err = run(capsys, "--model", "mamba2-tiny", "--prompt", "x", "--max-new-tokens", "0", "--device", "cpu")
+    assert rc == 0 and out == "x\n" and "not run" in err
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--model", "mamba2-tiny", "--prompt", "x", "--top-p", "1.5"], r"top_p must be in \(0, 1\]"),
+    (["--model", "mamba2-tiny", "--prompt", "x", "--max-new-tokens", "-1"], "max_new_tokens"),
+    (["--model", "mamba2-tiny", "--prompt", ""], "no tokens"),
+    (["--model", "mamba2-tinyy", "--prompt", "x"], "neither an existing folder nor a preset"),
+    (["--model", "mamba2-tiny", "--prompt", "x", "--tokenizer", "/no/such/file.json"], "no tokenizer file"),
+])
+def test_bad_arguments_are_clear_errors(capsys, args, match):
+    import re
+    rc, _, err = run(capsys, *args, "--device", "cpu")
+    assert rc == 2 and re.search(match, err), err

@@ -1,0 +1,127 @@
+"""Tokenizers: the byte tokenizer, the tokenizer.json wrapper, padding for generate, stream decoding.
+
+Letters: b batch, l length.
+"""
+import json
+
+import pytest
+import torch
+
+import mambakit
+from mambakit.tokenizers import ByteTokenizer, HFTokenizer, StreamDecoder, load_tokenizer
+
+TEXT = "Mamba says héllo, wörld: 日本語 ✓"
+
+
+@pytest.fixture(scope="module")
+def bpe_folder(tmp_path_factory):
+    """A small byte-level BPE trained here, saved as tokenizer.json with a tokenizer_config.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<|endoftext|>", "<s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([TEXT * 5, "the quick brown fox jumps over the lazy dog " * 5], trainer)
+    folder = tmp_path_factory.mktemp("bpe")
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": {"content": "<|endoftext|>"}, "bos_token": "<s>", "pad_token": "<pad>"}))
+    return folder
+
+
+def test_byte_tokenizer_round_trips_any_text():
+    tok = ByteTokenizer()
+    ids = tok.encode(TEXT)
+    assert ids == list(TEXT.encode("utf-8")) and max(ids) < tok.vocab_size == 256
+    assert tok.decode(ids) == tok.decode(torch.tensor(ids)) == TEXT
+    assert tok.eos_token_id is None
+    assert tok.decode([104, 300, 105]) == "h\ufffdi"  # an id beyond the bytes of a larger model
+
+
+def test_load_tokenizer_defaults_to_bytes():
+    assert isinstance(load_tokenizer(), ByteTokenizer) and isinstance(load_tokenizer("byte"), ByteTokenizer)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_batch_encode_pads_and_masks(side):
+    ids, mask = ByteTokenizer().batch_encode(["ab", "abcd", "é"], padding_side=side)
+    assert ids.shape == mask.shape == (3, 4) and ids.dtype == torch.long
+    assert mask.sum(1).tolist() == [2, 4, 2]
+    row = ids[0][mask[0].bool()].tolist()
+    assert row == [97, 98]
+    assert mask[0].tolist() == ([0, 0, 1, 1] if side == "left" else [1, 1, 0, 0])
+
+
+def test_batch_encode_feeds_generate():
+    model = mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny")).eval()
+    tok = ByteTokenizer()
+    texts = ["hi", "a longer prompt"]
+    ids, mask = tok.batch_encode(texts)
+    out = mambakit.generate(model, ids, 4, attention_mask=mask)
+    for i, text in enumerate(texts):
+        alone = mambakit.generate(model, torch.tensor([tok.encode(text)]), 4)
+        assert out[i, -4:].tolist() == alone[0, -4:].tolist()
+
+
+def test_batch_encode_rejects_bad_input():
+    tok = ByteTokenizer()
+    with pytest.raises(ValueError, match="list of strings"):
+        tok.batch_encode("one string")
+    with pytest.raises(ValueError, match="at least one"):
+        tok.batch_encode(["a", ""])
+    with pytest.raises(ValueError, match="padding_side"):
+        tok.batch_encode(["a"], padding_side="middle")
+
+
+def _stream(tok, ids):
+    decoder = tok.stream_decoder()
+    pieces = [decoder.push(i) for i in ids]
+    return pieces + [decoder.flush()]
+
+
+def test_stream_decoder_never_splits_a_character():
+    tok = ByteTokenizer()
+    pieces = _stream(tok, tok.encode(TEXT))
+    assert "".join(pieces) == TEXT
+    assert all("\ufffd" not in p for p in pieces)  # each multi-byte character comes out whole
+    assert "日" in pieces
+
+
+def test_stream_decoder_flushes_an_unfinished_character():
+    tok = ByteTokenizer()
+    decoder = StreamDecoder(tok)
+    assert decoder.push(list("é".encode())[:1]) == ""
+    assert decoder.flush() == "\ufffd"
+
+
+def test_hf_tokenizer_json(bpe_folder):
+    tok = load_tokenizer(bpe_folder)
+    assert isinstance(tok, HFTokenizer) and tok.vocab_size > 256
+    assert (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) == (0, 1, 2)
+    ids = tok.encode(TEXT)
+    assert len(ids) < len(TEXT.encode())  # merges learned
+    assert tok.decode(ids) == TEXT
+    assert load_tokenizer(bpe_folder / "tokenizer.json").encode(TEXT) == ids
+    pieces = _stream(tok, ids)
+    assert "".join(pieces) == TEXT and all("\ufffd" not in p for p in pieces)
+    padded, mask = tok.batch_encode(["fox", TEXT])
+    assert padded[0, 0] == tok.pad_token_id and mask[0, 0] == 0
+
+
+def test_hf_tokenizer_guesses_eos_without_a_config(bpe_folder, tmp_path):
+    (tmp_path / "tokenizer.json").write_text((bpe_folder / "tokenizer.json").read_text())
+    tok = load_tokenizer(tmp_path)
+    assert tok.eos_token_id == 1 and tok.pad_token_id is None
+
+
+def test_hf_tokenizer_errors_are_clear(tmp_path, bpe_folder):
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid tokenizer.json"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text((bpe_folder / "tokenizer.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<nope>"}))
+    with pytest.raises(ValueError, match="eos_token '<nope>'"):
+        load_tokenizer(tmp_path)
