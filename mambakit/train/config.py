@@ -41,10 +41,13 @@ class DataConfig:
     path: str | list[str] = ""  # text file, folder of text files, .jsonl file, or a list of these
     tokenizer: str = "byte"  # "byte" (token = byte value, v = 256) or a path to a tokenizer.json
     extensions: list[str] = field(default_factory=lambda: [".txt", ".md", ".rst", ".py"])  # in folders
+    exclude: list[str] = field(default_factory=list)  # folder names / glob patterns skipped inside folders
     text_field: str = "text"  # the field of each jsonl record holding the document
     val_fraction: float = 0.05  # share of tokens held out for validation (whole files where possible)
     cache_dir: str = ""  # where the token files live; "" = $MAMBAKIT_CACHE or ~/.cache/mambakit/tokens
     pack: bool = True  # seq_idx per row so that no document sees another
+    task: str = ""  # instead of text: a synthetic task of mambakit.tasks (selective_copying, mqar, ...)
+    task_params: dict = field(default_factory=dict)  # its parameters, e.g. {length = 256, num_pairs = 8}
 
 
 @dataclass
@@ -155,8 +158,9 @@ class TrainConfig:
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {o.betas!r}")
         if not 0 <= dc.val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {dc.val_fraction!r}")
-        if not dc.path:
-            raise ValueError("data.path is empty; expected a text file, a folder of text files or a .jsonl file")
+        if not dc.path and not dc.task:
+            raise ValueError("data.path is empty; expected a text file, a folder of text files or a .jsonl file "
+                             "(or data.task, a synthetic task)")
         if not isinstance(self.model, dict):
             raise ValueError("[model] must be a table: preset = \"...\" and/or ModelConfig fields")
 

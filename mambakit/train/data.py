@@ -63,8 +63,10 @@ def get_tokenizer(spec: str) -> TokenEncoder:
 
 
 # --- sources -----------------------------------------------------------------------------------------
-def collect_files(paths, extensions) -> list[Path]:
-    """The files behind data.path: files as given, folders searched recursively by extension."""
+def collect_files(paths, extensions, exclude=()) -> list[Path]:
+    """The files behind data.path: files as given, folders searched recursively by extension,
+    skipping any file whose path below the folder has a part matching an `exclude` glob."""
+    from fnmatch import fnmatch
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     exts = {e if e.startswith(".") else "." + e for e in extensions}
     files: list[Path] = []
@@ -74,7 +76,8 @@ def collect_files(paths, extensions) -> list[Path]:
             raise ValueError(f"data.path {str(entry)!r} does not exist; expected a text file, a folder of "
                              "text files or a .jsonl file")
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix in exts or f.suffix == ".jsonl"))
+            found = sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix in exts or f.suffix == ".jsonl")
+                           and not any(fnmatch(part, pat) for part in f.relative_to(p).parts for pat in exclude))
             if not found:
                 raise ValueError(f"data.path {str(entry)!r} is a folder without files ending in "
                                  f"{sorted(exts | {'.jsonl'})} (data.extensions)")
@@ -139,7 +142,7 @@ def prepare_tokens(data_cfg, tokenizer, write: bool = True) -> TokenFile:
     """Tokenize data.path into the cache (unless already there) and memory-map it.
 
     With write=False (ranks other than 0) the file must already exist."""
-    files = collect_files(data_cfg.path, data_cfg.extensions)
+    files = collect_files(data_cfg.path, data_cfg.extensions, data_cfg.exclude)
     key = cache_key(files, tokenizer, data_cfg.text_field)
     cache = Path(data_cfg.cache_dir).expanduser() if data_cfg.cache_dir else default_cache_dir()
     meta_path = cache / f"{key}.json"
@@ -248,7 +251,7 @@ class TrainData:
     """Train and validation rows of one token file, and each rank's share of every step."""
 
     def __init__(self, tf: TokenFile, seq_len: int, val_fraction: float, seed: int, pack: bool = True):
-        self.tf = tf
+        self.tf, self.key = tf, tf.key
         cut = split_point(tf, val_fraction)
         self.train = PackedRows(tf, 0, cut, seq_len, pack, "train")
         self.val = PackedRows(tf, cut, tf.n_tokens, seq_len, pack, "validation") if cut < tf.n_tokens else None
@@ -268,3 +271,36 @@ class TrainData:
             return []
         mine = list(range(min(n_rows, len(self.val))))[rank::world]
         return [self.val.batch(mine[i:i + micro]) for i in range(0, len(mine), micro)]
+
+    @property
+    def n_val_rows(self) -> int:
+        return len(self.val) if self.val is not None else 0
+
+
+class TaskData:
+    """A synthetic task of mambakit.tasks as training data: step s's global batch is generated from
+    the seed (seed, 0, s) and cut into the ranks' shares, validation from (seed, 1), so any number
+    of processes sees the same examples and a resumed run the same ones it would have seen."""
+
+    def __init__(self, name: str, params: dict, seed: int):
+        from ..tasks import get_task
+        self.task = get_task(name, **params)
+        self.seed = seed
+        self.key = f"task:{name}:{sorted(params.items())}"
+        self.vocab_size = self.task.vocab_size
+        self.n_val_rows = 1 << 30  # generated on demand: as many as asked for
+
+    def _rows(self, batch) -> dict:
+        return {"input_ids": batch.input_ids, "targets": batch.targets}
+
+    def step_batches(self, step: int, global_batch: int, micro: int, rank: int, world: int):
+        per_rank = global_batch // world
+        whole = self.task.generate(global_batch, seed=(self.seed, 0, step))
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        x, y = whole.input_ids[mine], whole.targets[mine]  # (b, l) each
+        return [{"input_ids": x[i:i + micro], "targets": y[i:i + micro]} for i in range(0, per_rank, micro)]
+
+    def val_batches(self, n_rows: int, micro: int, rank: int, world: int):
+        whole = self.task.generate(n_rows, seed=(self.seed, 1))
+        x, y = whole.input_ids[rank::world], whole.targets[rank::world]
+        return [{"input_ids": x[i:i + micro], "targets": y[i:i + micro]} for i in range(0, x.shape[0], micro)]

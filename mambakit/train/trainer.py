@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import TrainConfig
-from .data import IGNORE_INDEX, TrainData, get_tokenizer, prepare_tokens
+from .data import IGNORE_INDEX, TaskData, TrainData, get_tokenizer, prepare_tokens
 from .metrics import MetricsLog, Progress
 from .optim import WarmupCosine, build_optimizer, build_scheduler, no_decay_names
 
@@ -52,16 +52,21 @@ class Trainer:
         self.accum = per_rank // self.micro
 
         # Data: rank 0 tokenizes (once, cached), the others then map the same file.
-        self.tokenizer = get_tokenizer(cfg.data.tokenizer)
-        if info.is_main:
-            tokens = prepare_tokens(cfg.data, self.tokenizer)
-        D.barrier(info)
-        if not info.is_main:
-            tokens = prepare_tokens(cfg.data, self.tokenizer, write=False)
-        self.data = TrainData(tokens, t.seq_len, cfg.data.val_fraction, cfg.seed, cfg.data.pack)
+        if cfg.data.task:
+            self.data = TaskData(cfg.data.task, cfg.data.task_params, cfg.seed)
+            vocab = self.data.vocab_size
+        else:
+            tokenizer = get_tokenizer(cfg.data.tokenizer)
+            if info.is_main:
+                tokens = prepare_tokens(cfg.data, tokenizer)
+            D.barrier(info)
+            if not info.is_main:
+                tokens = prepare_tokens(cfg.data, tokenizer, write=False)
+            self.data = TrainData(tokens, t.seq_len, cfg.data.val_fraction, cfg.seed, cfg.data.pack)
+            vocab = tokenizer.vocab_size
 
         # Model: the same seed on every rank gives the same initial weights.
-        self.model_config = cfg.model_config(self.tokenizer.vocab_size)
+        self.model_config = cfg.model_config(vocab)
         limit = self.model_config.max_seqlen
         if limit is not None and t.seq_len > limit:
             raise ValueError(f"train.seq_len {t.seq_len} exceeds the model's context limit of {limit}")
@@ -82,8 +87,7 @@ class Trainer:
         bf16 = t.precision == "bf16" or (t.precision == "auto" and use_cuda)
         self.autocast = (lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)) if bf16 \
             else contextlib.nullcontext
-        self.step = 0
-        self.samples = 0
+        self.step = self.samples = self.tokens = 0
         if resume:
             self._resume(resume)
         elif ckpt.list_checkpoints(self.run_dir):
@@ -119,7 +123,8 @@ class Trainer:
         for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base * fn(self.scheduler.last_epoch)  # the expression LambdaLR itself uses
         self.step, self.samples = int(trainer["step"]), int(trainer["samples"])
-        if trainer.get("data_key") != self.data.tf.key:
+        self.tokens = int(trainer.get("tokens", 0))
+        if trainer.get("data_key") != self.data.key:
             logger.warning("resuming on different data than the checkpoint was trained on (%s)", path)
         if state["rng"] is not None:
             ckpt.set_rng_state(state["rng"])
@@ -156,16 +161,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.samples += t.batch_size
+        step_tokens = t.batch_size * batches[0]["input_ids"].shape[1]  # (b, l): every rank's rows are l long
+        self.tokens += step_tokens
         loss = float(D.all_reduce_sum(loss_sum, info)) / max(n_targets, 1.0)
-        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "targets": n_targets}
+        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "targets": n_targets, "tokens": step_tokens}
 
     @torch.no_grad()
     def evaluate(self) -> dict | None:
         """Mean loss over the same validation rows every time; every rank runs the same number of batches."""
         info = self.dist
-        if self.data.val is None:
-            return None
-        n_rows = min(self.cfg.train.eval_rows, len(self.data.val)) // info.world * info.world
+        n_rows = min(self.cfg.train.eval_rows, self.data.n_val_rows) // info.world * info.world
         if n_rows == 0:
             return None
         module = self.model  # under DDP the bare module: no gradient hooks needed
@@ -195,8 +200,8 @@ class Trainer:
         tmp = ckpt.tmp_dir(run, self.step)
         ckpt.write_rng(tmp, info.rank)
         if info.is_main:
-            trainer = {"step": self.step, "samples": self.samples, "scheduler": self.scheduler.state_dict(),
-                       "data_key": self.data.tf.key, "world_size": info.world, "config": self.cfg.to_dict()}
+            trainer = {"step": self.step, "samples": self.samples, "tokens": self.tokens,
+                       "scheduler": self.scheduler.state_dict(), "data_key": self.data.key, "world_size": info.world, "config": self.cfg.to_dict()}
             ckpt.write_main(tmp, self.model_config, model_state, optim_state, trainer)
         D.barrier(info)
         if info.is_main:
@@ -208,25 +213,27 @@ class Trainer:
     def fit(self) -> dict:
         """Train to train.steps; returns the last metrics. Evaluates and checkpoints on schedule."""
         t, info = self.cfg.train, self.dist
-        tokens_per_step = t.batch_size * t.seq_len
         progress = Progress(t.steps, self.step, t.progress and info.is_main)
         last, val = {}, None
         if self.step == 0 and t.eval_every:
             val = self.evaluate()
             if val:
                 self.metrics.write({"step": 0, **val})
-        start, window_t, window_steps = time.perf_counter(), time.perf_counter(), 0
+        # tokens/s counts training steps only: evaluations and checkpoints are not in the window
+        start, window_s, window_tokens = time.perf_counter(), 0.0, 0
         try:
             while self.step < t.steps:
+                t0 = time.perf_counter()
                 out = self.train_step()
-                window_steps += 1
                 now = time.perf_counter()
-                tok_s = tokens_per_step * window_steps / max(now - window_t, 1e-9)
+                window_s += now - t0
+                window_tokens += out["tokens"]
+                tok_s = window_tokens / max(window_s, 1e-9)
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     last = {"step": self.step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
-                            "tokens": self.samples * t.seq_len, "tokens_per_s": tok_s, "elapsed_s": now - start}
+                            "tokens": self.tokens, "tokens_per_s": tok_s, "elapsed_s": now - start}
                     self.metrics.write(last)
-                    window_t, window_steps = now, 0
+                    window_s, window_tokens = 0.0, 0
                 if (t.eval_every and self.step % t.eval_every == 0) or self.step == t.steps:
                     val = self.evaluate()
                     if val:

@@ -136,3 +136,12 @@ def test_rank_shards_cover_the_global_batch(tmp_path, corpus):
         assert torch.equal(torch.cat(shards), whole)
     val = [data.val_batches(6, 2, r, 2) for r in (0, 1)]
     assert sum(b["input_ids"].shape[0] for v in val for b in v) == 6
+
+
+def test_task_data_is_sharded_like_one_process():
+    data = D.TaskData("mqar", {"vocab_size": 64, "length": 32, "num_pairs": 4}, seed=0)
+    whole = data.step_batches(3, 8, 4, rank=0, world=1)
+    parts = [b for r in (0, 1) for b in data.step_batches(3, 8, 2, rank=r, world=2)]
+    assert torch.equal(torch.cat([b["targets"] for b in whole]), torch.cat([b["targets"] for b in parts]))
+    assert not torch.equal(whole[0]["input_ids"], data.step_batches(4, 8, 4, 0, 1)[0]["input_ids"])
+    assert (whole[0]["targets"] != D.IGNORE_INDEX).any()
