@@ -48,7 +48,7 @@ def _adjoint_combine(fa_late, p_late, g_late, fa_early, p_early, g_early):
 @triton.jit
 def _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, t, offs_e, offs_n, E, N, L,
                 su_l, sdt_l, sz_l, sB_l, sC_l, sseq_l,
-                HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, EVEN_N: tl.constexpr, VEC: tl.constexpr):
+                HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr):
     """Read one chunk's inputs, (c, e) and (c, n) tiles, upcast to fp32."""
     t_mask = t < L
     te_mask = t_mask[:, None] & (offs_e < E)[None, :]
@@ -56,17 +56,8 @@ def _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, t, offs_e, of
     t64 = t.to(tl.int64)
     u = tl.load(u_base + t64[:, None] * su_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
     dt = tl.load(dt_base + t64[:, None] * sdt_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
-    # B and C are read as (c, e, n) tiles broadcast over e (stride 0; the repeats hit L1):
-    # a 3D load anchors a layout with several n per thread, so sums over n stay mostly
-    # in registers instead of a 4-level shuffle tree.
-    # VEC contiguous n per thread: VEC sets the layout (n per thread vs. lanes along n).
-    bc_off = t64[:, None, None] * 0 + offs_e[None, :, None] * 0 + offs_n[None, None, :]
-    if EVEN_N:  # no mask along n, so the loads vectorize
-        tn3 = (t_mask[:, None, None] & (offs_e >= 0)[None, :, None]) & (offs_n >= 0)[None, None, :]
-    else:
-        tn3 = tn_mask[:, None, :] & (offs_e >= 0)[None, :, None]
-    Bt = tl.load(B_base + t64[:, None, None] * sB_l + bc_off, mask=tn3, other=0.0).to(tl.float32)
-    Ct = tl.load(C_base + t64[:, None, None] * sC_l + bc_off, mask=tn3, other=0.0).to(tl.float32)
+    Bt = tl.load(B_base + t64[:, None] * sB_l + offs_n[None, :], mask=tn_mask, other=0.0).to(tl.float32)
+    Ct = tl.load(C_base + t64[:, None] * sC_l + offs_n[None, :], mask=tn_mask, other=0.0).to(tl.float32)
     if HAS_Z:
         z = tl.load(z_base + t64[:, None] * sz_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
     else:
@@ -93,12 +84,12 @@ def _discretize(u, dt_raw, Bt, reset, t, L, A2, bias,
     else:
         dt = dt_pre
     dt = tl.where(t_mask[:, None], dt, 0.0)  # (c, e)
-    dA = tl.exp2(dt[:, :, None] * A2[None, :, :])  # (c, e, n)
+    dA = tl.exp2(dt[:, :, None] * A2)  # (c, e, n); A2 is (1, e, n)
     # a = 0 where seq_idx changes (the state restarts), a = 1 past the end (carry through)
     dA = tl.where(reset[:, None, None], 0.0, dA)
     dA = tl.where(t_mask[:, None, None], dA, 1.0)
     dtu = dt * u
-    dBu = dtu[:, :, None] * Bt  # (c, e, n)
+    dBu = dtu[:, :, None] * Bt[:, None, :]  # (c, e, n)
     return dt_pre, dt, dtu, dA, dBu
 
 
@@ -106,7 +97,7 @@ def _discretize(u, dt_raw, Bt, reset, t, L, A2, bias,
 def _state_offsets(BLOCK_N: tl.constexpr, VEC: tl.constexpr, NAT: tl.constexpr):
     """The n index, permuted so that exactly VEC neighbours are contiguous in memory.
 
-    The load of B/C then vectorizes VEC wide and Triton lays out VEC states per
+    The (1, e, n) load of A then vectorizes VEC wide and Triton lays out VEC states per
     thread (NAT: elements per 16-byte load). The state index is only a label, so any
     permutation used consistently for A, B, C and the states gives the same result.
     """
@@ -142,13 +133,19 @@ def selective_scan_fwd_kernel(
     pid_e = tl.program_id(0)
     bid = tl.program_id(1).to(tl.int64)
     offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    offs_n = _state_offsets(BLOCK_N, VEC, 128 // B_ptr.dtype.element_ty.primitive_bitwidth)
+    offs_n = _state_offsets(BLOCK_N, VEC, 128 // A_ptr.dtype.element_ty.primitive_bitwidth)
     rows = tl.arange(0, BLOCK_T)
     e_mask = offs_e < E
     en_mask = e_mask[:, None] & (offs_n < N)[None, :]
     en_off = offs_e[:, None] * N + offs_n[None, :]  # (e, n) offsets into (.., e, n) tensors
 
-    A2 = tl.load(A_ptr + en_off, mask=en_mask, other=0.0).to(tl.float32) * LOG2E  # exp(x A) = exp2(x A log2e)
+    # A is read as a (1, e, n) tile: this load anchors the layout of every (c, e, n) tile
+    # (VEC states per thread, then e, then time in registers; see _state_offsets).
+    if EVEN_N:  # a mask along n would stop the load (and the layout) from vectorizing
+        A3 = tl.load(A_ptr + en_off[None, :, :], mask=e_mask[None, :, None], other=0.0).to(tl.float32)
+    else:
+        A3 = tl.load(A_ptr + en_off[None, :, :], mask=en_mask[None, :, :], other=0.0).to(tl.float32)
+    A2 = A3 * LOG2E  # exp(x A) = exp2(x A log2e)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_e, mask=e_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -173,13 +170,13 @@ def selective_scan_fwd_kernel(
     # chunk's arithmetic, so their latency hides behind it.
     nu, ndt, nz, nB, nC, nreset = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, rows,
                                               offs_e, offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l,
-                                              sseq_l, HAS_Z, HAS_SEQ, EVEN_N, VEC)
+                                              sseq_l, HAS_Z, HAS_SEQ)
     for c in range(0, n_chunks):
         u, dt_raw, z, Bt, Ct, reset = nu, ndt, nz, nB, nC, nreset
         t = c * BLOCK_T + rows
         nu, ndt, nz, nB, nC, nreset = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base,
                                                   t + BLOCK_T, offs_e, offs_n, E, N, L, su_l, sdt_l,
-                                                  sz_l, sB_l, sC_l, sseq_l, HAS_Z, HAS_SEQ, EVEN_N, VEC)
+                                                  sz_l, sB_l, sC_l, sseq_l, HAS_Z, HAS_SEQ)
         if SAVE_CKPT:
             if c % chunks_per_seg == 0:
                 seg = c // chunks_per_seg
@@ -187,7 +184,7 @@ def selective_scan_fwd_kernel(
         dt_pre, dt, dtu, dA, dBu = _discretize(u, dt_raw, Bt, reset, t, L, A2, bias, HAS_BIAS, SOFTPLUS)
         acum, hloc = tl.associative_scan((dA, dBu), axis=0, combine_fn=_state_combine)
         hs = acum * h[None, :, :] + hloc  # (c, e, n): h_t for every step of the chunk
-        y = tl.sum(hs * Ct, axis=2)  # (c, e)
+        y = tl.sum(hs * Ct[:, None, :], axis=2)  # (c, e)
         if HAS_D:
             y += Dv[None, :] * u
         if HAS_Z:
@@ -218,7 +215,7 @@ def selective_scan_bwd_kernel(
     bid = tl.program_id(1).to(tl.int64)
     n_eblk = tl.num_programs(0)
     offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    offs_n = _state_offsets(BLOCK_N, VEC, 128 // B_ptr.dtype.element_ty.primitive_bitwidth)
+    offs_n = _state_offsets(BLOCK_N, VEC, 128 // A_ptr.dtype.element_ty.primitive_bitwidth)
     rows = tl.arange(0, BLOCK_T)
     e_mask = offs_e < E
     n_mask = offs_n < N
@@ -226,8 +223,11 @@ def selective_scan_bwd_kernel(
     en_off = offs_e[:, None] * N + offs_n[None, :]
     loc = tl.arange(0, BLOCK_E)[:, None] * BLOCK_N + offs_n[None, :]  # scratch slot layout
 
-    A = tl.load(A_ptr + en_off, mask=en_mask, other=0.0).to(tl.float32)
-    A2 = A * LOG2E
+    if EVEN_N:  # a mask along n would stop the load (and the layout) from vectorizing
+        A3 = tl.load(A_ptr + en_off[None, :, :], mask=e_mask[None, :, None], other=0.0).to(tl.float32)
+    else:
+        A3 = tl.load(A_ptr + en_off[None, :, :], mask=en_mask[None, :, :], other=0.0).to(tl.float32)
+    A2 = A3 * LOG2E
     if HAS_D:
         Dv = tl.load(D_ptr + offs_e, mask=e_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -267,7 +267,7 @@ def selective_scan_bwd_kernel(
             t = c * BLOCK_T + rows
             u, dt_raw, z, Bt, Ct, reset = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, t,
                                                       offs_e, offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l,
-                                                      sseq_l, False, HAS_SEQ, EVEN_N, VEC)
+                                                      sseq_l, False, HAS_SEQ)
             dt_pre, dt, dtu, dA, dBu = _discretize(u, dt_raw, Bt, reset, t, L, A2, bias, HAS_BIAS, SOFTPLUS)
             acum, hloc = tl.associative_scan((dA, dBu), axis=0, combine_fn=_state_combine)
             h = _last_row(acum * h[None, :, :] + hloc, rows, BLOCK_T)
@@ -283,14 +283,14 @@ def selective_scan_bwd_kernel(
             t64 = t.to(tl.int64)
             u, dt_raw, z, Bt, Ct, reset = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, t,
                                                       offs_e, offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l,
-                                                      sseq_l, HAS_Z, HAS_SEQ, EVEN_N, VEC)
+                                                      sseq_l, HAS_Z, HAS_SEQ)
             dout = tl.load(do_base + t64[:, None] * sdo_l + offs_e[None, :], mask=te_mask,
                            other=0.0).to(tl.float32)
             dt_pre, dt, dtu, dA, dBu = _discretize(u, dt_raw, Bt, reset, t, L, A2, bias, HAS_BIAS, SOFTPLUS)
             acum, hloc = tl.associative_scan((dA, dBu), axis=0, combine_fn=_state_combine)
             hs = acum * h0c[None, :, :] + hloc  # (c, e, n)
             if HAS_Z:
-                y = tl.sum(hs * Ct, axis=2)
+                y = tl.sum(hs * Ct[:, None, :], axis=2)
                 if HAS_D:
                     y += Dv[None, :] * u
                 sz = tl.sigmoid(z)
@@ -300,15 +300,15 @@ def selective_scan_bwd_kernel(
                          dz.to(dz_ptr.dtype.element_ty), mask=te_mask)
             else:
                 dy = dout
-            dyC = dy[:, :, None] * Ct  # (c, e, n)
+            dyC = dy[:, :, None] * Ct[:, None, :]  # (c, e, n)
             ones = tl.full([BLOCK_T, BLOCK_E, BLOCK_N], 1.0, tl.float32)
             fa, p, gl = tl.associative_scan((dA, ones, dyC), axis=0, combine_fn=_adjoint_combine,
                                             reverse=True)
             g = gl + p * W[None, :, :]  # dL/dh_t, (c, e, n)
             W = _first_row(dA * g, rows)  # what flows into the previous chunk's last step
             gh = g * (hs - dBu)  # = g_t a_t h_{t-1}, without a shifted tile
-            gB = tl.sum(g * Bt, axis=2)  # (c, e)
-            ddt = tl.sum(gh * A[None, :, :], axis=2) + u * gB
+            gB = tl.sum(g * Bt[:, None, :], axis=2)  # (c, e)
+            ddt = tl.sum(gh * A3, axis=2) + u * gB
             du = dt * gB
             if HAS_D:
                 du += dy * Dv[None, :]
