@@ -6,8 +6,9 @@ At small batch a decode step is a few hundred tiny kernels, and launching them f
 more than running them. A CUDA graph records the launches once; a replay issues them all in one
 call. That needs a static cache (every tensor a step reads or writes keeps its address: the SSM
 layers update their conv and ssm states in place), no host sync inside the step and fixed shapes.
-A layer whose step replaces its cache tensors (a growing KV cache) cannot be replayed; the check
-is made on the real step, so such a model decodes eagerly with a logged reason.
+A layer whose step replaces its cache tensors (attention's growing KV cache) cannot be replayed:
+the check is made on the real step, those layers run eagerly between graphs, and every run of
+layers between them (embedding and head included) is one graph. A pure SSM model is one graph.
 
 The graph, its static cache and its static input/output are kept on the model per batch size
 (`model._mambakit_cuda_graphs`), so later generate calls reuse them; `release(model)` frees them.
@@ -53,70 +54,153 @@ def _warm_up(fn, n: int, device: torch.device) -> None:
     torch.cuda.current_stream(device).wait_stream(stream)
 
 
-def _capture(fn, device: torch.device):
+def _graph_pool(device: torch.device):
+    """One memory pool for the graphs of a step: they replay in the order they were captured."""
+    return torch.cuda.graph_pool_handle()
+
+
+def _capture(fn, device: torch.device, pool=None):
     """Record fn into a CUDA graph; return (its static output, replay, the graph to keep alive)."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         out = fn()
     return out, graph.replay, graph
 
 
 class GraphedDecoder:
-    """The decode step of `model` for a batch of `batch_size`, replayed from a CUDA graph."""
+    """The decode step of `model` for a batch of `batch_size`, replayed from CUDA graphs.
+
+    The step is a chain of ops: embedding, each block, final norm + head. Ops whose cache tensors
+    stay in place are "static"; each run of static ops is captured as one graph with a static input
+    and output; the other blocks (attention with a growing KV cache) run eagerly in between.
+    """
 
     def __init__(self, model, batch_size: int, device: torch.device, n_warmup: int = 2):
         self.model = model
         self.batch_size = batch_size
         self.cache = model.allocate_cache(batch_size, device=device)
-        # Always a tensor (zeros = no padding), so the captured step reads padding from a fixed address.
+        # Always a tensor (zeros = no padding), so a captured step reads padding from a fixed address.
         self.pad_lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.cache.pad_lengths = self.pad_lengths
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # static input (b, 1)
-        before = self._tensors()
+        ops = self._ops()
+        dynamic = self._dynamic_layers(ops)
+        if len(dynamic) == len(model.layers):
+            raise CannotCapture("every layer replaces its cache tensors at each step (a growing cache); "
+                                "nothing is left to replay")
+        static = [True] + [i not in dynamic for i in range(len(model.layers))] + [True]
+        self._stages = []  # (graphed, ops); consecutive ops of one kind form a stage
+        for op, is_static in zip(ops, static):
+            if self._stages and self._stages[-1][0] == is_static:
+                self._stages[-1][1].append(op)
+            else:
+                self._stages.append((is_static, [op]))
+        _warm_up(lambda: self._eager_step(), n_warmup, device)
+        self._capture_stages(device)
+        self._reset()
 
-        def one_step():
-            return model(self.tokens, cache=self.cache, validate=False)[:, -1]  # (b, v)
+    # --- the step as a chain of ops -------------------------------------------------------------------
+    def _ops(self) -> list:
+        """LM.forward for one token, cut at its blocks: embedding, each block, norm + head."""
+        model, cache = self.model, self.cache
 
-        _warm_up(one_step, n_warmup, device)
-        self._check_static(before)
-        self.logits, self._replay, self._graph = _capture(one_step, device)  # static output (b, v)
-        self._zero()
+        def embed(ids):
+            x = model.embedding(ids)  # (b, 1, d)
+            return x.float() if model.config.residual_in_fp32 else x
+
+        def block_op(block):
+            return lambda x: block(x, cache=cache)
+
+        def head(x):
+            x = model.norm_f(x.to(model.norm_f.weight.dtype))
+            return model.lm_head(x)[:, -1, : model.config.vocab_size]  # (b, v)
+
+        return [embed] + [block_op(block) for block in model.layers] + [head]
+
+    def _eager_step(self) -> torch.Tensor:
+        x = self.tokens
+        for _, ops in self._stages:
+            for op in ops:
+                x = op(x)
+        self.cache.seqlen_offset += 1
+        return x
 
     def _tensors(self) -> dict:
         return {(i, name): t for i, state in enumerate(self.cache.layers) for name, t in state.items()}
 
-    def _check_static(self, before: dict) -> None:
-        after = self._tensors()
-        for key, t in after.items():
+    def _dynamic_layers(self, ops) -> set:
+        """Run one step; the layers whose cache tensors it replaced (or added) cannot be replayed."""
+        before = {key: (t, t.data_ptr()) for key, t in self._tensors().items()}
+        x = self.tokens
+        for op in ops:
+            x = op(x)
+        self.cache.seqlen_offset += 1
+        dynamic = set()
+        for key, t in self._tensors().items():
             old = before.get(key)
-            if old is None or old is not t or old.data_ptr() != t.data_ptr():
-                i, name = key
-                kind = type(self.model.layers[i].mixer).__name__
-                raise CannotCapture(f"layer {i} ({kind}) replaces its cache tensor {name!r} at each step "
-                                    "(a growing cache), so its step cannot be replayed from a graph")
-        if self.cache.pad_lengths is not self.pad_lengths:
-            raise CannotCapture("the step replaced cache.pad_lengths")
+            if old is None or old[0] is not t or old[1] != t.data_ptr():
+                dynamic.add(key[0])
+        if dynamic:
+            kinds = sorted({type(self.model.layers[i].mixer).__name__ for i in dynamic})
+            logger.info("mambakit: CUDA graphs: %d layer(s) (%s) grow their cache and run eagerly between graphs",
+                        len(dynamic), ", ".join(kinds))
+        return dynamic
 
-    def _zero(self) -> None:
-        for t in self._tensors().values():
-            t.zero_()
+    def _capture_stages(self, device) -> None:
+        self._plan = []  # (replay, static input, static output) for graphs; (None, ops, None) for eager
+        self._graphs = []
+        pool = _graph_pool(device)
+        x = self.tokens
+        for graphed, ops in self._stages:
+            if not graphed:
+                for op in ops:  # an eager op, run once to learn its output's shape and dtype
+                    x = op(x)
+                self._plan.append((None, ops, None))
+                continue
+            inp = x if x is self.tokens else torch.empty_like(x)
+
+            def chain(inp=inp, ops=ops):
+                y = inp
+                for op in ops:
+                    y = op(y)
+                return y
+
+            out, replay, graph = _capture(chain, device, pool)
+            self._graphs.append(graph)
+            self._plan.append((replay, inp, out))
+            x = out
+
+    # --- use ----------------------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self.cache.reset()  # states zeroed in place, keys and values emptied
         self.pad_lengths.zero_()
-        self.cache.seqlen_offset = 0
+        self.cache.pad_lengths = self.pad_lengths
 
     def begin(self, pad_lengths: torch.Tensor | None = None):
         """The static cache, emptied, ready for a prefill; pad_lengths (b,) of the new batch or None."""
-        self._zero()
+        self._reset()
         if pad_lengths is not None:
             self.pad_lengths.copy_(pad_lengths)
-        self.cache.pad_lengths = self.pad_lengths
         return self.cache
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (b, 1) -> logits (b, v). The result is overwritten by the next step: use it first."""
-        self.tokens.copy_(tokens)
-        self._replay()
+        x = tokens
+        for replay, inp, out in self._plan:
+            if replay is None:
+                for op in inp:  # eager ops
+                    x = op(x)
+                continue
+            if x is not inp:
+                inp.copy_(x)
+            replay()
+            x = out
         self.cache.seqlen_offset += 1
-        return self.logits
+        return x
+
+    @property
+    def n_graphs(self) -> int:
+        return len(self._graphs)
 
 
 def _key(model, batch_size: int, device: torch.device):

@@ -248,9 +248,9 @@ def prefill(model, input_ids: torch.Tensor, cache, seq_idx: torch.Tensor | None 
         # Chunks past every row's padding need no document ids (the fast path).
         sl = seq_idx[:, start:end] if seq_idx is not None and start < max_pad else None
         logits = model(input_ids[:, start:end], cache=cache, seq_idx=sl, validate=False, last_only=True)
-        # Wipe padding's traces while they can still be there: states of rows not yet started,
-        # conv windows reaching back into padding.
-        if pad_lengths is not None and end - conv_width < max_pad:
+        # Wipe padding's traces while they can still be there: states of rows not yet started
+        # (end <= pad), conv windows reaching back into padding (end - k < pad).
+        if pad_lengths is not None and end - max(conv_width, 1) < max_pad:
             cache.clear_padding_(pad_lengths, end)
     return logits[:, -1]
 

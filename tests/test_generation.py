@@ -40,6 +40,8 @@ def _hybrid_config(kind: str):
 def make_model(kind: str, **attention):
     if kind in ("mamba", "mamba2"):
         return tiny_model(kind)
+    if kind == "s4d":  # the LTI mixer: same padding machinery (seq_idx, state cleared)
+        return tiny_model("mamba2", ssm_layer="s4d", s4d={"d_state": 16, "expand": 2})
     cfg = _hybrid_config(kind).to_dict()
     cfg["attention"].update(attention)
     return mambakit.LM(mambakit.ModelConfig.from_dict(cfg)).eval()
@@ -47,7 +49,7 @@ def make_model(kind: str, **attention):
 
 mamba1 = pytest.param("mamba", marks=pytest.mark.skipif(not _mamba1_available(),
                                                        reason="no Mamba-1 selective scan on the CPU yet"))
-KINDS = [mamba1, "mamba2", "hybrid", "transformer"]
+KINDS = [mamba1, "mamba2", "s4d", "hybrid", "transformer"]
 _MODELS = {}
 
 
@@ -336,7 +338,7 @@ def fake_graphs(monkeypatch):
     """Stand-ins for the CUDA calls: a 'graph' whose replay reruns the step into the static output."""
     captures = []
 
-    def capture(fn, device):
+    def capture(fn, device, pool=None):
         out = fn()
         captures.append(fn)
         return out, lambda: out.copy_(fn()), None
@@ -344,6 +346,7 @@ def fake_graphs(monkeypatch):
     monkeypatch.setattr(cuda_graphs, "_device_reason", lambda device: None)
     monkeypatch.setattr(cuda_graphs, "_warm_up", lambda fn, n, device: [fn() for _ in range(n)])
     monkeypatch.setattr(cuda_graphs, "_capture", capture)
+    monkeypatch.setattr(cuda_graphs, "_graph_pool", lambda device: None)
     return captures
 
 
@@ -364,15 +367,29 @@ def test_graphed_decoding_equals_eager_and_reuses_its_graph(fake_graphs):
     cuda_graphs.release(model)
 
 
-def test_a_growing_kv_cache_is_refused_and_decoded_eagerly(fake_graphs, caplog):
-    model = make_model("hybrid")
+@pytest.mark.parametrize("kind,graphs", [("hybrid", 3), ("transformer", 3)])
+def test_attention_runs_eagerly_between_graphs(fake_graphs, kind, graphs):
+    model = make_model(kind)
+    cuda_graphs.release(model)
+    ids, mask, _ = _padded([3, 8])
+    eager = mambakit.generate(model, ids, 6, attention_mask=mask)
+    assert torch.equal(mambakit.generate(model, ids, 6, attention_mask=mask, cuda_graph=True), eager)
+    decoder = next(iter(model._mambakit_cuda_graphs.values()))
+    # hybrid-tiny M*-M-*: [embed M] * [- M -] * [head]; transformer-tiny *-*-: [embed] * [-] * [- head]
+    assert decoder.n_graphs == len(fake_graphs) == graphs
+    cuda_graphs.release(model)
+
+
+def test_nothing_to_replay_falls_back_to_eager(fake_graphs, caplog):
+    cfg = _hybrid_config("transformer").to_dict()
+    cfg.update(layer_pattern="**", n_layer=2)
+    model = mambakit.LM(mambakit.ModelConfig.from_dict(cfg)).eval()
     ids = torch.randint(0, 256, (2, 6))
     cuda_graphs._warn_once.cache_clear()
     with caplog.at_level(logging.WARNING, logger="mambakit"):
-        out = mambakit.generate(model, ids, 5, cuda_graph=True)
-    assert torch.equal(out, mambakit.generate(model, ids, 5))
-    assert "replaces its cache tensor" in caplog.text and not fake_graphs
-    cuda_graphs.release(model)
+        out = mambakit.generate(model, ids, 4, cuda_graph=True)
+    assert torch.equal(out, mambakit.generate(model, ids, 4))
+    assert "nothing is left to replay" in caplog.text and not fake_graphs
 
 
 # --- the GPU benchmark's logic, on the CPU with tiny sizes ------------------------------------------------
