@@ -83,6 +83,7 @@ class GraphedDecoder:
         self.pad_lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.cache.pad_lengths = self.pad_lengths
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # static input (b, 1)
+        self.busy = False  # a generation is using the static cache (set by begin, cleared by the caller)
         ops = self._ops()
         dynamic = self._dynamic_layers(ops)
         if len(dynamic) == len(model.layers):
@@ -181,6 +182,7 @@ class GraphedDecoder:
         self._reset()
         if pad_lengths is not None:
             self.pad_lengths.copy_(pad_lengths)
+        self.busy = True
         return self.cache
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:

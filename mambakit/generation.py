@@ -260,12 +260,13 @@ def _decode(model, prompt: _Prompt, s: _Settings):
     """Yield one (b,) tensor of new token ids per step."""
     if s.max_new_tokens == 0:
         return
-    b = prompt.ids.shape[0]
-    device = prompt.ids.device
+    b, device = prompt.ids.shape[0], prompt.ids.device
     decoder = None
     if s.cuda_graph:
         from .cuda_graphs import graphed_decoder
         decoder = graphed_decoder(model, b, device)
+        if decoder is not None and decoder.busy:
+            decoder = None  # another generation of this batch size holds the static cache: go eager
     if decoder is not None:
         cache = decoder.begin(prompt.pad_lengths)
         step = decoder.step
@@ -276,6 +277,16 @@ def _decode(model, prompt: _Prompt, s: _Settings):
         def step(token):
             return model(token, cache=cache, validate=False)[:, -1]
 
+    try:
+        yield from _loop(model, prompt, s, cache, step)
+    finally:  # also when a stream is closed or dropped half-way
+        if decoder is not None:
+            decoder.busy = False
+
+
+def _loop(model, prompt: _Prompt, s: _Settings, cache, step):
+    b = prompt.ids.shape[0]
+    device = prompt.ids.device
     seq_idx = None
     if prompt.pad_lengths is not None:
         seq_idx = (torch.arange(prompt.ids.shape[1], device=device)[None] >= prompt.pad_lengths[:, None]).long()
@@ -326,7 +337,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     s = _settings(model, prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
                   eos_token_id, stop_sequences, pad_token_id, generator, max_length, prefill_chunk, cuda_graph)
     new = list(_decode(model, prompt, s))
-    out = torch.cat([prompt.original] + [t[:, None].to(prompt.original.dtype) for t in new], dim=1)  # (b, l + t)
+    out = torch.cat([prompt.original.long()] + [t[:, None] for t in new], dim=1)  # (b, l + t)
     if prompt.shifts is not None:
         out = _roll_rows(out, -prompt.shifts)
     return out

@@ -367,6 +367,22 @@ def test_graphed_decoding_equals_eager_and_reuses_its_graph(fake_graphs):
     cuda_graphs.release(model)
 
 
+def test_interleaved_graphed_streams_do_not_share_a_cache(fake_graphs):
+    model = make_model("mamba2")
+    cuda_graphs.release(model)
+    a, b = torch.randint(0, 256, (1, 5)), torch.randint(0, 256, (1, 7))
+    sa, sb = (mambakit.stream(model, x, 6, cuda_graph=True) for x in (a, b))
+    pairs = list(zip(sa, sb))  # both alive at once: the second decodes eagerly
+    assert torch.stack([p for p, _ in pairs], 1).tolist() == mambakit.generate(model, a, 6)[:, 5:].tolist()
+    assert torch.stack([q for _, q in pairs], 1).tolist() == mambakit.generate(model, b, 6)[:, 7:].tolist()
+    half = mambakit.stream(model, a, 6, cuda_graph=True)
+    next(half)
+    half.close()  # a stream dropped half-way gives the graph back
+    assert not next(iter(model._mambakit_cuda_graphs.values())).busy
+    assert len(fake_graphs) == 1
+    cuda_graphs.release(model)
+
+
 @pytest.mark.parametrize("kind,graphs", [("hybrid", 3), ("transformer", 3)])
 def test_attention_runs_eagerly_between_graphs(fake_graphs, kind, graphs):
     model = make_model(kind)
