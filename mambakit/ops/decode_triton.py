@@ -1,0 +1,172 @@
+"""One fused Triton kernel for a Mamba-2 decode step: conv state shift + conv + SiLU + SSM
+state update + output, for a batch of sequences, states updated in place.
+
+Letters: b batch, c conv channels (e + 2 g n), e inner width (h p), h heads, p head dim,
+n state dim, g groups, k conv width.
+
+    xBC (b, c) = [x (e), B (g n), C (g n)] of the new token
+    conv_state (b, c, k): the last k inputs, newest last      -> shifted, new input appended
+    u = silu(sum_j conv_weight[:, j] * window[:, j] + conv_bias)   (b, c), split into x, B, C
+    dt = clamp(softplus?(dt + dt_bias), dt_limit)                   (b, h)
+    ssm_state (b, h, p, n) fp32 <- exp(dt A) ssm_state + dt x B^T
+    y (b, h, p) = ssm_state C + D x, then * silu(z) if z is given
+
+One program per (sequence, group): it owns the conv channels of the group's B and C and
+of its heads' x, so the in-place shift of conv_state never races with a reader, and B, C
+are convolved once per group. The program walks its heads HB at a time; the step is
+memory-bound (the fp32 ssm_state is read and written once), see benchmarks/gpu_kernels.py.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _conv_window(state_ptr, xbc_ptr, w_ptr, bias_ptr, ch, ch_mask, offs_k, K,
+                 HAS_BIAS: tl.constexpr):
+    """Shifted window (ch..., KP) of the conv state with the new input last, and silu(conv)."""
+    kk = offs_k  # broadcast over the channel dims by the caller's shapes
+    old = tl.load(state_ptr + ch * K + kk + 1, mask=ch_mask & (kk < K - 1), other=0.0).to(tl.float32)
+    new = tl.load(xbc_ptr + ch, mask=ch_mask, other=0.0).to(tl.float32)
+    win = tl.where(kk == K - 1, new, old)
+    w = tl.load(w_ptr + ch * K + kk, mask=ch_mask & (kk < K), other=0.0).to(tl.float32)
+    # the bias rides along in tap 0 so that it broadcasts like the window
+    wb = w
+    if HAS_BIAS:
+        wb = tl.load(bias_ptr + ch + kk * 0, mask=ch_mask & (kk == 0), other=0.0).to(tl.float32)
+    u = tl.sum(win * w + wb * (kk == 0) * HAS_BIAS, axis=-1)
+    return win, u * tl.sigmoid(u)
+
+
+@triton.jit
+def _mamba2_decode_kernel(
+    xbc_ptr, dt_ptr, conv_ptr, ssm_ptr, w_ptr, cbias_ptr, a_ptr, d_ptr, dtb_ptr, z_ptr, y_ptr,
+    C_CH, K, H, G, P, N, lo, hi,
+    KP: tl.constexpr, PP: tl.constexpr, NP: tl.constexpr, HB: tl.constexpr,
+    HAS_CBIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_DTB: tl.constexpr,
+    DT_SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
+):
+    pid_b = tl.program_id(0).to(tl.int64)
+    gi = tl.program_id(1)
+    hpg = H // G
+    e = H * P
+    offs_k = tl.arange(0, KP)
+    offs_n = tl.arange(0, NP)
+    offs_p = tl.arange(0, PP)
+    offs_hb = tl.arange(0, HB)
+    state_b = conv_ptr + pid_b * C_CH * K
+    xbc_b = xbc_ptr + pid_b * C_CH
+
+    # B and C of the group: (n, k) windows
+    ch_b = (e + gi * N + offs_n)[:, None]
+    ch_c = (e + G * N + gi * N + offs_n)[:, None]
+    nmask = (offs_n < N)[:, None]
+    win_b, bv = _conv_window(state_b, xbc_b, w_ptr, cbias_ptr, ch_b, nmask, offs_k[None, :], K, HAS_CBIAS)
+    win_c, cv = _conv_window(state_b, xbc_b, w_ptr, cbias_ptr, ch_c, nmask, offs_k[None, :], K, HAS_CBIAS)
+    tl.debug_barrier()  # every thread has read the old window before any shifted one is stored
+    tl.store(state_b + ch_b * K + offs_k[None, :], win_b.to(conv_ptr.dtype.element_ty), mask=nmask & (offs_k[None, :] < K))
+    tl.store(state_b + ch_c * K + offs_k[None, :], win_c.to(conv_ptr.dtype.element_ty), mask=nmask & (offs_k[None, :] < K))
+
+    k3 = offs_k[None, None, :]
+    p2 = offs_p[None, :]
+    pmask2 = p2 < P
+    n3 = offs_n[None, None, :]
+    p3 = offs_p[None, :, None]
+    smask = (p3 < P) & (n3 < N)
+    for hb in range(0, hpg, HB):
+        hh = gi * hpg + hb + offs_hb  # (HB,)
+        ch_x = (hh[:, None] * P + p2)[:, :, None]  # (HB, PP, 1)
+        xmask = pmask2[:, :, None]
+        win_x, xv = _conv_window(state_b, xbc_b, w_ptr, cbias_ptr, ch_x, xmask, k3, K, HAS_CBIAS)  # xv (HB, PP)
+        a = tl.load(a_ptr + hh).to(tl.float32)
+        dt = tl.load(dt_ptr + pid_b * H + hh).to(tl.float32)
+        if HAS_DTB:
+            dt += tl.load(dtb_ptr + hh).to(tl.float32)
+        if DT_SOFTPLUS:
+            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+        dt = tl.minimum(tl.maximum(dt, lo), hi)
+        da = tl.exp(dt * a)
+        s_ptrs = ssm_ptr + ((pid_b * H + hh) * P * N)[:, None, None] + p3 * N + n3
+        st = tl.load(s_ptrs, mask=smask, other=0.0)
+        st = st * da[:, None, None] + (dt[:, None] * xv)[:, :, None] * bv[None, None, :]
+        tl.store(s_ptrs, st, mask=smask)
+        y = tl.sum(st * cv[None, None, :], 2)  # (HB, PP)
+        if HAS_D:
+            if D_PER_P:
+                y += tl.load(d_ptr + hh[:, None] * P + p2, mask=pmask2, other=0.0).to(tl.float32) * xv
+            else:
+                y += tl.load(d_ptr + hh).to(tl.float32)[:, None] * xv
+        yo = (pid_b * H + hh)[:, None] * P + p2
+        if HAS_Z:
+            zz = tl.load(z_ptr + yo, mask=pmask2, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.debug_barrier()
+        tl.store(state_b + ch_x * K + k3, win_x.to(conv_ptr.dtype.element_ty), mask=xmask & (k3 < K))
+        tl.store(y_ptr + yo, y.to(y_ptr.dtype.element_ty), mask=pmask2)
+
+
+def _check(name, t, shape):
+    if t is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"mamba2_decode_step_triton: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias,
+                              dt_softplus, dt_limit, ngroups, headdim, z=None):
+    """One decode step for a batch (see the module docstring). Updates conv_state and
+    ssm_state in place and returns y (b, h, p) in xBC's dtype.
+
+    xBC (b, c); dt (b, h); conv_state (b, c, k) any float dtype; ssm_state (b, h, p, n) fp32,
+    contiguous; conv_weight (c, k) or (c, 1, k); conv_bias (c,) or None; A (h,); D (h,), (h, p)
+    or None; dt_bias (h,) or None; dt_limit (min, max); z (b, h, p), (b, h*p) or None.
+    """
+    if xBC.dim() != 2:
+        raise ValueError(f"mamba2_decode_step_triton: xBC must be (b, c), got {tuple(xBC.shape)}")
+    b, c = xBC.shape
+    if ssm_state.dim() != 4:
+        raise ValueError(f"mamba2_decode_step_triton: ssm_state must be (b, h, p, n), got {tuple(ssm_state.shape)}")
+    _, h, p, n = ssm_state.shape
+    g = int(ngroups)
+    if p != headdim or g < 1 or h % g or c != h * p + 2 * g * n:
+        raise ValueError(f"mamba2_decode_step_triton: xBC width {c} must be h*p + 2*g*n = {h}*{headdim} + "
+                         f"2*{g}*{n} with h % g == 0 (ssm_state {tuple(ssm_state.shape)}, headdim {headdim}, "
+                         f"ngroups {ngroups})")
+    if ssm_state.dtype != torch.float32 or not ssm_state.is_contiguous():
+        raise ValueError(f"mamba2_decode_step_triton: ssm_state must be a contiguous float32 tensor "
+                         f"(updated in place), got {ssm_state.dtype}")
+    if conv_state.dim() != 3 or tuple(conv_state.shape[:2]) != (b, c) or not conv_state.is_contiguous():
+        raise ValueError(f"mamba2_decode_step_triton: conv_state must be a contiguous (b, c, k) = ({b}, {c}, k) "
+                         f"tensor (updated in place), got {tuple(conv_state.shape)}")
+    k = conv_state.shape[2]
+    w = conv_weight.reshape(conv_weight.shape[0], -1) if conv_weight.dim() == 3 else conv_weight
+    _check("conv_weight", w, (c, k))
+    _check("conv_bias", conv_bias, (c,))
+    _check("dt", dt, (b, h))
+    _check("A", A, (h,))
+    _check("dt_bias", dt_bias, (h,))
+    if D is not None and tuple(D.shape) not in ((h,), (h, p)):
+        raise ValueError(f"mamba2_decode_step_triton: D must have shape ({h},) or ({h}, {p}), got {tuple(D.shape)}")
+    if z is not None and tuple(z.shape) not in ((b, h, p), (b, h * p)):
+        raise ValueError(f"mamba2_decode_step_triton: z must have shape ({b}, {h}, {p}) or ({b}, {h * p}), "
+                         f"got {tuple(z.shape)}")
+    lo, hi = float(dt_limit[0]), float(dt_limit[1])
+    y = torch.empty(b, h, p, device=xBC.device, dtype=xBC.dtype)
+    hpg = h // g
+    hb = 1
+    while hb < 2 and hpg % (hb * 2) == 0:
+        hb *= 2
+    xc, dtc = xBC.contiguous(), dt.contiguous()
+    _mamba2_decode_kernel[(b, g)](
+        xc, dtc, conv_state, ssm_state, w.contiguous(), conv_bias if conv_bias is not None else A,
+        A.contiguous(), D.contiguous() if D is not None else A, dt_bias if dt_bias is not None else A,
+        z.contiguous() if z is not None else xc, y,
+        c, k, h, g, p, n, lo, hi,
+        KP=triton.next_power_of_2(k), PP=triton.next_power_of_2(p), NP=triton.next_power_of_2(n), HB=hb,
+        HAS_CBIAS=conv_bias is not None, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+        HAS_DTB=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), HAS_Z=z is not None,
+        num_warps=8)
+    return y
+
+
+__all__ = ["mamba2_decode_step_triton"]

@@ -1,0 +1,171 @@
+"""Mamba-2 Triton kernels (SSD, decode step) under TRITON_INTERPRET=1 on the CPU, small shapes.
+
+Letters: b batch, l length, h heads, p head dim, n state dim, g groups, c conv channels,
+k conv width.
+
+The interpreter must be on before the kernels are defined, so every kernel run happens in one
+subprocess that prints a JSON line per case; the tests check those numbers. Oracles: ssd_ref in
+float64 (outputs, final state, every gradient) and, for bf16, the chunked tier in bf16 (the
+Triton error may be at most twice the chunked error, or twice the bf16 rounding of the answer
+where the chunked tier rounds nothing). The decode step is checked against conv1d + the chunked
+SSD over a whole sequence, one token at a time.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_SCRIPT = textwrap.dedent(r'''
+import json
+import torch
+import torch.nn.functional as F
+from mambakit.ops.ssd.reference import ssd_ref
+from mambakit.ops.ssd.chunked import ssd_chunked
+from mambakit.ops.ssd import triton as T
+from mambakit.ops.conv1d import causal_conv1d
+from mambakit.ops.decode_triton import mamba2_decode_step_triton
+
+T.CONFIG["bm"] = 16  # several sub-blocks per chunk even at these lengths
+NAMES = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state"]
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / (b.double().norm() + 1e-30)).item()
+
+def make(seed, b, l, h, p, g, n, dtype, D=None, z=False, init=False, seq=False):
+    gen = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=gen)
+    ins = dict(x=rnd(b, l, h, p).to(dtype), dt=(0.5 * rnd(b, l, h) - 1).to(dtype),
+               A=-(torch.rand(h, generator=gen) * 3 + 0.3), B=rnd(b, l, g, n).to(dtype),
+               C=rnd(b, l, g, n).to(dtype), dt_bias=0.3 * rnd(h))
+    if D == "h":
+        ins["D"] = rnd(h)
+    elif D == "hp":
+        ins["D"] = rnd(h, p)
+    if z:
+        ins["z"] = rnd(b, l, h, p).to(dtype)
+    if init:
+        ins["initial_state"] = rnd(b, h, p, n)
+    s = torch.sort(torch.randint(0, 3, (b, l), generator=gen), dim=1).values if seq else None
+    return ins, s
+
+def run(fn, ins, seq, gy, gs, **kw):
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in ins.items()}
+    y, st = fn(**leaves, seq_idx=seq, **kw)
+    grads = torch.autograd.grad((y.double() * gy).sum() + (st.double() * gs).sum(), list(leaves.values()))
+    return dict(y=y, final_state=st, **{"d" + k: gr for k, gr in zip(leaves, grads)})
+
+def ssd_case(name, seed, chunk, kw_make, kw_fn):
+    ins, seq = make(seed, **kw_make)
+    b, l, h, p = ins["x"].shape
+    gen = torch.Generator().manual_seed(seed + 1)
+    gy = torch.randn(b, l, h, p, generator=gen, dtype=torch.float64)
+    gs = torch.randn(b, h, p, ins["B"].shape[-1], generator=gen, dtype=torch.float64)
+    ins64 = {k: v.double() for k, v in ins.items()}
+    ref = run(ssd_ref, ins64, seq, gy, gs, **kw_fn)
+    tri = run(T.ssd_triton, ins, seq, gy, gs, chunk_size=chunk, **kw_fn)
+    out = {"case": name, "err": {k: rel(tri[k], ref[k]) for k in ref},
+           "dtypes": {k: str(tri[k].dtype) for k in ("y", "final_state")}}
+    if ins["x"].dtype == torch.bfloat16:
+        chk = run(ssd_chunked, ins, seq, gy, gs, chunk_size=chunk, **kw_fn)
+        out["chunked"] = {k: rel(chk[k], ref[k]) for k in ref}
+        out["floor"] = {k: rel(ref[k].to(torch.bfloat16), ref[k]) for k in ref}
+    print(json.dumps(out), flush=True)
+
+ssd_case("fp32_plain", 1, 16, dict(b=1, l=37, h=2, p=16, g=1, n=16, dtype=torch.float32, D="h", z=True),
+         dict(dt_softplus=True))
+ssd_case("fp32_packed", 2, 32, dict(b=2, l=45, h=4, p=16, g=2, n=16, dtype=torch.float32, D="hp", init=True, seq=True),
+         dict(dt_softplus=True, dt_limit=(0.05, 0.6)))
+ssd_case("fp32_len1", 3, 256, dict(b=2, l=1, h=2, p=16, g=2, n=16, dtype=torch.float32, init=True),
+         dict(dt_softplus=False))
+ssd_case("bf16", 4, 32, dict(b=1, l=96, h=4, p=16, g=2, n=16, dtype=torch.bfloat16, D="h", init=True),
+         dict(dt_softplus=True))
+
+# Decode: T tokens one at a time through the fused step == causal conv1d + chunked SSD.
+gen = torch.Generator().manual_seed(7)
+rnd = lambda *s: torch.randn(*s, generator=gen)
+b, T_, h, p, n, g, k = 2, 5, 4, 16, 16, 2, 4
+e = h * p
+c = e + 2 * g * n
+xbc = rnd(b, T_, c)
+dt = rnd(b, T_, h)
+w, cb = 0.5 * rnd(c, k), rnd(c)
+A, D, dtb = -(torch.rand(h, generator=gen) + 0.5), rnd(h), 0.3 * rnd(h)
+z = rnd(b, T_, h, p)
+u = causal_conv1d(xbc, w, cb, activation="silu")
+y_ref, st_ref = ssd_chunked(u[..., :e].reshape(b, T_, h, p), dt, A, u[..., e:e + g * n].reshape(b, T_, g, n),
+                            u[..., e + g * n:].reshape(b, T_, g, n), D=D, z=z, dt_bias=dtb, dt_softplus=True)
+conv_state = torch.zeros(b, c, k)
+ssm_state = torch.zeros(b, h, p, n)
+ys = []
+for t in range(T_):
+    ys.append(mamba2_decode_step_triton(xbc[:, t], dt[:, t], conv_state, ssm_state, w, cb, A, D, dtb, True,
+                                        (0.0, float("inf")), g, p, z=z[:, t]))
+conv_ref = torch.cat([torch.zeros(b, c, max(0, k - T_)), xbc[:, -k:].transpose(1, 2)], -1)
+print(json.dumps({"case": "decode", "err": {"y": rel(torch.stack(ys, 1), y_ref), "ssm_state": rel(ssm_state, st_ref),
+                                              "conv_state": rel(conv_state, conv_ref)}}), flush=True)
+
+errors = {}
+ins, _ = make(0, 1, 8, 2, 16, 1, 16, torch.float32)
+bad = {"B_groups": dict(B=ins["B"].expand(1, 8, 3, 16).contiguous(), C=ins["C"].expand(1, 8, 3, 16).contiguous()),
+       "seq_decreasing": dict(seq_idx=torch.tensor([[1, 1, 0, 0, 0, 0, 0, 0]])),
+       "cu_seqlens_end": dict(cu_seqlens=torch.tensor([0, 3, 7]))}
+for key, change in bad.items():
+    kw = dict(ins); kw.update(change)
+    try:
+        T.ssd_triton(**kw)
+        errors[key] = None
+    except ValueError as exc:
+        errors[key] = str(exc)
+try:
+    mamba2_decode_step_triton(torch.zeros(1, 10), torch.zeros(1, 2), torch.zeros(1, 10, 4), torch.zeros(1, 2, 4, 4),
+                              torch.zeros(10, 4), None, torch.zeros(2), None, None, False, (0.0, 1.0), 1, 4)
+    errors["decode_width"] = None
+except ValueError as exc:
+    errors["decode_width"] = str(exc)
+print(json.dumps({"case": "bad_input", "errors": errors}), flush=True)
+''')
+
+
+@pytest.fixture(scope="module")
+def results():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {r["case"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
+
+
+@pytest.mark.parametrize("case", ["fp32_plain", "fp32_packed", "fp32_len1"])
+def test_fp32_matches_reference(results, case):
+    r = results[case]
+    assert r["dtypes"]["final_state"] == "torch.float32"
+    for name, err in r["err"].items():
+        assert err < 1e-4, (case, name, err)
+
+
+def test_bf16_error_within_twice_the_chunked_tier(results):
+    r = results["bf16"]
+    assert r["dtypes"] == {"y": "torch.bfloat16", "final_state": "torch.float32"}
+    for name, err in r["err"].items():
+        bound = 2 * max(r["chunked"][name], r["floor"][name])
+        assert err <= bound, (name, err, r["chunked"][name], r["floor"][name])
+
+
+def test_decode_step_matches_chunked_sequence(results):
+    for name, err in results["decode"]["err"].items():
+        assert err < 1e-5, (name, err)
+
+
+def test_bad_input_raises_value_error(results):
+    errors = results["bad_input"]["errors"]
+    assert "multiple of the number of groups" in errors["B_groups"]
+    assert "non-decreasing" in errors["seq_decreasing"]
+    assert "cu_seqlens" in errors["cu_seqlens_end"]
+    assert "xBC width" in errors["decode_width"]
