@@ -23,11 +23,14 @@ benchmarks/results.
     python benchmarks/gpu_generation.py --models mamba2 --batches 1 --prompts 1024 --new-tokens 32
     python benchmarks/gpu_generation.py --device cpu --d-model 64 --n-layer 4 --head-dim 16 \
         --d-state 16 --vocab 256 --prompts 16 --batches 1,2 --new-tokens 4     # logic smoke test
+    python benchmarks/gpu_generation.py --plot-from benchmarks/results/gpu_generation-....json \
+        --plot-to docs/gpu_generation.png                                      # the plot for the docs
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import sys
 import time
@@ -72,6 +75,8 @@ def parse_args(argv=None):
     p.add_argument("--hf-new-tokens", type=int, default=16, help="tokens per transformers run (it is slow)")
     p.add_argument("--hf-max-tokens", type=int, default=1 << 17, help="skip transformers runs with b x l above this")
     p.add_argument("--out", default=None, help="result folder (default: $OUT, else benchmarks/results)")
+    p.add_argument("--plot-from", default=None, help="only draw the plot of an earlier result file")
+    p.add_argument("--plot-to", default="docs/gpu_generation.png", help="where --plot-from draws")
     return p.parse_args(argv)
 
 
@@ -382,8 +387,37 @@ def _print_run(r: dict) -> None:
           f"({r['decode_steps_s'] or 0:.1f} steps/s){frac}{mem}", flush=True)
 
 
+def plot(payload: dict, path) -> Path:
+    """Decode tokens/s against prompt length, one panel per batch size, a line per model and impl."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ok = [r for r in payload["runs"] if r.get("decode_tok_s")]
+    batches = sorted({r["batch"] for r in ok})
+    fig, axes = plt.subplots(1, max(len(batches), 1), figsize=(5 * max(len(batches), 1), 4), squeeze=False)
+    for ax, b in zip(axes[0], batches):
+        for key in sorted({(r["model"], r["impl"]) for r in ok if r["batch"] == b}):
+            pts = sorted((r["prompt"], r["decode_tok_s"]) for r in ok if r["batch"] == b and (r["model"], r["impl"]) == key)
+            ax.plot([p for p, _ in pts], [t for _, t in pts], marker="o", label=f"{key[0]} ({key[1]})")
+        ax.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="decode tokens/s", title=f"batch {b}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    gpu = payload["machine"].get("gpu", "cpu")
+    fig.suptitle(f"mambakit decode speed, {gpu}")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> dict:
     a = parse_args(argv)
+    if a.plot_from:
+        payload = json.loads(Path(a.plot_from).read_text())
+        print(f"wrote {plot(payload, a.plot_to)}")
+        return payload
     payload = bench(a)
     out = a.out or os.environ.get("OUT") or None
     path = write_result("gpu_generation", payload, out)

@@ -180,9 +180,9 @@ def _settings(model, prompt: _Prompt, max_new_tokens, temperature, top_k, top_p,
         max_new_tokens = min(max_new_tokens, max_length - l)
     limit = model.config.max_seqlen
     if limit is not None and l + max_new_tokens > limit:
+        # (a prompt longer than the limit by itself was refused by check_inputs already)
         raise ValueError(f"prompt of {l} tokens (padding included) + max_new_tokens={max_new_tokens} exceeds this "
-                         f"model's limit of {limit} tokens; ask for at most {max(limit - l, 0)} new tokens"
-                         + ("" if l <= limit else " after shortening the prompt"))
+                         f"model's limit of {limit} tokens; ask for at most {limit - l} new tokens")
     eos_t = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
     return _Settings(max_new_tokens, float(temperature), top_k, top_p, min_p, float(repetition_penalty), eos_t,
                      stops, pad_token_id, generator, prefill_chunk, bool(cuda_graph))

@@ -426,6 +426,8 @@ def test_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):
     assert len(runs) == 3 * 2 and all(r["impl"] == "mambakit" and r["decode_tok_s"] > 0 for r in runs)
     assert set(payload["summary"]["hybrid_over_transformer"]) == {"b1|l6", "b2|l6"}
     assert json.loads(next(tmp_path.glob("gpu_generation-*.json")).read_text())["runs"] == json.loads(json.dumps(runs))
+    picture = bench.main(["--plot-from", str(next(tmp_path.glob("*.json"))), "--plot-to", str(tmp_path / "p.png")])
+    assert picture["runs"] == payload["runs"] and (tmp_path / "p.png").stat().st_size > 0
     # bytes a step moves: the state part is what the cache holds (SSM read + written), KV grows with context
     a = bench.parse_args(tiny)
     cfg = bench.mambakit_config("mamba2", a)
