@@ -2,7 +2,6 @@
 
 Letters: b batch, l prompt length, t new tokens, v vocabulary.
 """
-import importlib
 import importlib.util
 import json
 import logging
@@ -17,16 +16,6 @@ from mambakit.generation import prefill, sample_next
 from conftest import tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _mamba1_available() -> bool:
-    for tier in ("chunked", "reference"):
-        try:
-            importlib.import_module(f"mambakit.ops.selective_scan.{tier}")
-            return True
-        except ModuleNotFoundError:
-            pass
-    return False
 
 
 def _hybrid_config(kind: str):
@@ -47,9 +36,7 @@ def make_model(kind: str, **attention):
     return mambakit.LM(mambakit.ModelConfig.from_dict(cfg)).eval()
 
 
-mamba1 = pytest.param("mamba", marks=pytest.mark.skipif(not _mamba1_available(),
-                                                       reason="no Mamba-1 selective scan on the CPU yet"))
-KINDS = [mamba1, "mamba2", "s4d", "hybrid", "transformer"]
+KINDS = ["mamba", "mamba2", "s4d", "hybrid", "transformer"]
 _MODELS = {}
 
 
