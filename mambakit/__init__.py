@@ -4,8 +4,10 @@ from .config import ModelConfig
 from .convert import CheckpointError, load
 from .generation import generate, stream
 from .model import LM
+from .patterns import allocate_pattern
 from .presets import PRESETS
 
 __version__ = "0.1.0"
 
-__all__ = ["ModelConfig", "LM", "InferenceCache", "load", "generate", "stream", "PRESETS", "CheckpointError"]
+__all__ = ["ModelConfig", "LM", "InferenceCache", "load", "generate", "stream", "PRESETS", "CheckpointError",
+           "allocate_pattern"]

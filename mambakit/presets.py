@@ -47,3 +47,8 @@ PRESETS: dict[str, ModelConfig] = {
     "mamba2-tiny": ModelConfig(d_model=64, n_layer=2, vocab_size=256, ssm_layer="mamba2",
                                mamba2=Mamba2Config(d_state=16, headdim=16, chunk_size=32)),
 }
+
+# The 8B study's hybrid and Transformer baseline, with small members of both families.
+from .presets_hybrid import HYBRID_PRESETS  # noqa: E402
+
+PRESETS.update(HYBRID_PRESETS)
