@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import mambakit  # noqa: E402
 import mambakit.cuda_graphs  # noqa: E402
+import mambakit.generation  # noqa: E402
 from common import machine_info, write_result  # noqa: E402
 from mambakit.config import AttentionConfig, Mamba2Config, MLPConfig, ModelConfig  # noqa: E402
 from mambakit.patterns import allocate_pattern  # noqa: E402
@@ -201,27 +202,44 @@ def _peak_memory_gb(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if torch.device(device).type == "cuda" else None
 
 
-def time_mambakit(model, b: int, l: int, new: int, chunk: int, graphs: bool, device) -> dict:
-    """Prefill = until the first token exists; decode = the new - 1 steps after it."""
+def time_mambakit(model, b: int, l: int, new: int, chunk: int, modes: list, device) -> dict:
+    """One chunked prefill, then new - 1 greedy steps per mode on the same cache: eager steps
+    ("mambakit") first, graph replays ("mambakit+graphs") after, so a long prompt is prefilled once.
+    The context grows by new - 1 between the two, nothing next to l. -> {impl: timing}."""
     v = model.config.vocab_size
+    decoder = mambakit.cuda_graphs.graphed_decoder(model, b, device) if "mambakit+graphs" in modes else None
 
-    def run(length: int, n: int):
+    def run(length: int, n: int) -> dict:
         ids = torch.randint(0, v, (b, length), device=device)
+        cache = decoder.begin() if decoder is not None else model.allocate_cache(b, device=device)
+        steps = {"mambakit": lambda t: model(t, cache=cache, validate=False)[:, -1],
+                 "mambakit+graphs": decoder.step if decoder is not None else None}
         _sync(device)
         t0 = time.perf_counter()
-        tokens = mambakit.stream(model, ids, n, prefill_chunk=chunk, cuda_graph=graphs)
-        next(tokens)
+        with torch.inference_mode():
+            token = mambakit.generation.prefill(model, ids, cache, chunk=chunk).argmax(-1)  # (b,)
         _sync(device)
-        t1 = time.perf_counter()
-        for _ in tokens:
-            pass
-        _sync(device)
-        return t1 - t0, time.perf_counter() - t1
+        out = {"prefill_s": time.perf_counter() - t0, "peak_memory_gb": _peak_memory_gb(device)}
+        for impl in modes:
+            step = steps[impl]
+            if step is None:
+                out[impl] = {"skipped": "CUDA graphs unavailable here (see the log)"}
+                continue
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                for _ in range(n - 1):
+                    token = step(token[:, None]).argmax(-1)
+            _sync(device)
+            out[impl] = {"decode_s": time.perf_counter() - t1, "steps": n - 1}
+        return out
 
-    run(min(l, chunk), 3)  # warm-up: graph capture (once per batch size), kernels of a prefill chunk
-    _reset_memory(device)
-    prefill_s, decode_s = run(l, new)
-    return {"prefill_s": prefill_s, "decode_s": decode_s, "steps": new - 1, "peak_memory_gb": _peak_memory_gb(device)}
+    try:
+        run(min(l, chunk), 4)  # warm-up: graph capture (once per batch size), kernels of a prefill chunk
+        _reset_memory(device)
+        return run(l, new)
+    finally:
+        if decoder is not None:
+            decoder.busy = False
 
 
 def time_transformers(hf, b: int, l: int, new: int, vocab: int, device) -> dict:
@@ -249,11 +267,13 @@ def time_transformers(hf, b: int, l: int, new: int, vocab: int, device) -> dict:
 
 
 def _fits(cfg: ModelConfig, model, b: int, context: int, device) -> str | None:
-    """A reason to skip, when weights + KV cache (twice: a growing cache is copied) exceed the GPU."""
+    """A reason to skip, when weights + cache exceed the GPU (a growing KV cache also copies one
+    layer's keys and values at each step; 1 GiB more for activations)."""
     if torch.device(device).type != "cuda":
         return None
     elsize = next(model.parameters()).element_size()
-    need = weight_bytes(model) + 2 * state_bytes(cfg, b, context, elsize)
+    cache = state_bytes(cfg, b, context, elsize)
+    need = weight_bytes(model) + cache + 2 * cache / max(cfg.layer_pattern.count("*"), 1) + 2**30
     total = torch.cuda.get_device_properties(device).total_memory
     if need > total:
         return f"needs ~{need / 2**30:.0f} GiB for weights and cache, the GPU has {total / 2**30:.0f} GiB"
@@ -286,7 +306,7 @@ def bench(a) -> dict:
     dtype = getattr(torch, a.dtype)
     peak, copy_bw = nominal_peak(device), measured_copy_bandwidth(device)
     families = [f for f in a.models.split(",") if f]
-    impls = {"both": [False, True], "on": [True], "off": [False]}[a.graphs]
+    impls = {"both": ["mambakit", "mambakit+graphs"], "on": ["mambakit+graphs"], "off": ["mambakit"]}[a.graphs]
     runs, sizes = [], {}
     for family in families:
         cfg = mambakit_config(family, a)
@@ -302,15 +322,20 @@ def bench(a) -> dict:
                 skip = _fits(cfg, model, b, l + a.new_tokens, device)
                 if b * l > a.max_prefill_tokens:
                     skip = f"b x l = {b * l} > --max-prefill-tokens {a.max_prefill_tokens}"
-                for graphs in impls:
-                    impl = "mambakit+graphs" if graphs else "mambakit"
-                    if skip:
+                if skip:
+                    for impl in impls:
                         runs.append({**base, "impl": impl, "skipped": skip})
-                        continue
-                    chunk = max(64, a.prefill_tokens // b)
-                    out = _run_safely(lambda: _record(family, impl, b, l, time_mambakit(
-                        model, b, l, a.new_tokens, chunk, graphs, device), model, cfg, peak), device)
-                    runs.append({**base, "impl": impl, "prefill_chunk": chunk, **out})
+                        _print_run(runs[-1])
+                    continue
+                chunk = max(64, a.prefill_tokens // b)
+                timing = _run_safely(lambda: time_mambakit(model, b, l, a.new_tokens, chunk, impls, device), device)
+                for impl in impls:
+                    if "error" in timing or "skipped" in timing[impl]:
+                        runs.append({**base, "impl": impl, **(timing.get(impl) if "error" not in timing else timing)})
+                    else:
+                        t = {"prefill_s": timing["prefill_s"], "peak_memory_gb": timing["peak_memory_gb"],
+                             **timing[impl]}
+                        runs.append({**base, "prefill_chunk": chunk, **_record(family, impl, b, l, t, model, cfg, peak)})
                     _print_run(runs[-1])
         mambakit.cuda_graphs.release(model)
         del model

@@ -403,14 +403,16 @@ def _load_benchmark():
     return module
 
 
-def test_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):
+def test_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path, fake_graphs):
     bench = _load_benchmark()
     tiny = ["--device", "cpu", "--dtype", "float32", "--d-model", "32", "--n-layer", "4", "--head-dim", "16",
             "--d-state", "8", "--vocab", "256", "--batches", "1,2", "--prompts", "6", "--new-tokens", "3",
             "--hf-new-tokens", "3", "--out", str(tmp_path)]
-    payload = bench.main(tiny + ["--models", "mamba2,hybrid,transformer", "--graphs", "off", "--no-hf"])
+    payload = bench.main(tiny + ["--models", "mamba2,hybrid,transformer", "--graphs", "both", "--no-hf"])
     runs = payload["runs"]
-    assert len(runs) == 3 * 2 and all(r["impl"] == "mambakit" and r["decode_tok_s"] > 0 for r in runs)
+    assert [r["impl"] for r in runs] == ["mambakit", "mambakit+graphs"] * 3 * 2
+    assert all(r["decode_tok_s"] > 0 and r["steps"] == 2 for r in runs)
+    assert len(fake_graphs) >= 3 * 2  # at least one graph per model and batch size
     assert set(payload["summary"]["hybrid_over_transformer"]) == {"b1|l6", "b2|l6"}
     assert json.loads(next(tmp_path.glob("gpu_generation-*.json")).read_text())["runs"] == json.loads(json.dumps(runs))
     picture = bench.main(["--plot-from", str(next(tmp_path.glob("*.json"))), "--plot-to", str(tmp_path / "p.png")])
