@@ -1,0 +1,93 @@
+"""What every synthetic task shares: the batch it generates, seeding, and the base class.
+
+Letters: b batch (examples), l length (tokens per example), v vocabulary.
+
+A task is a small frozen dataclass of its parameters (vocabulary, length, ...). `generate(b, seed)`
+returns a TaskBatch: `input_ids` (b, l) and `targets` (b, l), where targets hold the token the
+model must predict at that position and IGNORE_INDEX (-100) everywhere else. The same targets
+serve as the training labels (cross-entropy on the answer positions only) and as the answer key
+of the exact scorers in scoring.py. Targets are aligned with the inputs (target[t] is predicted
+from input[: t + 1]), so logits (b, l, v) compare with targets without a shift.
+
+Generation is numpy's PCG64 seeded by `seed` (an int or a tuple of ints, through SeedSequence):
+the same seed gives the same batch on every machine, and (seed, 0, step) / (seed, 1, ...) give
+training and evaluation streams that never share a generator.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+Seed = int | Sequence[int]
+
+
+@dataclass
+class TaskBatch:
+    input_ids: torch.Tensor  # (b, l) long
+    targets: torch.Tensor  # (b, l) long, IGNORE_INDEX where nothing is asked
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_answer_tokens(self) -> int:
+        return int((self.targets != IGNORE_INDEX).sum())
+
+
+def rng_for(seed: Seed) -> np.random.Generator:
+    if isinstance(seed, (int, np.integer)):
+        seed = [int(seed)]
+    seed = [int(s) for s in seed]
+    if any(s < 0 for s in seed):
+        raise ValueError(f"seeds must be non-negative ints, got {seed}")
+    return np.random.default_rng(np.random.SeedSequence(seed))
+
+
+def check_int(name: str, value, lo: int, hi: int | None = None, why: str = "") -> None:
+    """ValueError unless value is an int in [lo, hi]."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= lo
+    if ok and hi is not None:
+        ok = value <= hi
+    if not ok:
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be an int {bound}{why}, got {value!r}")
+
+
+class Task:
+    """Base of the task dataclasses. Subclasses set the class variables and `generate`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    sweep_param: ClassVar[str] = "length"  # what the evaluation varies (a field of the dataclass)
+    metric: ClassVar[str] = "token_accuracy"  # headline: token_accuracy or exact_match (scoring.py)
+    default_sweep: ClassVar[tuple[int, ...]] = ()
+
+    @property
+    def vocab_size(self) -> int:  # pragma: no cover - every task defines it
+        raise NotImplementedError
+
+    def generate(self, batch_size: int, seed: Seed) -> TaskBatch:  # pragma: no cover
+        raise NotImplementedError
+
+    def replace(self, **changes) -> "Task":
+        """A copy with some parameters changed (validated again)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for key in changes:
+            if key not in names:
+                raise ValueError(f"task {self.name} has no parameter {key!r} (it has: {', '.join(sorted(names))})")
+        return dataclasses.replace(self, **changes)
+
+    def params(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def sequence_length(self) -> int:
+        """Tokens per example (the longest, for tasks whose examples vary)."""
+        return int(getattr(self, "length"))
+
+
+def to_batch(inputs: np.ndarray, targets: np.ndarray, **meta) -> TaskBatch:
+    return TaskBatch(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.int64)),
+                     torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int64)), meta)

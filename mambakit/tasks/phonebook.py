@@ -1,0 +1,116 @@
+"""Phonebook lookup (the 8B study, arXiv 2406.07887, Section 3.3): find a name's number in a list.
+
+Letters: b batch, l length (bytes per example, padded to the longest of the batch), v vocabulary
+(256: one token per byte, as mambakit's byte tokenizer).
+
+A phonebook is `num_entries` lines "Name: number" with made-up names (syllables, unique within
+the book) and random 10-digit numbers. Two few-shot questions about other entries, with their
+answers, show the format; then the question about the query name, whose number is the answer.
+
+standard (book first):                reversed (query first):
+    Phonebook:                            Find: Rosa Kemil
+    Tavi Nodu: 8301925547                 Phonebook:
+    Rosa Kemil: 0447129853                Tavi Nodu: 8301925547
+    ...                                   ...
+    Q: Tavi Nodu? A: 8301925547           Q: Tavi Nodu? A: 8301925547
+    Q: ...? A: ...                        Q: ...? A: ...
+    Q: Rosa Kemil? A: 0447129853          Q: Rosa Kemil? A: 0447129853
+
+The targets are the digits of the last answer (exact match = all of them right; a partly right
+number counts as a partial match, see scoring.py). The study found Transformers and the hybrid
+near 100% inside their training context, pure Mamba-2 degrading with the size of the book and
+often giving partly right numbers, and the reversed order helping the SSM (it knows what to keep).
+Rows are padded on the right with byte 0: padding after the answer changes no causal prediction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from .base import IGNORE_INDEX, Seed, Task, TaskBatch, check_int, rng_for
+
+VARIANTS = ("standard", "reversed")
+ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z")
+VOWELS = ("a", "e", "i", "o", "u")
+PAD = 0
+
+
+@dataclass(frozen=True)
+class Phonebook(Task):
+    num_entries: int = 20
+    variant: str = "standard"
+    num_examples: int = 2  # few-shot questions before the real one
+    digits: int = 10
+
+    name: ClassVar[str] = "phonebook"
+    description: ClassVar[str] = "a list of 'Name: number' lines, then a name: output its number"
+    sweep_param: ClassVar[str] = "num_entries"
+    metric: ClassVar[str] = "exact_match"
+    default_sweep: ClassVar[tuple[int, ...]] = (5, 10, 20, 40, 80, 160)
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"phonebook variant must be one of {VARIANTS}, got {self.variant!r}")
+        check_int("phonebook num_examples", self.num_examples, 0)
+        check_int("phonebook num_entries", self.num_entries, self.num_examples + 1,
+                  why=f" (the query and {self.num_examples} few-shot questions need distinct entries)")
+        check_int("phonebook digits", self.digits, 1)
+
+    @property
+    def vocab_size(self) -> int:
+        return 256
+
+    def sequence_length(self) -> int:
+        """An upper bound on the bytes of one example (names are at most 6 syllables + a space)."""
+        line = 13 + 2 + self.digits + 1
+        question = 3 + 13 + 5 + self.digits + 1
+        return 11 + 20 + self.num_entries * line + (self.num_examples + 1) * question
+
+    def make_example(self, rng: np.random.Generator) -> tuple[str, str]:
+        """(prompt text ending in 'A: ', answer digits)."""
+        names: list[str] = []
+        seen = set()
+        while len(names) < self.num_entries:
+            name = _name(rng)
+            if name not in seen:
+                seen.add(name)
+                names.append(name)
+        numbers = ["".join(map(str, rng.integers(0, 10, size=self.digits))) for _ in names]
+        asked = rng.choice(self.num_entries, size=self.num_examples + 1, replace=False)
+        book = "Phonebook:\n" + "".join(f"{n}: {x}\n" for n, x in zip(names, numbers))
+        shots = "".join(f"Q: {names[i]}? A: {numbers[i]}\n" for i in asked[:-1])
+        query = int(asked[-1])
+        head = f"Find: {names[query]}\n" if self.variant == "reversed" else ""
+        return head + book + shots + f"Q: {names[query]}? A: ", numbers[query]
+
+    def generate(self, batch_size: int, seed: Seed) -> TaskBatch:
+        check_int("batch_size", batch_size, 1)
+        rng = rng_for(seed)
+        examples = [self.make_example(rng) for _ in range(batch_size)]
+        # the answer is fed too (teacher forcing): the prediction at t is scored against byte t+1
+        rows = [np.frombuffer((p + a + "\n").encode("ascii"), dtype=np.uint8) for p, a in examples]
+        l = max(len(r) for r in rows)
+        inputs = np.full((batch_size, l), PAD, dtype=np.int64)
+        targets = np.full((batch_size, l), IGNORE_INDEX, dtype=np.int64)
+        for i, ((prompt, answer), row) in enumerate(zip(examples, rows)):
+            inputs[i, : len(row)] = row
+            start = len(prompt) - 1  # the position of the space after 'A:' predicts the first digit
+            targets[i, start: start + len(answer)] = row[start + 1: start + 1 + len(answer)]
+        import torch
+        return TaskBatch(torch.from_numpy(inputs), torch.from_numpy(targets),
+                         {"prompts": [p for p, _ in examples], "answers": [a for _, a in examples],
+                          "lengths": [len(r) for r in rows]})
+
+
+def _name(rng: np.random.Generator) -> str:
+    def word(syllables: int) -> str:
+        parts = [ONSETS[rng.integers(len(ONSETS))] + VOWELS[rng.integers(len(VOWELS))] for _ in range(syllables)]
+        return "".join(parts).capitalize()
+    return f"{word(int(rng.integers(2, 4)))} {word(int(rng.integers(2, 4)))}"
+
+
+def decode(ids) -> str:
+    """Token ids (bytes) -> text; byte 0 padding dropped."""
+    return bytes(int(i) for i in ids if int(i) != PAD).decode("ascii", errors="replace")
