@@ -42,13 +42,14 @@ def _exp0(v: torch.Tensor, floor: float) -> torch.Tensor:
     return torch.exp(v.masked_fill(v < floor, float("-inf")))
 
 
-def _diag_blocks(xdt, Acum, CB, s, floor, monotone, grad):
-    """Step 1: y_diag[i] = sum_{j <= i in the chunk} exp(Acum_i - Acum_j) CB[i, j] xdt[j].
+def _diag_blocks(x, dt, Acum, CB, s, floor, monotone, grad):
+    """Step 1: y_diag[i] = sum_{j <= i in the chunk} exp(Acum_i - Acum_j) CB[i, j] dt_j x_j.
 
-    xdt: (b, c, q, h, p); Acum: (b, c, q, h); CB: (b, c, g, q, q), already causal (and
+    x: (b, c, q, h, p); dt, Acum: (b, c, q, h); CB: (b, c, g, q, q), already causal (and
     document) masked. Returns (b, c, r, s, h, p), a view of a heads-major tensor.
+    dt is folded into the (smaller) decay factors rather than into a dt x copy of x.
     """
-    b, c, q, h, p = xdt.shape
+    b, c, q, h, p = x.shape
     g = CB.shape[2]
     k = h // g
     r = q // s
@@ -63,19 +64,20 @@ def _diag_blocks(xdt, Acum, CB, s, floor, monotone, grad):
     seg_max = 0.0 if monotone else None
     CBd = torch.diagonal(CB.view(b, c, g, r, s, r, s), dim1=3, dim2=5)  # (b, c, g, s, s, r)
     CBd = CBd.permute(0, 1, 5, 2, 3, 4)[:, :, :, :, None]  # (b, c, r, g, 1, s, s)
+    dtj = dt.view(b, c, r, s, g, k).permute(0, 1, 2, 4, 5, 3)[..., None, :]  # (b, c, r, g, k, 1, s)
     if grad:
-        M = seg.clamp(min=floor, max=seg_max).exp().view(b, c, r, g, k, s, s) * CBd
+        M = seg.clamp(min=floor, max=seg_max).exp().view(b, c, r, g, k, s, s) * CBd * dtj
     else:
-        M = seg.clamp_(min=floor, max=seg_max).exp_().view(b, c, r, g, k, s, s).mul_(CBd)
-    X = xdt.view(b, c, r, s, h, p).transpose(3, 4).reshape(b, c, r, g, k, s, p)
+        M = seg.clamp_(min=floor, max=seg_max).exp_().view(b, c, r, g, k, s, s).mul_(CBd).mul_(dtj)
+    X = x.view(b, c, r, s, h, p).transpose(3, 4).reshape(b, c, r, g, k, s, p)  # heads-major copy
     y = torch.matmul(M, X).view(b, c, r, h, s, p).transpose(3, 4)  # (b, c, r, s, h, p), a view
     # Sub-blocks below the diagonal: for rows of sub-block I and columns before it, split
     # the decay at m, the last token before I: both factors are <= 1.
     for I in range(1, r):
         i0, m = I * s, I * s - 1
-        w = _exp0(Acum[:, :, m:m + 1] - Acum[:, :, :i0], floor)  # (b, c, i0, h), j -> m
+        w = _exp0(Acum[:, :, m:m + 1] - Acum[:, :, :i0], floor) * dt[:, :, :i0]  # (b, c, i0, h)
         u = _exp0(Acum[:, :, i0:i0 + s] - Acum[:, :, m:m + 1], floor)  # (b, c, s, h), m -> i
-        Xw = (xdt[:, :, :i0] * w[..., None]).view(b, c, i0, g, k * p).transpose(2, 3)
+        Xw = (x[:, :, :i0] * w[..., None]).view(b, c, i0, g, k * p).transpose(2, 3)
         yo = torch.matmul(CB[:, :, :, i0:i0 + s, :i0], Xw)  # (b, c, g, s, k p)
         y[:, :, I].addcmul_(yo.transpose(2, 3).reshape(b, c, s, h, p), u[..., None])
     return y  # (b, c, r, s, h, p), heads-major in memory: the caller's next op lays it out
@@ -110,7 +112,8 @@ def ssd_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt
 
     # Padded tokens have dt = 0 and x = B = C = 0: decay 1, no input, so they change nothing.
     Acum = torch.cumsum(_pad_len(dA, pad).view(b, c, q, h), dim=2)  # (b, c, q, h), from chunk start
-    xdt = _pad_len(x.to(cd) * dt[..., None], pad).view(b, c, q, h, p)  # dt x
+    dtc = _pad_len(dt, pad).view(b, c, q, h)
+    xc = _pad_len(x.to(cd), pad).view(b, c, q, h, p)
     Bg = _pad_len(B.to(cd), pad).view(b, c, q, g, n).transpose(2, 3)  # (b, c, g, q, n)
     Cg = _pad_len(C.to(cd), pad).view(b, c, q, g, n).transpose(2, 3)  # (b, c, g, q, n)
 
@@ -127,14 +130,14 @@ def ssd_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt
 
     # 1. Diagonal blocks, with the causal (and same-document) mask folded into C B^T.
     CB = torch.matmul(Cg, Bg.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (b, c, g, q, q)
-    y = _diag_blocks(xdt, Acum, CB, s, floor, monotone, grad)  # (b, c, r, s, h, p)
+    y = _diag_blocks(xc, dtc, Acum, CB, s, floor, monotone, grad)  # (b, c, r, s, h, p)
 
     # 2. Chunk states: each token's input decayed to the chunk's end.
     decay_to_end = _exp0(Acum[:, :, -1:] - Acum, floor)  # (b, c, q, h)
     if seq_idx is not None:
         # Only the chunk's last document survives to its end.
         decay_to_end = decay_to_end * (seq == seq[:, :, -1:])[..., None]
-    xs = (xdt * decay_to_end[..., None]).view(b, c, q, g, k * p)
+    xs = (xc * (dtc * decay_to_end)[..., None]).view(b, c, q, g, k * p)
     # One matmul per group covers all its k heads: (k p, q) @ (q, n).
     states = torch.matmul(xs.permute(0, 1, 3, 4, 2), Bg).view(b, c, h, p, n)  # (b, c, h, p, n)
 
@@ -160,8 +163,9 @@ def ssd_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt
         decay_in = decay_in * (seq == seq_prev[..., None])[..., None]
     y_off = torch.matmul(Cg, s_prev.view(b, c, g, k * p, n).transpose(-1, -2))  # (b, c, g, q, k p)
     y_off = y_off.transpose(2, 3).reshape(b, c, q // s, s, h, p)  # a view when g == 1
-    # y_off * decay comes out in the (b, c, q, h, p) memory layout, so the sum does too.
-    y = y_off * decay_in.view(b, c, q // s, s, h, 1) + y  # (b, c, r, s, h, p)
+    # In place on the fresh matmul output (autograd keeps what it needs), so the sum is
+    # laid out (b, c, q, h, p) and no new buffer is touched.
+    y = y_off.mul_(decay_in.view(b, c, q // s, s, h, 1)).add_(y)  # (b, c, r, s, h, p)
 
     y = y.reshape(b, c * q, h, p)[:, :l]  # (b, l, h, p)
     y = gate_and_skip(y, x, D, z)

@@ -100,12 +100,15 @@ def prepare_dt(dt, dt_bias=None, dt_softplus=False, dt_limit=(0.0, float("inf"))
 
 
 def gate_and_skip(y, x, D=None, z=None):
-    """y + D x, then y * silu(z), all in y's dtype (the compute dtype). y, x, z: (b, l, h, p)."""
+    """y + D x, then y * silu(z), in y's dtype (the compute dtype). y, x, z: (b, l, h, p).
+
+    Works in place on y, which must be a fresh tensor of the caller's (autograd allows it:
+    nothing saved y before)."""
     if D is not None:
         Dc = D.to(y.dtype)
-        y = torch.addcmul(y, x.to(y.dtype), Dc[:, None] if Dc.dim() == 1 else Dc)
+        y = y.addcmul_(x.to(y.dtype), Dc[:, None] if Dc.dim() == 1 else Dc)
     if z is not None:
-        y = y * F.silu(z.to(y.dtype))
+        y = y.mul_(F.silu(z.to(y.dtype)))
     return y
 
 
