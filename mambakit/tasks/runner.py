@@ -146,7 +146,7 @@ def train(model: LM, task: Task, settings: TrainSettings,
         acc = score_predictions(logits.detach().argmax(-1), batch.targets).token_accuracy
         history.append({"step": step + 1, "loss": round(loss.item(), 5), "token_accuracy": round(acc, 5)})
         if on_step is not None:
-            on_step(step + 1, float(loss), acc)
+            on_step(step + 1, loss.item(), acc)
     model.eval()
     last = history[-min(10, len(history)):]
     return {"settings": asdict(settings), "seconds": round(time.perf_counter() - t0, 2),

@@ -1,0 +1,76 @@
+"""The runner: streamed evaluation equals one forward, training runs, the commands write their files."""
+import json
+
+import pytest
+import torch
+
+from mambakit.cli import main
+from mambakit.tasks import get_task
+from mambakit.tasks.runner import build_model, evaluate, parse_overrides, predict
+
+
+@pytest.mark.parametrize("preset", ["mamba2-tiny", "mamba-tiny"])
+def test_streamed_prediction_equals_one_forward(preset):
+    task = get_task("selective_copying", vocab_size=16, num_tokens=6, length=90)
+    model = build_model(preset, task.vocab_size, seed=0).eval()
+    batch = task.generate(3, 0)
+    whole = predict(model, batch, chunk_len=None)
+    assert torch.equal(predict(model, batch, chunk_len=32), whole)  # chunks with and without answers
+    assert int((whole >= 0).sum()) == batch.num_answer_tokens
+
+
+def test_evaluate_rows_and_attention_limit():
+    task = get_task("induction_heads", length=64)
+    model = build_model("mamba2-tiny", task.vocab_size, {"n_layer": 1}, seed=0)
+    rows = evaluate(model, task, [16, 300], num_examples=5, batch_size=2, chunk_len=128)
+    assert [r["length"] for r in rows] == [16, 300]
+    assert all(r["examples"] == 5 and r["tokens"] == 5 and 0 <= r["token_accuracy"] <= 1 for r in rows)
+    hybrid = build_model("mamba2-tiny", task.vocab_size, {"n_layer": 2, "layer_pattern": "M*",
+                                                          "attention": {"n_heads": 4}}, seed=0)
+    rows = evaluate(hybrid, task, [16, 300], num_examples=2, max_attention_length=100)
+    assert "skipped" not in rows[0] and "skipped" in rows[1]
+
+
+def test_overrides_and_bad_models():
+    assert parse_overrides(["mamba2.d_state=32", "ssm_layer=s4d", "n_layer=3"]) == \
+        {"mamba2": {"d_state": 32}, "ssm_layer": "s4d", "n_layer": 3}
+    model = build_model("mamba2-tiny", 16, parse_overrides(["mamba2.d_state=8"]))
+    assert model.config.mamba2.d_state == 8 and model.config.mamba2.headdim == 16  # the rest kept
+    assert model.config.vocab_size == 16
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["d_state"])
+    with pytest.raises(ValueError, match="neither a preset"):
+        build_model("no-such-model", 16)
+
+
+def test_task_train_then_eval_commands(tmp_path, capsys):
+    common = ["--task", "mqar", "--param", "vocab_size=32", "--param", "length=32", "--param", "num_pairs=4",
+              "--values", "2,4", "--eval-examples", "4"]
+    out = tmp_path / "run"
+    assert main(["task", "train", "--model", "mamba2-tiny", "--set", "n_layer=1", "--steps", "2",
+                 "--out", str(out)] + common) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["num_pairs"] for r in res["models"][0]["eval"]] == [2, 4]
+    assert len(res["models"][0]["train"]["history"]) == 2
+    assert (out / "model" / "config.json").exists()
+    out2 = tmp_path / "again"
+    assert main(["task", "eval", "--model", str(out / "model"), "--out", str(out2)] + common) == 0
+    res2 = json.loads((out2 / "results.json").read_text())
+    assert res2["models"][0]["eval"][1]["tokens"] == 16
+    assert "| num_pairs |" in capsys.readouterr().out
+    assert main(["task", "train", "--task", "mqar", "--model", "mamba2-tiny", "--param", "pairs=3",
+                 "--out", str(tmp_path / "bad")]) == 2  # a bad parameter is an error message, not a traceback
+
+
+def test_demo_quick(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "demo.json").read_text())
+    assert [m["name"] for m in res["models"]] == ["S4D", "Mamba-1", "Mamba-2"]
+    assert all(m["eval"][0]["examples"] == 8 for m in res["models"])
+    printed = capsys.readouterr().out
+    assert "| S4D |" in printed and "Mamba-2" in printed
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError:
+        return
+    assert (tmp_path / "demo.png").stat().st_size > 1000
