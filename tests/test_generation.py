@@ -123,6 +123,8 @@ def test_chunked_prefill_equals_one_shot(model, padded):
         assert cache.seqlen_offset == ref.seqlen_offset == l
         for i, (s, r) in enumerate(zip(cache.layers, ref.layers)):
             for name in r:
+                if name.endswith("_buffer"):  # storage behind a KV view: its capacity is no state
+                    continue
                 got, want = s[name], r[name]
                 if name in ("k", "v") and padded:  # keys of padding are never read: compare the prompt's
                     got, want = got[1:, 7:], want[1:, 7:]
