@@ -75,7 +75,9 @@ def collect_files(paths, extensions, exclude=()) -> list[Path]:
         if not p.exists():
             raise ValueError(f"data.path {str(entry)!r} does not exist; expected a text file, a folder of "
                              "text files or a .jsonl file")
-        if p.is_dir():
+        if p.is_dir() and is_hf_dataset(p):
+            files.append(p)  # a `datasets` save_to_disk folder: one source, read by load_from_disk
+        elif p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix in exts or f.suffix == ".jsonl")
                            and not any(fnmatch(part, pat) for part in f.relative_to(p).parts for pat in exclude))
             if not found:
@@ -87,8 +89,35 @@ def collect_files(paths, extensions, exclude=()) -> list[Path]:
     return files
 
 
+HF_DATASET_MARKERS = ("dataset_dict.json", "state.json")
+
+
+def is_hf_dataset(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in HF_DATASET_MARKERS)
+
+
+def _iter_hf_dataset(path: Path, text_field: str):
+    try:
+        import datasets
+    except ModuleNotFoundError as err:
+        raise ValueError(f"{path} is a Hugging Face `datasets` folder; reading it needs `pip install datasets`") from err
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):  # the train split, else the first one
+        ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+    if text_field not in ds.column_names:
+        raise ValueError(f"{path}: the dataset has no column {text_field!r} (data.text_field); "
+                         f"its columns are {ds.column_names}")
+    for rows in ds.iter(batch_size=1024):
+        for text in rows[text_field]:
+            yield str(text).encode("utf-8")
+
+
 def iter_documents(path: Path, text_field: str):
-    """Each document of one file as UTF-8 bytes: a whole text file, or one jsonl record."""
+    """Each document of one source as UTF-8 bytes: a whole text file, one jsonl record, or one row
+    of a `datasets` folder."""
+    if path.is_dir():
+        yield from _iter_hf_dataset(path, text_field)
+        return
     if path.suffix != ".jsonl":
         yield path.read_bytes()
         return
@@ -117,8 +146,9 @@ def default_cache_dir() -> Path:
 def cache_key(files: list[Path], tokenizer, text_field: str) -> str:
     h = hashlib.sha256(f"v{FORMAT_VERSION}|{tokenizer.name}|{text_field}".encode())
     for f in files:
-        st = f.stat()
-        h.update(f"|{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        for g in sorted(f.rglob("*")) if f.is_dir() else [f]:  # a datasets folder: all of its files
+            st = g.stat()
+            h.update(f"|{g.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:24]
 
 

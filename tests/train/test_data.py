@@ -145,3 +145,22 @@ def test_task_data_is_sharded_like_one_process():
     assert torch.equal(torch.cat([b["targets"] for b in whole]), torch.cat([b["targets"] for b in parts]))
     assert not torch.equal(whole[0]["input_ids"], data.step_batches(4, 8, 4, 0, 1)[0]["input_ids"])
     assert (whole[0]["targets"] != D.IGNORE_INDEX).any()
+
+
+def test_hf_datasets_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "ds"
+    try:
+        import datasets
+    except ModuleNotFoundError:
+        datasets = None
+    if datasets is not None:
+        datasets.Dataset.from_dict({"text": ["alpha doc", "beta", "gamma gamma"]}).save_to_disk(str(folder))
+        tf = _prepare(tmp_path, folder)
+        assert len(tf.doc_starts) == 3 and tf.n_tokens == len("alpha docbetagamma gamma")
+    else:
+        folder.mkdir()
+        (folder / "state.json").write_text("{}")
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # as if not installed
+    (folder / "state.json").touch()  # new mtime: a new cache key, so the folder is read again
+    with pytest.raises(ValueError, match="needs `pip install datasets`"):
+        _prepare(tmp_path, folder)
