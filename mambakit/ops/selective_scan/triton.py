@@ -29,19 +29,22 @@ def _next_pow2(x: int) -> int:
 
 
 def default_config(n: int, e: int, backward: bool) -> dict:
-    """Tile sizes for a (c, e, n) chunk tile.
+    """Tile sizes for a (c, e, n) chunk tile (picked from the H100 sweep in
+    benchmarks/gpu_selective_scan.py; docs/benchmarks_gpu_selective_scan.md).
 
     VEC states sit in each thread (sums over n are then VEC-1 adds plus a short shuffle
     tree) and BLOCK_E * BLOCK_N / VEC = 32 * num_warps threads cover (e, n) exactly, so
     the time axis gets neither lanes nor warps and both scans run in registers. BLOCK_T
-    sets the tile to ~32 (forward) / ~16 (backward, more live tiles) values a thread.
+    is 16 forward; backward (more live tiles) it gives a thread 16 values of a tile.
     """
     bn = _next_pow2(n)
     warps = 4
-    vec = min(4, bn)
+    vec = 1 if bn == 1 else (2 if bn <= 16 else 4)
     be = max(1, (32 * warps * vec) // bn)
-    per_thread = 16 if backward else 32
-    bt = max(2, min(8 if bn < 4 else 32, per_thread // vec))
+    if backward:
+        bt = 8 if bn < 4 else 16 // vec
+    else:
+        bt = 16 if 4 <= bn <= 64 else 8  # n >= 128 at 16 spills registers
     return dict(BLOCK_T=bt, BLOCK_E=be, BLOCK_N=bn, VEC=vec, num_warps=warps)
 
 
@@ -151,6 +154,7 @@ class SelectiveScanTriton(torch.autograd.Function):
         grid = (triton_cdiv(e, cb["BLOCK_E"]), b)
         cps = seg_len // cb["BLOCK_T"]
         scratch = torch.empty((b, grid[0], cps, cb["BLOCK_E"] * cb["BLOCK_N"]), device=dev, dtype=torch.float32)
+        flip = torch.empty((b, grid[0], cb["BLOCK_T"] * cb["BLOCK_E"]), device=dev, dtype=torch.float32)
         du = torch.empty((b, l, e), device=dev, dtype=u.dtype)
         ddelta = torch.empty((b, l, e), device=dev, dtype=delta.dtype)
         dz = torch.empty((b, l, e), device=dev, dtype=z.dtype) if z is not None else du
@@ -166,7 +170,7 @@ class SelectiveScanTriton(torch.autograd.Function):
         selective_scan_bwd_kernel[grid](
             u, delta, A, B, C, D if D is not None else dummy, zz,
             delta_bias if delta_bias is not None else dummy, seq, ckpt, dy,
-            dhT if dhT is not None else dummy, scratch,
+            dhT if dhT is not None else dummy, scratch, flip,
             du, ddelta, dz, dB, dC, dA, dD, dbias, dh0,
             l, e, n, cps, n_seg,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),

@@ -13,7 +13,8 @@ Backward recomputes. The forward stores the state at the start of every segment 
 first: pass 1 re-runs the segment forward and parks each chunk's start state in a
 small per-program scratch (it stays in L2); pass 2 walks the segment's chunks last
 to first, recomputes the chunk's states from its parked start state and runs the
-adjoint recursion g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse scan.
+adjoint recursion g_t = C_t dy_t + a_{t+1} g_{t+1} on the chunk read in reversed
+order (see the comment there for why no reverse scan).
 
 Layout note: the tile heuristics keep BLOCK_E * BLOCK_N >= 32 * num_warps, so that
 Triton's default layout gives the time axis neither lanes nor warps: both scans then
@@ -199,7 +200,7 @@ def selective_scan_fwd_kernel(
 @triton.jit(do_not_specialize=["L", "chunks_per_seg", "n_seg"])
 def selective_scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, ckpt_ptr, dout_ptr, dhT_ptr,
-    scratch_ptr,
+    scratch_ptr, flip_ptr,
     du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
     L, E, N, chunks_per_seg, n_seg,
     su_b, su_l, sdt_b, sdt_l, sB_b, sB_l, sC_b, sC_l, sz_b, sz_l, sseq_b, sseq_l, sdo_b, sdo_l,
@@ -254,6 +255,7 @@ def selective_scan_bwd_kernel(
     out_base = bid * L * E
     dBC_base = bid * L * N
     scratch = scratch_ptr + ((bid * n_eblk + pid_e) * chunks_per_seg) * (BLOCK_E * BLOCK_N)
+    flip = flip_ptr + (bid * n_eblk + pid_e) * (BLOCK_T * BLOCK_E)
 
     n_chunks = tl.cdiv(L, BLOCK_T)
     for s in range(0, n_seg):
@@ -272,10 +274,18 @@ def selective_scan_bwd_kernel(
             acum, hloc = tl.associative_scan((dA, dBu), axis=0, combine_fn=_state_combine)
             h = _last_row(acum * h[None, :, :] + hloc, rows, BLOCK_T)
         tl.debug_barrier()  # scratch written by some threads is read by others below
-        # pass 2: the segment's chunks, last to first
+        # pass 2: the segment's chunks, last to first. The chunk is read twice (the second
+        # time from L1/L2): in time order for the states h (forward scan) and in reversed
+        # row order for the adjoint g (again a forward scan: row r is time t0 + c - 1 - r).
+        # Triton's reverse scan would cost ~10 lane shuffles a value on triton 3.6. The
+        # term g_t a_t h_{t-1}, which needs both, comes from the identity (W the gradient
+        # entering the chunk's last step from later chunks)
+        #   g_t a_t h_{t-1} = sum_{s=t..c-1} (C_s dy_s h_s - g_s dt_s u_s B_s) + W h_{c-1},
+        # whose two sums each live in one row order.
         for cc in range(c_lo, c_hi):
             c = c_hi - 1 - (cc - c_lo)
             h0c = tl.load(scratch + (c - c_lo) * (BLOCK_E * BLOCK_N) + loc)
+            # -- time order: states, output gate, dC and the C dy h half of the identity
             t = c * BLOCK_T + rows
             t_mask = t < L
             te_mask = t_mask[:, None] & e_mask[None, :]
@@ -300,32 +310,65 @@ def selective_scan_bwd_kernel(
                          dz.to(dz_ptr.dtype.element_ty), mask=te_mask)
             else:
                 dy = dout
-            dyC = dy[:, :, None] * Ct[:, None, :]  # (c, e, n)
-            ones = tl.full([BLOCK_T, BLOCK_E, BLOCK_N], 1.0, tl.float32)
-            fa, p, gl = tl.associative_scan((dA, ones, dyC), axis=0, combine_fn=_adjoint_combine,
-                                            reverse=True)
-            g = gl + p * W[None, :, :]  # dL/dh_t, (c, e, n)
-            W = _first_row(dA * g, rows)  # what flows into the previous chunk's last step
-            gh = g * (hs - dBu)  # = g_t a_t h_{t-1}, without a shifted tile
-            gB = tl.sum(g * Bt[:, None, :], axis=2)  # (c, e)
-            ddt = tl.sum(gh * A3, axis=2) + u * gB
-            du = dt * gB
             if HAS_D:
-                du += dy * Dv[None, :]
                 dD_acc += tl.sum(dy * u, axis=0)
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(dt_pre)
-            ddt = tl.where(te_mask, ddt, 0.0)
-            dbias_acc += tl.sum(ddt, axis=0)
-            dA_acc += tl.sum(gh * dt[:, :, None], axis=0)
-            dBt = tl.sum(g * dtu[:, :, None], axis=1)  # (c, n), this e-block's share
-            dCt = tl.sum(hs * dy[:, :, None], axis=1)
-            tl.atomic_add(dB_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dBt, mask=tn_mask)
+            X = (dy[:, :, None] * Ct[:, None, :]) * hs  # C_s dy_s h_s, (c, e, n)
+            dCt = tl.sum(hs * dy[:, :, None], axis=1)  # (c, n), this e-block's share
             tl.atomic_add(dC_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dCt, mask=tn_mask)
-            tl.store(du_ptr + out_base + t64[:, None] * E + offs_e[None, :],
-                     du.to(du_ptr.dtype.element_ty), mask=te_mask)
-            tl.store(ddt_ptr + out_base + t64[:, None] * E + offs_e[None, :],
-                     ddt.to(ddt_ptr.dtype.element_ty), mask=te_mask)
+            h_last = _last_row(hs, rows, BLOCK_T)
+            Pdt = tl.cumsum(dt, axis=0)  # sum_{t' <= t} dt, (c, e)
+            dA_acc += tl.sum(X * Pdt[:, :, None], axis=0)
+            Xn = tl.sum(X * A3, axis=2)  # (c, e)
+            Xsuf = tl.sum(Xn, axis=0)[None, :] - tl.cumsum(Xn, axis=0) + Xn  # sum over s >= t
+            # park Xsuf, to be read back in reversed row order below
+            tl.store(flip + rows[:, None] * BLOCK_E + tl.arange(0, BLOCK_E)[None, :], Xsuf)
+            # -- reversed row order: the adjoint g, dB, du, ddelta
+            tr = c * BLOCK_T + (BLOCK_T - 1) - rows
+            tr_mask = tr < L
+            ter_mask = tr_mask[:, None] & e_mask[None, :]
+            tnr_mask = tr_mask[:, None] & n_mask[None, :]
+            tr64 = tr.to(tl.int64)
+            ur, dtr_raw, zr, Br, Cr, resetr = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, tr,
+                                                          offs_e, offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l,
+                                                          sseq_l, HAS_Z, HAS_SEQ)
+            doutr = tl.load(do_base + tr64[:, None] * sdo_l + offs_e[None, :], mask=ter_mask,
+                            other=0.0).to(tl.float32)
+            dtr_pre, dtr, dtur, dAr, dBur = _discretize(ur, dtr_raw, Br, resetr, tr, L, A2, bias, HAS_BIAS,
+                                                        SOFTPLUS)
+            if HAS_Z:
+                dyr = doutr * (zr * tl.sigmoid(zr))
+            else:
+                dyr = doutr
+            ones = tl.full([BLOCK_T, BLOCK_E, BLOCK_N], 1.0, tl.float32)
+            fa, p, gl = tl.associative_scan((dAr, ones, dyr[:, :, None] * Cr[:, None, :]), axis=0,
+                                            combine_fn=_adjoint_combine)
+            g = gl + p * W[None, :, :]  # dL/dh at time tr, (c, e, n)
+            K = W * h_last  # the W h_{c-1} term of the identity, (e, n)
+            W = _last_row(dAr * g, rows, BLOCK_T)  # a g at the chunk's first step: into the previous chunk
+            Y = g * dBur  # g_s dt_s u_s B_s
+            Yn = tl.sum(Y * A3, axis=2)  # (c, e)
+            Ysuf = tl.cumsum(Yn, axis=0)  # sum over s >= tr (rows before r are later times)
+            Prev = tl.sum(dtr, axis=0)[None, :] - tl.cumsum(dtr, axis=0) + dtr  # sum_{t' <= tr} dt
+            dA_acc += K * tl.sum(dtr, axis=0)[:, None] - tl.sum(Y * Prev[:, :, None], axis=0)
+            dBt = tl.sum(g * dtur[:, :, None], axis=1)  # (c, n)
+            tl.atomic_add(dB_ptr + dBC_base + tr64[:, None] * N + offs_n[None, :], dBt, mask=tnr_mask)
+            gB = tl.sum(g * Br[:, None, :], axis=2)  # (c, e)
+            kA = tl.sum(K[None, :, :] * A3, axis=2)  # (1, e)
+            tl.debug_barrier()  # Xsuf parked by other threads
+            Xsuf_r = tl.load(flip + ((BLOCK_T - 1) - rows)[:, None] * BLOCK_E + tl.arange(0, BLOCK_E)[None, :])
+            tl.debug_barrier()  # read before the next chunk overwrites it
+            ddt = (Xsuf_r - Ysuf + kA) + ur * gB
+            du = dtr * gB
+            if HAS_D:
+                du += dyr * Dv[None, :]
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(dtr_pre)
+            ddt = tl.where(ter_mask, ddt, 0.0)
+            dbias_acc += tl.sum(ddt, axis=0)
+            tl.store(du_ptr + out_base + tr64[:, None] * E + offs_e[None, :],
+                     du.to(du_ptr.dtype.element_ty), mask=ter_mask)
+            tl.store(ddt_ptr + out_base + tr64[:, None] * E + offs_e[None, :],
+                     ddt.to(ddt_ptr.dtype.element_ty), mask=ter_mask)
         tl.debug_barrier()  # the next segment's pass 1 overwrites the scratch
     tl.store(dA_ptr + bid * E * N + en_off, dA_acc, mask=en_mask)
     tl.store(dh0_ptr + bid * E * N + en_off, W, mask=en_mask)
