@@ -32,11 +32,9 @@ def _conv_window(state_ptr, xbc_ptr, w_ptr, bias_ptr, ch, ch_mask, offs_k, K,
     new = tl.load(xbc_ptr + ch, mask=ch_mask, other=0.0).to(tl.float32)
     win = tl.where(kk == K - 1, new, old)
     w = tl.load(w_ptr + ch * K + kk, mask=ch_mask & (kk < K), other=0.0).to(tl.float32)
-    # the bias rides along in tap 0 so that it broadcasts like the window
-    wb = w
-    if HAS_BIAS:
-        wb = tl.load(bias_ptr + ch + kk * 0, mask=ch_mask & (kk == 0), other=0.0).to(tl.float32)
-    u = tl.sum(win * w + wb * (kk == 0) * HAS_BIAS, axis=-1)
+    u = tl.sum(win * w, axis=-1)
+    if HAS_BIAS:  # ch has a trailing size-1 axis: sum it away
+        u += tl.sum(tl.load(bias_ptr + ch, mask=ch_mask, other=0.0).to(tl.float32), axis=-1)
     return win, u * tl.sigmoid(u)
 
 

@@ -32,7 +32,7 @@ from mambakit.ops.ssd import triton as T
 from mambakit.ops.conv1d import causal_conv1d
 from mambakit.ops.decode_triton import mamba2_decode_step_triton
 
-T.CONFIG["bm"] = 16  # several sub-blocks per chunk even at these lengths
+T.CONFIG.update(bm_scan=16, bm_bwd=16)  # several sub-blocks per chunk even at these lengths
 NAMES = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state"]
 
 def rel(a, b):

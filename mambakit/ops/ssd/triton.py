@@ -37,7 +37,7 @@ from .triton_fwd import _ssd_scan_kernel, _ssd_state_kernel
 
 # Launch settings; benchmarks/gpu_kernels.py may override them to sweep.
 CONFIG = {"state_warps": 4, "scan_warps": 8, "dx_warps": 8, "dbdc_warps": 8, "stages": 2,
-          "bm": 64, "min_programs": 264}
+          "bm_scan": 64, "bm_bwd": 64, "min_programs": 264}
 
 
 def _p2(v: int, lo: int = 16) -> int:
@@ -111,7 +111,7 @@ def _fwd(x, dt, A, B, C, cs_len, D, z, dt_bias, dt_softplus, dt_limit, init, seq
     # dz needs y before the gate; nothing else is kept from the forward.
     write_ypre = keep_ypre and z is not None
     ypre = torch.empty_like(x) if write_ypre else out
-    bm = min(CONFIG["bm"], cs_len)
+    bm = min(CONFIG["bm_scan"], cs_len)
     _ssd_scan_kernel[(nchunk, b * h)](
         x, B, C, z if z is not None else x, D if D is not None else A, st["e"], st["dtp"], st["cs"],
         seq if seq is not None else A, out, ypre,
@@ -172,7 +172,7 @@ class SSDTritonFn(torch.autograd.Function):
                          dy=dy, C=C, dfinal=dfinal.contiguous() if dfinal is not None else None,
                          want_dinit=init is not None and ctx.needs_input_grad[8])
         dev = x.device
-        bm = min(CONFIG["bm"], cs_len)
+        bm = min(CONFIG["bm_bwd"], cs_len)
         pp, np_ = _p2(p), _p2(n)
         prec = _prec(x.dtype)
         # C B^T in fp32 (the dt and A gradients are sensitive to its rounding), computed once

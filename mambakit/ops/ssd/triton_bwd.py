@@ -261,8 +261,6 @@ def _ssd_bwd_dbdc_kernel(
         mi = offs_i < L
         bcm_i = mi[:, None] & mn[None, :]
         bc_off_i = offs_i[:, None] * (G * N) + offs_n[None, :]
-        b_i = tl.load(b_ptr + bc_base + bc_off_i, mask=bcm_i, other=0.0)
-        c_i = tl.load(c_ptr + bc_base + bc_off_i, mask=bcm_i, other=0.0)
         keep = causal
         s_i = offs_m
         if HAS_SEQ:
@@ -295,6 +293,8 @@ def _ssd_bwd_dbdc_kernel(
             dxy = _dot(dy_i, tl.trans(x_i), PREC)  # (m, m): dy_l . x_s
             lmat = tl.exp(tl.where(keep, cs_i[:, None] - cs_i[None, :], float("-inf")))
             dcb += dxy * lmat * d_i[None, :]
+        b_i = tl.load(b_ptr + bc_base + bc_off_i, mask=bcm_i, other=0.0)  # loaded late: fewer live registers
+        c_i = tl.load(c_ptr + bc_base + bc_off_i, mask=bcm_i, other=0.0)
         acc_dc += _dot(_to(dcb, DT, PREC), b_i, PREC)
         acc_db += _dot(tl.trans(_to(dcb, DT, PREC)), c_i, PREC)
         # Off-diagonal blocks (i, k < i): decays factor around the row just before block i.

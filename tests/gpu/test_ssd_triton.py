@@ -1,0 +1,161 @@
+"""Mamba-2 Triton SSD and fused decode step on CUDA: Triton == chunked == reference.
+
+Letters: b batch, l length, h heads, p head dim, n state dim, g groups, c conv channels,
+k conv width.
+
+Outputs, final states and every gradient (x, dt, A, B, C, D, z, dt_bias, initial_state), in
+fp32 (against the fp64 oracle: the reference loop for short lengths, the chunked tier in fp64
+beyond) and in bf16/fp16, where the Triton error against the fp64 oracle may be at most twice
+the error of the chunked tier run on the same low-precision inputs (or, where the chunked tier
+rounds nothing because it returns fp32, twice the rounding of the answer to bf16). Odd lengths,
+g in {1, between, h}, packed sequences, initial states, chunk sizes 64 to 256. The decode step
+is run token by token and compared with conv1d + the chunked SSD over the whole sequence.
+Run on the device machine: pytest -m cuda tests/gpu
+"""
+import pytest
+import torch
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+NAMES = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state"]
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / (b.double().norm() + 1e-30)).item()
+
+
+def _make(seed, b, l, h, p, g, n, dtype, D=None, z=False, init=False, seq=False):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, device="cuda", generator=gen)
+    ins = dict(x=rnd(b, l, h, p).to(dtype), dt=(0.5 * rnd(b, l, h) - 1.5).to(dtype),
+               A=-(torch.rand(h, device="cuda", generator=gen) * 8 + 0.5), B=rnd(b, l, g, n).to(dtype),
+               C=rnd(b, l, g, n).to(dtype), dt_bias=0.3 * rnd(h))
+    if D == "h":
+        ins["D"] = rnd(h)
+    elif D == "hp":
+        ins["D"] = rnd(h, p)
+    if z:
+        ins["z"] = rnd(b, l, h, p).to(dtype)
+    if init:
+        ins["initial_state"] = rnd(b, h, p, n)
+    seq_idx = None
+    if seq:
+        seq_idx = torch.sort(torch.randint(0, 4, (b, l), device="cuda", generator=gen), dim=1).values
+    return ins, seq_idx
+
+
+def _run(fn, ins, seq_idx, gy, gs, **kw):
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in ins.items()}
+    y, st = fn(**leaves, seq_idx=seq_idx, **kw)
+    grads = torch.autograd.grad((y.double() * gy).sum() + (st.double() * gs).sum(), list(leaves.values()))
+    return dict(y=y, final_state=st, **{"d" + k: gr for k, gr in zip(leaves, grads)})
+
+
+def _compare(seed, chunk, make_kw, fn_kw, oracle="auto"):
+    from mambakit.ops.ssd.chunked import ssd_chunked
+    from mambakit.ops.ssd.reference import ssd_ref
+    from mambakit.ops.ssd.triton import ssd_triton
+    ins, seq_idx = _make(seed, **make_kw)
+    b, l, h, p = ins["x"].shape
+    gen = torch.Generator(device="cuda").manual_seed(seed + 100)
+    gy = torch.randn(b, l, h, p, device="cuda", dtype=torch.float64, generator=gen)
+    gs = torch.randn(b, h, p, ins["B"].shape[-1], device="cuda", dtype=torch.float64, generator=gen)
+    ins64 = {k: v.double() for k, v in ins.items()}
+    if oracle == "auto":
+        oracle = "reference" if l <= 300 else "chunked"
+    if oracle == "reference":
+        ref = _run(ssd_ref, ins64, seq_idx, gy, gs, **fn_kw)
+    else:
+        ref = _run(ssd_chunked, ins64, seq_idx, gy, gs, chunk_size=64, **fn_kw)
+    tri = _run(ssd_triton, ins, seq_idx, gy, gs, chunk_size=chunk, **fn_kw)
+    assert tri["y"].dtype == ins["x"].dtype and tri["final_state"].dtype == torch.float32
+    for k, v in tri.items():
+        assert torch.isfinite(v).all(), k
+    err = {k: _rel(tri[k], ref[k]) for k in ref}
+    chk = None
+    if ins["x"].dtype != torch.float32:
+        c = _run(ssd_chunked, ins, seq_idx, gy, gs, chunk_size=chunk, **fn_kw)
+        chk = {k: max(_rel(c[k], ref[k]), _rel(ref[k].to(ins["x"].dtype), ref[k])) for k in ref}
+    # forward without autograd gives the same numbers
+    with torch.no_grad():
+        y2, s2 = ssd_triton(**ins, seq_idx=seq_idx, chunk_size=chunk, **fn_kw)
+    assert _rel(y2, tri["y"]) < 1e-6 and _rel(s2, tri["final_state"]) < 1e-6
+    return err, chk
+
+
+FP32_CASES = {
+    "plain_l63_g1": (64, dict(b=2, l=63, h=4, p=64, g=1, n=128, D="h"), dict()),
+    "softplus_z_l257_g2": (128, dict(b=1, l=257, h=4, p=32, g=2, n=64, D="hp", z=True), dict(dt_softplus=True)),
+    "packed_init_l300_gh": (64, dict(b=2, l=300, h=4, p=16, g=4, n=32, D="h", init=True, seq=True),
+                            dict(dt_softplus=True, dt_limit=(0.01, 0.3))),
+    "len1_init": (256, dict(b=3, l=1, h=2, p=64, g=1, n=16, init=True), dict(dt_softplus=True)),
+    "long_l2000_g2": (256, dict(b=1, l=2000, h=8, p=64, g=2, n=128, D="h", init=True), dict(dt_softplus=True)),
+    "odd_dims_l100": (64, dict(b=1, l=100, h=6, p=24, g=3, n=40, D="h"), dict(dt_softplus=True)),
+}
+
+
+@pytest.mark.parametrize("name", list(FP32_CASES))
+def test_fp32_matches_oracle(name):
+    chunk, make_kw, fn_kw = FP32_CASES[name]
+    err, _ = _compare(1, chunk, dict(make_kw, dtype=torch.float32), fn_kw)
+    bad = {k: v for k, v in err.items() if not v < 2e-4}
+    assert not bad, (name, bad)
+
+
+LOWP_CASES = {
+    "bf16_l1000_g1": (256, dict(b=2, l=1000, h=8, p=64, g=1, n=128, D="h"), dict(dt_softplus=True)),
+    "bf16_l4096_g8_h32": (256, dict(b=1, l=4096, h=32, p=64, g=8, n=128, D="h"), dict(dt_softplus=True)),
+    "bf16_packed_init_z": (128, dict(b=2, l=777, h=4, p=64, g=2, n=64, D="hp", z=True, init=True, seq=True),
+                           dict(dt_softplus=True)),
+    "bf16_l7_gh": (256, dict(b=2, l=7, h=4, p=32, g=4, n=32, D="h"), dict(dt_softplus=True)),
+    "fp16_l513_g2": (256, dict(b=1, l=513, h=4, p=64, g=2, n=64, D="h", init=True), dict(dt_softplus=True)),
+}
+
+
+@pytest.mark.parametrize("name", list(LOWP_CASES))
+def test_low_precision_error_within_twice_chunked(name):
+    chunk, make_kw, fn_kw = LOWP_CASES[name]
+    dtype = torch.float16 if name.startswith("fp16") else torch.bfloat16
+    err, chk = _compare(2, chunk, dict(make_kw, dtype=dtype), fn_kw, oracle="chunked")
+    bad = {k: (err[k], chk[k]) for k in err if not err[k] <= 2 * chk[k]}
+    assert not bad, (name, bad)
+
+
+def test_cu_seqlens_equals_seq_idx():
+    from mambakit.ops.ssd.triton import ssd_triton
+    ins, _ = _make(3, 1, 300, 4, 32, 2, 32, torch.float32, D="h")
+    cu = torch.tensor([0, 17, 17, 200, 300], device="cuda")
+    seq = torch.repeat_interleave(torch.arange(4, device="cuda"), cu[1:] - cu[:-1])[None]
+    y1, s1 = ssd_triton(**ins, cu_seqlens=cu, dt_softplus=True, chunk_size=64)
+    y2, s2 = ssd_triton(**ins, seq_idx=seq, dt_softplus=True, chunk_size=64)
+    assert _rel(y1, y2) == 0 and _rel(s1, s2) == 0
+
+
+@pytest.mark.parametrize("dtype,g", [(torch.float32, 2), (torch.bfloat16, 1)])
+def test_decode_step_equals_chunked_sequence(dtype, g):
+    import torch.nn.functional as F
+    from mambakit.ops.conv1d import causal_conv1d
+    from mambakit.ops.decode_triton import mamba2_decode_step_triton
+    from mambakit.ops.ssd.chunked import ssd_chunked
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    rnd = lambda *s: torch.randn(*s, device="cuda", generator=gen)
+    b, T, h, p, n, k = 3, 9, 8, 64, 128, 4
+    e = h * p
+    c = e + 2 * g * n
+    xbc, dt, z = rnd(b, T, c).to(dtype), rnd(b, T, h).to(dtype), rnd(b, T, h, p).to(dtype)
+    w, cb = 0.5 * rnd(c, k), rnd(c)
+    A, D, dtb = -(torch.rand(h, device="cuda", generator=gen) * 4 + 0.5), rnd(h), 0.3 * rnd(h)
+    u = F.silu(causal_conv1d(xbc.double(), w.double(), cb.double()))
+    y_ref, st_ref = ssd_chunked(u[..., :e].reshape(b, T, h, p), dt.double(), A.double(),
+                                u[..., e:e + g * n].reshape(b, T, g, n), u[..., e + g * n:].reshape(b, T, g, n),
+                                D=D.double(), z=z.double(), dt_bias=dtb.double(), dt_softplus=True)
+    conv_state = torch.zeros(b, c, k, device="cuda", dtype=dtype)
+    ssm_state = torch.zeros(b, h, p, n, device="cuda")
+    ys = [mamba2_decode_step_triton(xbc[:, t], dt[:, t], conv_state, ssm_state, w, cb, A, D, dtb, True,
+                                    (0.0, float("inf")), g, p, z=z[:, t]) for t in range(T)]
+    y = torch.stack(ys, 1)
+    assert y.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert _rel(y, y_ref) < tol
+    assert _rel(ssm_state, st_ref) < tol
+    assert _rel(conv_state, xbc[:, -k:].transpose(1, 2)) == 0
