@@ -128,8 +128,7 @@ def run_ssd(res, peer, quick):
     res["ssd"] = rows
 
 
-SWEEP = [{}, {"bm_scan": 32}, {"bm_bwd": 32}, {"stages": 1}, {"stages": 3}, {"state_warps": 8},
-         {"min_programs": 132}, {"scan_warps": 4, "bm_scan": 32}]
+SWEEP = [{}, {"bm_scan": 32}, {"bm_bwd": 32}, {"stages": 3}, {"state_warps": 8}, {"min_programs": 132}]
 
 
 def _warm_one(job):
