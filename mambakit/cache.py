@@ -4,7 +4,7 @@ Letters: b batch, e inner width, c conv channels, k conv width, h heads, p head 
 t cached tokens, kvh key/value heads, hd head dim.
 
 SSM layers hold {"conv": (b, c, k), "ssm": (b, e, n) or (b, h, p, n) fp32}; attention layers
-hold {"k": (b, t, kvh, hd), "v": (b, t, kvh, hd)} grown as tokens arrive; MLP layers hold
+hold {"k": (b, t, kvh, hd), "v": (b, t, kvh, hd)}, views of buffers grown as tokens arrive; MLP layers hold
 nothing. `seqlen_offset` counts the tokens already consumed.
 
 Left-padded batches (generation with an attention_mask): `pad_lengths` (b,) says how many of each
@@ -14,6 +14,10 @@ row's first cached positions are padding; attention layers must not attend to th
 from __future__ import annotations
 
 import torch
+
+# Attention's entries: "k"/"v" are views of the first t tokens of "k_buffer"/"v_buffer", which grow
+# by doubling so that appending a token costs O(1) amortized instead of a copy of the whole cache.
+KV_NAMES = ("k", "v", "k_buffer", "v_buffer")
 
 
 class InferenceCache:
@@ -26,16 +30,21 @@ class InferenceCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by every tensor of the cache."""
-        return sum(t.numel() * t.element_size() for state in self.layers for t in state.values())
+        """Bytes of memory the cache holds (a view and its buffer counted once)."""
+        storages = {}
+        for state in self.layers:
+            for t in state.values():
+                s = t.untyped_storage()
+                storages[(s.data_ptr(), t.device)] = s.nbytes()
+        return sum(storages.values())
 
     def reset(self) -> None:
-        """Forget every sequence: zero the states, drop cached keys and values."""
+        """Forget every sequence: zero the states, drop cached keys and values (buffers are kept)."""
         for state in self.layers:
             for name, t in state.items():
                 if name in ("k", "v"):
                     state[name] = t[:, :0]
-                else:
+                elif name not in KV_NAMES:
                     t.zero_()
         self.seqlen_offset = 0
         self.pad_lengths = None
@@ -50,7 +59,7 @@ class InferenceCache:
         """
         for state in self.layers:
             for name, t in state.items():
-                if name in ("k", "v"):
+                if name in KV_NAMES:
                     continue
                 if name == "conv":  # (b, c, k): inputs at positions consumed-k .. consumed-1
                     k = t.shape[-1]

@@ -97,8 +97,14 @@ def test_cache_bytes_match_a_real_cache(case):
         cache = model.allocate_cache(3)
         model(torch.randint(0, 256, (3, 25)), cache=cache)
         assert cache.nbytes == 3 * cache_bytes_per_sequence(model.config, 25, dtype=torch.float32)
+        # one more token: the key/value buffers double (amortized O(1) appends), the SSM states stay
         model(torch.randint(0, 256, (3, 1)), cache=cache)
-        assert cache.nbytes == 3 * cache_bytes_per_sequence(model.config, 26, dtype=torch.float32)
+        fixed = 3 * cache_bytes_per_sequence(model.config, 0, dtype=torch.float32)
+        kv_25 = 3 * cache_bytes_per_sequence(model.config, 25, dtype=torch.float32) - fixed
+        assert cache.nbytes == fixed + 2 * kv_25
+        for t in range(26, 50):
+            model(torch.randint(0, 256, (3, 1)), cache=cache)
+        assert cache.nbytes == fixed + 2 * kv_25  # 50 tokens still fit
 
 
 def test_8b_cache_bytes_by_formula():

@@ -102,9 +102,7 @@ class Attention(nn.Module):
             if state["k"].shape[1] != past:
                 raise ValueError(f"attention layer {self.layer_idx}: the cache holds {state['k'].shape[1]} "
                                  f"tokens but cache.seqlen_offset is {past}; use one cache per sequence")
-            k = torch.cat([state["k"], k.to(state["k"].dtype)], dim=1)  # (b, t, kvh, hd)
-            v = torch.cat([state["v"], v.to(state["v"].dtype)], dim=1)
-            state["k"], state["v"] = k, v
+            k, v = _append_kv(state, "k", k, past), _append_kv(state, "v", v, past)  # (b, t, kvh, hd)
         mask, is_causal = self._mask(b, l, k.shape[1], seq_idx, x.device)
         pad_lengths = getattr(cache, "pad_lengths", None)
         if pad_lengths is not None:
@@ -135,6 +133,25 @@ class Attention(nn.Module):
         key_ids = torch.cat([seq_idx[:, :1].expand(b, past), seq_idx], dim=1) if past else seq_idx  # (b, t)
         same_doc = seq_idx[:, :, None] == key_ids[:, None, :]  # (b, l, t)
         return (causal[None] & same_doc)[:, None], False  # (b, 1, l, t)
+
+
+def _append_kv(state: dict, name: str, new: torch.Tensor, past: int) -> torch.Tensor:
+    """Write new (b, l, kvh, hd) after `past` cached tokens; return the view of all t = past + l.
+
+    The buffer is sized exactly on the first write (a prefill) and doubles when a later write does
+    not fit, so decoding appends in O(1) amortized instead of copying the whole cache per token.
+    """
+    buf = state.get(f"{name}_buffer")
+    need = past + new.shape[1]
+    if buf is None or buf.shape[1] < need:
+        capacity = need if buf is None or past == 0 else max(need, 2 * buf.shape[1])
+        grown = torch.empty((new.shape[0], capacity, *new.shape[2:]), dtype=state[name].dtype, device=new.device)
+        if past:
+            grown[:, :past] = state[name][:, :past]
+        buf = state[f"{name}_buffer"] = grown
+    buf[:, past:need] = new.to(buf.dtype)
+    state[name] = buf[:, :need]
+    return state[name]
 
 
 def _mask_left_padding(mask, pad_lengths: torch.Tensor, l: int, t: int) -> torch.Tensor:

@@ -84,7 +84,9 @@ def test_cache_prefill_steps_and_chunks_equal_full(splits):
         start += n
     torch.testing.assert_close(torch.cat(outs, 1), full)
     assert cache.layers[0]["k"].shape == (2, 11, 2, 8) and cache.layers[0]["v"].shape == (2, 11, 2, 8)
-    assert cache.nbytes == 2 * 2 * 11 * 2 * 8 * 8
+    # k and v: exact after a one-shot prefill; appends grow the buffers by doubling (at most 2x)
+    used = 2 * 2 * 11 * 2 * 8 * 8
+    assert cache.nbytes == used if len(splits) == 1 else used <= cache.nbytes <= 2 * used
 
 
 def test_packed_documents_equal_separate_runs():
