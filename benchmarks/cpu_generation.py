@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -100,14 +101,59 @@ def measure(family: str, args) -> dict:
     return row
 
 
+@torch.inference_mode()
+def decode_at_contexts(preset: str, contexts: list[int], steps: int, repeats: int) -> list[dict]:
+    """Decode tok/s of one model after prompts of growing length: one cache, prefilled in pieces up to
+    each context in turn, then `steps` greedy steps timed (best of `repeats`, each on a copy of the state)."""
+    config = mambakit.ModelConfig.from_preset(preset)
+    model = mambakit.LM(config).eval()
+    cache = model.allocate_cache(1)
+    token = torch.randint(0, config.vocab_size, (1, 1))
+    rows, done = [], 0
+    for context in sorted(contexts):
+        while done < context:  # chunked prefill: bounded memory for any context
+            n = min(1024, context - done)
+            model(torch.randint(0, config.vocab_size, (1, n)), cache=cache, validate=False, last_only=True)
+            done += n
+        best = float("inf")
+        for _ in range(repeats):
+            snapshot = _copy_cache(cache)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                model(token, cache=snapshot, validate=False)
+            best = min(best, time.perf_counter() - t0)
+        rows.append({"model": preset, "context": context, "decode_tok_s": steps / best, "cache_bytes": cache.nbytes})
+        print(f"  {preset:22s} context {context:6d}: decode {steps / best:6.2f} tok/s, cache {cache.nbytes / 2**20:7.1f} MiB",
+              flush=True)
+    return rows
+
+
+def _copy_cache(cache):
+    """A copy whose steps leave the original untouched (buffers cloned, views re-made on the clones)."""
+    import copy
+    clone = copy.copy(cache)
+    clone.layers = []
+    for state in cache.layers:
+        new = {k: v.clone() for k, v in state.items() if k not in ("k", "v")}
+        for name in ("k", "v"):
+            if name in state:
+                new[name] = new[f"{name}_buffer"][:, : state[name].shape[1]] if f"{name}_buffer" in new else state[name].clone()
+        clone.layers.append(new)
+    return clone
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", nargs="+", default=["mamba", "mamba2"])
+    parser.add_argument("--families", nargs="*", default=["mamba", "mamba2"])
     parser.add_argument("--d-model", type=int, default=768)
     parser.add_argument("--n-layer", type=int, default=24)
     parser.add_argument("--prefill", type=int, default=1024)
     parser.add_argument("--decode", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--context-models", nargs="*", default=["mamba2-hybrid-130m", "transformer-130m"],
+                        help="presets decoded at growing contexts (issue 4: SSM cost flat, attention grows)")
+    parser.add_argument("--contexts", nargs="+", type=int, default=[512, 2048, 8192])
+    parser.add_argument("--context-steps", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -122,11 +168,16 @@ def main(argv=None) -> int:
         row["prefill_floor_tok_s"] = floors["matmul_flop_s"] / row["flops_per_token"]
         row["decode_floor_tok_s"] = floors["matvec_bytes_s"] / row["weight_bytes_per_token"]
         rows.append(row)
+    context_rows = []
+    for preset in args.context_models:
+        context_rows += decode_at_contexts(preset, args.contexts, args.context_steps, args.repeats)
     # the floors again at the end: a neighbour that woke up mid-run shows here
     floors_end = {"matmul_flop_s": matmul_rate(), "matvec_bytes_s": matvec_bandwidth()}
-    payload = {"machine": machine_info(), "floors": floors, "floors_end": floors_end, "args": vars(args), "rows": rows}
+    payload = {"machine": machine_info(), "floors": floors, "floors_end": floors_end, "args": vars(args), "rows": rows,
+               "context_rows": context_rows}
     path = write_result("cpu_generation", payload, args.out)
     print(markdown_table(rows))
+    print(context_table(context_rows))
     print(f"written: {path}")
     return 0
 
@@ -143,6 +194,16 @@ def markdown_table(rows) -> str:
             f"| {r['mambakit_decode_tok_s']:.2f} / {r['transformers_decode_tok_s']:.2f} "
             f"| {r['mambakit_decode_tok_s'] / r['transformers_decode_tok_s']:.2f}x "
             f"| {100 * r['mambakit_decode_tok_s'] / r['decode_floor_tok_s']:.0f}% |")
+    return "\n".join(lines)
+
+
+def context_table(rows) -> str:
+    contexts = sorted({r["context"] for r in rows})
+    lines = ["| model | " + " | ".join(f"decode tok/s at {c}" for c in contexts) + " |",
+             "|---|" + "---|" * len(contexts)]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        by = {r["context"]: r for r in rows if r["model"] == model}
+        lines.append(f"| {model} | " + " | ".join(f"{by[c]['decode_tok_s']:.2f}" for c in contexts) + " |")
     return "\n".join(lines)
 
 
