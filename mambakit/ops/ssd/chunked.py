@@ -21,7 +21,7 @@ import torch
 
 from .reference import check_ssd_inputs, compute_dtype, gate_and_skip, prepare_dt
 
-SUB_BLOCK = 64  # s: measured fastest on a 2-core AVX-512 CPU for q = 256 (README.md)
+SUB_BLOCK = 64  # s: the fastest of 32, 64, 128 for q = 256 in our runs on a 2-core AVX-512 CPU
 
 
 def _needs_grad(*tensors) -> bool:
@@ -71,6 +71,7 @@ def _diag_blocks(x, dt, Acum, CB, s, floor, monotone, grad):
         M = seg.clamp_(min=floor, max=seg_max).exp_().view(b, c, r, g, k, s, s).mul_(CBd).mul_(dtj)
     X = x.view(b, c, r, s, h, p).transpose(3, 4).reshape(b, c, r, g, k, s, p)  # heads-major copy
     y = torch.matmul(M, X).view(b, c, r, h, s, p).transpose(3, 4)  # (b, c, r, s, h, p), a view
+    del M, X, seg  # free before the loop allocates: a lower peak means fewer page faults
     # Sub-blocks below the diagonal: for rows of sub-block I and columns before it, split
     # the decay at m, the last token before I: both factors are <= 1.
     for I in range(1, r):
@@ -140,6 +141,7 @@ def ssd_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt
     xs = (xc * (dtc * decay_to_end)[..., None]).view(b, c, q, g, k * p)
     # One matmul per group covers all its k heads: (k p, q) @ (q, n).
     states = torch.matmul(xs.permute(0, 1, 3, 4, 2), Bg).view(b, c, h, p, n)  # (b, c, h, p, n)
+    del xs
 
     # 3. State passing: the state entering chunk i is decayed across chunk i-1 and summed.
     chunk_decay = _exp0(Acum[:, :, -1], floor)  # (b, c, h)
