@@ -241,10 +241,52 @@ def run_decode(res, bw):
     res["decode"] = rows
 
 
+def run_conv_norm(res):
+    """Causal conv1d + SiLU and gated RMSNorm: Triton vs the torch ops, fwd and fwd+bwd, at the
+    mamba2-370m layer shape (e 2048, n 128, k 4; b x l = 8 x 2048), bf16 activations, fp32 params."""
+    from mambakit.ops.conv1d import causal_conv1d
+    from mambakit.ops.conv1d_triton import causal_conv1d_triton
+    from mambakit.ops.norm import gated_rms_norm
+    from mambakit.ops.norm_triton import gated_rms_norm_triton
+    rows = []
+    b, l, e, k = 8, 2048, 2048, 4
+    for g in (1, 8):
+        c = e + 2 * g * N
+        x = torch.randn(b, l, c, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        w = torch.randn(c, k, device="cuda", requires_grad=True)
+        bias = torch.randn(c, device="cuda", requires_grad=True)
+        gy = torch.randn(b, l, c, device="cuda", dtype=torch.bfloat16)
+        nbytes = 2 * x.numel() * 2
+        for name, fn in (("torch", lambda: causal_conv1d(x, w, bias, activation="silu")),
+                         ("triton", lambda: causal_conv1d_triton(x, w, bias, activation="silu"))):
+            with torch.no_grad():
+                fwd = bench(fn)
+            fb = bench(lambda: fn().backward(gy), grad_to_none=[x, w, bias])
+            row = dict(op="conv1d_silu", impl=name, g=g, b=b, l=l, c=c, fwd_ms=fwd, fwdbwd_ms=fb,
+                       fwd_GBps=nbytes / (fwd * 1e-3) / 1e9, fwdbwd_GBps=(nbytes + 3 * x.numel() * 2) / (fb * 1e-3) / 1e9)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        xn = torch.randn(b, l, e, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        zn = torch.randn(b, l, e, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        wn = torch.randn(e, device="cuda", requires_grad=True)
+        gyn = torch.randn(b, l, e, device="cuda", dtype=torch.float32)
+        nb_f = xn.numel() * (2 + 2 + 4)
+        for name, fn in (("torch", lambda: gated_rms_norm(xn, zn, wn, group_size=e // g)),
+                         ("triton", lambda: gated_rms_norm_triton(xn, zn, wn, group_size=e // g))):
+            with torch.no_grad():
+                fwd = bench(fn)
+            fb = bench(lambda: fn().backward(gyn), grad_to_none=[xn, zn, wn])
+            row = dict(op="gated_rms_norm", impl=name, g=g, b=b, l=l, e=e, fwd_ms=fwd, fwdbwd_ms=fb,
+                       fwd_GBps=nb_f / (fwd * 1e-3) / 1e9, fwdbwd_GBps=(nb_f + xn.numel() * (2 + 2 + 4 + 4)) / (fb * 1e-3) / 1e9)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    res["conv_norm"] = rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
-    ap.add_argument("--sections", default="ssd,decode")
+    ap.add_argument("--sections", default="ssd,decode,convnorm")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--warm", action="store_true", help="compile everything in parallel worker processes first")
@@ -263,7 +305,8 @@ def main():
     print("copy bandwidth GB/s", res["copy_GBps"], flush=True)
     peer = mamba_ssm_fn() if "ssd" in sections else None
     res["mamba_ssm"] = peer is not None
-    todo = [("ssd", lambda: run_ssd(res, peer, args.quick)), ("decode", lambda: run_decode(res, res["copy_GBps"] * 1e9))]
+    todo = [("ssd", lambda: run_ssd(res, peer, args.quick)), ("decode", lambda: run_decode(res, res["copy_GBps"] * 1e9)),
+            ("convnorm", lambda: run_conv_norm(res))]
     if args.sweep:
         todo.insert(0, ("sweep", lambda: run_sweep(res)))
     for name, fn in todo:
@@ -288,6 +331,8 @@ def print_table(res):
         print("g{g} {b}x{l}: fwd {ours_fwd_ms:.3f} ms ({fwd_GBps:.0f} GB/s)  fwd+bwd {ours_fwdbwd_ms:.3f} ms".format(**r),
               " | mamba_ssm {} / {}".format(r.get("mamba_ssm_fwd_ms"), r.get("mamba_ssm_fwdbwd_ms")),
               " | sdpa {} / {}".format(r.get("sdpa_fwd_ms"), r.get("sdpa_fwdbwd_ms")))
+    for r in res.get("conv_norm", []):
+        print("{op} {impl} g{g}: fwd {fwd_ms:.3f} ms ({fwd_GBps:.0f} GB/s)  fwd+bwd {fwdbwd_ms:.3f} ms".format(**r))
     for r in res.get("decode", []):
         print("decode g{g} b{b}: {ms:.4f} ms {GBps:.0f} GB/s ({frac_of_copy_bw:.2f} of copy), eager {eager_ms:.3f} ms".format(**r))
 

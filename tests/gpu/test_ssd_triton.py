@@ -9,7 +9,8 @@ beyond) and in bf16/fp16, where the Triton error against the fp64 oracle may be 
 the error of the chunked tier run on the same low-precision inputs (or, where the chunked tier
 rounds nothing because it returns fp32, twice the rounding of the answer to bf16). Odd lengths,
 g in {1, between, h}, packed sequences, initial states, chunk sizes 64 to 256. The decode step
-is run token by token and compared with conv1d + the chunked SSD over the whole sequence.
+is run token by token and compared with conv1d + the chunked SSD over the whole sequence. The
+conv1d and gated-RMSNorm kernels are compared with the torch ops in fp64, outputs and gradients.
 Run on the device machine: pytest -m cuda tests/gpu
 """
 import pytest
@@ -159,3 +160,43 @@ def test_decode_step_equals_chunked_sequence(dtype, g):
     assert _rel(y, y_ref) < tol
     assert _rel(ssm_state, st_ref) < tol
     assert _rel(conv_state, xbc[:, -k:].transpose(1, 2)) == 0
+
+
+@pytest.mark.parametrize("dtype,seq,act", [(torch.float32, True, "silu"), (torch.bfloat16, False, "silu"),
+                                           (torch.float32, False, None)])
+def test_conv1d_triton_matches_torch(dtype, seq, act):
+    from mambakit.ops.conv1d import causal_conv1d
+    from mambakit.ops.conv1d_triton import causal_conv1d_triton
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    b, l, c, k = 2, 333, 200, 4
+    x = torch.randn(b, l, c, device="cuda", generator=gen).to(dtype)
+    w, bias = torch.randn(c, k, device="cuda", generator=gen), torch.randn(c, device="cuda", generator=gen)
+    s = torch.sort(torch.randint(0, 5, (b, l), device="cuda", generator=gen), 1).values if seq else None
+    gy = torch.randn(b, l, c, device="cuda", generator=gen, dtype=torch.float64)
+    outs = []
+    for fn, cast in ((causal_conv1d, torch.float64), (causal_conv1d_triton, None)):
+        leaves = [t.detach().clone().to(cast or t.dtype).requires_grad_() for t in (x, w, bias)]
+        y = fn(*leaves, activation=act, seq_idx=s)
+        outs.append([y] + list(torch.autograd.grad((y.double() * gy).sum(), leaves)))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for a, r in zip(outs[1], outs[0]):
+        assert _rel(a, r) < tol
+
+
+@pytest.mark.parametrize("dtype,g,before", [(torch.float32, 1, False), (torch.bfloat16, 8, False), (torch.float32, 4, True)])
+def test_gated_rms_norm_triton_matches_torch(dtype, g, before):
+    from mambakit.ops.norm import gated_rms_norm
+    from mambakit.ops.norm_triton import gated_rms_norm_triton
+    gen = torch.Generator(device="cuda").manual_seed(12)
+    x = torch.randn(3, 77, 1024, device="cuda", generator=gen).to(dtype)
+    z = torch.randn(3, 77, 1024, device="cuda", generator=gen).to(dtype)
+    w = torch.randn(1024, device="cuda", generator=gen)
+    gy = torch.randn(3, 77, 1024, device="cuda", generator=gen, dtype=torch.float64)
+    outs = []
+    for fn, cast in ((gated_rms_norm, torch.float64), (gated_rms_norm_triton, None)):
+        leaves = [t.detach().clone().to(cast or t.dtype).requires_grad_() for t in (x, z, w)]
+        y = fn(*leaves, group_size=1024 // g, norm_before_gate=before)
+        outs.append([y] + list(torch.autograd.grad((y.double() * gy).sum(), leaves)))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for a, r in zip(outs[1], outs[0]):
+        assert _rel(a, r) < tol

@@ -8,7 +8,8 @@ subprocess that prints a JSON line per case; the tests check those numbers. Orac
 float64 (outputs, final state, every gradient) and, for bf16, the chunked tier in bf16 (the
 Triton error may be at most twice the chunked error, or twice the bf16 rounding of the answer
 where the chunked tier rounds nothing). The decode step is checked against conv1d + the chunked
-SSD over a whole sequence, one token at a time.
+SSD over a whole sequence, one token at a time. The conv1d and gated-RMSNorm kernels are checked
+against the torch ops in float64.
 """
 import json
 import os
@@ -111,6 +112,29 @@ conv_ref = torch.cat([torch.zeros(b, c, max(0, k - T_)), xbc[:, -k:].transpose(1
 print(json.dumps({"case": "decode", "err": {"y": rel(torch.stack(ys, 1), y_ref), "ssm_state": rel(ssm_state, st_ref),
                                               "conv_state": rel(conv_state, conv_ref)}}), flush=True)
 
+# conv1d + SiLU and gated RMSNorm kernels against the torch ops (fp64), outputs and gradients
+from mambakit.ops.conv1d_triton import causal_conv1d_triton
+from mambakit.ops.norm import gated_rms_norm
+from mambakit.ops.norm_triton import gated_rms_norm_triton
+
+def grads_of(fn, args, gy, **kw):
+    leaves = [a.detach().clone().requires_grad_(True) for a in args]
+    y = fn(*leaves, **kw)
+    return [y] + list(torch.autograd.grad((y.double() * gy).sum(), leaves))
+
+xc, wc, bc = rnd(2, 50, 24), rnd(24, 4), rnd(24)
+sc = torch.sort(torch.randint(0, 3, (2, 50), generator=gen), 1).values
+gyc = rnd(2, 50, 24).double()
+ref = grads_of(causal_conv1d, [xc.double(), wc.double(), bc.double()], gyc, activation="silu", seq_idx=sc)
+tri = grads_of(causal_conv1d_triton, [xc, wc, bc], gyc, activation="silu", seq_idx=sc)
+xn, zn, wn = rnd(3, 4, 32), rnd(3, 4, 32), rnd(32)
+gyn = rnd(3, 4, 32).double()
+refn = grads_of(gated_rms_norm, [xn.double(), zn.double(), wn.double()], gyn, group_size=16)
+trin = grads_of(gated_rms_norm_triton, [xn, zn, wn], gyn, group_size=16)
+print(json.dumps({"case": "conv_norm", "err": {**{"conv_" + k: rel(a, r) for k, a, r in zip(["y", "dx", "dw", "db"], tri, ref)},
+                                                **{"norm_" + k: rel(a, r) for k, a, r in zip(["y", "dx", "dz", "dw"], trin, refn)}}}),
+      flush=True)
+
 errors = {}
 ins, _ = make(0, 1, 8, 2, 16, 1, 16, torch.float32)
 bad = {"B_groups": dict(B=ins["B"].expand(1, 8, 3, 16).contiguous(), C=ins["C"].expand(1, 8, 3, 16).contiguous()),
@@ -160,6 +184,11 @@ def test_bf16_error_within_twice_the_chunked_tier(results):
 
 def test_decode_step_matches_chunked_sequence(results):
     for name, err in results["decode"]["err"].items():
+        assert err < 1e-5, (name, err)
+
+
+def test_conv1d_and_gated_norm_match_torch(results):
+    for name, err in results["conv_norm"]["err"].items():
         assert err < 1e-5, (name, err)
 
 
