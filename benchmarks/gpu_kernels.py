@@ -128,7 +128,7 @@ def run_ssd(res, peer, quick):
     res["ssd"] = rows
 
 
-SWEEP = [{}, {"bm_scan": 32}, {"bm_bwd": 32}, {"stages": 3}, {"state_warps": 8}, {"min_programs": 132}]
+SWEEP = [{}, {"bm_scan": 32}, {"bm_bwd": 32}, {"state_warps": 8}]
 
 
 def _warm_one(job):
