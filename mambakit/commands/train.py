@@ -34,9 +34,6 @@ def split_resume(overrides: list[str], resume):
                 resume, i = "latest", i + 1
         elif arg.startswith("--resume="):
             resume, i = arg.split("=", 1)[1], i + 1
-        elif arg == "--print-config":
-            rest.append(arg)
-            i += 1
         else:
             rest.append(arg)
             i += 1

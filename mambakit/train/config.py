@@ -176,8 +176,8 @@ class TrainConfig:
         elif fields["vocab_size"] < vocab_size:
             raise ValueError(f"model.vocab_size {fields['vocab_size']} is smaller than the tokenizer's "
                              f"vocabulary of {vocab_size}")
-        if preset is None and "layer_pattern" not in fields and "n_layer" in fields:
-            merged.pop("layer_pattern", None)
+        if "n_layer" in fields and "layer_pattern" not in fields and set(base.get("layer_pattern") or "M") == {"M"}:
+            merged.pop("layer_pattern", None)  # an all-SSM preset made deeper or shallower stays all-SSM
         return ModelConfig.from_dict(merged)
 
 

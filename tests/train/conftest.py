@@ -55,7 +55,7 @@ def make_config(tmp: Path, corpus: Path, **sections) -> str:
         "data": {"path": str(corpus), "cache_dir": str(tmp / "cache"), "val_fraction": 0.1},
         "optim": {"lr": 3e-3, "warmup_steps": 2},
         "train": {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "eval_rows": 8,
-                  "threads": 1, "progress": False},
+                  "threads": 1, "progress": False, "device": "cpu"},
         "checkpoint": {"every": 3, "keep_last": 2},
     }
     for name, values in sections.items():

@@ -14,6 +14,8 @@ def test_toml_and_overrides(tmp_path, corpus, tiny_config):
     mc = cfg.model_config(vocab_size=256)
     assert mc.mamba2.chunk_size == 16 and mc.mamba2.d_state == 16  # the preset's other fields survive
     assert mc.vocab_size == 256
+    deeper = TrainConfig.from_toml(path, ["--model.n_layer", "3"]).model_config(vocab_size=256)
+    assert deeper.layer_pattern == "MMM" and deeper.d_model == 64
     again = tmp_path / "again.toml"
     again.write_text(cfg.to_toml())
     assert TrainConfig.from_toml(again).to_dict() == cfg.to_dict()
