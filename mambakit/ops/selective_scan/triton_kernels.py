@@ -74,7 +74,7 @@ def _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, t, offs_e, of
 
 @triton.jit
 def _discretize(u, dt_raw, Bt, reset, t, L, A2, bias,
-                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr):
     """dt, dA = exp(dt A) and dBu = dt u B for one chunk; padded rows leave the state alone."""
     t_mask = t < L
     dt_pre = dt_raw
@@ -84,11 +84,10 @@ def _discretize(u, dt_raw, Bt, reset, t, L, A2, bias,
         dt = _softplus(dt_pre)
     else:
         dt = dt_pre
-    dt = tl.where(t_mask[:, None], dt, 0.0)  # (c, e)
+    dt = tl.where(t_mask[:, None], dt, 0.0)  # (c, e); padded rows: a = exp(0) = 1 carries the state
     dA = tl.exp2(dt[:, :, None] * A2)  # (c, e, n); A2 is (1, e, n)
-    # a = 0 where seq_idx changes (the state restarts), a = 1 past the end (carry through)
-    dA = tl.where(reset[:, None, None], 0.0, dA)
-    dA = tl.where(t_mask[:, None, None], dA, 1.0)
+    if HAS_SEQ:  # a = 0 where seq_idx changes: the state restarts
+        dA = tl.where(reset[:, None, None], 0.0, dA)
     dtu = dt * u
     dBu = dtu[:, :, None] * Bt[:, None, :]  # (c, e, n)
     return dt_pre, dt, dtu, dA, dBu
@@ -182,7 +181,8 @@ def selective_scan_fwd_kernel(
             if c % chunks_per_seg == 0:
                 seg = c // chunks_per_seg
                 tl.store(ckpt_ptr + (bid * n_seg + seg) * E * N + en_off, h, mask=en_mask)
-        dt_pre, dt, dtu, dA, dBu = _discretize(u, dt_raw, Bt, reset, t, L, A2, bias, HAS_BIAS, SOFTPLUS)
+        dt_pre, dt, dtu, dA, dBu = _discretize(u, dt_raw, Bt, reset, t, L, A2, bias, HAS_BIAS, SOFTPLUS,
+                                               HAS_SEQ)
         acum, hloc = tl.associative_scan((dA, dBu), axis=0, combine_fn=_state_combine)
         hs = acum * h[None, :, :] + hloc  # (c, e, n): h_t for every step of the chunk
         y = tl.sum(hs * Ct[:, None, :], axis=2)  # (c, e)
@@ -270,7 +270,8 @@ def selective_scan_bwd_kernel(
             u, dt_raw, z, Bt, Ct, reset = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, t,
                                                       offs_e, offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l,
                                                       sseq_l, False, HAS_SEQ)
-            dt_pre, dt, dtu, dA, dBu = _discretize(u, dt_raw, Bt, reset, t, L, A2, bias, HAS_BIAS, SOFTPLUS)
+            dt_pre, dt, dtu, dA, dBu = _discretize(u, dt_raw, Bt, reset, t, L, A2, bias, HAS_BIAS, SOFTPLUS,
+                                                   HAS_SEQ)
             acum, hloc = tl.associative_scan((dA, dBu), axis=0, combine_fn=_state_combine)
             h = _last_row(acum * h[None, :, :] + hloc, rows, BLOCK_T)
         tl.debug_barrier()  # scratch written by some threads is read by others below
@@ -296,7 +297,8 @@ def selective_scan_bwd_kernel(
                                                       sseq_l, HAS_Z, HAS_SEQ)
             dout = tl.load(do_base + t64[:, None] * sdo_l + offs_e[None, :], mask=te_mask,
                            other=0.0).to(tl.float32)
-            dt_pre, dt, dtu, dA, dBu = _discretize(u, dt_raw, Bt, reset, t, L, A2, bias, HAS_BIAS, SOFTPLUS)
+            dt_pre, dt, dtu, dA, dBu = _discretize(u, dt_raw, Bt, reset, t, L, A2, bias, HAS_BIAS, SOFTPLUS,
+                                                   HAS_SEQ)
             acum, hloc = tl.associative_scan((dA, dBu), axis=0, combine_fn=_state_combine)
             hs = acum * h0c[None, :, :] + hloc  # (c, e, n)
             if HAS_Z:
@@ -314,7 +316,9 @@ def selective_scan_bwd_kernel(
                 dD_acc += tl.sum(dy * u, axis=0)
             X = (dy[:, :, None] * Ct[:, None, :]) * hs  # C_s dy_s h_s, (c, e, n)
             dCt = tl.sum(hs * dy[:, :, None], axis=1)  # (c, n), this e-block's share
-            tl.atomic_add(dC_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dCt, mask=tn_mask)
+            # relaxed: the default acq_rel makes every atomic wait for all earlier stores
+            tl.atomic_add(dC_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dCt, mask=tn_mask,
+                          sem="relaxed")
             h_last = _last_row(hs, rows, BLOCK_T)
             Pdt = tl.cumsum(dt, axis=0)  # sum_{t' <= t} dt, (c, e)
             dA_acc += tl.sum(X * Pdt[:, :, None], axis=0)
@@ -334,7 +338,7 @@ def selective_scan_bwd_kernel(
             doutr = tl.load(do_base + tr64[:, None] * sdo_l + offs_e[None, :], mask=ter_mask,
                             other=0.0).to(tl.float32)
             dtr_pre, dtr, dtur, dAr, dBur = _discretize(ur, dtr_raw, Br, resetr, tr, L, A2, bias, HAS_BIAS,
-                                                        SOFTPLUS)
+                                                        SOFTPLUS, HAS_SEQ)
             if HAS_Z:
                 dyr = doutr * (zr * tl.sigmoid(zr))
             else:
@@ -351,7 +355,8 @@ def selective_scan_bwd_kernel(
             Prev = tl.sum(dtr, axis=0)[None, :] - tl.cumsum(dtr, axis=0) + dtr  # sum_{t' <= tr} dt
             dA_acc += K * tl.sum(dtr, axis=0)[:, None] - tl.sum(Y * Prev[:, :, None], axis=0)
             dBt = tl.sum(g * dtur[:, :, None], axis=1)  # (c, n)
-            tl.atomic_add(dB_ptr + dBC_base + tr64[:, None] * N + offs_n[None, :], dBt, mask=tnr_mask)
+            tl.atomic_add(dB_ptr + dBC_base + tr64[:, None] * N + offs_n[None, :], dBt, mask=tnr_mask,
+                          sem="relaxed")
             gB = tl.sum(g * Br[:, None, :], axis=2)  # (c, e)
             kA = tl.sum(K[None, :, :] * A3, axis=2)  # (1, e)
             tl.debug_barrier()  # Xsuf parked by other threads
