@@ -134,7 +134,8 @@ class LM(nn.Module):
         logits = self.lm_head(x)  # (b, l, v padded)
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
-        return logits[..., : self.config.vocab_size]
+        v = self.config.vocab_size
+        return logits if logits.shape[-1] == v else logits[..., :v]
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def save(self, path, format: str = "native") -> None:

@@ -10,6 +10,12 @@ def _seed():
     torch.manual_seed(0)
 
 
+def pytest_configure(config):
+    # Tests use tiny tensors: one thread avoids OpenMP hand-offs that cost more than the work,
+    # and keeps the suite steady on a busy 2-core machine.
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
