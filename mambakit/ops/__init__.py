@@ -45,8 +45,8 @@ def resolve_backend(backend: str | None, tensor: torch.Tensor, op: str) -> str:
     if choice == "torch":
         choice = "chunked"
     if choice == "auto":
-        if tensor.is_cuda and _triton_available():
-            return "triton"
+        if tensor.is_cuda and _triton_available() and tensor.dtype != torch.float64:
+            return "triton"  # the kernels compute in fp32 at most: float64 stays on the chunked path
         if tensor.is_cuda:
             _warn_once(f"mambakit: triton is not importable, {op} runs the chunked PyTorch path on CUDA (slower)")
         return "chunked"
