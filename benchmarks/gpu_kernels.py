@@ -128,7 +128,7 @@ def run_ssd(res, peer, quick):
     res["ssd"] = rows
 
 
-SWEEP = [{}, {"bm_scan": 32}, {"bm_bwd": 32}, {"state_warps": 8}]
+SWEEP = [{}, {"state_impl": "fused"}, {"pass_block": 256}, {"state_warps": 4}, {"bm_scan": 32}]
 
 
 def _warm_one(job):

@@ -200,3 +200,20 @@ def test_gated_rms_norm_triton_matches_torch(dtype, g, before):
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     for a, r in zip(outs[1], outs[0]):
         assert _rel(a, r) < tol
+
+
+def test_state_pass_designs_agree():
+    """The split state pass (default) and the first, fused design give the same numbers."""
+    from mambakit.ops.ssd import triton as T
+    ins, seq_idx = _make(4, 2, 700, 4, 64, 2, 64, torch.bfloat16, D="h", init=True, seq=True)
+    gy = torch.randn(2, 700, 4, 64, device="cuda", dtype=torch.float64)
+    gs = torch.randn(2, 4, 64, 64, device="cuda", dtype=torch.float64)
+    outs = {}
+    try:
+        for impl in ("split", "fused"):
+            T.CONFIG["state_impl"] = impl
+            outs[impl] = _run(T.ssd_triton, ins, seq_idx, gy, gs, chunk_size=256, dt_softplus=True)
+    finally:
+        T.CONFIG["state_impl"] = "split"
+    for k in outs["split"]:
+        assert _rel(outs["split"][k], outs["fused"][k]) < 2e-2, k

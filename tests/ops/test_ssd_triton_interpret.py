@@ -33,7 +33,7 @@ from mambakit.ops.ssd import triton as T
 from mambakit.ops.conv1d import causal_conv1d
 from mambakit.ops.decode_triton import mamba2_decode_step_triton
 
-T.CONFIG.update(bm_scan=16, bm_bwd=16)  # several sub-blocks per chunk even at these lengths
+T.CONFIG.update(bm_scan=16, bm_bwd=16, kb=16)  # several sub-blocks per chunk even at these lengths
 NAMES = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state"]
 
 def rel(a, b):
@@ -83,6 +83,10 @@ ssd_case("fp32_plain", 1, 16, dict(b=1, l=37, h=2, p=16, g=1, n=16, dtype=torch.
          dict(dt_softplus=True))
 ssd_case("fp32_packed", 2, 32, dict(b=2, l=45, h=4, p=16, g=2, n=16, dtype=torch.float32, D="hp", init=True, seq=True),
          dict(dt_softplus=True, dt_limit=(0.05, 0.6)))
+T.CONFIG["state_impl"] = "fused"  # the first design of the state pass, kept for comparison
+ssd_case("fp32_packed_fused", 2, 32, dict(b=2, l=45, h=4, p=16, g=2, n=16, dtype=torch.float32, D="hp", init=True,
+                                          seq=True), dict(dt_softplus=True, dt_limit=(0.05, 0.6)))
+T.CONFIG["state_impl"] = "split"
 ssd_case("fp32_len1", 3, 256, dict(b=2, l=1, h=2, p=16, g=2, n=16, dtype=torch.float32, init=True),
          dict(dt_softplus=False))
 ssd_case("bf16", 4, 32, dict(b=1, l=96, h=4, p=16, g=2, n=16, dtype=torch.bfloat16, D="h", init=True),
@@ -166,7 +170,7 @@ def results():
     return {r["case"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
 
 
-@pytest.mark.parametrize("case", ["fp32_plain", "fp32_packed", "fp32_len1"])
+@pytest.mark.parametrize("case", ["fp32_plain", "fp32_packed", "fp32_packed_fused", "fp32_len1"])
 def test_fp32_matches_reference(results, case):
     r = results[case]
     assert r["dtypes"]["final_state"] == "torch.float32"

@@ -33,11 +33,12 @@ import triton
 
 from .reference import check_ssd_inputs
 from .triton_bwd import _ssd_bwd_dbdc_kernel, _ssd_bwd_dx_kernel, _ssd_cb_kernel
-from .triton_fwd import _ssd_scan_kernel, _ssd_state_kernel
+from .triton_fwd import _ssd_chunk_state_kernel, _ssd_scan_kernel, _ssd_state_pass_kernel
 
 # Launch settings; benchmarks/gpu_kernels.py may override them to sweep.
-CONFIG = {"state_warps": 4, "scan_warps": 8, "dx_warps": 8, "dbdc_warps": 8, "stages": 2,
-          "bm_scan": 64, "bm_bwd": 64, "min_programs": 264}
+CONFIG = {"state_warps": 8, "scan_warps": 8, "dx_warps": 8, "dbdc_warps": 8, "stages": 2,
+          "bm_scan": 64, "bm_bwd": 64, "min_programs": 264, "pass_block": 512, "kb": 64,
+          "state_impl": "split"}
 
 
 def _p2(v: int, lo: int = 16) -> int:
@@ -49,15 +50,9 @@ def _chunk(chunk_size: int, l: int) -> int:
     return max(16, min(cs, _p2(l)))
 
 
-def _state_tiles(b: int, h: int, p: int, n: int) -> tuple[int, int]:
-    """Tile of the (p, n) state per program of the state pass: big tiles, but enough programs."""
-    bp, bn = min(64, _p2(p)), min(64, _p2(n))
-    while b * h * triton.cdiv(p, bp) * triton.cdiv(n, bn) < CONFIG["min_programs"] and max(bp, bn) > 16:
-        if bn >= bp:
-            bn //= 2
-        else:
-            bp //= 2
-    return bp, bn
+def _state_tiles(p: int, n: int) -> tuple[int, int]:
+    """(p, n) tile of the chunk-state kernel: one matmul x^T (B w) of (BP, c) by (c, BN)."""
+    return min(64, _p2(p)), min(64, _p2(n))
 
 
 def _prec(dtype) -> str:
@@ -67,38 +62,86 @@ def _prec(dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _state_pass(x, B, dt, A, dt_bias, dt_softplus, dt_limit, seq, init, cs_len, e_dtype,
-                dy=None, C=None, dfinal=None, want_dinit=False):
+def _state_pass_fused(x, B, dt, A, dt_bias, dt_softplus, dt_limit, seq, init, cs_len, e_dtype,
+                      dy=None, C=None, dfinal=None, want_dinit=False):
+    """The first design: one serial kernel per state tile (triton_state_fused.py)."""
+    from .triton_state_fused import _ssd_state_kernel
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     nchunk = triton.cdiv(l, cs_len)
-    bp, bn = _state_tiles(b, h, p, n)
+    bp, bn = min(64, _p2(p)), min(64, _p2(n))
+    while b * h * triton.cdiv(p, bp) * triton.cdiv(n, bn) < CONFIG["min_programs"] and max(bp, bn) > 16:
+        if bn >= bp:
+            bn //= 2
+        else:
+            bp //= 2
     nt_n = triton.cdiv(n, bn)
     ntile = triton.cdiv(p, bp) * nt_n
-    dev = x.device
-    e = torch.empty(b, nchunk, h, p, n, device=dev, dtype=e_dtype)
-    final = torch.empty(b, h, p, n, device=dev, dtype=torch.float32)
-    dtp = torch.empty(b, h, nchunk * cs_len, device=dev, dtype=torch.float32)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    e = torch.empty(b, h, nchunk, p, n, device=x.device, dtype=e_dtype)
+    final = torch.empty(b, h, p, n, **f32)
+    dtp = torch.empty(b, h, nchunk * cs_len, **f32)
     csum = torch.empty_like(dtp)
     bwd = dy is not None
+    ds, gdot, dinit = e, e, e
     if bwd:
         ds = torch.empty_like(e)
-        gdot = torch.empty(b, h, ntile, nchunk, device=dev, dtype=torch.float32)
-        dinit = torch.empty(b, h, p, n, device=dev, dtype=torch.float32) if want_dinit else final
-    else:
-        ds = gdot = dinit = e
-    dummy = final
+        gdot = torch.empty(b, h, ntile, nchunk, **f32)
+        dinit = torch.empty(b, h, p, n, **f32) if want_dinit else final
     _ssd_state_kernel[(ntile, b * h)](
-        x, B, dt, A, dt_bias if dt_bias is not None else dummy, seq if seq is not None else dummy,
-        init if init is not None else dummy,
-        e, final, dtp, csum,
-        dy if bwd else x, C if bwd else B, dfinal if dfinal is not None else dummy, ds, gdot, dinit,
+        x, B, dt, A, dt_bias if dt_bias is not None else final, seq if seq is not None else final,
+        init if init is not None else final, e, final, dtp, csum,
+        dy if bwd else x, C if bwd else B, dfinal if dfinal is not None else final, ds, gdot, dinit,
         l, h, g, p, n, nchunk, nt_n, ntile, float(dt_limit[0]), float(dt_limit[1]),
         CS=cs_len, BP=bp, BN=bn, HAS_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
         HAS_SEQ=seq is not None, HAS_INIT=init is not None, BWD=bwd, HAS_DFINAL=dfinal is not None,
-        WANT_DINIT=bool(want_dinit and bwd), PREC=_prec(x.dtype),
-        num_warps=CONFIG["state_warps"], num_stages=CONFIG["stages"])
+        WANT_DINIT=bool(want_dinit and bwd), PREC=_prec(x.dtype), num_warps=4, num_stages=CONFIG["stages"])
     return dict(e=e, final=final, dtp=dtp, cs=csum, ds=ds, gdot=gdot, dinit=dinit, ntile=ntile)
+
+
+def _state_pass(x, B, dt, A, dt_bias, dt_softplus, dt_limit, seq, init, cs_len, e_dtype,
+                dy=None, C=None, dfinal=None, want_dinit=False):
+    """Chunk states (parallel over chunks), then the recurrence over chunks (light, serial)."""
+    if CONFIG["state_impl"] == "fused":
+        return _state_pass_fused(x, B, dt, A, dt_bias, dt_softplus, dt_limit, seq, init, cs_len, e_dtype,
+                                 dy, C, dfinal, want_dinit)
+    b, l, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    nchunk = triton.cdiv(l, cs_len)
+    bp, bn = _state_tiles(p, n)
+    nt_n = triton.cdiv(n, bn)
+    dev = x.device
+    bwd = dy is not None
+    f32 = dict(device=dev, dtype=torch.float32)
+    s_loc = torch.empty(b, h, nchunk, p, n, **f32)
+    yl = torch.empty_like(s_loc) if bwd else s_loc
+    dtp = torch.empty(b, h, nchunk * cs_len, **f32)
+    csum = torch.empty_like(dtp)
+    decay = torch.empty(b, h, nchunk, **f32)
+    prec = _prec(x.dtype)
+    _ssd_chunk_state_kernel[(nchunk, b * h, triton.cdiv(p, bp) * nt_n)](
+        x, B, dt, A, dt_bias if dt_bias is not None else A, seq if seq is not None else A, s_loc, dtp, csum, decay,
+        dy if bwd else x, C if bwd else B, yl,
+        l, h, g, p, n, nchunk, nt_n, float(dt_limit[0]), float(dt_limit[1]),
+        CS=cs_len, BP=bp, BN=bn, KB=min(CONFIG["kb"], cs_len), HAS_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
+        HAS_SEQ=seq is not None, BWD=bwd, PREC=prec, num_warps=CONFIG["state_warps"], num_stages=CONFIG["stages"])
+    e = torch.empty(b, h, nchunk, p, n, device=dev, dtype=e_dtype)
+    final = torch.empty(b, h, p, n, **f32)
+    pn = p * n
+    block = CONFIG["pass_block"]
+    nblk = triton.cdiv(pn, block)
+    if bwd:
+        ds = torch.empty_like(e)
+        gdot = torch.empty(b, h, nblk, nchunk, **f32)
+        dinit = torch.empty(b, h, p, n, **f32) if want_dinit else final
+    else:
+        ds = gdot = dinit = e
+    _ssd_state_pass_kernel[(nblk, b * h)](
+        s_loc, decay, init if init is not None else final, e, final, yl,
+        dfinal if dfinal is not None else final, ds, gdot, dinit, pn, nchunk, nblk,
+        BLOCK=block, HAS_INIT=init is not None, BWD=bwd, HAS_DFINAL=dfinal is not None,
+        WANT_DINIT=bool(want_dinit and bwd), PREC=prec, num_warps=4)
+    return dict(e=e, final=final, dtp=dtp, cs=csum, ds=ds, gdot=gdot, dinit=dinit, ntile=nblk)
 
 
 def _fwd(x, dt, A, B, C, cs_len, D, z, dt_bias, dt_softplus, dt_limit, init, seq, keep_ypre):

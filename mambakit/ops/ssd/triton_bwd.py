@@ -3,9 +3,9 @@
 Letters: b batch, l length, h heads, p head dim, n state dim, g groups, c chunk length
 (CS), m sub-block length (BM).
 
-Both kernels read what _ssd_state_kernel(BWD=True) left: E[c] (state entering chunk c),
-dS[c] (gradient of the state leaving chunk c), the prepared dt and its in-chunk cumsum
-(cs), and gdot[c] = sum(dS[c] * E[c+1]).
+Both kernels read what the state kernels (triton_fwd.py, BWD=True) left: E[c] (state entering
+chunk c) and dS[c] (gradient of the state leaving chunk c), both (b, h, chunks, p, n), the
+prepared dt and its in-chunk cumsum (cs), and gdot[c] = decay[c] sum(dS[c] * E[c]).
 
 _ssd_bwd_dx_kernel, grid (chunks, b*h). Walks the chunk's sub-blocks backwards with the
 gradient state G (n, p) in registers (the mirror of the forward scan):
@@ -96,7 +96,7 @@ def _ssd_bwd_dx_kernel(
             dv = tl.load(d_ptr + hh * P + offs_p, mask=mp, other=0.0).to(tl.float32)
         else:
             dv = tl.load(d_ptr + hh).to(tl.float32)
-    e_off = ((bi * NCHUNK + pid_c) * H + hh) * P * N
+    e_off = ((bi * H + hh) * NCHUNK + pid_c) * P * N
     ds_t = _to(tl.load(ds_ptr + e_off + offs_n[:, None] + offs_p[None, :] * N,
                        mask=mn[:, None] & mp[None, :], other=0.0), DT, PREC)  # (n, p)
     e_h = _to(tl.load(e_ptr + e_off + offs_p[:, None] * N + offs_n[None, :],
@@ -285,7 +285,7 @@ def _ssd_bwd_dbdc_kernel(
                 wl = tl.where(s_i == s_last, wl, 0.0)
             dy_i = tl.load(dy_ptr + head_base + io_i, mask=iom_i, other=0.0)
             x_i = tl.load(x_ptr + head_base + io_i, mask=iom_i, other=0.0)
-            e_off = ((bi * NCHUNK + pid_c) * H + hh) * P * N
+            e_off = ((bi * H + hh) * NCHUNK + pid_c) * P * N
             e_h = _to(tl.load(e_ptr + e_off + pn_off, mask=pn_mask, other=0.0), DT, PREC)  # (p, n)
             ds_h = _to(tl.load(ds_ptr + e_off + pn_off, mask=pn_mask, other=0.0), DT, PREC)  # (p, n)
             acc_dc += _dot(_to((dy_i.to(tl.float32) * u0[:, None]), DT, PREC), e_h, PREC)

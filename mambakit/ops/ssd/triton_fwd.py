@@ -1,22 +1,21 @@
-"""Triton kernels of the SSD forward: the state pass over chunks and the chunk scan.
+"""Triton kernels of the SSD forward (and the state part of the backward).
 
 Letters: b batch, l length, h heads, p head dim, n state dim, g groups, c chunk length
 (the constexpr CS), m sub-block length inside a chunk (BM).
 
-Two kernels cover the forward (see triton.py for the plan and the byte count):
-  _ssd_state_kernel   grid (p/BP * n/BN tiles, b*h): walks the chunks in order with one
-                      (BP, BN) tile of the state in registers; per chunk it adds the chunk's
-                      input x^T (B * w) and stores the state entering the chunk, E[c].
-                      With BWD it then walks back and produces dS[c] (the gradient of the
-                      state leaving chunk c), the gradient of the initial state and
-                      decay * sum(dS[c] * E[c]) per tile (for dA and ddt).
-  _ssd_scan_kernel    grid (chunks, b*h): the outputs of one chunk of one head. Inside the
-                      chunk it runs the same recurrence on sub-blocks of BM rows, the state
-                      (n, p) kept in registers: y = C R^T (decayed) + (C B^T o L) (dt x),
-                      then R <- decay R + B^T (w x). Only the diagonal (BM, BM) blocks
-                      need the quadratic form, so exps and matmul work stay small.
-The dt preparation (bias, softplus, clamp) and the in-chunk cumsum of dt*A are done once,
-by tile 0 of the state kernel, into fp32 buffers (b, h, chunks*c) padded with dt = 0.
+  _ssd_chunk_state_kernel  grid (chunks, b*h, p/BP * n/BN): each chunk's own input to the
+                           state, S[c] = x^T (B w), fp32; with BWD also Yl[c] = dy^T (C v).
+                           Tile 0 also writes the prepared dt (bias, softplus, clamp), its
+                           in-chunk cumsum of dt*A (b, h, chunks*c, padded with dt = 0) and
+                           the chunk's decay exp(sum dt A) (0 where a document starts).
+  _ssd_state_pass_kernel   grid (p*n / BLOCK, b*h): the only serial part, one fma per chunk:
+                           E[c] = state; state = decay[c] state + S[c]; the final state. With
+                           BWD it walks back: dS[c] (gradient of the state leaving chunk c),
+                           decay[c] sum(dS[c] E[c]) per block (for dA, ddt), d initial state.
+  _ssd_scan_kernel         grid (chunks, b*h): the outputs of one chunk of one head. Inside
+                           the chunk it runs the recurrence on sub-blocks of BM rows, the state
+                           (n, p) in registers: y = C R^T (decayed) + (C B^T o L) (dt x), then
+                           R <- decay R + B^T (w x). Only diagonal (BM, BM) blocks are quadratic.
 """
 from __future__ import annotations
 
@@ -55,122 +54,145 @@ def _prep_dt(raw, bias, DT_SOFTPLUS: tl.constexpr, lo, hi):
 
 
 @triton.jit
-def _ssd_state_kernel(
-    x_ptr, b_ptr, dt_ptr, a_ptr, bias_ptr, seq_ptr, init_ptr,
-    e_ptr, final_ptr, dtp_ptr, cs_ptr,
-    dy_ptr, c_ptr, dfinal_ptr, ds_ptr, gdot_ptr, dinit_ptr,
-    L, H, G, P, N, NCHUNK, NT_N, NTILE, lo, hi,
-    CS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-    HAS_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr,
-    HAS_INIT: tl.constexpr, BWD: tl.constexpr, HAS_DFINAL: tl.constexpr, WANT_DINIT: tl.constexpr,
+def _ssd_chunk_state_kernel(
+    x_ptr, b_ptr, dt_ptr, a_ptr, bias_ptr, seq_ptr, s_ptr, dtp_ptr, cs_ptr, decay_ptr,
+    dy_ptr, c_ptr, yl_ptr,
+    L, H, G, P, N, NCHUNK, NT_N, lo, hi,
+    CS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, KB: tl.constexpr,
+    HAS_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr, BWD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    pid_t = tl.program_id(0)
+    """Per chunk, head and (BP, BN) tile: S = x^T (B w) (fp32), the chunk's own input to the
+    state; with BWD also Yl = dy^T (C v), what the chunk's outputs ask of the entering state.
+    Tile 0 stores the prepared dt, cumsum(dt A) and the chunk's decay (0 across documents)."""
+    pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    pid_t = tl.program_id(2)
     bi = (pid_bh // H).to(tl.int64)
     hh = pid_bh % H
     gi = hh // (H // G)
-    tp = pid_t // NT_N
-    tn = pid_t % NT_N
-    offs_p = tp * BP + tl.arange(0, BP)
-    offs_n = tn * BN + tl.arange(0, BN)
+    offs_p = (pid_t // NT_N) * BP + tl.arange(0, BP)
+    offs_n = (pid_t % NT_N) * BN + tl.arange(0, BN)
     offs_c = tl.arange(0, CS)
     mp = offs_p < P
     mn = offs_n < N
     tmask = mp[:, None] & mn[None, :]
-    tile = offs_p[:, None] * N + offs_n[None, :]  # (BP, BN) offsets inside one (p, n) state
     DT = x_ptr.dtype.element_ty
-
     A = tl.load(a_ptr + hh).to(tl.float32)
     bias = 0.0
     if HAS_BIAS:
         bias = tl.load(bias_ptr + hh).to(tl.float32)
-    x_base = x_ptr + bi * L * H * P + hh * P
-    b_base = b_ptr + bi * L * G * N + gi * N
-    dt_base = dt_ptr + bi * L * H + hh
     seq_base = seq_ptr + bi * L
-    state_off = (bi * H + hh) * P * N
-    lpad = NCHUNK * CS
-    vec_base = (bi * H + hh) * lpad  # into the (b, h, chunks*c) dt and cumsum buffers
-
-    if HAS_INIT:
-        state = tl.load(init_ptr + state_off + tile, mask=tmask, other=0.0).to(tl.float32)
-    else:
-        state = tl.zeros((BP, BN), dtype=tl.float32)
-    seq_prev = 0
+    vec_base = (bi * H + hh) * (NCHUNK * CS)  # into the (b, h, chunks*c) dt and cumsum buffers
+    dt_base = dt_ptr + bi * L * H + hh
+    cstart = pid_c * CS
+    # the whole chunk's dt once, for its total decay (and for the buffers, by tile 0)
+    offs_l = cstart + offs_c
+    ml = offs_l < L
+    raw = tl.load(dt_base + offs_l * H, mask=ml, other=0.0).to(tl.float32)
+    d = tl.where(ml, _prep_dt(raw, bias, DT_SOFTPLUS, lo, hi), 0.0)  # padding: dt = 0
+    cs_last = tl.sum(d * A, 0)
+    decay = tl.exp(cs_last)
+    s_last = 0
+    s_prev = 0
     if HAS_SEQ:
-        # The initial state belongs to the row's first document.
-        seq_prev = tl.load(seq_base)
-
-    lim = CS - CS * tl.minimum(pid_t, 1)  # CS for tile 0, else 0
-    for c in range(NCHUNK):
-        offs_l = c * CS + offs_c
-        ml = offs_l < L
-        raw = tl.load(dt_base + offs_l * H, mask=ml, other=0.0).to(tl.float32)
-        d = tl.where(ml, _prep_dt(raw, bias, DT_SOFTPLUS, lo, hi), 0.0)  # padding: dt = 0
-        cs = tl.cumsum(d * A, 0)
-        cs_last = tl.sum(d * A, 0)
-        # One tile per head writes the prepared dt and cumsum for the other kernels.
-        tl.store(dtp_ptr + vec_base + offs_l, d, mask=offs_c < lim)
-        tl.store(cs_ptr + vec_base + offs_l, cs, mask=offs_c < lim)
-        w = tl.exp(cs_last - cs) * d
-        decay = tl.exp(cs_last)
+        s_last = tl.load(seq_base + tl.minimum(cstart + CS, L) - 1)
+        s_prev = tl.load(seq_base + tl.maximum(cstart - 1, 0))  # the chunk before (or the row's first)
+        decay = tl.where(s_last == s_prev, decay, 0.0)
+    if pid_t == 0:
+        tl.store(dtp_ptr + vec_base + offs_l, d)
+        tl.store(cs_ptr + vec_base + offs_l, tl.cumsum(d * A, 0))
+        tl.store(decay_ptr + pid_bh * NCHUNK + pid_c, decay)
+    # then KB rows at a time: small live tiles, loads pipelined into the matmuls
+    acc_s = tl.zeros((BP, BN), dtype=tl.float32)
+    acc_y = tl.zeros((BP, BN), dtype=tl.float32)
+    offs_k = tl.arange(0, KB)
+    cs_run = 0.0
+    x_base = x_ptr + bi * L * H * P + hh * P
+    bc_base = bi * L * G * N + gi * N
+    for kk in range(CS // KB):
+        rows = cstart + kk * KB + offs_k
+        mr = rows < L
+        rd = tl.load(dt_base + rows * H, mask=mr, other=0.0).to(tl.float32)
+        dk = tl.where(mr, _prep_dt(rd, bias, DT_SOFTPLUS, lo, hi), 0.0)
+        csk = cs_run + tl.cumsum(dk * A, 0)
+        cs_run += tl.sum(dk * A, 0)
+        w = tl.exp(cs_last - csk) * dk
         if HAS_SEQ:
-            s = tl.load(seq_base + offs_l, mask=ml, other=0)
-            s_last = tl.load(seq_base + tl.minimum(c * CS + CS, L) - 1)
-            w = tl.where(s == s_last, w, 0.0)  # only the chunk's last document reaches its end
-            decay = tl.where(s_last == seq_prev, decay, 0.0)
-            seq_prev = s_last
-        xs = tl.load(x_base + offs_l[:, None] * (H * P) + offs_p[None, :],
-                     mask=ml[:, None] & mp[None, :], other=0.0)  # (c, BP)
-        bs = tl.load(b_base + offs_l[:, None] * (G * N) + offs_n[None, :],
-                     mask=ml[:, None] & mn[None, :], other=0.0)  # (c, BN)
-        bw = _to((bs.to(tl.float32) * w[:, None]), DT, PREC)
-        s_c = _dot(tl.trans(xs), bw, PREC)  # (BP, BN)
-        e_off = ((bi * NCHUNK + c) * H + hh) * P * N
-        tl.store(e_ptr + e_off + tile, _to(state, e_ptr.dtype.element_ty, PREC), mask=tmask)
-        state = state * decay + s_c
-    tl.store(final_ptr + state_off + tile, state, mask=tmask)
-
+            sk = tl.load(seq_base + rows, mask=mr, other=0)
+            w = tl.where(sk == s_last, w, 0.0)  # only the chunk's last document reaches its end
+        xs = tl.load(x_base + rows[:, None] * (H * P) + offs_p[None, :], mask=mr[:, None] & mp[None, :], other=0.0)
+        bc_off = bc_base + rows[:, None] * (G * N) + offs_n[None, :]
+        bs = tl.load(b_ptr + bc_off, mask=mr[:, None] & mn[None, :], other=0.0)
+        acc_s += _dot(tl.trans(xs), _to(bs.to(tl.float32) * w[:, None], DT, PREC), PREC)  # (BP, BN)
+        if BWD:
+            v = tl.exp(csk)
+            if HAS_SEQ:
+                v = tl.where(sk == s_prev, v, 0.0)  # only rows of the entering document read the state
+            dys = tl.load(dy_ptr + bi * L * H * P + hh * P + rows[:, None] * (H * P) + offs_p[None, :],
+                          mask=mr[:, None] & mp[None, :], other=0.0)
+            cm = tl.load(c_ptr + bc_off, mask=mr[:, None] & mn[None, :], other=0.0)
+            acc_y += _dot(tl.trans(dys), _to(cm.to(tl.float32) * v[:, None], DT, PREC), PREC)
+    out_off = (pid_bh.to(tl.int64) * NCHUNK + pid_c) * P * N + offs_p[:, None] * N + offs_n[None, :]
+    tl.store(s_ptr + out_off, acc_s, mask=tmask)
     if BWD:
-        # Reads back E[c] written above by other threads of this program.
-        tl.debug_barrier()
+        tl.store(yl_ptr + out_off, acc_y, mask=tmask)
+
+
+@triton.jit
+def _ssd_state_pass_kernel(
+    s_ptr, decay_ptr, init_ptr, e_ptr, final_ptr, yl_ptr, dfinal_ptr, ds_ptr, gdot_ptr, dinit_ptr,
+    PN, NCHUNK, NBLK,
+    BLOCK: tl.constexpr, HAS_INIT: tl.constexpr, BWD: tl.constexpr, HAS_DFINAL: tl.constexpr,
+    WANT_DINIT: tl.constexpr, PREC: tl.constexpr,
+):
+    """The recurrence over chunks on a BLOCK of one head's (p*n) state, nothing but loads,
+    one fma and stores per chunk: E[c] = state; state = decay[c] state + S[c]. With BWD it
+    walks back: dS[c] = G; gdot[c] = decay[c] sum(G E[c]); G = Yl[c] + decay[c] G."""
+    pid_k = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    offs = pid_k * BLOCK + tl.arange(0, BLOCK)
+    m = offs < PN
+    head = pid_bh * PN + offs  # (b*h, p*n) for init / final / dinit
+    if HAS_INIT:
+        state = tl.load(init_ptr + head, mask=m, other=0.0).to(tl.float32)
+    else:
+        state = tl.zeros((BLOCK,), dtype=tl.float32)
+    base = pid_bh * NCHUNK * PN + offs  # chunk 0 of this head in the (b, h, chunks, p, n) buffers
+    dec_base = decay_ptr + pid_bh * NCHUNK
+    # loads run two chunks ahead of the fma and the store (the chain is latency-bound)
+    s1 = tl.load(s_ptr + base, mask=m, other=0.0)
+    d1 = tl.load(dec_base)
+    c2 = tl.minimum(1, NCHUNK - 1)
+    s2 = tl.load(s_ptr + base + c2 * PN, mask=m, other=0.0)
+    d2 = tl.load(dec_base + c2)
+    for c in range(NCHUNK):
+        cur = s1
+        dec = d1
+        s1 = s2
+        d1 = d2
+        cn = tl.minimum(c + 2, NCHUNK - 1)
+        s2 = tl.load(s_ptr + base + cn * PN, mask=m, other=0.0)
+        d2 = tl.load(dec_base + cn)
+        tl.store(e_ptr + base + c * PN, _to(state, e_ptr.dtype.element_ty, PREC), mask=m)
+        state = state * dec + cur
+    tl.store(final_ptr + head, state, mask=m)
+    if BWD:
+        tl.debug_barrier()  # E[c] is read back below
         if HAS_DFINAL:
-            gst = tl.load(dfinal_ptr + state_off + tile, mask=tmask, other=0.0).to(tl.float32)
+            g = tl.load(dfinal_ptr + head, mask=m, other=0.0).to(tl.float32)
         else:
-            gst = tl.zeros((BP, BN), dtype=tl.float32)
-        c_base = c_ptr + bi * L * G * N + gi * N
-        dy_base = dy_ptr + bi * L * H * P + hh * P
+            g = tl.zeros((BLOCK,), dtype=tl.float32)
         for cc in range(NCHUNK):
             c = NCHUNK - 1 - cc
-            offs_l = c * CS + offs_c
-            ml = offs_l < L
-            raw = tl.load(dt_base + offs_l * H, mask=ml, other=0.0).to(tl.float32)
-            d = tl.where(ml, _prep_dt(raw, bias, DT_SOFTPLUS, lo, hi), 0.0)
-            cs = tl.cumsum(d * A, 0)
-            cs_last = tl.sum(d * A, 0)
-            v = tl.exp(cs)
-            decay = tl.exp(cs_last)
-            if HAS_SEQ:
-                s = tl.load(seq_base + offs_l, mask=ml, other=0)
-                s_last = tl.load(seq_base + tl.minimum(c * CS + CS, L) - 1)
-                s_prev = tl.load(seq_base + tl.maximum(c * CS - 1, 0))
-                v = tl.where(s == s_prev, v, 0.0)
-                decay = tl.where(s_last == s_prev, decay, 0.0)
-            e_off = ((bi * NCHUNK + c) * H + hh) * P * N
-            tl.store(ds_ptr + e_off + tile, _to(gst, ds_ptr.dtype.element_ty, PREC), mask=tmask)
-            # decay * sum(dS[c] * E[c]): the pass-through term of d(cumsum dt A) at the chunk end
-            e_c = tl.load(e_ptr + e_off + tile, mask=tmask, other=0.0).to(tl.float32)
-            tl.store(gdot_ptr + ((bi * H + hh) * NTILE + pid_t) * NCHUNK + c,
-                     decay * tl.sum(tl.sum(gst * e_c, 1), 0))
-            dys = tl.load(dy_base + offs_l[:, None] * (H * P) + offs_p[None, :],
-                          mask=ml[:, None] & mp[None, :], other=0.0)  # (c, BP)
-            cst = tl.load(c_base + offs_l[:, None] * (G * N) + offs_n[None, :],
-                          mask=ml[:, None] & mn[None, :], other=0.0)  # (c, BN)
-            cv = _to((cst.to(tl.float32) * v[:, None]), DT, PREC)
-            gst = _dot(tl.trans(dys), cv, PREC) + decay * gst
+            off = base + c * PN
+            dec = tl.load(decay_ptr + pid_bh * NCHUNK + c)
+            tl.store(ds_ptr + off, _to(g, ds_ptr.dtype.element_ty, PREC), mask=m)
+            e_c = tl.load(e_ptr + off, mask=m, other=0.0).to(tl.float32)
+            tl.store(gdot_ptr + (pid_bh * NBLK + pid_k) * NCHUNK + c, dec * tl.sum(g * e_c, 0))
+            g = tl.load(yl_ptr + off, mask=m, other=0.0) + dec * g
         if WANT_DINIT:
-            tl.store(dinit_ptr + state_off + tile, gst, mask=tmask)
+            tl.store(dinit_ptr + head, g, mask=m)
 
 
 @triton.jit
@@ -199,7 +221,7 @@ def _ssd_scan_kernel(
     seq_base = seq_ptr + bi * L
 
     # State entering the chunk, transposed to (n, p) so that C @ R^T needs no transpose.
-    e_off = ((bi * NCHUNK + pid_c) * H + hh) * P * N
+    e_off = (pid_bh.to(tl.int64) * NCHUNK + pid_c) * P * N
     rt = tl.load(e_ptr + e_off + offs_n[:, None] + offs_p[None, :] * N,
                  mask=mn[:, None] & mp[None, :], other=0.0).to(tl.float32)  # (n, p)
     if HAS_D:
