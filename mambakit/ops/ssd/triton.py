@@ -4,18 +4,25 @@ Letters: b batch, l length, h heads, p head dim, n state dim, g groups, c chunk 
 (the kernels' CS), m sub-block length (BM, 64).
 
 Plan (kernels in triton_fwd.py and triton_bwd.py):
-  forward   1. state pass   (tiles of (p, n), b*h): E[c], the state entering each chunk,
-                             and the final state; also the prepared dt and cumsum(dt A).
-            2. chunk scan   (chunks, b*h): y, with a (n, p) state in registers walking
+  forward   1. chunk states (chunks, b*h, tiles): S[c] = x^T (B w), fp32, in parallel; also
+                             the prepared dt, cumsum(dt A) and each chunk's decay.
+            2. state pass   (blocks of p*n, b*h): E[c] = state entering chunk c, the final
+                             state; the only serial loop, one fma per chunk.
+            3. chunk scan   (chunks, b*h): y, with a (n, p) state in registers walking
                              64-row sub-blocks, so only diagonal 64x64 blocks are quadratic.
-  backward  1. state pass again, then backwards: dS[c], d initial_state, sum(dS * E).
-            2. dx kernel    (chunks, b*h): dx, ddt (through softplus and clamp), dA, dD,
-                             d dt_bias partial sums.
-            3. dB/dC kernel (chunks, b*g*splits): B and C gradients summed over heads.
+  backward  1-2. the same, plus Yl[c] = dy^T (C v) and the backward walk of the pass:
+                 dS[c], d initial_state, decay sum(dS * E) for dA.
+            3. C B^T per chunk and group (fp32), when heads share it.
+            4. dx kernel    (chunks, b*h): dx, then ddt (through softplus and clamp), dA, dD,
+                             d dt_bias partial sums from the decay derivative, collected from
+                             the same fp32 (C B^T o L)(dy . x) terms on both of its sides.
+            5. dB/dC kernel (chunks, b*g*splits): B and C gradients summed over heads.
 The state stays fp32 in registers; E and dS are stored in bf16 for bf16 inputs (they are
 matmul operands, as in mamba_ssm) and fp32 otherwise. Nothing of size (b, l, h, p, n) is
-ever stored: only one state per chunk and head. For backward the forward keeps
-y_ssm = y before D and the gate (one tensor like y; none extra when D and z are None).
+ever stored: a few states per chunk and head. The forward keeps nothing for the backward
+but its inputs, and y before the gate when z is given (for dz).
+CONFIG["state_impl"] = "fused" selects the first design of steps 1-2 (one serial kernel,
+triton_state_fused.py), measured slower on long sequences; kept to compare.
 
 Inputs are validated by reference.check_ssd_inputs (same rules as the CPU tiers).
 seq_idx must be non-decreasing (packed documents); cu_seqlens (b == 1) is turned into it.
