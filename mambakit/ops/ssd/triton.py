@@ -21,8 +21,10 @@ The state stays fp32 in registers; E and dS are stored in bf16 for bf16 inputs (
 matmul operands, as in mamba_ssm) and fp32 otherwise. Nothing of size (b, l, h, p, n) is
 ever stored: a few states per chunk and head. The forward keeps nothing for the backward
 but its inputs, and y before the gate when z is given (for dz).
-CONFIG["state_impl"] = "fused" selects the first design of steps 1-2 (one serial kernel,
-triton_state_fused.py), measured slower on long sequences; kept to compare.
+CONFIG["state_impl"] selects the design of steps 1-2: "fused" (one serial kernel over the chunks,
+triton_state_fused.py) is the default because it is the one tested and timed on an H100 (it is
+slow on long sequences: ~7-12 us per chunk); "split" (chunk states in parallel, then a light serial
+pass) passes the interpreter tests but has not run on a GPU yet, so it is opt-in until measured.
 
 Inputs are validated by reference.check_ssd_inputs (same rules as the CPU tiers).
 seq_idx must be non-decreasing (packed documents); cu_seqlens (b == 1) is turned into it.
@@ -45,7 +47,7 @@ from .triton_fwd import _ssd_chunk_state_kernel, _ssd_scan_kernel, _ssd_state_pa
 # Launch settings; benchmarks/gpu_kernels.py may override them to sweep.
 CONFIG = {"state_warps": 8, "scan_warps": 8, "dx_warps": 8, "dbdc_warps": 8, "stages": 2,
           "bm_scan": 64, "bm_bwd": 64, "min_programs": 264, "pass_block": 512, "kb": 64,
-          "state_impl": "split"}
+          "state_impl": "fused"}
 
 
 def _p2(v: int, lo: int = 16) -> int:
