@@ -1,0 +1,165 @@
+"""Reading evaluation inputs: jsonl files (errors name the file and line), text documents,
+multiple-choice questions, and a model with its tokenizer from a folder or a preset.
+
+No shape letters: this file handles files and options.
+
+Multiple-choice jsonl, one question a line (MMLU's fields as the `cais/mmlu` data set has them):
+    {"question": "...", "choices": ["...", "...", ...], "answer": 1, "subject": "anatomy"}
+`answer` is the index of the right choice (0-based) or its letter ("B"). Text documents for
+perplexity: a .txt file is one document; a .jsonl file holds one document a line under "text"
+(or the field given).
+"""
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+QUESTION_FIELDS = ("question", "choices", "answer", "subject")
+LETTERS = string.ascii_uppercase
+
+
+def read_jsonl(path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
+    """-> [(line number, record)], blank lines skipped. A bad line is a ValueError naming path:line."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such file: {p}")
+    rows = []
+    with p.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{p}:{lineno}: not valid JSON ({err.msg}); expected one JSON object a line") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{p}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            missing = [k for k in required if k not in record]
+            if missing:
+                raise ValueError(f"{p}:{lineno}: missing field{'s' if len(missing) > 1 else ''} "
+                                 f"{', '.join(repr(m) for m in missing)} (each line needs {', '.join(required)})")
+            rows.append((lineno, record))
+    return rows
+
+
+@dataclass(frozen=True)
+class Question:
+    question: str
+    choices: tuple[str, ...]
+    answer: int  # index into choices
+    subject: str
+    where: str = ""  # "file:line", for error messages
+
+    @property
+    def letters(self) -> tuple[str, ...]:
+        return tuple(LETTERS[: len(self.choices)])
+
+
+def load_questions(path) -> list[Question]:
+    """Multiple-choice questions from a jsonl file, every field checked."""
+    out = []
+    for lineno, r in read_jsonl(path, QUESTION_FIELDS):
+        where = f"{path}:{lineno}"
+        if not isinstance(r["question"], str):
+            raise ValueError(f"{where}: 'question' must be a string, got {type(r['question']).__name__}")
+        if not isinstance(r["subject"], str) or not r["subject"]:
+            raise ValueError(f"{where}: 'subject' must be a non-empty string, got {r['subject']!r}")
+        choices = r["choices"]
+        if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS) \
+                or not all(isinstance(c, str) for c in choices):
+            raise ValueError(f"{where}: 'choices' must be a list of 2 to {len(LETTERS)} strings, got {choices!r}")
+        out.append(Question(r["question"], tuple(choices), _answer_index(r["answer"], len(choices), where),
+                            r["subject"], where))
+    if not out:
+        raise ValueError(f"{path}: no questions (the file is empty)")
+    return out
+
+
+def _answer_index(answer, n: int, where: str) -> int:
+    letters = LETTERS[:n]
+    if isinstance(answer, bool) or not isinstance(answer, (int, str)):
+        raise ValueError(f"{where}: 'answer' must be a choice index (0..{n - 1}) or a letter ({letters[0]}..{letters[-1]}), "
+                         f"got {answer!r}")
+    if isinstance(answer, str):
+        if len(answer) == 1 and answer.upper() in letters:
+            return letters.index(answer.upper())
+        raise ValueError(f"{where}: answer {answer!r} is not one of the letters {letters[0]}..{letters[-1]} "
+                         f"of its {n} choices")
+    if not 0 <= answer < n:
+        raise ValueError(f"{where}: answer index {answer} is out of range for {n} choices (expected 0..{n - 1})")
+    return answer
+
+
+def load_documents(paths, text_field: str = "text") -> list[tuple[str, str]]:
+    """-> [(name, text)]: a .jsonl file gives one document a line (field `text_field`), any other file one."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise ValueError("no data files given; expected .txt or .jsonl files")
+    docs = []
+    for path in paths:
+        p = Path(path)
+        if p.suffix == ".jsonl":
+            for lineno, r in read_jsonl(p, (text_field,)):
+                if not isinstance(r[text_field], str):
+                    raise ValueError(f"{p}:{lineno}: field {text_field!r} must be a string, "
+                                     f"got {type(r[text_field]).__name__}")
+                docs.append((f"{p}:{lineno}", r[text_field]))
+        else:
+            if not p.is_file():
+                raise FileNotFoundError(f"no such file: {p}")
+            docs.append((str(p), p.read_text(encoding="utf-8")))
+    return docs
+
+
+# --- models ------------------------------------------------------------------------------------------
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+def load_model(spec, tokenizer=None, device="auto", dtype="auto", seed: int = 0):
+    """-> (model in eval mode, tokenizer, notes). spec: a checkpoint folder, a preset name (random
+    weights, seeded), or an LM already built. tokenizer: None (the folder's tokenizer.json, else
+    bytes), "byte", a tokenizer.json path, or a Tokenizer."""
+    import torch
+
+    import mambakit
+    from mambakit.tokenizers import ByteTokenizer, load_tokenizer
+
+    notes = []
+    if device == "auto" or device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: no CUDA device is available here; use cpu")
+    if dtype in ("auto", None):
+        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)} or auto, got {dtype!r}")
+        dtype = getattr(torch, DTYPES[dtype])
+    if isinstance(spec, mambakit.LM):
+        tok = load_tokenizer(tokenizer)
+        return spec.eval(), tok, notes
+    path = Path(str(spec))
+    if path.exists():
+        if tokenizer is None:
+            tokenizer = path if (path / "tokenizer.json").is_file() else "byte"
+            if tokenizer == "byte":
+                notes.append(f"{path} has no tokenizer.json; using the byte tokenizer")
+        tok = load_tokenizer(tokenizer)
+        model = mambakit.load(path, dtype=dtype, device=device)
+    elif str(spec) in mambakit.PRESETS:
+        tok = load_tokenizer(tokenizer)
+        overrides = {}
+        if isinstance(tok, ByteTokenizer) and mambakit.PRESETS[str(spec)].vocab_size != tok.vocab_size:
+            overrides["vocab_size"] = tok.vocab_size
+        torch.manual_seed(seed)
+        model = mambakit.LM(mambakit.ModelConfig.from_preset(str(spec), **overrides)).to(device=device, dtype=dtype)
+        notes.append(f"preset {spec!r}: RANDOM weights (seed {seed}); scores are those of an untrained model")
+    else:
+        raise ValueError(f"model {str(spec)!r} is neither an existing folder nor a preset name "
+                         f"(presets: {', '.join(mambakit.PRESETS)})")
+    return model.eval(), tok, notes

@@ -1,0 +1,159 @@
+"""Perplexity and bits per byte of text documents, whole or through sliding windows.
+
+No shape letters: token ids are lists here; loglik.py runs the model.
+
+Each document is scored on its own. Its tokens are preceded by a prefix token when there is one
+(`prefix="auto"`: the tokenizer's BOS, else its EOS; the byte tokenizer has neither), so every
+token is predicted; without one the first token has nothing to be predicted from and is not scored.
+
+context=None: the whole document in one pass through the recurrent cache (exact full-context
+likelihood, memory bounded by `chunk`); for models without a context limit (pure SSMs) that is the
+default. context=N: windows of at most N tokens moving by `stride`, in the convention of Hugging
+Face's "Perplexity of fixed-length models" guide:
+
+    for begin in range(0, L, stride):
+        end = min(begin + N, L); trg_len = end - prev_end
+        score the last trg_len tokens of seq[begin:end] (never its first: nothing predicts it)
+        prev_end = end; stop once end == L
+
+so each token is scored once, with between N - stride and N - 1 tokens of context (all before it
+in the first window). With stride == N the first token of every window goes unscored, as in HF.
+
+token perplexity = exp(total NLL / scored tokens); bits per byte = total NLL / ln 2 / UTF-8 bytes
+of the scored tokens (every byte of the text when every token is scored; the bytes of an unscored
+token are those of the token decoded alone); byte perplexity = exp(total NLL / bytes).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .loglik import Request, check_fits, score_requests
+
+
+def hf_windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows over a sequence of n tokens -> [(begin, end, scored)]: the last `scored` tokens of
+    seq[begin:end] are scored."""
+    if not isinstance(context, int) or context < 2:
+        raise ValueError(f"context must be an int >= 2 (tokens per window), got {context!r}")
+    if not isinstance(stride, int) or not 1 <= stride <= context:
+        raise ValueError(f"stride must be an int in [1, context={context}], got {stride!r}")
+    out, prev_end = [], 0
+    for begin in range(0, n, stride):
+        end = min(begin + context, n)
+        scored = min(end - prev_end, end - begin - 1)
+        if scored > 0:
+            out.append((begin, end, scored))
+        prev_end = end
+        if end == n:
+            break
+    return out
+
+
+@dataclass
+class DocScore:
+    name: str
+    nll: float = 0.0  # nats, summed over the scored tokens
+    tokens: int = 0  # tokens scored
+    bytes: int = 0  # UTF-8 bytes of the scored tokens
+
+
+@dataclass
+class PerplexityResult:
+    documents: list[DocScore] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # documents with no token to score
+
+    @property
+    def nll(self) -> float:
+        return sum(d.nll for d in self.documents)
+
+    @property
+    def tokens(self) -> int:
+        return sum(d.tokens for d in self.documents)
+
+    @property
+    def bytes(self) -> int:
+        return sum(d.bytes for d in self.documents)
+
+    def summary(self, docs=None) -> dict:
+        docs = self.documents if docs is None else docs
+        nll, tokens, nbytes = sum(d.nll for d in docs), sum(d.tokens for d in docs), sum(d.bytes for d in docs)
+        return {"documents": len(docs), "tokens": tokens, "bytes": nbytes, "nll_nats": nll,
+                "token_perplexity": math.exp(nll / tokens) if tokens else None,
+                "bits_per_byte": nll / math.log(2) / nbytes if nbytes else None,
+                "byte_perplexity": math.exp(nll / nbytes) if nbytes else None}
+
+
+def resolve_prefix(tokenizer, prefix="auto") -> int | None:
+    if prefix == "auto":
+        return next((t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id) if t is not None), None)
+    if prefix in (None, "none"):
+        return None
+    if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
+        raise ValueError(f"prefix must be 'auto', 'none' or a token id, got {prefix!r}")
+    return prefix
+
+
+def document_requests(seq: list[int], context: int | None, stride: int | None) -> list[tuple[Request, range]]:
+    """The scoring requests of one token sequence and, for each, the positions of seq it scores."""
+    if context is None:
+        return [((seq[:1], seq[1:]), range(1, len(seq)))] if len(seq) > 1 else []
+    out = []
+    for begin, end, scored in hf_windows(len(seq), context, stride if stride is not None else context):
+        out.append(((seq[begin:end - scored], seq[end - scored:end]), range(end - scored, end)))
+    return out
+
+
+def perplexity(model, tokenizer, documents: list[tuple[str, str]], context: int | None = None,
+               stride: int | None = None, prefix="auto", batch_size: int = 8, chunk: int = 2048,
+               progress: bool = False) -> PerplexityResult:
+    """documents [(name, text)] -> PerplexityResult. context None and a model with a context limit:
+    windows of the limit. stride defaults to context // 2 (the HF guide's 1024 / 512)."""
+    limit = model.config.max_seqlen
+    if context is None and stride is not None:
+        raise ValueError("stride needs a context (the window length); give --context too")
+    if context is None and limit is not None:
+        context = limit
+    if context is not None:
+        check_fits(model, context, f"a window of context={context}")
+        if stride is None:
+            stride = max(1, context // 2)
+    prefix_id = resolve_prefix(tokenizer, prefix)
+    result = PerplexityResult()
+    requests, owners = [], []
+    for name, text in documents:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        seq = ([prefix_id] if prefix_id is not None else []) + list(ids)
+        doc_requests = document_requests(seq, context, stride)
+        if not doc_requests:
+            result.skipped.append(name)
+            continue
+        doc = DocScore(name)
+        offset = len(seq) - len(ids)
+        scored = set()
+        for request, positions in doc_requests:
+            requests.append(request)
+            owners.append(doc)
+            doc.tokens += len(positions)
+            scored.update(positions)
+        unscored = [ids[p - offset] for p in range(offset, len(seq)) if p not in scored]
+        doc.bytes = len(text.encode("utf-8")) - sum(_token_bytes(tokenizer, t) for t in unscored)
+        result.documents.append(doc)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(requests), desc="perplexity", unit="window", dynamic_ncols=True)
+    scores = score_requests(model, requests, batch_size=batch_size, chunk=chunk,
+                            on_done=bar.update if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    for doc, (ll, _) in zip(owners, scores):
+        doc.nll -= ll
+    return result
+
+
+def _token_bytes(tokenizer, token: int) -> int:
+    from ..tokenizers import ByteTokenizer
+    if isinstance(tokenizer, ByteTokenizer) and 0 <= token < 256:
+        return 1
+    return len(tokenizer.decode([token]).encode("utf-8"))
