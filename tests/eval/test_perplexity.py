@@ -1,0 +1,92 @@
+"""Perplexity: windows in Hugging Face's stride convention equal that convention computed directly;
+the whole-document pass equals one forward; bits per byte and the bad-input errors.
+
+Letters: l length, v vocabulary.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_model
+from eval_helpers import forward_logprobs, limited_model
+from mambakit.eval.perplexity import hf_windows, perplexity
+from mambakit.tokenizers import ByteTokenizer
+
+TEXT = "Mamba keeps a state; attention keeps a cache. Both predict the next byte."
+
+
+@torch.no_grad()
+def hf_guide_nll(model, ids: list[int], max_length: int, stride: int) -> tuple[float, int]:
+    """The loop of HF's "Perplexity of fixed-length models" guide, verbatim in spirit: labels -100
+    outside the last trg_len tokens, the loss shifted inside the model (here: by hand)."""
+    seq = torch.tensor([ids])
+    nll_sum, n_tokens, prev_end = 0.0, 0, 0
+    for begin in range(0, seq.size(1), stride):
+        end = min(begin + max_length, seq.size(1))
+        trg_len = end - prev_end
+        input_ids = seq[:, begin:end]
+        target_ids = input_ids.clone()
+        target_ids[:, :-trg_len] = -100
+        logits = model(input_ids)
+        labels = target_ids[:, 1:]
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).double(), labels.reshape(-1),
+                               ignore_index=-100, reduction="sum")
+        nll_sum += float(loss)
+        n_tokens += int((labels != -100).sum())
+        prev_end = end
+        if end == seq.size(1):
+            break
+    return nll_sum, n_tokens
+
+
+def test_hf_windows_golden():
+    assert hf_windows(10, 4, 2) == [(0, 4, 3), (2, 6, 2), (4, 8, 2), (6, 10, 2)]
+    assert hf_windows(10, 4, 4) == [(0, 4, 3), (4, 8, 3), (8, 10, 1)]  # stride == context: window starts unscored
+    assert hf_windows(3, 8, 4) == [(0, 3, 2)]
+    for n, c, s in [(37, 8, 3), (37, 8, 7), (64, 16, 1)]:
+        covered = sorted(p for b, e, k in hf_windows(n, c, s) for p in range(e - k, e))
+        assert covered == list(range(1, n))  # stride < context: every token but the first, once
+
+
+@pytest.mark.parametrize("kind", ["mamba2", "hybrid"])
+@pytest.mark.parametrize("context,stride", [(16, 5), (16, 16), (9, 1)])
+def test_strided_equals_hf_guide(kind, context, stride):
+    model, tok = tiny_model(kind), ByteTokenizer()
+    result = perplexity(model, tok, [("doc", TEXT)], context=context, stride=stride, batch_size=3)
+    nll, n = hf_guide_nll(model, list(TEXT.encode()), context, stride)
+    assert result.tokens == n
+    assert result.nll == pytest.approx(nll, rel=1e-5, abs=1e-4)
+    assert result.summary()["token_perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+
+
+def test_whole_document_equals_one_forward_and_bits_per_byte():
+    model, tok = tiny_model("mamba2"), ByteTokenizer()
+    docs = [("a", TEXT), ("b", "héllo wörld, ünïcode")]
+    result = perplexity(model, tok, docs, chunk=7, batch_size=1)  # no context: the recurrent cache, 7 at a time
+    direct = sum(-float(forward_logprobs(model, list(t.encode())).sum()) for _, t in docs)
+    assert result.nll == pytest.approx(direct, rel=1e-5)
+    nbytes = sum(len(t.encode()) for _, t in docs)
+    assert result.tokens == result.bytes == nbytes - 2  # the byte tokenizer has no prefix: first bytes unscored
+    s = result.summary()
+    assert s["bits_per_byte"] == pytest.approx(math.log2(s["token_perplexity"]))
+    with_prefix = perplexity(model, tok, docs, prefix=10)
+    assert with_prefix.tokens == with_prefix.bytes == nbytes
+    direct = sum(-float(forward_logprobs(model, [10] + list(t.encode())).sum()) for _, t in docs)
+    assert with_prefix.nll == pytest.approx(direct, rel=1e-5)
+
+
+def test_skips_and_limits():
+    model, tok = tiny_model("mamba2"), ByteTokenizer()
+    result = perplexity(model, tok, [("one byte", "x"), ("empty", ""), ("ok", "xy")])
+    assert result.skipped == ["one byte", "empty"] and result.tokens == 1
+    with pytest.raises(ValueError, match="stride needs a context"):
+        perplexity(model, tok, [("d", TEXT)], stride=4)
+    with pytest.raises(ValueError, match=r"stride must be an int in \[1, context=8\]"):
+        perplexity(model, tok, [("d", TEXT)], context=8, stride=9)
+    limited = limited_model(32)
+    r = perplexity(limited, tok, [("d", TEXT)])  # windows of the model's limit by default
+    assert r.tokens == len(TEXT) - 1
+    with pytest.raises(ValueError, match="context=64 needs 64 tokens, more than this model's context limit of 32"):
+        perplexity(limited, tok, [("d", TEXT)], context=64)
