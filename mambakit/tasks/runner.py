@@ -199,12 +199,14 @@ def evaluate(model: LM, task: Task, values=None, num_examples: int = 256, batch_
                 on_point(row)
             continue
         per_batch = max(1, min(batch_size, max_batch_tokens // length))
-        score, done, j, t0 = Score(), 0, 0, time.perf_counter()
+        score, done, j, t0, seen = Score(), 0, 0, time.perf_counter(), 0
         while done < num_examples:
             n = min(per_batch, num_examples - done)
             batch = point.generate(n, (seed, 1, i, j))
             score = score + score_predictions(predict(model, batch, chunk_len), batch.targets)
+            seen += sum(batch.meta.get("lengths", [batch.input_ids.shape[1]] * n))
             done, j = done + n, j + 1
+        row["length"] = round(seen / done)  # mean tokens per example (phonebook examples vary)
         row.update(score.as_dict())
         row["seconds"] = round(time.perf_counter() - t0, 2)
         rows.append(row)

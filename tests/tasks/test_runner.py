@@ -66,7 +66,7 @@ def test_demo_quick(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "demo.json").read_text())
     assert [m["name"] for m in res["models"]] == ["S4D", "Mamba-1", "Mamba-2"]
-    assert all(m["eval"][0]["examples"] == 8 for m in res["models"])
+    assert all([r["length"] for r in m["eval"]] == [16, 32] and m["eval"][0]["examples"] == 8 for m in res["models"])
     printed = capsys.readouterr().out
     assert "| S4D |" in printed and "Mamba-2" in printed
     try:
