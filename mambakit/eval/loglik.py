@@ -107,18 +107,24 @@ def score_requests(model, requests: Sequence[Request], batch_size: int = 16, chu
         idx = sorted(idx, key=lambda i: -len(requests[i][1]))
         units += [(ctx, idx[s:s + batch_size]) for s in range(0, len(idx), batch_size)]
     units.sort(key=lambda u: (-len(u[0]), -len(requests[u[1][0]][1])))
+    # A batch pads contexts to its longest and continuations to theirs: under a context limit the
+    # padded rows must fit too.
+    limit = model.config.max_seqlen
     batch: list = []
-    rows = 0
+    rows = lc = lm = 0
     for unit in units + [None]:
-        if unit is None or (batch and rows + len(unit[1]) > batch_size):
+        if unit is not None:
+            c, m = len(unit[0]), max(len(requests[i][1]) for i in unit[1])
+            too_long = limit is not None and max(lc, c) + max(lm, m) - 1 > limit
+        if unit is None or (batch and (rows + len(unit[1]) > batch_size or too_long)):
             for i, res in _score_batch(model, requests, batch, chunk, prefill_chunk):
                 results[i] = res
             if on_done:
                 on_done(sum(len(u[1]) for u in batch))
-            batch, rows = [], 0
+            batch, rows, lc, lm = [], 0, 0, 0
         if unit is not None:
             batch.append(unit)
-            rows += len(unit[1])
+            rows, lc, lm = rows + len(unit[1]), max(lc, c), max(lm, m)
     if on_done and len(requests) > sum(len(v) for v in groups.values()):
         on_done(len(requests) - sum(len(v) for v in groups.values()))  # the empty continuations
     return results  # type: ignore[return-value]
