@@ -170,6 +170,21 @@ def test_packed_row_equals_separate_runs(small_blocks):
     torch.testing.assert_close(h, h_i, rtol=1e-12, atol=1e-12)   # final state = the last document's
 
 
+def test_non_contiguous_inputs(small_blocks):
+    """As the Mamba layer passes them: u and z halves of one projection, B and C slices of another."""
+    b, l, e, n = 2, 19, 3, 5
+    args, sidx = make_inputs(b, l, e, n, seq_idx=True)
+    xz = torch.cat([args["u"], args["z"]], dim=-1)
+    bc = torch.cat([args["delta"][..., :1], args["B"], args["C"]], dim=-1)
+    strided = dict(args, u=xz[..., :e], z=xz[..., e:], B=bc[..., 1:1 + n], C=bc[..., 1 + n:],
+                   delta=args["delta"].transpose(1, 2).contiguous().transpose(1, 2), A=args["A"].t().contiguous().t())
+    assert not strided["u"].is_contiguous() and not strided["A"].is_contiguous()
+    got = run(selective_scan_chunked, strided, sidx, True)
+    want = run(selective_scan_ref, args, sidx, True)
+    assert_close(got, want, rtol=1e-10, atol_scale=1e-10)
+    assert got["y"].is_contiguous()
+
+
 def test_no_grad_forward_matches():
     args, _ = make_inputs(2, 40, 8, 4)
     with torch.no_grad():

@@ -18,6 +18,8 @@ backwards over it and reduces the gradients, so memory stays O(b e n (l / s + s)
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -90,7 +92,7 @@ def _scan_backward(gy, gh_last, u, delta, A, B, C, keep, saved, seg: int, need_h
     g_dA = torch.empty(l, b, e, dtype=dtype, device=device)     # dL/d delta through dA
     gB = torch.empty(l, b, n, dtype=dtype, device=device)
     gC = torch.empty(l, b, n, dtype=dtype, device=device)
-    gA = torch.zeros(n, e, dtype=dtype, device=device)
+    gA = torch.zeros(b, n, e, dtype=dtype, device=device)
     a_buf = torch.empty(seg, b, n, e, dtype=dtype, device=device)
     h_buf = torch.empty(seg + 1, b, n, e, dtype=dtype, device=device)
     g_buf = torch.empty(seg, b, n, e, dtype=dtype, device=device)
@@ -128,12 +130,15 @@ def _scan_backward(gy, gh_last, u, delta, A, B, C, keep, saved, seg: int, need_h
         torch.bmm(Bt[t0:t1].view(mb, 1, n), gv, out=g_du[t0:t1].view(mb, 1, e))
         # q = g_t * dA_t * h_{t-1} = dL/d(delta_t A), the gradient through the decay
         q = a.mul_(h[:m]).mul_(g)                           # (m, b, n, e), reuses a
-        gA.add_(torch.mul(q, dlt[t0:t1, :, None, :], out=g).sum((0, 1)))
-        torch.sum(torch.mul(q, At, out=g), dim=2, out=g_dA[t0:t1])
+        gd = g_dA[t0:t1]                                    # (m, b, e)
+        torch.mul(q[:, :, 0], At[0], out=gd)
+        for i in range(1, n):                               # sum_n A q_t, without a temporary
+            gd.addcmul_(q[:, :, i], At[i])
+        gA.add_(q.mul_(dlt[t0:t1, :, None, :]).sum(0))     # (b, n, e) += sum_t delta_t q_t
     gu = (g_du * dlt).transpose(0, 1).contiguous()
     gdelta = torch.addcmul(g_dA, g_du, ut).transpose(0, 1).contiguous()
     gh0 = carry if need_h0 else None
-    return gu, gdelta, gA.t(), gB.transpose(0, 1), gC.transpose(0, 1), gh0
+    return gu, gdelta, gA.sum(0).t(), gB.transpose(0, 1), gC.transpose(0, 1), gh0
 
 
 class _SelectiveScanCore(torch.autograd.Function):
@@ -143,7 +148,8 @@ class _SelectiveScanCore(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, h0, keep_t, keep_any, needs_grad):
         keep = None if keep_t is None else (keep_any, keep_t)
         b, l, e = u.shape
-        save_every = _steps(BWD_SEGMENT_ELEMS, b * A.shape[1] * e, l) if needs_grad else 0
+        # segments of at least sqrt(l) steps: saved states (l / s) and segment buffers (s) balance
+        save_every = max(_steps(BWD_SEGMENT_ELEMS, b * A.shape[1] * e, l), min(l, math.isqrt(l))) if needs_grad else 0
         y, h_last, saved, seg = _scan_forward(u, delta, A, B, C, h0, keep, save_every)
         if needs_grad:
             ctx.seg = seg
