@@ -47,7 +47,8 @@ def matvec_bandwidth(rows: int = 32768, cols: int = 8192, repeats: int = 5) -> f
 def machine_info() -> dict:
     info = {"host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "date": datetime.datetime.now().isoformat(timespec="seconds")}
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "load_average_1_5_15": list(os.getloadavg())}  # other work on the machine skews CPU figures
     try:
         import transformers
         info["transformers"] = transformers.__version__
