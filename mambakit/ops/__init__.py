@@ -83,7 +83,7 @@ def ssd_fn(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_soft
 
     x, z: (b, l, h, p); dt: (b, l, h); A: (h,); B, C: (b, l, g, n); D: (h,) or (h, p);
     dt_bias: (h,); initial_state: (b, h, p, n); seq_idx: (b, l) int.
-    Returns y (b, l, h, p), final_state (b, h, p, n) fp32.
+    Returns y (b, l, h, p), final_state (b, h, p, n) in fp32 (float64 for float64 inputs).
     """
     which = resolve_backend(backend, x, "ssd")
     kwargs = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
