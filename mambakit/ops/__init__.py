@@ -60,7 +60,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     """Mamba-1 selective scan. See ops/selective_scan/README.md.
 
     u, delta, z: (b, l, e); A: (e, n); B, C: (b, l, n); D, delta_bias: (e,);
-    initial_state: (b, e, n); seq_idx: (b, l) int. Returns y (b, l, e), final_state (b, e, n) fp32.
+    initial_state: (b, e, n); seq_idx: (b, l) int. Returns y (b, l, e), final_state (b, e, n) fp32 (float64 for float64).
     """
     which = resolve_backend(backend, u, "selective_scan")
     if which == "reference":
