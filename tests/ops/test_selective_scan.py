@@ -185,6 +185,23 @@ def test_non_contiguous_inputs(small_blocks):
     assert got["y"].is_contiguous()
 
 
+@pytest.mark.parametrize("e,n", [(1, 1), (3, 1), (1, 4)])
+def test_inputs_are_not_modified(e, n):
+    """The scan updates its state in place: neither initial_state nor an incoming gradient may be it."""
+    args, _ = make_inputs(2, 9, e, n)
+    leaves = {k: v.clone().requires_grad_() for k, v in args.items()}
+    y, h = selective_scan_chunked(**leaves, delta_softplus=True)
+    gh = torch.randn_like(h)
+    gh_copy = gh.clone()
+    torch.autograd.backward([y, h], [torch.ones_like(y), gh])
+    for k, v in args.items():
+        assert torch.equal(leaves[k].detach(), v), k
+    assert torch.equal(gh, gh_copy)
+    with torch.no_grad():
+        selective_scan_chunked(**leaves, delta_softplus=True)
+    assert torch.equal(leaves["initial_state"].detach(), args["initial_state"])
+
+
 def test_no_grad_forward_matches():
     args, _ = make_inputs(2, 40, 8, 4)
     with torch.no_grad():
