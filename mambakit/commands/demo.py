@@ -24,7 +24,7 @@ MODELS = {  # name -> (preset, config overrides); all d_model 64, 2 layers, the 
     "Mamba-1": ("mamba-tiny", {"mamba1": {"d_state": 16}}),
     "Mamba-2": ("mamba2-tiny", {"mamba2": {"d_state": 32}}),
 }
-FULL = {"length": 64, "num_tokens": 4, "vocab_size": 16, "steps": 800, "batch_size": 32, "lr": 1e-2,
+FULL = {"length": 64, "num_tokens": 3, "vocab_size": 16, "steps": 800, "batch_size": 32, "lr": 1e-2,
         "eval_examples": 256, "eval_lengths": [64, 128, 256, 512]}
 COST = {"S4D": 0.4, "Mamba-1": 1.3, "Mamba-2": 1.0}  # relative time per step, measured on a CPU
 QUICK = {"length": 16, "num_tokens": 2, "vocab_size": 8, "steps": 3, "batch_size": 4, "lr": 1e-2,
@@ -229,10 +229,10 @@ def _plot(results: dict, path):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
     for m in results["models"]:
         hist = m["train"]["history"]
-        acc = [h["token_accuracy"] for h in hist]
+        acc = hist["token_accuracy"]
         w = max(1, len(acc) // 25)
         smooth = [100 * sum(acc[max(0, i - w + 1): i + 1]) / len(acc[max(0, i - w + 1): i + 1]) for i in range(len(acc))]
-        line, = ax1.plot([h["step"] for h in hist], smooth, label=f"{m['name']} ({m['num_parameters'] / 1000:.0f}k params)")
+        line, = ax1.plot(hist["step"], smooth, label=f"{m['name']} ({m['num_parameters'] / 1000:.0f}k params)")
         ax2.plot([r["length"] for r in m["eval"]], [100 * r["token_accuracy"] for r in m["eval"]], marker="o",
                  color=line.get_color(), label=m["name"])
     for ax in (ax1, ax2):

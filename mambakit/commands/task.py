@@ -87,7 +87,8 @@ def run(args) -> int:
         raise ValueError("--set only applies to `task train` (a new model from a preset)")
     task = _task(args)
     values = _values(args, task)
-    name = args.name or Path(args.model).name
+    spec = Path(args.model)
+    name = args.name or (spec.parent.name if spec.name == "model" and spec.parent.name else spec.name)
     out = Path(args.out or f"task_output/{task.name}-{name}")
     model = build_model(args.model, task.vocab_size, parse_overrides(args.set), seed=args.seed)
     entry = {"name": name, "model": args.model, "num_parameters": model.num_parameters(),

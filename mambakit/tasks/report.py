@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -33,14 +34,33 @@ def machine_info() -> dict:
         pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
+    commit = _git_commit()
+    if commit:
+        info["mambakit_commit"] = commit  # "-dirty": the working tree had uncommitted changes
     return info
+
+
+def _git_commit() -> str | None:
+    import subprocess
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def write_json(payload: dict, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=_jsonable))
+    text = json.dumps(payload, indent=2, default=_jsonable)
+    # lists of numbers (training curves) on one line each: readable, and a tenth of the size
+    text = _NUMBER_LIST.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+    path.write_text(text + "\n")
     return path
+
+
+_NUMBER_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+|null),(?:\s*(?:-?[\d.eE+-]+|null),?)*)\s*\]")
 
 
 def _jsonable(value):

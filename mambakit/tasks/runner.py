@@ -128,11 +128,12 @@ def answer_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def train(model: LM, task: Task, settings: TrainSettings,
           on_step: Callable[[int, float, float], None] | None = None) -> dict:
-    """Train in place. on_step(step, loss, token_accuracy) after every step. Returns a summary."""
+    """Train in place. on_step(step, loss, token_accuracy) after every step. Returns a summary whose
+    history holds, per step, the loss and the token accuracy on that step's (training) batch."""
     opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, settings))
     model.train()
-    history, t0 = [], time.perf_counter()
+    history, t0 = {"step": [], "loss": [], "token_accuracy": []}, time.perf_counter()
     for step in range(settings.steps):
         batch = task.generate(settings.batch_size, (settings.seed, 0, step))
         logits = model(batch.input_ids, validate=False)  # (b, l, v)
@@ -144,13 +145,14 @@ def train(model: LM, task: Task, settings: TrainSettings,
         opt.step()
         sched.step()
         acc = score_predictions(logits.detach().argmax(-1), batch.targets).token_accuracy
-        history.append({"step": step + 1, "loss": round(loss.item(), 5), "token_accuracy": round(acc, 5)})
+        for key, value in (("step", step + 1), ("loss", round(loss.item(), 5)), ("token_accuracy", round(acc, 5))):
+            history[key].append(value)
         if on_step is not None:
             on_step(step + 1, loss.item(), acc)
     model.eval()
-    last = history[-min(10, len(history)):]
+    last = history["loss"][-10:]
     return {"settings": asdict(settings), "seconds": round(time.perf_counter() - t0, 2),
-            "final_loss": sum(h["loss"] for h in last) / len(last), "history": history}
+            "final_loss": round(sum(last) / len(last), 5), "history": history}
 
 
 # --- evaluation --------------------------------------------------------------------------------------

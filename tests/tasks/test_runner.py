@@ -51,7 +51,7 @@ def test_task_train_then_eval_commands(tmp_path, capsys):
                  "--out", str(out)] + common) == 0
     res = json.loads((out / "results.json").read_text())
     assert [r["num_pairs"] for r in res["models"][0]["eval"]] == [2, 4]
-    assert len(res["models"][0]["train"]["history"]) == 2
+    assert res["models"][0]["train"]["history"]["step"] == [1, 2]
     assert (out / "model" / "config.json").exists()
     out2 = tmp_path / "again"
     assert main(["task", "eval", "--model", str(out / "model"), "--out", str(out2)] + common) == 0
