@@ -98,6 +98,8 @@ def run(args) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be a positive int, got {args.jobs}")
     jobs = min(len(names), args.jobs or (1 if args.quick else min(2, os.cpu_count() or 1)))
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} exists and is not a folder")
     task = _task(plan)
     chance = 1 / (task.vocab_size - 2)
     print(f"Selective copying (Mamba paper, Section 3.1): {task.num_tokens} data tokens (ids 1..{task.vocab_size - 2}) "

@@ -90,6 +90,8 @@ def run(args) -> int:
     spec = Path(args.model)
     name = args.name or (spec.parent.name if spec.name == "model" and spec.parent.name else spec.name)
     out = Path(args.out or f"task_output/{task.name}-{name}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
     model = build_model(args.model, task.vocab_size, parse_overrides(args.set), seed=args.seed)
     entry = {"name": name, "model": args.model, "num_parameters": model.num_parameters(),
              "config": model.config.to_dict()}
@@ -101,7 +103,8 @@ def run(args) -> int:
 
         def on_step(step, loss, acc):
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}")
+            if step % 10 == 0 or step == settings.steps:
+                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}")
         entry["train"] = train(model, task, settings, on_step)
         bar.close()
         model.save(out / "model")

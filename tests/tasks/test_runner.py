@@ -74,3 +74,14 @@ def test_demo_quick(tmp_path, capsys):
     except ModuleNotFoundError:
         return
     assert (tmp_path / "demo.png").stat().st_size > 1000
+
+
+def test_long_examples_are_fed_in_chunks_and_skip_the_head_without_answers():
+    task = get_task("induction_heads", length=300)
+    model = build_model("mamba2-tiny", task.vocab_size, {"n_layer": 1}, seed=0).eval()
+    seen = []
+    model.register_forward_hook(lambda mod, args, out: seen.append((args[0].shape[1], out.shape[1])))
+    preds = predict(model, task.generate(2, 0), chunk_len=64)
+    assert [s[0] for s in seen] == [64, 64, 64, 64, 44]  # never more than c tokens at once
+    assert [s[1] for s in seen] == [1, 1, 1, 1, 44]  # only the chunk holding the answer needs logits
+    assert int((preds >= 0).sum()) == 2
