@@ -30,7 +30,7 @@ def _next_pow2(x: int) -> int:
 
 def default_config(n: int, e: int, backward: bool) -> dict:
     """Tile sizes for a (c, e, n) chunk tile (picked from the H100 sweep in
-    benchmarks/gpu_selective_scan.py; docs/benchmarks_gpu_selective_scan.md).
+    benchmarks/gpu_selective_scan.py; docs/benchmarks.md).
 
     VEC states sit in each thread (sums over n are then VEC-1 adds plus a short shuffle
     tree) and BLOCK_E * BLOCK_N / VEC = 32 * num_warps threads cover (e, n) exactly, so
