@@ -5,10 +5,12 @@ No shape letters: this file handles options and files.
     mambakit task list
     mambakit task train --task selective_copying --model mamba2-tiny --param length=256 --steps 2000
     mambakit task eval --task induction_heads --model runs/task/model --values 64,256,1024,65536
+    mambakit task train --task induction_heads --model mamba-tiny,mamba2-tiny,transformer-tiny --steps 800
 
 `--param KEY=VALUE` sets a task parameter (see `mambakit task list`), `--set KEY=VALUE` a field of
 the model config of a preset (dotted for sub-configs: --set mamba2.d_state=32). `train` saves the
-model to OUT/model, then evaluates; both write OUT/results.json and OUT/<task>.png.
+model to OUT/model (OUT/model-<name> for several), then evaluates; both write OUT/results.json and
+OUT/<task>.png.
 """
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("train", "eval", "list"), help="train a new model, evaluate one, "
                         "or list the tasks and their parameters")
     parser.add_argument("--task", help="selective_copying, induction_heads, mqar or phonebook")
-    parser.add_argument("--model", help="a preset (a new model, for train) or a checkpoint folder")
+    parser.add_argument("--model", help="a preset (a new model, for train) or a checkpoint folder; several, "
+                        "comma-separated, run one after the other into one table and plot")
     parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="a task parameter (repeatable)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="a model config field (repeatable)")
-    parser.add_argument("--name", help="the model's name in the table and plot (default: --model)")
+    parser.add_argument("--name", help="the models' names in the table and plot, comma-separated (default: --model)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -34,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the task's own sweep, e.g. 2^6..2^20 for induction_heads)")
     parser.add_argument("--eval-examples", type=int, default=256, help="examples per evaluation point")
     parser.add_argument("--eval-batch-size", type=int, default=64)
+    parser.add_argument("--eval-token-budget", type=int, help="at long lengths, fewer examples: at most this many "
+                        "tokens per point, but never fewer than 8 examples (e.g. 16777216 for induction heads to 2^20)")
     parser.add_argument("--chunk-len", type=int, default=4096, help="tokens per forward at evaluation; longer "
                         "examples stream through the recurrent cache, so memory stays bounded")
     parser.add_argument("--max-attention-length", type=int, default=16384,
@@ -41,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-eval", action="store_true", help="train only")
     parser.add_argument("--out", help="output folder (default: task_output/<task>-<model name>)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
 
 def _task(args):
@@ -75,9 +81,7 @@ def run(args) -> int:
         return _list()
     import torch
     from pathlib import Path
-    from tqdm import tqdm
     from ..tasks import report
-    from ..tasks.runner import TrainSettings, build_model, evaluate, parse_overrides, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,15 +89,46 @@ def run(args) -> int:
         raise ValueError("--model is required: a preset such as mamba2-tiny, or a checkpoint folder")
     if args.action == "eval" and args.set:
         raise ValueError("--set only applies to `task train` (a new model from a preset)")
+    if args.eval_token_budget is not None and args.eval_token_budget < 1:
+        raise ValueError(f"--eval-token-budget must be a positive int, got {args.eval_token_budget}")
     task = _task(args)
     values = _values(args, task)
-    spec = Path(args.model)
-    name = args.name or (spec.parent.name if spec.name == "model" and spec.parent.name else spec.name)
-    out = Path(args.out or f"task_output/{task.name}-{name}")
+    specs = [m.strip() for m in args.model.split(",") if m.strip()]
+    names = [n.strip() for n in args.name.split(",")] if args.name else [_default_name(s) for s in specs]
+    if len(names) != len(specs) or len(set(names)) != len(names):
+        raise ValueError(f"--name needs one distinct name per model ({len(specs)}), got {args.name!r}")
+    out = Path(args.out or f"task_output/{task.name}-{'-'.join(names)}")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
-    model = build_model(args.model, task.vocab_size, parse_overrides(args.set), seed=args.seed)
-    entry = {"name": name, "model": args.model, "num_parameters": model.num_parameters(),
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    entries = [_one_model(args, task, values, spec, name, device, out / ("model" if len(specs) == 1 else f"model-{name}"))
+               for spec, name in zip(specs, names)]
+    results = {"task": task.name, "task_params": task.params(), "sweep_param": task.sweep_param,
+               "metric": task.metric, "models": entries, "command": report.command_line(),
+               "machine": report.machine_info()}
+    path = report.write_json(results, out / "results.json")
+    if not args.no_eval:
+        print(report.format_table(results))
+        picture = report.plot(results, out / f"{task.name}.png")
+        if picture:
+            print(f"plot: {picture}")
+    print(f"results: {path}")
+    return 0
+
+
+def _default_name(spec: str) -> str:
+    from pathlib import Path
+    p = Path(spec)
+    return p.parent.name if p.name == "model" and p.parent.name else p.name
+
+
+def _one_model(args, task, values, spec, name, device, save_to) -> dict:
+    """Build (or load), train if asked, save, and evaluate one model; its entry of results.json."""
+    from tqdm import tqdm
+    from ..tasks.runner import TrainSettings, build_model, evaluate, parse_overrides, train
+
+    model = build_model(spec, task.vocab_size, parse_overrides(args.set), seed=args.seed).to(device)
+    entry = {"name": name, "model": spec, "device": device, "num_parameters": model.num_parameters(),
              "config": model.config.to_dict()}
     if args.action == "train":
         settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -107,22 +142,13 @@ def run(args) -> int:
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}")
         entry["train"] = train(model, task, settings, on_step)
         bar.close()
-        model.save(out / "model")
-        print(f"model saved to {out / 'model'}")
+        model.save(save_to)
+        print(f"model saved to {save_to}")
     if not args.no_eval:
         bar = tqdm(total=len(values), desc=f"eval {name}", unit="point", file=sys.stderr)
         entry["eval"] = evaluate(model, task, values, num_examples=args.eval_examples,
                                  batch_size=args.eval_batch_size, seed=args.seed, chunk_len=args.chunk_len,
-                                 max_attention_length=args.max_attention_length, on_point=lambda r: bar.update(1))
+                                 max_attention_length=args.max_attention_length,
+                                 token_budget=args.eval_token_budget, on_point=lambda r: bar.update(1))
         bar.close()
-    results = {"task": task.name, "task_params": task.params(), "sweep_param": task.sweep_param,
-               "metric": task.metric, "models": [entry], "command": report.command_line(),
-               "machine": report.machine_info()}
-    path = report.write_json(results, out / "results.json")
-    if "eval" in entry:
-        print(report.format_table(results))
-        picture = report.plot(results, out / f"{task.name}.png")
-        if picture:
-            print(f"plot: {picture}")
-    print(f"results: {path}")
-    return 0
+    return entry

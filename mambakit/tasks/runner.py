@@ -132,19 +132,21 @@ def train(model: LM, task: Task, settings: TrainSettings,
     history holds, per step, the loss and the token accuracy on that step's (training) batch."""
     opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, settings))
+    device = next(model.parameters()).device  # batches go where the model is
     model.train()
     history, t0 = {"step": [], "loss": [], "token_accuracy": []}, time.perf_counter()
     for step in range(settings.steps):
         batch = task.generate(settings.batch_size, (settings.seed, 0, step))
-        logits = model(batch.input_ids, validate=False)  # (b, l, v)
-        loss = answer_loss(logits, batch.targets)
+        ids, targets = batch.input_ids.to(device), batch.targets.to(device)
+        logits = model(ids, validate=False)  # (b, l, v)
+        loss = answer_loss(logits, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
         sched.step()
-        acc = score_predictions(logits.detach().argmax(-1), batch.targets).token_accuracy
+        acc = score_predictions(logits.detach().argmax(-1), targets).token_accuracy
         for key, value in (("step", step + 1), ("loss", round(loss.item(), 5)), ("token_accuracy", round(acc, 5))):
             history[key].append(value)
         if on_step is not None:
@@ -158,11 +160,13 @@ def train(model: LM, task: Task, settings: TrainSettings,
 # --- evaluation --------------------------------------------------------------------------------------
 @torch.no_grad()
 def predict(model: LM, batch: TaskBatch, chunk_len: int | None = None) -> torch.Tensor:
-    """Greedy predictions (b, l) at the answer positions (-1 elsewhere), streamed c tokens at a time."""
+    """Greedy predictions (b, l) at the answer positions (-1 elsewhere), streamed c tokens at a time.
+    The model may sit on any device; the predictions come back on the CPU, as the batch."""
+    device = next(model.parameters()).device
     ids, targets = batch.input_ids, batch.targets
     b, l = ids.shape
     if chunk_len is None or l <= chunk_len:
-        preds = model(ids).argmax(-1)  # (b, l)
+        preds = model(ids.to(device)).argmax(-1).cpu()  # (b, l)
         return torch.where(targets != IGNORE_INDEX, preds, torch.full_like(preds, -1))
     preds = torch.full_like(targets, -1)
     cache = model.allocate_cache(b)
@@ -170,20 +174,22 @@ def predict(model: LM, batch: TaskBatch, chunk_len: int | None = None) -> torch.
         stop = min(l, start + chunk_len)
         asked = targets[:, start:stop] != IGNORE_INDEX  # (b, c)
         if asked.any():
-            out = model(ids[:, start:stop], cache=cache).argmax(-1)  # (b, c)
+            out = model(ids[:, start:stop].to(device), cache=cache).argmax(-1).cpu()  # (b, c)
             preds[:, start:stop] = torch.where(asked, out, -1)
         else:
-            model(ids[:, start:stop], cache=cache, last_only=True)  # only advance the states
+            model(ids[:, start:stop].to(device), cache=cache, last_only=True)  # only advance the states
     return preds
 
 
 def evaluate(model: LM, task: Task, values=None, num_examples: int = 256, batch_size: int = 64, seed: int = 0,
              chunk_len: int = 4096, max_batch_tokens: int = 2 ** 20, max_attention_length: int = 16384,
-             on_point: Callable[[dict], None] | None = None) -> list[dict]:
+             token_budget: int | None = None, on_point: Callable[[dict], None] | None = None) -> list[dict]:
     """Score the model at each value of the task's sweep parameter; one dict per value.
 
     Batches shrink at long lengths so that a batch holds at most max_batch_tokens tokens. Models
     with attention layers skip lengths above max_attention_length (their cache grows with l).
+    token_budget: at most this many tokens per point (fewer examples at long lengths), never fewer
+    than 8 examples; each row records how many examples it scored.
     """
     values = list(values) if values is not None else list(task.default_sweep)
     has_attention = "*" in model.config.layer_pattern
@@ -201,9 +207,10 @@ def evaluate(model: LM, task: Task, values=None, num_examples: int = 256, batch_
                 on_point(row)
             continue
         per_batch = max(1, min(batch_size, max_batch_tokens // length))
+        wanted = num_examples if token_budget is None else min(num_examples, max(8, token_budget // length))
         score, done, j, t0, seen = Score(), 0, 0, time.perf_counter(), 0
-        while done < num_examples:
-            n = min(per_batch, num_examples - done)
+        while done < wanted:
+            n = min(per_batch, wanted - done)
             batch = point.generate(n, (seed, 1, i, j))
             score = score + score_predictions(predict(model, batch, chunk_len), batch.targets)
             seen += sum(batch.meta.get("lengths", [batch.input_ids.shape[1]] * n))

@@ -85,3 +85,14 @@ def test_long_examples_are_fed_in_chunks_and_skip_the_head_without_answers():
     assert [s[0] for s in seen] == [64, 64, 64, 64, 44]  # never more than c tokens at once
     assert [s[1] for s in seen] == [1, 1, 1, 1, 44]  # only the chunk holding the answer needs logits
     assert int((preds >= 0).sum()) == 2
+
+
+def test_several_models_in_one_table_and_token_budget(tmp_path):
+    out = tmp_path / "two"
+    assert main(["task", "train", "--task", "induction_heads", "--param", "length=16", "--model",
+                 "mamba2-tiny,transformer-tiny", "--steps", "1", "--values", "16,64",
+                 "--eval-examples", "32", "--eval-token-budget", "640", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [m["name"] for m in res["models"]] == ["mamba2-tiny", "transformer-tiny"]
+    assert [r["examples"] for r in res["models"][0]["eval"]] == [32, 10]  # 640 tokens / 64, at least 8
+    assert (out / "model-transformer-tiny" / "config.json").exists()
