@@ -23,6 +23,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .reference import check_selective_scan_inputs, compute_dtype, document_starts, prepare_delta
 
@@ -178,6 +179,7 @@ class _SelectiveScanCore(torch.autograd.Function):
         return y, h_last.transpose(1, 2).contiguous()
 
     @staticmethod
+    @once_differentiable                                    # the backward works in place on buffers
     def backward(ctx, gy, gh_last):
         u, delta, A, B, C, keep_bl, saved = ctx.saved_tensors
         keep = None if keep_bl is None else (ctx.positions, keep_bl)
