@@ -96,3 +96,16 @@ def test_several_models_in_one_table_and_token_budget(tmp_path):
     assert [m["name"] for m in res["models"]] == ["mamba2-tiny", "transformer-tiny"]
     assert [r["examples"] for r in res["models"][0]["eval"]] == [32, 10]  # 640 tokens / 64, at least 8
     assert (out / "model-transformer-tiny" / "config.json").exists()
+
+
+def test_training_is_deterministic_per_seed():
+    from mambakit.tasks.runner import TrainSettings, train
+    task = get_task("selective_copying", vocab_size=8, num_tokens=2, length=16)
+    runs = []
+    for _ in range(2):
+        model = build_model("mamba2-tiny", task.vocab_size, {"n_layer": 1}, seed=3)
+        runs.append(train(model, task, TrainSettings(steps=3, batch_size=4, seed=3))["history"])
+    assert runs[0] == runs[1]
+    other = train(build_model("mamba2-tiny", task.vocab_size, {"n_layer": 1}, seed=4), task,
+                  TrainSettings(steps=3, batch_size=4, seed=4))["history"]
+    assert other["loss"] != runs[0]["loss"]
