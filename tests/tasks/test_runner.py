@@ -109,3 +109,11 @@ def test_training_is_deterministic_per_seed():
     other = train(build_model("mamba2-tiny", task.vocab_size, {"n_layer": 1}, seed=4), task,
                   TrainSettings(steps=3, batch_size=4, seed=4))["history"]
     assert other["loss"] != runs[0]["loss"]
+
+
+def test_without_matplotlib_a_clear_message_and_no_plot(tmp_path, monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    assert main(["demo", "--quick", "--models", "Mamba-2", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "demo.json").exists() and not (tmp_path / "demo.png").exists()
+    assert "pip install 'mambakit[plot]'" in capsys.readouterr().err
