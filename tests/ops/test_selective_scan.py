@@ -16,7 +16,7 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks of a few steps, so small shapes cross block and segment edges at odd places."""
-    # (b, e, n) = (2, 3, 5): blocks of 3 steps, backward segments of 9
+    # (b, e, n) = (2, 3, 5): blocks of 3 steps, backward segments of 9 (sqrt(l) rounded to 3s past l = 120)
     monkeypatch.setattr(chunked, "FWD_BLOCK_ELEMS", 90)
     monkeypatch.setattr(chunked, "BWD_SEGMENT_ELEMS", 330)
 
