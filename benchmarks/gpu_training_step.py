@@ -97,7 +97,7 @@ def run_one(preset: str, backend: str, args) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["mamba2-370m", "mamba-370m"])
+    parser.add_argument("--models", nargs="+", default=["mamba2-370m", "mamba2-hybrid-370m", "mamba-370m"])
     parser.add_argument("--backends", nargs="+", default=["triton", "torch"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seqlen", type=int, default=2048)
@@ -116,6 +116,10 @@ def main(argv=None) -> int:
             except torch.cuda.OutOfMemoryError as err:
                 print(f"{preset} {backend}: out of memory ({err})", flush=True)
                 rows.append({"model": preset, "backend": backend, "error": "out of memory"})
+                torch.cuda.empty_cache()
+            except Exception as err:  # noqa: BLE001 - keep the other rows' numbers
+                print(f"{preset} {backend}: {err!r}", flush=True)
+                rows.append({"model": preset, "backend": backend, "error": repr(err)[:500]})
                 torch.cuda.empty_cache()
     path = write_result("gpu_training_step", {"machine": machine_info(), "bf16_peak_flop_s": bf16_peak(),
                                               "args": vars(args), "rows": rows}, args.out)

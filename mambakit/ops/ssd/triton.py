@@ -47,7 +47,8 @@ from .triton_fwd import _ssd_chunk_state_kernel, _ssd_scan_kernel, _ssd_state_pa
 # Launch settings; benchmarks/gpu_kernels.py may override them to sweep.
 CONFIG = {"state_warps": 8, "scan_warps": 8, "dx_warps": 8, "dbdc_warps": 8, "stages": 2,
           "bm_scan": 64, "bm_bwd": 64, "min_programs": 264, "pass_block": 512, "kb": 64,
-          "state_impl": "fused"}
+          # MAMBAKIT_SSD_STATE_IMPL lets a benchmark or a user pick the design without code
+          "state_impl": os.environ.get("MAMBAKIT_SSD_STATE_IMPL", "fused")}
 
 
 def _p2(v: int, lo: int = 16) -> int:

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One device-machine session: the CUDA tests and the GPU benchmarks, each under its own time
+# limit, logs and JSON results packed into $OUT/results.tgz (the device tool returns few files).
+#   bash benchmarks/device_run.sh "tests kernels scan"      # stages, in order
+#   stages: tests kernels scan train generation
+set -u
+export PYTHONPATH=".carry:.${PYTHONPATH:+:$PYTHONPATH}"
+R="${OUT:-/tmp/out}/r"
+mkdir -p "$R"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$R/gpu.txt" 2>&1
+python -c "import torch, triton; print(torch.__version__, triton.__version__)" >> "$R/gpu.txt" 2>&1
+stage() {  # name, seconds, command...
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$R/$name.log" 2>&1
+    echo "$name rc=$? $((SECONDS - t0)) s" | tee -a "$R/stages.txt"
+}
+for s in ${1:-tests kernels scan}; do
+    case $s in
+        tests) MAMBAKIT_SSD_STATE_IMPL=split stage tests "${TESTS_S:-200}" python -m pytest -q -m cuda tests -p no:cacheprovider ;;
+        kernels) MAMBAKIT_SSD_STATE_IMPL=split stage kernels "${KERNELS_S:-240}" python benchmarks/gpu_kernels.py --sweep --warm --out "$R" ;;
+        scan) stage scan "${SCAN_S:-120}" python benchmarks/gpu_selective_scan.py --quick --out "$R" ;;
+        train) stage train "${TRAIN_S:-200}" python benchmarks/gpu_training_step.py --out "$R" ;;
+        generation) stage generation "${GEN_S:-300}" python benchmarks/gpu_generation.py --out "$R" ${GEN_ARGS:-} ;;
+    esac
+done
+tar czf "${OUT:-/tmp/out}/results.tgz" -C "$R" .
+cat "$R/stages.txt"
