@@ -1,0 +1,88 @@
+"""Where the SSD time goes on the GPU: per-kernel CUDA time of mambakit's Triton SSD and of
+mamba_ssm's mamba_chunk_scan_combined, forward and forward+backward, from torch.profiler.
+
+Letters: b batch, l length, h heads (32), p head dim (64), n state dim (128), g groups.
+
+    PYTHONPATH=.carry:. python benchmarks/gpu_profile_ssd.py --out DIR [--shapes 1x65536,4x4096]
+
+Writes gpu_profile_ssd.json: for each (shape, impl, pass) the kernels with their total and
+per-call CUDA ms over --iters calls, and prints the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from gpu_kernels import H, P, mamba_ssm_fn, ssd_inputs  # noqa: E402
+
+
+def profile(fn, iters: int) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile as prof
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with prof(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for ev in p.key_averages():
+        ms = ev.device_time_total / 1e3 / iters
+        if ms > 0:
+            rows.append({"kernel": ev.key[:90], "ms_per_iter": ms, "calls_per_iter": ev.count / iters})
+    rows.sort(key=lambda r: -r["ms_per_iter"])
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--shapes", default="1x65536,4x4096")
+    ap.add_argument("--g", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=5)
+    args = ap.parse_args()
+    from mambakit.ops.ssd.triton import CONFIG, ssd_triton
+    peer = mamba_ssm_fn()
+    out = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "config": dict(CONFIG), "runs": []}
+    for shape in args.shapes.split(","):
+        b, l = map(int, shape.split("x"))
+        insg = ssd_inputs(b, l, args.g, grad=True)
+        gy = torch.randn(b, l, H, P, device="cuda", dtype=torch.bfloat16)
+        impls = {"mambakit": lambda **k: ssd_triton(**k, chunk_size=256, dt_softplus=True)[0]}
+        if peer is not None:
+            impls["mamba_ssm"] = lambda x, dt, A, B, C, D, dt_bias: peer(
+                x, dt, A, B, C, 256, D=D, dt_bias=dt_bias, dt_softplus=True)
+        for name, f in impls.items():
+            def fwd():
+                with torch.no_grad():
+                    f(**insg)
+
+            def fwdbwd():
+                for v in insg.values():
+                    v.grad = None
+                f(**insg).backward(gy)
+            for pas, fn in (("fwd", fwd), ("fwd+bwd", fwdbwd)):
+                rows = profile(fn, args.iters)
+                total = sum(r["ms_per_iter"] for r in rows)
+                out["runs"].append({"shape": shape, "g": args.g, "impl": name, "pass": pas,
+                                    "total_ms": total, "kernels": rows})
+                print(f"\n{shape} g{args.g} {name} {pas}: {total:.3f} ms of kernels per call")
+                for r in rows[:12]:
+                    print(f"  {r['ms_per_iter']:8.3f} ms  x{r['calls_per_iter']:.0f}  {r['kernel']}")
+        del insg, gy
+        torch.cuda.empty_cache()
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu_profile_ssd.json"), "w") as fh:
+        json.dump(out, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
