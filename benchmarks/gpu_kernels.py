@@ -128,7 +128,8 @@ def run_ssd(res, peer, quick):
     res["ssd"] = rows
 
 
-SWEEP = [{}, {"state_impl": "fused"}, {"pass_block": 256}, {"state_warps": 4}, {"bm_scan": 32}]
+SWEEP = [{}, {"state_impl": "fused"}, {"state_warps": 4}, {"scan_bp": 32}, {"scan_bp": 32, "scan_warps": 4},
+         {"scan_warps": 4}, {"stages": 3}, {"dx_warps": 4, "dbdc_warps": 4}, {"bm_bwd": 32}]
 
 
 def _warm_one(job):

@@ -203,18 +203,22 @@ def test_gated_rms_norm_triton_matches_torch(dtype, g, before):
 
 
 def test_state_pass_designs_agree():
-    """The split state pass and the first, fused design give the same numbers."""
+    """The split state pass, the first (fused) design and the scan over blocks of p agree."""
     from mambakit.ops.ssd import triton as T
-    before = T.CONFIG["state_impl"]
+    before = dict(T.CONFIG)
     ins, seq_idx = _make(4, 2, 700, 4, 64, 2, 64, torch.bfloat16, D="h", init=True, seq=True)
     gy = torch.randn(2, 700, 4, 64, device="cuda", dtype=torch.float64)
     gs = torch.randn(2, 4, 64, 64, device="cuda", dtype=torch.float64)
+    variants = {"split": {"state_impl": "split"}, "fused": {"state_impl": "fused"},
+                "p_blocks": {"state_impl": "split", "scan_bp": 32}}
     outs = {}
     try:
-        for impl in ("split", "fused"):
-            T.CONFIG["state_impl"] = impl
-            outs[impl] = _run(T.ssd_triton, ins, seq_idx, gy, gs, chunk_size=256, dt_softplus=True)
+        for name, var in variants.items():
+            T.CONFIG.update(var)
+            outs[name] = _run(T.ssd_triton, ins, seq_idx, gy, gs, chunk_size=256, dt_softplus=True)
+            T.CONFIG.update(before)
     finally:
-        T.CONFIG["state_impl"] = before
-    for k in outs["split"]:
-        assert _rel(outs["split"][k], outs["fused"][k]) < 2e-2, k
+        T.CONFIG.update(before)
+    for other in ("fused", "p_blocks"):
+        for k in outs["split"]:
+            assert _rel(outs["split"][k], outs[other][k]) < 2e-2, (other, k)

@@ -87,6 +87,10 @@ T.CONFIG["state_impl"] = "fused"  # the first design of the state pass, kept for
 ssd_case("fp32_packed_fused", 2, 32, dict(b=2, l=45, h=4, p=16, g=2, n=16, dtype=torch.float32, D="hp", init=True,
                                           seq=True), dict(dt_softplus=True, dt_limit=(0.05, 0.6)))
 T.CONFIG["state_impl"] = "split"
+T.CONFIG["scan_bp"] = 8  # two blocks of p = 16 in the scan kernel
+ssd_case("fp32_packed_pblocks", 2, 32, dict(b=2, l=45, h=4, p=16, g=2, n=16, dtype=torch.float32, D="hp", init=True,
+                                            seq=True, z=True), dict(dt_softplus=True, dt_limit=(0.05, 0.6)))
+T.CONFIG["scan_bp"] = 64
 ssd_case("fp32_len1", 3, 256, dict(b=2, l=1, h=2, p=16, g=2, n=16, dtype=torch.float32, init=True),
          dict(dt_softplus=False))
 ssd_case("bf16", 4, 32, dict(b=1, l=96, h=4, p=16, g=2, n=16, dtype=torch.bfloat16, D="h", init=True),
@@ -170,7 +174,8 @@ def results():
     return {r["case"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
 
 
-@pytest.mark.parametrize("case", ["fp32_plain", "fp32_packed", "fp32_packed_fused", "fp32_len1"])
+@pytest.mark.parametrize("case", ["fp32_plain", "fp32_packed", "fp32_packed_fused", "fp32_packed_pblocks",
+                                  "fp32_len1"])
 def test_fp32_matches_reference(results, case):
     r = results[case]
     assert r["dtypes"]["final_state"] == "torch.float32"

@@ -47,7 +47,7 @@ from .triton_fwd import _ssd_chunk_state_kernel, _ssd_scan_kernel, _ssd_state_pa
 
 # Launch settings; benchmarks/gpu_kernels.py may override them to sweep.
 CONFIG = {"state_warps": 8, "scan_warps": 8, "dx_warps": 8, "dbdc_warps": 8, "stages": 2,
-          "bm_scan": 64, "bm_bwd": 64, "min_programs": 264, "pass_block": 512, "kb": 64,
+          "bm_scan": 64, "bm_bwd": 64, "min_programs": 264, "pass_block": 512, "kb": 64, "scan_bp": 64,
           # MAMBAKIT_SSD_STATE_IMPL lets a benchmark or a user pick the design without code
           "state_impl": os.environ.get("MAMBAKIT_SSD_STATE_IMPL", "split")}
 
@@ -166,11 +166,12 @@ def _fwd(x, dt, A, B, C, cs_len, D, z, dt_bias, dt_softplus, dt_limit, init, seq
     write_ypre = keep_ypre and z is not None
     ypre = torch.empty_like(x) if write_ypre else out
     bm = min(CONFIG["bm_scan"], cs_len)
-    _ssd_scan_kernel[(nchunk, b * h)](
+    pb = min(_p2(p), CONFIG["scan_bp"])
+    _ssd_scan_kernel[(nchunk, b * h, triton.cdiv(p, pb))](
         x, B, C, z if z is not None else x, D if D is not None else A, st["e"], st["dtp"], st["cs"],
         seq if seq is not None else A, out, ypre,
         l, h, g, p, n, nchunk,
-        CS=cs_len, BM=bm, PP=_p2(p), NP=_p2(n), HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+        CS=cs_len, BM=bm, PP=pb, NP=_p2(n), HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_Z=z is not None, HAS_SEQ=seq is not None, WRITE_YPRE=write_ypre, PREC=_prec(x.dtype),
         num_warps=CONFIG["scan_warps"], num_stages=CONFIG["stages"])
     return out, st["final"], (ypre if write_ypre else None)

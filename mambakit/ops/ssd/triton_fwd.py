@@ -12,7 +12,7 @@ Letters: b batch, l length, h heads, p head dim, n state dim, g groups, c chunk 
                            E[c] = state; state = decay[c] state + S[c]; the final state. With
                            BWD it walks back: dS[c] (gradient of the state leaving chunk c),
                            decay[c] sum(dS[c] E[c]) per block (for dA, ddt), d initial state.
-  _ssd_scan_kernel         grid (chunks, b*h): the outputs of one chunk of one head. Inside
+  _ssd_scan_kernel         grid (chunks, b*h, p blocks): the outputs of one chunk of one head. Inside
                            the chunk it runs the recurrence on sub-blocks of BM rows, the state
                            (n, p) in registers: y = C R^T (decayed) + (C B^T o L) (dt x), then
                            R <- decay R + B^T (w x). Only diagonal (BM, BM) blocks are quadratic.
@@ -208,7 +208,9 @@ def _ssd_scan_kernel(
     bi = (pid_bh // H).to(tl.int64)
     hh = pid_bh % H
     gi = hh // (H // G)
-    offs_p = tl.arange(0, PP)
+    # a block of PP of the head's p columns: the state tile (n, PP) lives in registers, and
+    # splitting p gives more, lighter programs (the C B^T block is recomputed per block)
+    offs_p = tl.program_id(2) * PP + tl.arange(0, PP)
     offs_n = tl.arange(0, NP)
     offs_m = tl.arange(0, BM)
     mp = offs_p < P
