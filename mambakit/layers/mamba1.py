@@ -75,6 +75,8 @@ class Mamba1Mixer(nn.Module):
 
     def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """One token for every sequence of the batch: O(1) in the length. hidden (b, 1, d)."""
+        if ops.resolve_backend(None, hidden, "mamba1 decode step") == "triton":
+            return self._step_triton(hidden, state)
         x, z = self.in_proj(hidden.squeeze(1)).chunk(2, dim=-1)  # (b, e)
         x = ops.causal_conv1d_update(x, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -84,6 +86,15 @@ class Mamba1Mixer(nn.Module):
         ssm.mul_(dA).addcmul_((dt * x.float()).unsqueeze(-1), B.float().unsqueeze(1))  # += dt x B: (b, e, n)
         y = torch.bmm(ssm, C.float().unsqueeze(-1)).squeeze(-1) + self.D.float() * x.float()  # (b, e)
         y = (y * F.silu(z.float())).to(hidden.dtype)
+        return self.out_proj(y).unsqueeze(1)
+
+    def _step_triton(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
+        """step() as two fused kernels (conv shift + conv + SiLU + x_proj; dt_proj + softplus + SSM
+        update + gated y), states in place, then out_proj."""
+        x, z = self.in_proj(hidden.squeeze(1)).chunk(2, dim=-1)  # (b, e)
+        y = ops.mamba1_decode_step(x, z, state["conv"], state["ssm"], self.conv1d.weight, self.conv1d.bias,
+                                   self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+                                   -torch.exp(self.A_log.float()), self.D.float(), self.dt_rank)  # (b, e)
         return self.out_proj(y).unsqueeze(1)
 
 

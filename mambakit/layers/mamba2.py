@@ -87,6 +87,8 @@ class Mamba2Mixer(nn.Module):
 
     def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """One token for every sequence of the batch: O(1) in the length. hidden (b, 1, d)."""
+        if ops.resolve_backend(None, hidden, "mamba2 decode step") == "triton":
+            return self._step_triton(hidden, state)
         b = hidden.shape[0]
         e, h, p, g, n = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
         z, xBC, dt = self._split(self.in_proj(hidden.squeeze(1)))  # (b, e), (b, c), (b, h)
@@ -103,6 +105,15 @@ class Mamba2Mixer(nn.Module):
         y = torch.matmul(ssm, C.unsqueeze(-1)).squeeze(-1) + self.D.float()[:, None] * x  # (b, h, p)
         y = y.reshape(b, e).to(hidden.dtype)
         return self._gate_norm_out(y, z).unsqueeze(1)
+
+    def _step_triton(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
+        """step() as one fused kernel (conv shift + conv + SiLU + SSM update + y, states in place),
+        then the gated norm and out_proj. The z gate goes through the norm, not the kernel."""
+        z, xBC, dt = self._split(self.in_proj(hidden.squeeze(1)))  # (b, e), (b, c), (b, h)
+        y = ops.mamba2_decode_step(xBC, dt, state["conv"], state["ssm"], self.conv1d.weight, self.conv1d.bias,
+                                   -torch.exp(self.A_log.float()), self.D.float(), self.dt_bias.float(), True,
+                                   self.dt_limit, self.ngroups, self.headdim)  # (b, h, p) in xBC's dtype
+        return self._gate_norm_out(y.reshape(hidden.shape[0], self.d_inner), z).unsqueeze(1)
 
 
 class _GatedNormWeight(nn.Module):

@@ -1,7 +1,7 @@
 """The one dispatch point for every op: pick the tier (reference, chunked, triton).
 
 Letters: b batch, l length, e inner width, h heads, p head dim, n state dim,
-g groups, k conv width, c chunk length.
+g groups, k conv width, c chunk length (conv channels in the conv and decode ops), r dt rank.
 
 `backend` per call, else the env var MAMBAKIT_BACKEND, else "auto": triton on CUDA
 tensors when triton imports, chunked PyTorch otherwise. A fallback from triton to
@@ -15,8 +15,10 @@ import os
 
 import torch
 
-from .conv1d import causal_conv1d, causal_conv1d_update
-from .norm import rms_norm, gated_rms_norm
+from .conv1d import causal_conv1d as _causal_conv1d_torch
+from .conv1d import causal_conv1d_update
+from .norm import gated_rms_norm as _gated_rms_norm_torch
+from .norm import rms_norm
 
 logger = logging.getLogger("mambakit")
 
@@ -101,5 +103,73 @@ def ssd_fn(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_soft
     return ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, **kwargs)
 
 
+def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, seq_idx=None,
+                  return_final_state=False, backend: str | None = None):
+    """Causal depthwise conv1d (+ SiLU), see ops/conv1d.py. x (b, l, c), weight (c, k), bias (c,);
+    initial_state (b, c, k); seq_idx (b, l). Returns y (b, l, c) [, final state (b, c, k)].
+    """
+    if resolve_backend(backend, x, "causal_conv1d") != "triton":
+        return _causal_conv1d_torch(x, weight, bias, activation, initial_state=initial_state, seq_idx=seq_idx,
+                                    return_final_state=return_final_state)
+    from .conv1d_triton import causal_conv1d_triton
+    if initial_state is None and not return_final_state:
+        return causal_conv1d_triton(x, weight, bias, activation, seq_idx=seq_idx)
+    # The kernel starts from zeros: prepend the state's last k-1 inputs (the same document as the
+    # row's first token, as the torch op) and drop their outputs.
+    if x.dim() != 3 or weight.dim() != 2:
+        raise ValueError(f"causal_conv1d: x must be (b, l, c) and weight (c, k), got {tuple(x.shape)} and "
+                         f"{tuple(weight.shape)}")
+    b, l, c = x.shape
+    k = weight.shape[1]
+    if initial_state is None:
+        past = x.new_zeros(b, k - 1, c)
+    else:
+        if tuple(initial_state.shape) != (b, c, k):
+            raise ValueError(f"causal_conv1d: initial_state must be {(b, c, k)}, got {tuple(initial_state.shape)}")
+        past = initial_state[:, :, 1:].transpose(1, 2).to(x.dtype)  # (b, k - 1, c)
+    xpad = torch.cat([past, x], dim=1)  # (b, k - 1 + l, c)
+    ids = None
+    if seq_idx is not None:
+        if tuple(seq_idx.shape) != (b, l):
+            raise ValueError(f"causal_conv1d: seq_idx must be ({b}, {l}), got {tuple(seq_idx.shape)}")
+        ids = torch.cat([seq_idx[:, :1].expand(b, k - 1), seq_idx], dim=1)  # (b, k - 1 + l)
+    y = causal_conv1d_triton(xpad, weight, bias, activation, seq_idx=ids)[:, k - 1:]  # (b, l, c)
+    if not return_final_state:
+        return y
+    if xpad.shape[1] < k:  # only when l == 0
+        xpad = torch.cat([xpad.new_zeros(b, k - xpad.shape[1], c), xpad], dim=1)
+    return y, xpad[:, -k:].transpose(1, 2).contiguous()  # (b, c, k)
+
+
+def gated_rms_norm(x, z, weight, eps=1e-5, group_size=None, norm_before_gate=False, backend: str | None = None):
+    """Mamba-2's norm rmsnorm(x * silu(z)) per group, times weight (see ops/norm.py). x, z (..., e)."""
+    if resolve_backend(backend, x, "gated_rms_norm") == "triton":
+        from .norm_triton import gated_rms_norm_triton
+        return gated_rms_norm_triton(x, z, weight, eps, group_size=group_size, norm_before_gate=norm_before_gate)
+    return _gated_rms_norm_torch(x, z, weight, eps, group_size=group_size, norm_before_gate=norm_before_gate)
+
+
+def mamba2_decode_step(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias, dt_softplus,
+                       dt_limit, ngroups, headdim, z=None):
+    """The fused Triton decode step of Mamba-2 (ops/decode_triton.py): conv_state (b, c, k) and
+    ssm_state (b, h, p, n) fp32 updated in place, returns y (b, h, p). Layers call it when
+    resolve_backend(...) gives "triton"; the torch tier of the step is Mamba2Mixer.step itself.
+    """
+    from .decode_triton import mamba2_decode_step_triton
+    return mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias,
+                                     dt_softplus, dt_limit, ngroups, headdim, z=z)
+
+
+def mamba1_decode_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                       dt_proj_bias, A, D, dt_rank):
+    """The fused Triton decode step of Mamba-1 (ops/decode_mamba1_triton.py): conv_state (b, e, k)
+    and ssm_state (b, e, n) fp32 updated in place, returns y (b, e) already gated by silu(z).
+    Layers call it when resolve_backend(...) gives "triton"; the torch tier is Mamba1Mixer.step.
+    """
+    from .decode_mamba1_triton import mamba1_decode_step_triton
+    return mamba1_decode_step_triton(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
+                                     dt_proj_weight, dt_proj_bias, A, D, dt_rank)
+
+
 __all__ = ["selective_scan_fn", "ssd_fn", "causal_conv1d", "causal_conv1d_update", "rms_norm",
-           "gated_rms_norm", "resolve_backend"]
+           "gated_rms_norm", "mamba2_decode_step", "mamba1_decode_step", "resolve_backend"]
