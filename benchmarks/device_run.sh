@@ -2,9 +2,12 @@
 # One device-machine session: the CUDA tests and the GPU benchmarks, each under its own time
 # limit, logs and JSON results packed into $OUT/results.tgz (the device tool returns few files).
 #   bash benchmarks/device_run.sh "tests kernels scan"      # stages, in order
-#   stages: tests kernels scan train generation
+#   stages: tests kernels scan profile train generation
 set -u
-export PYTHONPATH=".carry:.${PYTHONPATH:+:$PYTHONPATH}"
+# mamba_ssm and mambapy travel in .carry (git-ignored); the generation stage leaves mamba_ssm out
+# so that transformers runs its own PyTorch path (mamba_ssm's decode kernel fails under triton 3.6)
+PEERS=".carry:.carry/mambapy_pkg:."
+export PYTHONPATH="$PEERS"
 R="${OUT:-/tmp/out}/r"
 mkdir -p "$R"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$R/gpu.txt" 2>&1
@@ -17,11 +20,12 @@ stage() {  # name, seconds, command...
 }
 for s in ${1:-tests kernels scan}; do
     case $s in
-        tests) MAMBAKIT_SSD_STATE_IMPL=split stage tests "${TESTS_S:-200}" python -m pytest -q -m cuda tests -p no:cacheprovider ;;
-        kernels) MAMBAKIT_SSD_STATE_IMPL=split stage kernels "${KERNELS_S:-240}" python benchmarks/gpu_kernels.py --sweep --warm --out "$R" ;;
+        tests) stage tests "${TESTS_S:-200}" python -m pytest -q -m cuda tests -p no:cacheprovider -rfE --durations=15 ;;
+        kernels) stage kernels "${KERNELS_S:-240}" python benchmarks/gpu_kernels.py --sweep --warm --out "$R" ;;
         scan) stage scan "${SCAN_S:-120}" python benchmarks/gpu_selective_scan.py --quick --out "$R" ;;
         train) stage train "${TRAIN_S:-200}" python benchmarks/gpu_training_step.py --out "$R" ;;
-        generation) stage generation "${GEN_S:-300}" python benchmarks/gpu_generation.py --out "$R" ${GEN_ARGS:-} ;;
+        profile) stage profile "${PROFILE_S:-60}" python benchmarks/gpu_profile_ssd.py --out "$R" ;;
+        generation) PYTHONPATH=. stage generation "${GEN_S:-300}" python benchmarks/gpu_generation.py --out "$R" ${GEN_ARGS:-} ;;
     esac
 done
 tar czf "${OUT:-/tmp/out}/results.tgz" -C "$R" .

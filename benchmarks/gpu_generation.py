@@ -400,7 +400,13 @@ def summarize(runs: list[dict]) -> dict:
             "mamba2_batch1_fraction_of_peak_bandwidth": bw}
 
 
+_PARTIAL: list[Path] = []  # a jsonl file that gets every row as it is measured (a killed run keeps them)
+
+
 def _print_run(r: dict) -> None:
+    for path in _PARTIAL:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(r) + "\n")
     head = f"{r['model']:<12} {r['impl']:<16} b {r['batch']:<3} l {r['prompt']:<6}"
     if "error" in r or "skipped" in r:
         print(f"{head} {r.get('error') or 'skipped: ' + r['skipped']}", flush=True)
@@ -443,8 +449,11 @@ def main(argv=None) -> dict:
         payload = json.loads(Path(a.plot_from).read_text())
         print(f"wrote {plot(payload, a.plot_to)}")
         return payload
-    payload = bench(a)
     out = a.out or os.environ.get("OUT") or None
+    folder = Path(out) if out else Path(__file__).resolve().parent / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    _PARTIAL[:] = [folder / "gpu_generation-rows.jsonl"]
+    payload = bench(a)
     path = write_result("gpu_generation", payload, out)
     for key, value in payload["summary"]["hybrid_over_transformer"].items():
         print(f"hybrid / transformer decode speed at {key}: {value:.2f}x")
