@@ -14,8 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
+from ..eval.data import DTYPES as _DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,45 +41,13 @@ def _note(message: str) -> None:
 
 
 def _load(args, torch):
-    """-> (model, tokenizer) on the requested device and dtype."""
-    import mambakit
-    from mambakit.tokenizers import ByteTokenizer, load_tokenizer
-
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
-    dtype_name = _DTYPES.get(args.dtype) or ("bfloat16" if device.type == "cuda" else "float32")
-    dtype = getattr(torch, dtype_name)
-    path = Path(args.model)
-    if path.exists():
-        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-        if tokenizer is None:
-            if (path / "tokenizer.json").is_file():
-                tokenizer = load_tokenizer(path)
-            else:
-                tokenizer = ByteTokenizer()
-                _note(f"{path} has no tokenizer.json; using the byte tokenizer (pass --tokenizer to choose one)")
-        model = mambakit.load(path, dtype=dtype, device=device)
-    elif args.model in mambakit.PRESETS:
-        tokenizer = load_tokenizer(args.tokenizer)
-        overrides = {}
-        if isinstance(tokenizer, ByteTokenizer) and mambakit.PRESETS[args.model].vocab_size != tokenizer.vocab_size:
-            overrides["vocab_size"] = tokenizer.vocab_size
-        config = mambakit.ModelConfig.from_preset(args.model, **overrides)
-        torch.manual_seed(args.seed)
-        model = mambakit.LM(config).to(device=device, dtype=dtype)
-        extra = f", vocabulary {config.vocab_size} to match it" if overrides else ""
-        _note(f"preset {args.model!r}: a model with RANDOM weights ({model.num_parameters() / 1e6:.1f}M parameters) "
-              f"and the {type(tokenizer).__name__}{extra}; its text is noise")
-    else:
-        near = [p for p in mambakit.PRESETS if args.model.split("-")[0] in p][:5]
-        raise ValueError(f"--model {args.model!r} is neither an existing folder nor a preset name"
-                         + (f" (presets like it: {', '.join(near)})" if near else f" (presets: {', '.join(mambakit.PRESETS)})"))
-    model.eval()
-    if tokenizer.vocab_size > model.config.vocab_size:
-        _note(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.vocab_size}; "
-              "prompts using the extra ids will be refused")
-    return model, tokenizer, device
+    """-> (model, tokenizer, device) on the requested device and dtype (eval.data.load_model)."""
+    from ..eval.data import load_model
+    model, tokenizer, notes = load_model(args.model, args.tokenizer, device=args.device, dtype=args.dtype,
+                                         seed=args.seed)
+    for note in notes:
+        _note(note)
+    return model, tokenizer, next(model.parameters()).device
 
 
 def run(args) -> int:

@@ -148,7 +148,7 @@ def load_model(spec, tokenizer=None, device="auto", dtype="auto", seed: int = 0)
         if tokenizer is None:
             tokenizer = path if (path / "tokenizer.json").is_file() else "byte"
             if tokenizer == "byte":
-                notes.append(f"{path} has no tokenizer.json; using the byte tokenizer")
+                notes.append(f"{path} has no tokenizer.json; using the byte tokenizer (pass a tokenizer to choose one)")
         tok = load_tokenizer(tokenizer)
         model = mambakit.load(path, dtype=dtype, device=device)
     elif str(spec) in mambakit.PRESETS:
@@ -158,8 +158,15 @@ def load_model(spec, tokenizer=None, device="auto", dtype="auto", seed: int = 0)
             overrides["vocab_size"] = tok.vocab_size
         torch.manual_seed(seed)
         model = mambakit.LM(mambakit.ModelConfig.from_preset(str(spec), **overrides)).to(device=device, dtype=dtype)
-        notes.append(f"preset {spec!r}: RANDOM weights (seed {seed}); scores are those of an untrained model")
+        extra = f", vocabulary {model.config.vocab_size} to match it" if overrides else ""
+        notes.append(f"preset {spec!r}: RANDOM weights (seed {seed}, {model.num_parameters() / 1e6:.1f}M "
+                     f"parameters) and the {type(tok).__name__}{extra}; its outputs are those of an untrained model")
     else:
-        raise ValueError(f"model {str(spec)!r} is neither an existing folder nor a preset name "
-                         f"(presets: {', '.join(mambakit.PRESETS)})")
+        near = [p for p in mambakit.PRESETS if str(spec).split("-")[0] in p][:5]
+        raise ValueError(f"model {str(spec)!r} is neither an existing folder nor a preset name"
+                         + (f" (presets like it: {', '.join(near)})" if near
+                            else f" (presets: {', '.join(mambakit.PRESETS)})"))
+    if tok.vocab_size > model.config.vocab_size:
+        notes.append(f"the tokenizer has {tok.vocab_size} ids but the model only {model.config.vocab_size}; "
+                     "prompts using the extra ids will be refused")
     return model.eval(), tok, notes
