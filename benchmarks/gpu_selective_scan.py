@@ -8,6 +8,9 @@ softplus, D and the z gate (what the Mamba-1 layer uses). Times forward and forw
 and the bandwidth floor from a device-to-device copy measured in the same run. mambapy
 (PYTHONPATH to its pure-Python package) runs the same math with its Blelloch pscan. Tile
 configs are swept and every one is reported; kernels are compiled in parallel first.
+Backward configs with DBC_ATOMIC=True time the old backward (dB, dC by fp32 atomics into one
+(b, l, n) buffer) next to the default (per-channel-block partials summed by torch); --quick
+times the default configs of both, plus one wider channel block for the new path at n 64.
 Also times one fused decode step against the same step in eager PyTorch.
 
     python benchmarks/gpu_selective_scan.py --out benchmarks/results [--quick]
@@ -32,17 +35,25 @@ sys.path.insert(0, ROOT)
 SHAPES = {"b4_l2048_e1536_n16": (4, 2048, 1536, 16), "b4_l8192_e1536_n64": (4, 8192, 1536, 64)}
 
 
-def cfg(bt, be, bn, vec, warps):
-    return dict(BLOCK_T=bt, BLOCK_E=be, BLOCK_N=bn, VEC=vec, num_warps=warps)
+def cfg(bt, be, bn, vec, warps, atomic=None):
+    c = dict(BLOCK_T=bt, BLOCK_E=be, BLOCK_N=bn, VEC=vec, num_warps=warps)
+    if atomic is not None:  # backward only: the dB/dC reduction (True: the old atomics)
+        c["DBC_ATOMIC"] = atomic
+    return c
 
 
-# (forward configs, backward configs) per n; the first of each is the library default
+# (forward configs, backward configs) per n; the first of each is the library default, the
+# second backward one the old (atomic dB/dC) path at the same tiles, the third a wider channel
+# block (fewer dB/dC partials to write and sum); --quick keeps these three
 SWEEP = {
     16: ([cfg(16, 16, 16, 2, 4), cfg(32, 16, 16, 2, 4), cfg(16, 32, 16, 4, 4), cfg(8, 16, 16, 2, 4)],
-         [cfg(8, 16, 16, 2, 4), cfg(4, 32, 16, 4, 4), cfg(16, 16, 16, 2, 4), cfg(8, 32, 16, 4, 4)]),
+         [cfg(8, 16, 16, 2, 4, False), cfg(8, 16, 16, 2, 4, True), cfg(8, 32, 16, 4, 4, False),
+          cfg(4, 32, 16, 4, 4, False), cfg(16, 16, 16, 2, 4, False)]),
     64: ([cfg(16, 8, 64, 4, 4), cfg(16, 16, 64, 4, 8), cfg(8, 8, 64, 4, 4)],
-         [cfg(4, 8, 64, 4, 4), cfg(8, 8, 64, 4, 4), cfg(2, 32, 64, 4, 4), cfg(4, 16, 64, 4, 8)]),
+         [cfg(4, 8, 64, 4, 4, False), cfg(4, 8, 64, 4, 4, True), cfg(4, 16, 64, 4, 8, False),
+          cfg(2, 16, 64, 4, 4, False), cfg(8, 8, 64, 4, 4, False), cfg(2, 32, 64, 4, 4, False)]),
 }
+QUICK_BWD = 3  # how many of each backward list --quick times (fp32; bf16 gets the default only)
 
 
 def make_inputs(b, l, e, n, dtype, requires_grad=False, seed=0):
@@ -208,7 +219,7 @@ def main():
         have_mambapy = True
     except ImportError:
         have_mambapy = False
-    sweep = {n: ([c[0][0]], [c[1][0]]) if args.quick else c for n, c in SWEEP.items()}
+    sweep = {n: ([c[0][0]], c[1][:QUICK_BWD]) if args.quick else c for n, c in SWEEP.items()}
     jobs = []
     for n, (fwd_cfgs, bwd_cfgs) in sweep.items():
         for dtype in ("float32", "bfloat16"):
@@ -242,6 +253,7 @@ def main():
     for r in results:
         c = r["config"]
         cs = "" if c is None else f"T{c['BLOCK_T']} E{c['BLOCK_E']} V{c['VEC']} w{c['num_warps']}"
+        cs += " atomic-dBC" if c and c.get("DBC_ATOMIC") else ""
         ms = f"{r['ms']:9.3f}" if "ms" in r else f"{'-':>9}"
         print(f"{r['shape']:24} {r['dtype']:9} {r['impl']:8} {r['pass']:8} {ms} {r.get('gbs', 0):7.0f} "
               f"{r.get('floor_ms', 0):7.3f}  {cs}{' *' if r.get('default') and c else ''} {r.get('note', '')}")

@@ -9,8 +9,11 @@ Letters: b batch, l length, e inner width, n state dim, c chunk length.
 delta += delta_bias; delta = softplus(delta) if asked; h_t = exp(delta_t A) h_{t-1} +
 delta_t B_t u_t (h reset to zero where seq_idx changes); y_t = C_t . h_t + D u_t;
 y *= silu(z). The kernels are in triton_kernels.py; this file checks inputs, picks
-tile sizes and launches. Gradients of dB and dC are summed over channel blocks with
-fp32 atomics, so they are not bit-for-bit deterministic between runs.
+tile sizes and launches. The backward writes dB and dC as one fp32 (b, l, n) partial per
+channel block, (b, e / BLOCK_E, l, n), summed here by torch (deterministic). The config
+flag DBC_ATOMIC=True selects the old path: fp32 atomics into one (b, l, n) buffer, whose
+contention (every channel block of a row adds into the same addresses, in lockstep) made
+the backward ~8x the forward at n 16 and ~20x at n 64 (issue 7; README.md).
 """
 from __future__ import annotations
 
@@ -43,8 +46,8 @@ def default_config(n: int, e: int, backward: bool) -> dict:
     be = max(1, (32 * warps * vec) // bn)
     if backward:
         bt = 8 if bn < 4 else 16 // vec
-    else:
-        bt = 16 if 4 <= bn <= 64 else 8  # n >= 128 at 16 spills registers
+        return dict(BLOCK_T=bt, BLOCK_E=be, BLOCK_N=bn, VEC=vec, num_warps=warps, DBC_ATOMIC=False)
+    bt = 16 if 4 <= bn <= 64 else 8  # n >= 128 at 16 spills registers
     return dict(BLOCK_T=bt, BLOCK_E=be, BLOCK_N=bn, VEC=vec, num_warps=warps)
 
 
@@ -158,8 +161,13 @@ class SelectiveScanTriton(torch.autograd.Function):
         du = torch.empty((b, l, e), device=dev, dtype=u.dtype)
         ddelta = torch.empty((b, l, e), device=dev, dtype=delta.dtype)
         dz = torch.empty((b, l, e), device=dev, dtype=z.dtype) if z is not None else du
-        dB = torch.zeros((b, l, n), device=dev, dtype=torch.float32)
-        dC = torch.zeros((b, l, n), device=dev, dtype=torch.float32)
+        atomic = bool(cb.get("DBC_ATOMIC", False))
+        if atomic:
+            dB = torch.zeros((b, l, n), device=dev, dtype=torch.float32)
+            dC = torch.zeros((b, l, n), device=dev, dtype=torch.float32)
+        else:  # every (b, block, t < l, n) slot is written by its one program
+            dB = torch.empty((b, grid[0], l, n), device=dev, dtype=torch.float32)  # (b, e / BLOCK_E, l, n)
+            dC = torch.empty((b, grid[0], l, n), device=dev, dtype=torch.float32)
         dA = torch.empty((b, e, n), device=dev, dtype=torch.float32)
         dD = torch.empty((b, e), device=dev, dtype=torch.float32)
         dbias = torch.empty((b, e), device=dev, dtype=torch.float32)
@@ -179,9 +187,12 @@ class SelectiveScanTriton(torch.autograd.Function):
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
             HAS_SEQ=seq_idx is not None, HAS_DHT=dhT is not None,
             BLOCK_T=cb["BLOCK_T"], BLOCK_E=cb["BLOCK_E"], BLOCK_N=cb["BLOCK_N"],
-            EVEN_N=n == cb["BLOCK_N"], VEC=cb["VEC"], num_warps=cb["num_warps"],
+            EVEN_N=n == cb["BLOCK_N"], VEC=cb["VEC"], DBC_ATOMIC=atomic, num_warps=cb["num_warps"],
         )
         need = ctx.needs_input_grad
+        if not atomic:
+            dB = dB.sum(1) if need[3] else None  # (b, l, n)
+            dC = dC.sum(1) if need[4] else None
         return (
             du if need[0] else None,
             ddelta if need[1] else None,

@@ -73,6 +73,19 @@ def _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, t, offs_e, of
 
 
 @triton.jit
+def _load_chunk_dout(u_base, dt_base, z_base, B_base, C_base, seq_base, do_base, t, offs_e, offs_n, E, N, L,
+                     su_l, sdt_l, sz_l, sB_l, sC_l, sseq_l, sdo_l,
+                     HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """_load_chunk plus the chunk's output gradient dy (c, e)."""
+    u, dt, z, Bt, Ct, reset = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, t, offs_e, offs_n,
+                                          E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l, sseq_l, HAS_Z, HAS_SEQ)
+    te_mask = (t < L)[:, None] & (offs_e < E)[None, :]
+    dout = tl.load(do_base + t.to(tl.int64)[:, None] * sdo_l + offs_e[None, :], mask=te_mask,
+                   other=0.0).to(tl.float32)
+    return u, dt, z, Bt, Ct, reset, dout
+
+
+@triton.jit
 def _discretize(u, dt_raw, Bt, reset, t, L, A2, bias,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr):
     """dt, dA = exp(dt A) and dBu = dt u B for one chunk; padded rows leave the state alone."""
@@ -207,11 +220,12 @@ def selective_scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_DHT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
-    VEC: tl.constexpr,
+    VEC: tl.constexpr, DBC_ATOMIC: tl.constexpr,
 ):
-    """Gradients. du, ddt, dz: (b, l, e) like the inputs; dB, dC: fp32 (b, l, n), summed
-    over e-blocks with atomics; dA: fp32 (b, e, n) and dD, dbias: fp32 (b, e), summed over
-    b by the caller; dh0: fp32 (b, e, n)."""
+    """Gradients. du, ddt, dz: (b, l, e) like the inputs; dB, dC: fp32, this e-block's
+    share of the sum over e, stored into (b, n_eblk, l, n) partials that the caller sums
+    (DBC_ATOMIC: atomically added into (b, l, n) instead, the old path); dA: fp32 (b, e, n)
+    and dD, dbias: fp32 (b, e), summed over b by the caller; dh0: fp32 (b, e, n)."""
     pid_e = tl.program_id(0)
     bid = tl.program_id(1).to(tl.int64)
     n_eblk = tl.num_programs(0)
@@ -253,7 +267,10 @@ def selective_scan_bwd_kernel(
     do_base = dout_ptr + bid * sdo_b
     # outputs du, ddt, dz are fresh contiguous (b, l, e); dB, dC fresh contiguous (b, l, n)
     out_base = bid * L * E
-    dBC_base = bid * L * N
+    if DBC_ATOMIC:
+        dBC_base = bid * L * N
+    else:
+        dBC_base = (bid * n_eblk + pid_e) * L * N  # this program's own (l, n) slab
     scratch = scratch_ptr + ((bid * n_eblk + pid_e) * chunks_per_seg) * (BLOCK_E * BLOCK_N)
     flip = flip_ptr + (bid * n_eblk + pid_e) * (BLOCK_T * BLOCK_E)
 
@@ -264,12 +281,18 @@ def selective_scan_bwd_kernel(
         c_hi = tl.minimum(c_lo + chunks_per_seg, n_chunks)
         # pass 1: chunk start states of this segment, from its checkpoint
         h = tl.load(ckpt_ptr + (bid * n_seg + seg) * E * N + en_off, mask=en_mask, other=0.0)
+        # loads of the next chunk are issued before this chunk's arithmetic (as in the forward):
+        # the loop is a serial chain, and an unhidden load latency per chunk adds up over l / c
+        nu, ndt, nz, nB, nC, nreset = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base,
+                                                  c_lo * BLOCK_T + rows, offs_e, offs_n, E, N, L, su_l, sdt_l,
+                                                  sz_l, sB_l, sC_l, sseq_l, False, HAS_SEQ)
         for c in range(c_lo, c_hi):
             tl.store(scratch + (c - c_lo) * (BLOCK_E * BLOCK_N) + loc, h)
             t = c * BLOCK_T + rows
-            u, dt_raw, z, Bt, Ct, reset = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, t,
-                                                      offs_e, offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l,
-                                                      sseq_l, False, HAS_SEQ)
+            u, dt_raw, Bt, reset = nu, ndt, nB, nreset
+            nu, ndt, nz, nB, nC, nreset = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base,
+                                                      t + BLOCK_T, offs_e, offs_n, E, N, L, su_l, sdt_l,
+                                                      sz_l, sB_l, sC_l, sseq_l, False, HAS_SEQ)
             dt_pre, dt, dtu, dA, dBu = _discretize(u, dt_raw, Bt, reset, t, L, A2, bias, HAS_BIAS, SOFTPLUS,
                                                    HAS_SEQ)
             acum, hloc = tl.associative_scan((dA, dBu), axis=0, combine_fn=_state_combine)
@@ -283,6 +306,9 @@ def selective_scan_bwd_kernel(
         # entering the chunk's last step from later chunks)
         #   g_t a_t h_{t-1} = sum_{s=t..c-1} (C_s dy_s h_s - g_s dt_s u_s B_s) + W h_{c-1},
         # whose two sums each live in one row order.
+        nu, ndt, nz, nB, nC, nreset, ndout = _load_chunk_dout(
+            u_base, dt_base, z_base, B_base, C_base, seq_base, do_base, (c_hi - 1) * BLOCK_T + rows, offs_e,
+            offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l, sseq_l, sdo_l, HAS_Z, HAS_SEQ)
         for cc in range(c_lo, c_hi):
             c = c_hi - 1 - (cc - c_lo)
             h0c = tl.load(scratch + (c - c_lo) * (BLOCK_E * BLOCK_N) + loc)
@@ -292,11 +318,11 @@ def selective_scan_bwd_kernel(
             te_mask = t_mask[:, None] & e_mask[None, :]
             tn_mask = t_mask[:, None] & n_mask[None, :]
             t64 = t.to(tl.int64)
-            u, dt_raw, z, Bt, Ct, reset = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, t,
-                                                      offs_e, offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l,
-                                                      sseq_l, HAS_Z, HAS_SEQ)
-            dout = tl.load(do_base + t64[:, None] * sdo_l + offs_e[None, :], mask=te_mask,
-                           other=0.0).to(tl.float32)
+            u, dt_raw, z, Bt, Ct, reset, dout = nu, ndt, nz, nB, nC, nreset, ndout
+            # prefetch the chunk before (chunk 0 again at the very end: valid addresses, unused)
+            nu, ndt, nz, nB, nC, nreset, ndout = _load_chunk_dout(
+                u_base, dt_base, z_base, B_base, C_base, seq_base, do_base, tl.maximum(c - 1, 0) * BLOCK_T + rows,
+                offs_e, offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l, sseq_l, sdo_l, HAS_Z, HAS_SEQ)
             dt_pre, dt, dtu, dA, dBu = _discretize(u, dt_raw, Bt, reset, t, L, A2, bias, HAS_BIAS, SOFTPLUS,
                                                    HAS_SEQ)
             acum, hloc = tl.associative_scan((dA, dBu), axis=0, combine_fn=_state_combine)
@@ -316,9 +342,11 @@ def selective_scan_bwd_kernel(
                 dD_acc += tl.sum(dy * u, axis=0)
             X = (dy[:, :, None] * Ct[:, None, :]) * hs  # C_s dy_s h_s, (c, e, n)
             dCt = tl.sum(hs * dy[:, :, None], axis=1)  # (c, n), this e-block's share
-            # relaxed: the default acq_rel makes every atomic wait for all earlier stores
-            tl.atomic_add(dC_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dCt, mask=tn_mask,
-                          sem="relaxed")
+            if DBC_ATOMIC:  # relaxed: acq_rel makes every atomic wait for all earlier stores
+                tl.atomic_add(dC_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dCt, mask=tn_mask,
+                              sem="relaxed")
+            else:
+                tl.store(dC_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dCt, mask=tn_mask)
             h_last = _last_row(hs, rows, BLOCK_T)
             Pdt = tl.cumsum(dt, axis=0)  # sum_{t' <= t} dt, (c, e)
             dA_acc += tl.sum(X * Pdt[:, :, None], axis=0)
@@ -355,8 +383,11 @@ def selective_scan_bwd_kernel(
             Prev = tl.sum(dtr, axis=0)[None, :] - tl.cumsum(dtr, axis=0) + dtr  # sum_{t' <= tr} dt
             dA_acc += K * tl.sum(dtr, axis=0)[:, None] - tl.sum(Y * Prev[:, :, None], axis=0)
             dBt = tl.sum(g * dtur[:, :, None], axis=1)  # (c, n)
-            tl.atomic_add(dB_ptr + dBC_base + tr64[:, None] * N + offs_n[None, :], dBt, mask=tnr_mask,
-                          sem="relaxed")
+            if DBC_ATOMIC:
+                tl.atomic_add(dB_ptr + dBC_base + tr64[:, None] * N + offs_n[None, :], dBt, mask=tnr_mask,
+                              sem="relaxed")
+            else:
+                tl.store(dB_ptr + dBC_base + tr64[:, None] * N + offs_n[None, :], dBt, mask=tnr_mask)
             gB = tl.sum(g * Br[:, None, :], axis=2)  # (c, e)
             kA = tl.sum(K[None, :, :] * A3, axis=2)  # (1, e)
             tl.debug_barrier()  # Xsuf parked by other threads
