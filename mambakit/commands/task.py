@@ -33,10 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-seconds", type=float, help="stop training after this many seconds (counted from the "
+                        "end of the first step, which compiles the kernels) or --steps, whichever comes first; the "
+                        "cosine schedule ends with it. For a fixed time slot on a GPU")
+    parser.add_argument("--data-workers", type=int, default=0, help="processes making training batches ahead of "
+                        "time (the same batches; default 0: made in the training process)")
     parser.add_argument("--values", help="comma-separated values of the task's sweep parameter "
                         "(default: the task's own sweep, e.g. 2^6..2^20 for induction_heads)")
     parser.add_argument("--eval-examples", type=int, default=256, help="examples per evaluation point")
     parser.add_argument("--eval-batch-size", type=int, default=64)
+    parser.add_argument("--eval-max-batch-tokens", type=int, default=2 ** 20, help="at most this many tokens "
+                        "per evaluation batch (default 2^20); long examples still reach the device --chunk-len tokens "
+                        "at a time, so on a GPU 2^24 puts 16 examples of 2^20 tokens in one batch")
     parser.add_argument("--eval-token-budget", type=int, help="at long lengths, fewer examples: at most this many "
                         "tokens per point, but never fewer than 8 examples (e.g. 16777216 for induction heads to 2^20)")
     parser.add_argument("--chunk-len", type=int, default=4096, help="tokens per forward at evaluation; longer "
@@ -100,13 +108,21 @@ def run(args) -> int:
     out = Path(args.out or f"task_output/{task.name}-{'-'.join(names)}")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
+    if args.train_seconds is not None and not args.train_seconds > 0:
+        raise ValueError(f"--train-seconds must be > 0, got {args.train_seconds}")
+    if args.data_workers < 0:
+        raise ValueError(f"--data-workers must be >= 0, got {args.data_workers}")
+    if args.eval_max_batch_tokens < 1:
+        raise ValueError(f"--eval-max-batch-tokens must be a positive int, got {args.eval_max_batch_tokens}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    entries = [_one_model(args, task, values, spec, name, device, out / ("model" if len(specs) == 1 else f"model-{name}"))
-               for spec, name in zip(specs, names)]
     results = {"task": task.name, "task_params": task.params(), "sweep_param": task.sweep_param,
-               "metric": task.metric, "models": entries, "command": report.command_line(),
+               "metric": task.metric, "models": [], "command": report.command_line(),
                "machine": report.machine_info()}
-    path = report.write_json(results, out / "results.json")
+    for spec, name in zip(specs, names):
+        results["models"].append(_one_model(args, task, values, spec, name, device,
+                                            out / ("model" if len(specs) == 1 else f"model-{name}")))
+        # written after every model: a run stopped part way keeps the models it finished
+        path = report.write_json(results, out / "results.json")
     if not args.no_eval:
         print(report.format_table(results))
         picture = report.plot(results, out / f"{task.name}.png")
@@ -133,14 +149,14 @@ def _one_model(args, task, values, spec, name, device, save_to) -> dict:
     if args.action == "train":
         settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                  weight_decay=args.weight_decay, warmup_steps=min(args.warmup_steps, args.steps),
-                                 seed=args.seed)
+                                 seed=args.seed, max_seconds=args.train_seconds)
         bar = tqdm(total=settings.steps, desc=f"train {name}", unit="step", file=sys.stderr)
 
         def on_step(step, loss, acc):
             bar.update(1)
             if step % 10 == 0 or step == settings.steps:
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}")
-        entry["train"] = train(model, task, settings, on_step)
+        entry["train"] = train(model, task, settings, on_step, workers=args.data_workers)
         bar.close()
         model.save(save_to)
         print(f"model saved to {save_to}")
@@ -149,6 +165,7 @@ def _one_model(args, task, values, spec, name, device, save_to) -> dict:
         entry["eval"] = evaluate(model, task, values, num_examples=args.eval_examples,
                                  batch_size=args.eval_batch_size, seed=args.seed, chunk_len=args.chunk_len,
                                  max_attention_length=args.max_attention_length,
+                                 max_batch_tokens=args.eval_max_batch_tokens,
                                  token_budget=args.eval_token_budget, on_point=lambda r: bar.update(1))
         bar.close()
     return entry

@@ -7,6 +7,12 @@ minimizes cross-entropy on the answer tokens only, with AdamW and linear warm-up
 decay. Evaluation draws from another stream (seed, 1, point, batch), so the model never trained
 on an evaluation example, and scores greedy predictions exactly (scoring.py).
 
+A run can also be bounded in time (TrainSettings.max_seconds, for a fixed slot on a GPU): the
+cosine then follows whichever of steps and seconds runs out first, so the learning rate still
+decays to its floor, and the summary records the steps actually taken. Batches can be made by
+worker processes (`workers`): a tiny model on a GPU trains faster than Python writes phonebooks;
+batch `step` is still generate(seed, 0, step), so the data are the same with or without them.
+
 Long examples (induction heads at 2^20 tokens) stream through the model's inference cache `c`
 tokens at a time: an SSM carries only its fixed-size state from chunk to chunk, so memory is
 bounded by b * c, whatever l. Chunks without an answer skip the output head (last_only).
@@ -90,6 +96,7 @@ class TrainSettings:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
+    max_seconds: float | None = None  # stop (and end the schedule) after this long; None: steps only
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -100,6 +107,8 @@ class TrainSettings:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("warmup_steps, weight_decay and grad_clip must be >= 0")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0 seconds (or None for no time limit), got {self.max_seconds!r}")
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -113,11 +122,47 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
-def lr_factor(step: int, s: TrainSettings) -> float:
+def lr_factor(step: int, s: TrainSettings, time_fraction: float = 0.0) -> float:
+    """Linear warm-up over warmup_steps, then cosine down to min_lr_ratio; the cosine's progress is the
+    larger of the steps done and time_fraction (the share of max_seconds used)."""
     if step < s.warmup_steps:
         return (step + 1) / (s.warmup_steps + 1)
-    t = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+    t = max((step - s.warmup_steps) / max(1, s.steps - s.warmup_steps), time_fraction)
     return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _make_batch(task: Task, batch_size: int, seed: tuple) -> TaskBatch:
+    return task.generate(batch_size, seed)
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # a worker only runs numpy and wraps arrays
+
+
+class _Batches:
+    """Training batches in step order, made here (workers=0) or by worker processes a few steps ahead."""
+
+    def __init__(self, task: Task, settings: TrainSettings, workers: int):
+        self.task, self.s, self.pool, self.ahead = task, settings, None, {}
+        if workers > 0:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            # spawn: the parent may hold a CUDA context, which a forked child must not inherit
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_worker_init)
+            self.depth = 2 * workers
+
+    def get(self, step: int) -> TaskBatch:
+        if self.pool is None:
+            return self.task.generate(self.s.batch_size, (self.s.seed, 0, step))
+        for ahead in range(step, min(self.s.steps, step + self.depth)):
+            if ahead not in self.ahead:
+                self.ahead[ahead] = self.pool.submit(_make_batch, self.task, self.s.batch_size, (self.s.seed, 0, ahead))
+        return self.ahead.pop(step).result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def answer_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -127,34 +172,58 @@ def answer_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def train(model: LM, task: Task, settings: TrainSettings,
-          on_step: Callable[[int, float, float], None] | None = None) -> dict:
+          on_step: Callable[[int, float, float], None] | None = None, workers: int = 0) -> dict:
     """Train in place. on_step(step, loss, token_accuracy) after every step. Returns a summary whose
-    history holds, per step, the loss and the token accuracy on that step's (training) batch."""
+    history holds, per step, the loss and the token accuracy on that step's (training) batch.
+
+    With settings.max_seconds, training stops once that many seconds have passed since the end of
+    the first step (which compiles the GPU kernels, so it is not counted), or after settings.steps,
+    whichever comes first; `steps_done` and `stopped_by` say which. workers > 0: batches are made
+    by that many processes, ahead of time (the same batches)."""
+    if not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an int >= 0, got {workers!r}")
     opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, settings))
     device = next(model.parameters()).device  # batches go where the model is
     model.train()
     history, t0 = {"step": [], "loss": [], "token_accuracy": []}, time.perf_counter()
-    for step in range(settings.steps):
-        batch = task.generate(settings.batch_size, (settings.seed, 0, step))
-        ids, targets = batch.input_ids.to(device), batch.targets.to(device)
-        logits = model(ids, validate=False)  # (b, l, v)
-        loss = answer_loss(logits, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        opt.step()
-        sched.step()
-        acc = score_predictions(logits.detach().argmax(-1), targets).token_accuracy
-        for key, value in (("step", step + 1), ("loss", round(loss.item(), 5)), ("token_accuracy", round(acc, 5))):
-            history[key].append(value)
-        if on_step is not None:
-            on_step(step + 1, loss.item(), acc)
+    clock, stopped_by, time_fraction = None, "steps", 0.0
+    batches = _Batches(task, settings, workers)
+    try:
+        for step in range(settings.steps):
+            if clock is not None and settings.max_seconds is not None:
+                time_fraction = (time.perf_counter() - clock) / settings.max_seconds
+                if time_fraction >= 1.0:
+                    stopped_by = "time"
+                    break
+            for group in opt.param_groups:
+                group["lr"] = settings.lr * lr_factor(step, settings, time_fraction)
+            _step(model, opt, batches.get(step), device, settings, history, step, on_step)
+            if clock is None:
+                clock = time.perf_counter()
+    finally:
+        batches.close()
     model.eval()
     last = history["loss"][-10:]
     return {"settings": asdict(settings), "seconds": round(time.perf_counter() - t0, 2),
+            "steps_done": len(history["step"]), "stopped_by": stopped_by,
             "final_loss": round(sum(last) / len(last), 5), "history": history}
+
+
+def _step(model, opt, batch, device, settings, history, step, on_step) -> None:
+    """One optimizer step on one batch; appends to history."""
+    ids, targets = batch.input_ids.to(device), batch.targets.to(device)
+    logits = model(ids, validate=False)  # (b, l, v)
+    loss = answer_loss(logits, targets)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if settings.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+    opt.step()
+    acc = score_predictions(logits.detach().argmax(-1), targets).token_accuracy
+    for key, value in (("step", step + 1), ("loss", round(loss.item(), 5)), ("token_accuracy", round(acc, 5))):
+        history[key].append(value)
+    if on_step is not None:
+        on_step(step + 1, loss.item(), acc)
 
 
 # --- evaluation --------------------------------------------------------------------------------------
@@ -186,7 +255,8 @@ def evaluate(model: LM, task: Task, values=None, num_examples: int = 256, batch_
              token_budget: int | None = None, on_point: Callable[[dict], None] | None = None) -> list[dict]:
     """Score the model at each value of the task's sweep parameter; one dict per value.
 
-    Batches shrink at long lengths so that a batch holds at most max_batch_tokens tokens. Models
+    Batches shrink at long lengths so that a batch holds at most max_batch_tokens tokens (on the
+    host; predict streams only chunk_len tokens per example to the device at a time). Models
     with attention layers skip lengths above max_attention_length (their cache grows with l).
     token_budget: at most this many tokens per point (fewer examples at long lengths), never fewer
     than 8 examples; each row records how many examples it scored.

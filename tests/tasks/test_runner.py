@@ -117,3 +117,43 @@ def test_without_matplotlib_a_clear_message_and_no_plot(tmp_path, monkeypatch, c
     assert main(["demo", "--quick", "--models", "Mamba-2", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "demo.json").exists() and not (tmp_path / "demo.png").exists()
     assert "pip install 'mambakit[plot]'" in capsys.readouterr().err
+
+
+def test_time_limit_ends_training_and_the_schedule():
+    from mambakit.tasks.runner import TrainSettings, lr_factor, train
+    task = get_task("selective_copying", vocab_size=8, num_tokens=2, length=16)
+    model = build_model("mamba2-tiny", task.vocab_size, {"n_layer": 1}, seed=0)
+    out = train(model, task, TrainSettings(steps=100000, batch_size=2, warmup_steps=0, max_seconds=0.3))
+    assert out["stopped_by"] == "time" and 2 <= out["steps_done"] < 100000
+    assert out["steps_done"] == len(out["history"]["loss"])
+    s = TrainSettings(steps=1000, warmup_steps=10, max_seconds=5.0)
+    assert lr_factor(20, s, time_fraction=1.0) == pytest.approx(s.min_lr_ratio)  # time used up: the floor
+    assert lr_factor(20, s, time_fraction=0.0) == lr_factor(20, s)  # early on, the steps decide
+    with pytest.raises(ValueError, match="max_seconds"):
+        TrainSettings(max_seconds=0)
+
+
+def test_worker_processes_make_the_same_batches():
+    from mambakit.tasks.runner import TrainSettings, train
+    task = get_task("phonebook", num_entries=3)
+    runs = []
+    for workers in (0, 1):
+        model = build_model("mamba2-tiny", task.vocab_size, {"n_layer": 1}, seed=1)
+        runs.append(train(model, task, TrainSettings(steps=3, batch_size=2, seed=1), workers=workers)["history"])
+    assert runs[0] == runs[1]
+    with pytest.raises(ValueError, match="workers"):
+        train(model, task, TrainSettings(steps=1), workers=-1)
+
+
+def test_train_seconds_flag_and_partial_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["task", "train", "--task", "induction_heads", "--param", "length=16", "--model",
+                 "mamba2-tiny,mamba-tiny", "--set", "n_layer=1", "--steps", "100000", "--train-seconds", "0.2",
+                 "--values", "16", "--eval-examples", "8", "--eval-max-batch-tokens", "64", "--out", str(out),
+                 "--device", "cpu", "--threads", "1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [m["train"]["stopped_by"] for m in res["models"]] == ["time", "time"]
+    assert res["models"][0]["train"]["settings"]["max_seconds"] == 0.2
+    assert main(["task", "train", "--task", "mqar", "--model", "mamba2-tiny", "--train-seconds", "0", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "--train-seconds must be > 0" in capsys.readouterr().err
