@@ -36,7 +36,7 @@ if [ "$SMOKE" = 1 ]; then  # CPU, one thread, a few steps: checks every command 
     PB_EVAL="--values 5,20 --eval-examples 8"; MQ_EVAL="--values 4,32 --eval-examples 8"
     NIAH="--lengths 256,512 --depths 0,1 --examples 2 --batch-size 2"
 else
-    DEV=cuda; STEPS=1000000; PAR=1; THREADS=1
+    DEV=cuda; STEPS=1000000; PAR=${PAR:-1}; THREADS=1   # PAR=0: one run at a time (the time slices then do not fit)
     IH_S=${IH_S:-150}; IHT_S=${IHT_S:-120}; PB_S=${PB_S:-150}; MQ_S=${MQ_S:-100}; P1_S=${P1_S:-270}
     WORKERS=2
     # 256 examples per length up to 2^16, then 2^24 tokens: 128, 64, 32, 16 examples at 2^17..2^20;
