@@ -82,3 +82,21 @@ class InferenceCache:
     def __repr__(self) -> str:
         return (f"InferenceCache(batch_size={self.batch_size}, seqlen_offset={self.seqlen_offset}, "
                 f"layers={len(self.layers)}, nbytes={self.nbytes})")
+
+
+def neg_exp_cached(module, name: str = "A_log") -> torch.Tensor:
+    """-exp(module.<name>) in fp32 (an SSM's A), kept on the module between decode steps.
+
+    Cached only under inference_mode (generation): nothing there needs A's graph, and a tensor made
+    there could not enter autograd later anyway. The entry holds the parameter itself (so a new one
+    never reuses the old one's address) and its version counter, which every write bumps."""
+    p = getattr(module, name)
+    if not torch.is_inference_mode_enabled() or p.is_inference():
+        return -torch.exp(p.float())
+    key = (p._version, p.data_ptr(), p.device)
+    slot = f"_neg_exp_cache_{name}"
+    cached = module.__dict__.get(slot)
+    if cached is None or cached[0] is not p or cached[1] != key:
+        cached = (p, key, -torch.exp(p.float()))
+        module.__dict__[slot] = cached
+    return cached[2]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..cache import neg_exp_cached
 from .init import dt_bias_init
 
 
@@ -77,16 +78,19 @@ class Mamba1Mixer(nn.Module):
         """One token for every sequence of the batch: O(1) in the length. hidden (b, 1, d)."""
         if ops.resolve_backend(None, hidden, "mamba1 decode step") == "triton":
             return self._step_triton(hidden, state)
-        x, z = self.in_proj(hidden.squeeze(1)).chunk(2, dim=-1)  # (b, e)
+        # F.linear on the weights directly and in-place ops: at batch 1 the step is bound by the
+        # weights' bandwidth, and each extra op or module call adds its fixed cost 24 times a token.
+        x, z = F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias).chunk(2, dim=-1)  # (b, e)
         x = ops.causal_conv1d_update(x, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
-        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = torch.split(F.linear(x, self.x_proj.weight), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(F.linear(dt, self.dt_proj.weight, self.dt_proj.bias).float())  # (b, e)
+        x = x.float()
         ssm = state["ssm"]
-        dA = torch.exp(dt.unsqueeze(-1) * -torch.exp(self.A_log.float()))  # (b, e, n)
-        ssm.mul_(dA).addcmul_((dt * x.float()).unsqueeze(-1), B.float().unsqueeze(1))  # += dt x B: (b, e, n)
-        y = torch.bmm(ssm, C.float().unsqueeze(-1)).squeeze(-1) + self.D.float() * x.float()  # (b, e)
-        y = (y * F.silu(z.float())).to(hidden.dtype)
-        return self.out_proj(y).unsqueeze(1)
+        dA = torch.mul(dt.unsqueeze(-1), neg_exp_cached(self)).exp_()  # (b, e, n)
+        ssm.mul_(dA).addcmul_((dt * x).unsqueeze(-1), B.float().unsqueeze(1))  # += dt x B: (b, e, n)
+        y = torch.bmm(ssm, C.float().unsqueeze(-1)).squeeze(-1).addcmul_(self.D.float(), x)  # (b, e)
+        y = y.mul_(F.silu(z.float())).to(hidden.dtype)
+        return F.linear(y, self.out_proj.weight, self.out_proj.bias).unsqueeze(1)
 
     def _step_triton(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as two fused kernels (conv shift + conv + SiLU + x_proj; dt_proj + softplus + SSM

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..cache import neg_exp_cached
 from .init import dt_bias_init
 
 
@@ -91,20 +92,27 @@ class Mamba2Mixer(nn.Module):
             return self._step_triton(hidden, state)
         b = hidden.shape[0]
         e, h, p, g, n = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
-        z, xBC, dt = self._split(self.in_proj(hidden.squeeze(1)))  # (b, e), (b, c), (b, h)
+        rep = h // g
+        # F.linear on the weights directly, in-place ops and views instead of copies: at batch 1 the
+        # step is bound by the weights' bandwidth, and each extra op adds its fixed cost per layer.
+        zxbcdt = F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)
+        z, xBC, dt = self._split(zxbcdt)  # (b, e), (b, c), (b, h)
         xBC = ops.causal_conv1d_update(xBC, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
         x, B, C = torch.split(xBC, [e, g * n, g * n], dim=-1)
         x = x.reshape(b, h, p).float()
-        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit)  # (b, h)
-        dA = torch.exp(dt * -torch.exp(self.A_log.float()))  # (b, h)
-        rep = h // g
-        B = B.reshape(b, g, 1, n).float().expand(b, g, rep, n).reshape(b, h, n)
-        C = C.reshape(b, g, 1, n).float().expand(b, g, rep, n).reshape(b, h, n)
-        ssm = state["ssm"]  # (b, h, p, n)
-        ssm.mul_(dA[:, :, None, None]).addcmul_((dt.unsqueeze(-1) * x).unsqueeze(-1), B.unsqueeze(2))
-        y = torch.matmul(ssm, C.unsqueeze(-1)).squeeze(-1) + self.D.float()[:, None] * x  # (b, h, p)
-        y = y.reshape(b, e).to(hidden.dtype)
-        return self._gate_norm_out(y, z).unsqueeze(1)
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # (b, h)
+        if self.dt_limit != (0.0, float("inf")):  # softplus is >= 0: the default limits change nothing
+            dt = dt.clamp(*self.dt_limit)
+        dA = torch.mul(dt, neg_exp_cached(self)).exp_()  # (b, h)
+        # Heads of one group share B and C: broadcast over the group's heads instead of copying.
+        ssm = state["ssm"].view(b, g, rep, p, n)
+        ssm.mul_(dA.view(b, g, rep, 1, 1)).addcmul_((dt.unsqueeze(-1) * x).view(b, g, rep, p, 1),
+                                                     B.float().view(b, g, 1, 1, n))
+        y = torch.matmul(ssm.view(b, g, rep * p, n), C.float().view(b, g, n, 1)).view(b, h, p)
+        y = y.addcmul_(self.D.float()[:, None], x).view(b, e).to(hidden.dtype)  # (b, e)
+        y = ops.gated_rms_norm(y, z, self.norm.weight, self.eps, group_size=self.d_inner // self.ngroups,
+                               norm_before_gate=self.norm_before_gate)
+        return F.linear(y, self.out_proj.weight, self.out_proj.bias).unsqueeze(1)
 
     def _step_triton(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as one fused kernel (conv shift + conv + SiLU + SSM update + y, states in place),

@@ -47,15 +47,22 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         # The state before t=0 belongs to the row's first document.
         ids = torch.cat([seq_idx[:, :1].expand(b, k - 1), seq_idx], dim=1)  # (b, l + k - 1)
     # Sum of k shifted products: contiguous over c, cheaper than transposing for F.conv1d.
-    y = xpad[:, k - 1:] * w[:, k - 1]
-    for j in range(k - 1):
-        tap = xpad[:, j:j + l] * w[:, j]
-        if seq_idx is not None:
-            tap = tap * (ids[:, j:j + l] == seq_idx).unsqueeze(-1).to(x.dtype)
-        y = y + tap
+    # Accumulated in place into one buffer (bias first): each tap is one pass over (b, l, c).
     if bias is not None:
-        y = y + bias.to(x.dtype)
-    y = _activate(y, activation)
+        y = torch.addcmul(bias.to(x.dtype), xpad[:, k - 1:], w[:, k - 1])  # (b, l, c)
+    else:
+        y = xpad[:, k - 1:] * w[:, k - 1]
+    for j in range(k - 1):
+        if seq_idx is not None:
+            tap = xpad[:, j:j + l] * (ids[:, j:j + l] == seq_idx).unsqueeze(-1).to(x.dtype)
+            y.addcmul_(tap, w[:, j])
+        else:
+            y.addcmul_(xpad[:, j:j + l], w[:, j])
+    if activation is not None and not y.requires_grad:
+        _activate_check(activation)
+        y = F.silu(y, inplace=True)  # no autograd here, so no need to keep the pre-activation
+    else:
+        y = _activate(y, activation)
     if not return_final_state:
         return y
     final = xpad[:, -k:].transpose(1, 2) if xpad.shape[1] >= k else F.pad(xpad, (0, 0, k - xpad.shape[1], 0)).transpose(1, 2)
@@ -68,9 +75,29 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     if x.dim() != 2 or conv_state.shape[:2] != x.shape or conv_state.shape[2] != weight.shape[1]:
         raise ValueError(f"causal_conv1d_update: x (b, c) and conv_state (b, c, k) disagree: "
                          f"{tuple(x.shape)} vs {tuple(conv_state.shape)} (k={weight.shape[1]})")
-    conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
-    conv_state[:, :, -1] = x.to(conv_state.dtype)
-    y = (conv_state * weight.to(conv_state.dtype)).sum(-1)
+    b, c, k = conv_state.shape
+    if conv_state.is_contiguous():
+        # Shift left by one as a flat copy: rows are contiguous, and the slot this moves into
+        # each row's end from the next row is overwritten by x below (two memcpys, cheaper than roll).
+        flat = conv_state.view(-1)
+        flat[:-1].copy_(flat[1:].clone())
+    else:
+        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+    conv_state.select(2, k - 1).copy_(x)
+    w = weight.to(conv_state.dtype)
+    if k <= 8:
+        # A sum over a short innermost axis is slow in torch; a matvec with ones is not.
+        y = torch.matmul(conv_state * w, conv_state.new_ones(k))  # (b, c)
+    else:
+        y = (conv_state * w).sum(-1)
     if bias is not None:
-        y = y + bias.to(y.dtype)
-    return _activate(y, activation).to(x.dtype)
+        y.add_(bias.to(y.dtype))
+    if activation is not None:
+        _activate_check(activation)
+        y = F.silu(y, inplace=not y.requires_grad)
+    return y.to(x.dtype)
+
+
+def _activate_check(activation: str) -> None:
+    if activation not in ("silu", "swish"):
+        raise ValueError(f"unknown activation {activation!r}; expected None or 'silu'")

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """x / rms(x) * weight over the last axis (..., e)."""
     dtype = x.dtype
+    if dtype == torch.float32 and weight.dtype == torch.float32:
+        # One fused op (x * rsqrt(mean x^2 + eps) * weight): the same products in the same order.
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(dtype)
@@ -33,6 +36,8 @@ def gated_rms_norm(x: torch.Tensor, z: torch.Tensor | None, weight: torch.Tensor
     xf = x.float()
     if z is not None and not norm_before_gate:
         xf = xf * F.silu(z.float())
+        if dtype == torch.float32 and weight.dtype == torch.float32 and group_size == e:
+            return F.rms_norm(xf, (e,), weight, eps)  # as rms_norm above
     xg = xf.view(*xf.shape[:-1], e // group_size, group_size)
     xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + eps)
     xf = xg.view(*xf.shape)

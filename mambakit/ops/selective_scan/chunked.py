@@ -27,8 +27,10 @@ from torch.autograd.function import once_differentiable
 
 from .reference import check_selective_scan_inputs, compute_dtype, document_starts, prepare_delta
 
-# Elements in one (b, c, n, e) forward buffer: a few MB, so a block stays in cache.
-FWD_BLOCK_ELEMS = 1 << 19
+# Elements in one (b, c, n, e) forward buffer: 1 MB in fp32, so a block's two buffers stay in one
+# core's L2 (2 MB on our CPU). Of 2^16 .. 2^20 this was the fastest for l 1024, e 1536, n 16 on
+# one thread (about 20% less scan time than 2^19).
+FWD_BLOCK_ELEMS = 1 << 18
 # Elements in one (b, s, n, e) backward buffer; also sets the spacing s of the saved states.
 BWD_SEGMENT_ELEMS = 1 << 20
 
