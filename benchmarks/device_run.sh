@@ -24,7 +24,7 @@ for s in ${1:-tests kernels scan}; do
         kernels) stage kernels "${KERNELS_S:-240}" python benchmarks/gpu_kernels.py --sweep --warm --out "$R" ;;
         scan) stage scan "${SCAN_S:-120}" python benchmarks/gpu_selective_scan.py --quick --out "$R" ;;
         train) stage train "${TRAIN_S:-200}" python benchmarks/gpu_training_step.py --out "$R" ;;
-        profile) stage profile "${PROFILE_S:-60}" python benchmarks/gpu_profile_ssd.py --out "$R" ;;
+        profile) stage profile "${PROFILE_S:-90}" python benchmarks/gpu_profile_ssd.py --out "$R" ;;
         generation) PYTHONPATH=. stage generation "${GEN_S:-300}" python benchmarks/gpu_generation.py --out "$R" ${GEN_ARGS:-} ;;
     esac
 done

@@ -41,12 +41,41 @@ def profile(fn, iters: int) -> list[dict]:
     return rows
 
 
+def time_variants(args, config, ssd_triton) -> list[dict]:
+    """fwd and fwd+bwd median ms of CONFIG variants at the first shape (the default first)."""
+    import triton
+    b, l = map(int, args.shapes.split(",")[0].split("x"))
+    insg = ssd_inputs(b, l, args.g, grad=True)
+    gy = torch.randn(b, l, H, P, device="cuda", dtype=torch.bfloat16)
+    base, rows = dict(config), []
+    for var in [{}] + [json.loads(v) for v in args.variants.split(";") if v.strip()]:
+        config.update(base, **var)
+        try:
+            with torch.no_grad():
+                fwd = triton.testing.do_bench(lambda: ssd_triton(**insg, chunk_size=256, dt_softplus=True),
+                                              return_mode="median")
+
+            def fb():
+                ssd_triton(**insg, chunk_size=256, dt_softplus=True)[0].backward(gy)
+            fwdbwd = triton.testing.do_bench(fb, grad_to_none=list(insg.values()), return_mode="median")
+            row = {"shape": f"{b}x{l}", "variant": var, "fwd_ms": fwd, "fwdbwd_ms": fwdbwd}
+        except Exception as exc:  # noqa: BLE001 - keep the other variants
+            row = {"shape": f"{b}x{l}", "variant": var, "error": repr(exc)[:300]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    config.clear()
+    config.update(base)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     ap.add_argument("--shapes", default="1x65536,4x4096")
     ap.add_argument("--g", type=int, default=1)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--variants", default='{"scan_bp": 32};{"scan_warps": 4};{"stages": 3}',
+                    help="CONFIG overrides timed at the first shape (fwd, fwd+bwd median ms), ';'-separated JSON")
     args = ap.parse_args()
     from mambakit.ops.ssd.triton import CONFIG, ssd_triton
     peer = mamba_ssm_fn()
@@ -78,6 +107,7 @@ def main() -> int:
                     print(f"  {r['ms_per_iter']:8.3f} ms  x{r['calls_per_iter']:.0f}  {r['kernel']}")
         del insg, gy
         torch.cuda.empty_cache()
+    out["variants"] = time_variants(args, CONFIG, ssd_triton)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_profile_ssd.json"), "w") as fh:
         json.dump(out, fh, indent=1)
