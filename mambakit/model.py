@@ -45,7 +45,12 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
         h = self.norm(x.to(self.norm.weight.dtype))
-        return x + self.mixer(h, cache=cache, seq_idx=seq_idx).to(x.dtype)
+        y = self.mixer(h, cache=cache, seq_idx=seq_idx)
+        if y.dtype == x.dtype and y.shape == x.shape and not (torch.is_grad_enabled() and y.requires_grad):
+            # Inference: add into the mixer's output, a fresh tensor of its last projection, rather
+            # than allocate another (b, l, d) buffer (fresh pages cost more than the add itself).
+            return y.add_(x)
+        return x + y.to(x.dtype)
 
 
 class LM(nn.Module):

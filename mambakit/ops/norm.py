@@ -11,11 +11,29 @@ import torch
 import torch.nn.functional as F
 
 
+# Elements from which the in-place inference path pays: below it, the fewest ops win.
+BIG = 1 << 16
+
+
+def _no_grad(*tensors) -> bool:
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+
+
+def _rsqrt_mean_square(xg: torch.Tensor, eps: float) -> torch.Tensor:
+    """rsqrt(mean(xg^2) + eps) over the last axis, keepdim, without a (..., e) temporary."""
+    r = torch.linalg.vector_norm(xg, dim=-1, keepdim=True)  # (..., 1)
+    return r.square_().div_(xg.shape[-1]).add_(eps).rsqrt_()
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """x / rms(x) * weight over the last axis (..., e)."""
     dtype = x.dtype
     if dtype == torch.float32 and weight.dtype == torch.float32:
-        # One fused op (x * rsqrt(mean x^2 + eps) * weight): the same products in the same order.
+        if x.numel() >= BIG and _no_grad(x, weight):
+            # Inference on many tokens: one (..., e) buffer, written in place. Each temporary of a
+            # long prompt is megabytes of fresh pages, which cost more than the arithmetic on them.
+            return (x * _rsqrt_mean_square(x, eps)).mul_(weight)
+        # Few ops, all in C++ (the same products in the same order as below): best for a decode step.
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
@@ -33,6 +51,15 @@ def gated_rms_norm(x: torch.Tensor, z: torch.Tensor | None, weight: torch.Tensor
     group_size = group_size or e
     if e % group_size:
         raise ValueError(f"gated_rms_norm: width {e} is not a multiple of group_size {group_size}")
+    if dtype == torch.float32 and weight.dtype == torch.float32 and x.numel() >= BIG and _no_grad(x, z, weight):
+        # Inference, fp32: one (..., e) buffer, every later step in place (see rms_norm).
+        gate_first = z is not None and not norm_before_gate
+        xf = F.silu(z.float()).mul_(x) if gate_first else x.clone()
+        xg = xf.view(*xf.shape[:-1], e // group_size, group_size)
+        xg.mul_(_rsqrt_mean_square(xg, eps))
+        if z is not None and norm_before_gate:
+            xf.mul_(F.silu(z.float()))
+        return xf.mul_(weight)
     xf = x.float()
     if z is not None and not norm_before_gate:
         xf = xf * F.silu(z.float())

@@ -197,7 +197,13 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     """Mamba-1 selective scan, fast on the CPU. Returns y (b, l, e) in u's dtype, final_state (b, e, n)."""
     b, l, e, n = check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx)
     dtype = compute_dtype(u, delta, A, B, C)
-    dl = prepare_delta(delta, delta_bias, delta_softplus, dtype)       # (b, l, e)
+    if delta_bias is not None and delta_softplus and not (torch.is_grad_enabled() and (
+            delta.requires_grad or delta_bias.requires_grad)):
+        # prepare_delta's math, the softplus in place on the fresh sum (one (b, l, e) buffer, not two)
+        dl = delta.to(dtype) + delta_bias.to(dtype)                    # (b, l, e)
+        torch._C._nn.softplus(dl, 1, 20, out=dl)
+    else:
+        dl = prepare_delta(delta, delta_bias, delta_softplus, dtype)   # (b, l, e)
     x = u.to(dtype)
     starts = document_starts(seq_idx)
     keep_bl = positions = None
@@ -208,6 +214,14 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     A, B, C = A.to(dtype), B.to(dtype), C.to(dtype)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dl, A, B, C, h0))
     y, h_last = _SelectiveScanCore.apply(x, dl, A, B, C, h0, keep_bl, positions, needs_grad)
+    if not needs_grad and not (torch.is_grad_enabled() and (D is not None and D.requires_grad
+                                                            or z is not None and z.requires_grad)):
+        # Inference: y is ours, so the skip and the gate go in place (no fresh (b, l, e) pages).
+        if D is not None:
+            y.addcmul_(x, D.to(dtype))
+        if z is not None:
+            y.mul_(F.silu(z.to(dtype)))
+        return y.to(u.dtype), h_last
     if D is not None:
         y = torch.addcmul(y, x, D.to(dtype))
     if z is not None:
