@@ -84,8 +84,9 @@ def _scan_forward(u, delta, A, B, C, h0, keep, save_every: int):
         c = min(c, save_every)
         save_every -= save_every % c                        # saved states fall on block ends
     At = A.t().contiguous()                                 # (n, e)
-    du = delta * u                                          # (b, l, e)
-    y = torch.empty(b, l, e, dtype=u.dtype, device=u.device)
+    du = torch.mul(delta, u, out=torch.empty(b, l, e, dtype=u.dtype, device=u.device))  # (b, l, e), contiguous
+    # y shares du's buffer: a block's y is written only after its du was read (no fresh pages)
+    y = du
     # a private copy: the loop updates it in place
     state = u.new_zeros(b, n, e) if h0 is None else h0.transpose(1, 2).clone(memory_format=torch.contiguous_format)
     saved = [state.clone()] if save_every else None
@@ -197,11 +198,13 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     """Mamba-1 selective scan, fast on the CPU. Returns y (b, l, e) in u's dtype, final_state (b, e, n)."""
     b, l, e, n = check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx)
     dtype = compute_dtype(u, delta, A, B, C)
+    own_dl = False                                                     # dl a buffer of ours?
     if delta_bias is not None and delta_softplus and not (torch.is_grad_enabled() and (
             delta.requires_grad or delta_bias.requires_grad)):
         # prepare_delta's math, the softplus in place on the fresh sum (one (b, l, e) buffer, not two)
         dl = delta.to(dtype) + delta_bias.to(dtype)                    # (b, l, e)
         torch._C._nn.softplus(dl, 1, 20, out=dl)
+        own_dl = True
     else:
         dl = prepare_delta(delta, delta_bias, delta_softplus, dtype)   # (b, l, e)
     x = u.to(dtype)
@@ -220,7 +223,11 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
         if D is not None:
             y.addcmul_(x, D.to(dtype))
         if z is not None:
-            y.mul_(F.silu(z.to(dtype)))
+            zc = z.to(dtype)
+            if own_dl and zc.shape == dl.shape:
+                y.mul_(torch._C._nn.silu(zc, out=dl))                  # dl is spent: its buffer takes silu(z)
+            else:
+                y.mul_(F.silu(zc))
         return y.to(u.dtype), h_last
     if D is not None:
         y = torch.addcmul(y, x, D.to(dtype))
