@@ -41,31 +41,56 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         if initial_state.shape != (b, c, k):
             raise ValueError(f"causal_conv1d: initial_state must be {(b, c, k)}, got {tuple(initial_state.shape)}")
         past = initial_state[:, :, 1:].transpose(1, 2).to(x.dtype)
-    xpad = torch.cat([past, x], dim=1)  # (b, l + k - 1, c)
     w = weight.to(x.dtype)
     if seq_idx is not None:
-        # The state before t=0 belongs to the row's first document.
-        ids = torch.cat([seq_idx[:, :1].expand(b, k - 1), seq_idx], dim=1)  # (b, l + k - 1)
+        return _causal_conv1d_packed(x, w, bias, activation, past, seq_idx, return_final_state)
     # Sum of k shifted products: contiguous over c, cheaper than transposing for F.conv1d.
     # Accumulated in place into one buffer (bias first): each tap is one pass over (b, l, c).
+    # Tap j reads s = k-1-j tokens back: x for outputs s.., the state's inputs for the first s
+    # (no padded copy of x); every output gets its terms in the same order as the packed path.
+    if bias is not None:
+        y = torch.addcmul(bias.to(x.dtype), x, w[:, k - 1])  # (b, l, c)
+    else:
+        y = x * w[:, k - 1]
+    for j in range(k - 1):
+        s = k - 1 - j
+        if s < l:
+            y[:, s:].addcmul_(x[:, :l - s], w[:, j])
+        m = min(s, l)
+        y[:, :m].addcmul_(past[:, j:j + m], w[:, j])
+    y = _activate_fresh(y, activation)
+    if not return_final_state:
+        return y
+    final = torch.cat([past, x[:, -k:]], dim=1)[:, -k:].transpose(1, 2)  # (b, c, k)
+    return y, final.contiguous()
+
+
+def _activate_fresh(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """_activate on a buffer of ours: in place when no autograd graph needs the pre-activation."""
+    if activation is not None and not y.requires_grad:
+        _activate_check(activation)
+        return F.silu(y, inplace=True)
+    return _activate(y, activation)
+
+
+def _causal_conv1d_packed(x, w, bias, activation, past, seq_idx, return_final_state):
+    """causal_conv1d with document ids: taps that would read across a change of id read zero."""
+    b, l, c = x.shape
+    k = w.shape[1]
+    xpad = torch.cat([past, x], dim=1)  # (b, l + k - 1, c)
+    # The state before t=0 belongs to the row's first document.
+    ids = torch.cat([seq_idx[:, :1].expand(b, k - 1), seq_idx], dim=1)  # (b, l + k - 1)
     if bias is not None:
         y = torch.addcmul(bias.to(x.dtype), xpad[:, k - 1:], w[:, k - 1])  # (b, l, c)
     else:
         y = xpad[:, k - 1:] * w[:, k - 1]
     for j in range(k - 1):
-        if seq_idx is not None:
-            tap = xpad[:, j:j + l] * (ids[:, j:j + l] == seq_idx).unsqueeze(-1).to(x.dtype)
-            y.addcmul_(tap, w[:, j])
-        else:
-            y.addcmul_(xpad[:, j:j + l], w[:, j])
-    if activation is not None and not y.requires_grad:
-        _activate_check(activation)
-        y = F.silu(y, inplace=True)  # no autograd here, so no need to keep the pre-activation
-    else:
-        y = _activate(y, activation)
+        tap = xpad[:, j:j + l] * (ids[:, j:j + l] == seq_idx).unsqueeze(-1).to(x.dtype)
+        y.addcmul_(tap, w[:, j])
+    y = _activate_fresh(y, activation)
     if not return_final_state:
         return y
-    final = xpad[:, -k:].transpose(1, 2) if xpad.shape[1] >= k else F.pad(xpad, (0, 0, k - xpad.shape[1], 0)).transpose(1, 2)
+    final = xpad[:, -k:].transpose(1, 2)
     return y, final.contiguous()
 
 
