@@ -15,6 +15,7 @@ tokens/s <= matmul FLOP/s / (matmul FLOPs per token); decode tokens/s <= matrix-
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -76,6 +77,9 @@ def measure(family: str, args) -> dict:
     def ours_prefill():
         ours(ids, cache=ours.allocate_cache(1))
 
+    def ours_prefill_last():  # what generate's prefill runs: the head on the last position only
+        ours(ids, cache=ours.allocate_cache(1), last_only=True)
+
     def hf_prefill():
         hf(ids, use_cache=True)
 
@@ -96,6 +100,9 @@ def measure(family: str, args) -> dict:
         row[f"{who}_decode_tok_s"] = (args.decode - 1) / max(t_all - t_one, 1e-9)
         print(f"  {family:7s} {who:12s} prefill {row[f'{who}_prefill_tok_s']:8.1f} tok/s   "
               f"decode {row[f'{who}_decode_tok_s']:6.2f} tok/s", flush=True)
+    row["mambakit_prefill_last_only_tok_s"] = args.prefill / best_of(ours_prefill_last, args.repeats)
+    print(f"  {family:7s} mambakit     prefill {row['mambakit_prefill_last_only_tok_s']:8.1f} tok/s with the last "
+          "position's logits only (as generate)", flush=True)
     row["flops_per_token"] = matmul_flops_per_token(ours)
     row["weight_bytes_per_token"] = weight_bytes_per_token(ours)
     return row
@@ -160,6 +167,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_start = list(os.getloadavg())  # machine_info() records it again at the end
     floors = {"matmul_flop_s": matmul_rate(), "matvec_bytes_s": matvec_bandwidth()}
     print(f"floors: matmul {floors['matmul_flop_s'] / 1e9:.1f} GFLOP/s, matvec {floors['matvec_bytes_s'] / 1e9:.1f} GB/s")
     rows = []
@@ -173,7 +181,7 @@ def main(argv=None) -> int:
         context_rows += decode_at_contexts(preset, args.contexts, args.context_steps, args.repeats)
     # the floors again at the end: a neighbour that woke up mid-run shows here
     floors_end = {"matmul_flop_s": matmul_rate(), "matvec_bytes_s": matvec_bandwidth()}
-    payload = {"machine": machine_info(), "floors": floors, "floors_end": floors_end, "args": vars(args), "rows": rows,
+    payload = {"machine": machine_info(), "load_average_start": load_start, "floors": floors, "floors_end": floors_end, "args": vars(args), "rows": rows,
                "context_rows": context_rows}
     path = write_result("cpu_generation", payload, args.out)
     print(markdown_table(rows))
