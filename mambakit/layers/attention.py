@@ -108,7 +108,11 @@ class Attention(nn.Module):
         if pad_lengths is not None:
             mask, is_causal = _mask_left_padding(mask, pad_lengths, l, k.shape[1]), False
         q, k, v = q.transpose(1, 2), k.transpose(1, 2).to(q.dtype), v.transpose(1, 2).to(q.dtype)  # (b, heads, ., hd)
-        if kvh != h and _SDPA_HAS_GQA:
+        # enable_gqa keeps SDPA on the flash kernel for half precision; on CUDA in fp32 only the
+        # math kernel takes it, which materializes (b, h, l, t) scores (64 GiB for 256 x 8192
+        # tokens), so there the kv heads are repeated and the memory-efficient kernel runs instead
+        use_gqa = _SDPA_HAS_GQA and not (q.is_cuda and q.dtype == torch.float32)
+        if kvh != h and use_gqa:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
         else:
             if kvh != h:
