@@ -99,26 +99,30 @@ ssd_case("bf16", 4, 32, dict(b=1, l=96, h=4, p=16, g=2, n=16, dtype=torch.bfloat
 # Decode: T tokens one at a time through the fused step == causal conv1d + chunked SSD.
 gen = torch.Generator().manual_seed(7)
 rnd = lambda *s: torch.randn(*s, generator=gen)
-b, T_, h, p, n, g, k = 2, 5, 4, 16, 16, 2, 4
-e = h * p
-c = e + 2 * g * n
-xbc = rnd(b, T_, c)
-dt = rnd(b, T_, h)
-w, cb = 0.5 * rnd(c, k), rnd(c)
-A, D, dtb = -(torch.rand(h, generator=gen) + 0.5), rnd(h), 0.3 * rnd(h)
-z = rnd(b, T_, h, p)
-u = causal_conv1d(xbc, w, cb, activation="silu")
-y_ref, st_ref = ssd_chunked(u[..., :e].reshape(b, T_, h, p), dt, A, u[..., e:e + g * n].reshape(b, T_, g, n),
-                            u[..., e + g * n:].reshape(b, T_, g, n), D=D, z=z, dt_bias=dtb, dt_softplus=True)
-conv_state = torch.zeros(b, c, k)
-ssm_state = torch.zeros(b, h, p, n)
-ys = []
-for t in range(T_):
-    ys.append(mamba2_decode_step_triton(xbc[:, t], dt[:, t], conv_state, ssm_state, w, cb, A, D, dtb, True,
-                                        (0.0, float("inf")), g, p, z=z[:, t]))
-conv_ref = torch.cat([torch.zeros(b, c, max(0, k - T_)), xbc[:, -k:].transpose(1, 2)], -1)
-print(json.dumps({"case": "decode", "err": {"y": rel(torch.stack(ys, 1), y_ref), "ssm_state": rel(ssm_state, st_ref),
-                                              "conv_state": rel(conv_state, conv_ref)}}), flush=True)
+
+def decode_case(name, b, T_, h, p, n, g, k):
+    e = h * p
+    c = e + 2 * g * n
+    xbc = rnd(b, T_, c)
+    dt = rnd(b, T_, h)
+    w, cb = 0.5 * rnd(c, k), rnd(c)
+    A, D, dtb = -(torch.rand(h, generator=gen) + 0.5), rnd(h), 0.3 * rnd(h)
+    z = rnd(b, T_, h, p)
+    u = causal_conv1d(xbc, w, cb, activation="silu")
+    y_ref, st_ref = ssd_chunked(u[..., :e].reshape(b, T_, h, p), dt, A, u[..., e:e + g * n].reshape(b, T_, g, n),
+                                u[..., e + g * n:].reshape(b, T_, g, n), D=D, z=z, dt_bias=dtb, dt_softplus=True)
+    conv_state = torch.zeros(b, c, k)
+    ssm_state = torch.zeros(b, h, p, n)
+    ys = []
+    for t in range(T_):
+        ys.append(mamba2_decode_step_triton(xbc[:, t], dt[:, t], conv_state, ssm_state, w, cb, A, D, dtb, True,
+                                            (0.0, float("inf")), g, p, z=z[:, t]))
+    conv_ref = torch.cat([torch.zeros(b, c, max(0, k - T_)), xbc[:, -k:].transpose(1, 2)], -1)
+    print(json.dumps({"case": name, "err": {"y": rel(torch.stack(ys, 1), y_ref), "ssm_state": rel(ssm_state, st_ref),
+                                            "conv_state": rel(conv_state, conv_ref)}}), flush=True)
+
+decode_case("decode", 2, 5, 4, 16, 16, 2, 4)
+decode_case("decode_p48", 1, 6, 4, 48, 8, 2, 3)  # two blocks of the head dim, the second masked
 
 # conv1d + SiLU and gated RMSNorm kernels against the torch ops (fp64), outputs and gradients
 from mambakit.ops.conv1d_triton import causal_conv1d_triton
@@ -191,9 +195,10 @@ def test_bf16_error_within_twice_the_chunked_tier(results):
         assert err <= bound, (name, err, r["chunked"][name], r["floor"][name])
 
 
-def test_decode_step_matches_chunked_sequence(results):
-    for name, err in results["decode"]["err"].items():
-        assert err < 1e-5, (name, err)
+@pytest.mark.parametrize("case", ["decode", "decode_p48"])
+def test_decode_step_matches_chunked_sequence(results, case):
+    for name, err in results[case]["err"].items():
+        assert err < 1e-5, (case, name, err)
 
 
 def test_conv1d_and_gated_norm_match_torch(results):
