@@ -102,16 +102,22 @@ def main() -> int:
                 total = sum(r["ms_per_iter"] for r in rows)
                 out["runs"].append({"shape": shape, "g": args.g, "impl": name, "pass": pas,
                                     "total_ms": total, "kernels": rows})
+                save(args.out, out)
                 print(f"\n{shape} g{args.g} {name} {pas}: {total:.3f} ms of kernels per call")
                 for r in rows[:12]:
                     print(f"  {r['ms_per_iter']:8.3f} ms  x{r['calls_per_iter']:.0f}  {r['kernel']}")
         del insg, gy
         torch.cuda.empty_cache()
     out["variants"] = time_variants(args, CONFIG, ssd_triton)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu_profile_ssd.json"), "w") as fh:
-        json.dump(out, fh, indent=1)
+    save(args.out, out)
     return 0
+
+
+def save(folder: str, out: dict) -> None:
+    """Written after every measurement, so a run cut short keeps what it has."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "gpu_profile_ssd.json"), "w") as fh:
+        json.dump(out, fh, indent=1)
 
 
 if __name__ == "__main__":

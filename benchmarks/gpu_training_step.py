@@ -87,7 +87,7 @@ def run_one(preset: str, backend: str, args) -> dict:
     row = {"model": preset, "backend": backend, "batch": args.batch, "seqlen": args.seqlen,
            "params": sum(p.numel() for p in model.parameters()), "step_s": t, "tokens_per_s": tokens / t,
            "mfu": flops / t / bf16_peak(), "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-           "loss": float(loss)}
+           "loss": float(loss.detach())}
     print(f"{preset:22s} {backend:7s} {row['tokens_per_s']:10.0f} tok/s  MFU {100 * row['mfu']:5.1f}%  "
           f"step {1e3 * t:8.1f} ms  mem {row['peak_mem_gib']:.1f} GiB", flush=True)
     del model, opt
@@ -109,6 +109,10 @@ def main(argv=None) -> int:
         print("needs CUDA", file=sys.stderr)
         return 1
     rows = []
+
+    def save():  # after every row, so a run cut short by a time limit keeps what it measured
+        return write_result("gpu_training_step", {"machine": machine_info(), "bf16_peak_flop_s": bf16_peak(),
+                                                  "args": vars(args), "rows": rows}, args.out)
     for preset in args.models:
         for backend in args.backends:
             try:
@@ -121,8 +125,8 @@ def main(argv=None) -> int:
                 print(f"{preset} {backend}: {err!r}", flush=True)
                 rows.append({"model": preset, "backend": backend, "error": repr(err)[:500]})
                 torch.cuda.empty_cache()
-    path = write_result("gpu_training_step", {"machine": machine_info(), "bf16_peak_flop_s": bf16_peak(),
-                                              "args": vars(args), "rows": rows}, args.out)
+            save()
+    path = save()
     print(f"written: {path}")
     return 0
 
