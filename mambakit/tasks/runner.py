@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..model import LM
+from ..train.optim import no_decay_names, param_groups
 from .base import IGNORE_INDEX, Task, TaskBatch
 from .scoring import Score, score_predictions
 
@@ -111,17 +112,6 @@ class TrainSettings:
             raise ValueError(f"max_seconds must be > 0 seconds (or None for no time limit), got {self.max_seconds!r}")
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    # As the Mamba recipe: no decay on A_log, D, dt (marked by the mixers), norms, biases, embedding.
-    decay, keep = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        no = getattr(p, "_no_weight_decay", False) or p.dim() < 2 or name.startswith("embedding")
-        (keep if no else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
-
-
 def lr_factor(step: int, s: TrainSettings, time_fraction: float = 0.0) -> float:
     """Linear warm-up over warmup_steps, then cosine down to min_lr_ratio; the cosine's progress is the
     larger of the steps done and time_fraction (the share of max_seconds used)."""
@@ -182,7 +172,8 @@ def train(model: LM, task: Task, settings: TrainSettings,
     by that many processes, ahead of time (the same batches)."""
     if not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an int >= 0, got {workers!r}")
-    opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(param_groups(model, settings.weight_decay, no_decay_names(model)), lr=settings.lr,
+                            betas=(0.9, 0.95))
     device = next(model.parameters()).device  # batches go where the model is
     model.train()
     history, t0 = {"step": [], "loss": [], "token_accuracy": []}, time.perf_counter()
