@@ -24,6 +24,18 @@ Decoding: the cache dict of this layer holds {"k": (b, t, kvh, hd), "v": (b, t, 
 keys already rotated, grown by whatever arrives (a prompt, a chunk of one, or one token).
 Positions start at cache.seqlen_offset (the tokens already consumed).
 
+Static KV cache (cache.allocate_static_cache, for CUDA-graph decoding; T = capacity): the dict
+holds {"k_static", "v_static": (b, T, kvh, hd), "pos": (1,) long} and, with RoPE, views of the
+rope_tables rows (T, 1, hd) and swap index ("rope_cos", "rope_sin", "rope_swap"), allocated once and never replaced. A decode step (l = 1, no seq_idx) then runs with
+nothing taken from the host: RoPE rows gathered from the table at `pos`, k and v written at `pos`
+with index_copy_, attention over all T keys behind a mask built on the device (key <= pos, and
+key >= pad_lengths[i] with left padding), then pos += 1 in place. Fixed shapes, no sync, the same
+addresses every step: a CUDA graph of it replays correctly and its replay advances pos. Masked
+keys are zeros or finite stale keys (cache.reset zeroes the buffers), and add nothing. Longer
+inputs (a prefill, a chunk) take the host path: rows past..past+l written into the buffers,
+attention over the first past + l keys with the usual masks, pos set to past + l. More than T
+tokens give a ValueError before anything is written (the host knows cache.seqlen_offset).
+
 Packed sequences (seq_idx, (b, l) document ids): the mask is block-diagonal causal, no token
 attends to another document. RoPE positions stay global (position in the row, not in the
 document); RoPE scores depend only on the distance between query and key, so within a document
@@ -127,6 +139,21 @@ class Attention(nn.Module):
         return {"k": torch.zeros(shape, dtype=dtype, device=device),
                 "v": torch.zeros(shape, dtype=dtype, device=device)}
 
+    def allocate_static_state(self, batch_size: int, capacity: int, dtype=None, device=None) -> dict:
+        """A static KV cache of `capacity` tokens (see the module docstring)."""
+        dtype = dtype or self.k_proj.weight.dtype
+        device = torch.device(device or self.k_proj.weight.device)
+        shape = (batch_size, capacity, self.n_kv_heads, self.head_dim)
+        state = {"k_static": torch.zeros(shape, dtype=dtype, device=device),
+                 "v_static": torch.zeros(shape, dtype=dtype, device=device),
+                 "pos": torch.zeros(1, dtype=torch.long, device=device)}
+        if self.rotary_dim:
+            # Views of the module-level table (shared by the layers); kept here, so that the table
+            # growing later (a new tensor in _ROPE_TABLES) never moves what a graph reads.
+            cos, sin, swap = rope_tables(capacity, self.head_dim, self.rotary_dim, self.rope_theta, device, dtype)
+            state.update(rope_cos=cos[:capacity], rope_sin=sin[:capacity], rope_swap=swap)  # (T, 1, hd), (hd,)
+        return state
+
     def forward(self, x: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
         """x (b, l, d) -> (b, l, d). With a cache: attend to the cached tokens too, then append."""
         b, l, _ = x.shape
@@ -137,6 +164,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, l, h, hd)
         k = self.k_proj(x).view(b, l, kvh, hd)
         v = self.v_proj(x).view(b, l, kvh, hd)
+        if cache is not None and "k_static" in cache.layers[self.layer_idx]:
+            return self.o_proj(static_attention(self, q, k, v, cache, seq_idx))  # (b, l, d)
         if self.rotary_dim:
             cos, sin, swap = rope_tables(past + l, hd, self.rotary_dim, self.rope_theta, x.device, q.dtype)
             cos, sin = cos[past:past + l], sin[past:past + l]  # (l, 1, hd)
@@ -212,8 +241,87 @@ def _mask_left_padding(mask, pad_lengths: torch.Tensor, l: int, t: int) -> torch
     no query row is all masked, which would give NaN). Returns a bool mask (b, 1, l, t).
     """
     key_pos = torch.arange(t, device=pad_lengths.device)
-    q_pos = key_pos[t - l:]  # the l new tokens are the last of the t keys
     pad = pad_lengths[:, None]
+    if l == 1:  # a decode step: the query is the last key, and causality masks nothing
+        real = key_pos[None] >= pad  # (b, t)
+        keep = (real == real[:, -1:])[:, None, None]  # (b, 1, 1, t)
+        return keep if mask is None else keep & mask
+    q_pos = key_pos[t - l:]  # the l new tokens are the last of the t keys
     keep = (q_pos[None] >= pad)[:, :, None] == (key_pos[None] >= pad)[:, None, :]  # (b, l, t)
     keep = (keep & (key_pos[None, :] <= q_pos[:, None]))[:, None]  # causal, (b, 1, l, t)
     return keep if mask is None else keep & mask
+
+
+# --- the static KV cache (see the module docstring) -------------------------------------------------------
+def static_attention(layer: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache,
+                     seq_idx=None) -> torch.Tensor:
+    """q (b, l, h, hd), k, v (b, l, kvh, hd), not yet rotated -> (b, l, h hd), through a static KV cache."""
+    state = cache.layers[layer.layer_idx]
+    b, l = q.shape[:2]
+    past, capacity = cache.seqlen_offset, state["k_static"].shape[1]
+    if past + l > capacity:
+        raise ValueError(f"attention layer {layer.layer_idx}: {past + l} tokens exceed the static KV cache's "
+                         f"capacity of {capacity}; allocate the cache with a larger capacity")
+    pad_lengths = getattr(cache, "pad_lengths", None)
+    if l == 1 and seq_idx is None:
+        y = _static_decode_step(q, k, v, state, pad_lengths, layer.n_heads, layer.n_kv_heads)
+    else:
+        y = _static_chunk(layer, q, k, v, state, past, seq_idx, pad_lengths)
+    return y.reshape(b, l, -1)  # (b, l, h hd)
+
+
+def _static_decode_step(q, k, v, state: dict, pad_lengths, h: int, kvh: int) -> torch.Tensor:
+    """One token at the device-side position state["pos"]: no host sync, fixed shapes (CUDA-graph safe).
+
+    q (b, 1, h, hd), k, v (b, 1, kvh, hd) -> (b, 1, h, hd); advances state["pos"] in place."""
+    pos = state["pos"]  # (1,) long: the tokens cached so far = this token's position
+    k_buf, v_buf = state["k_static"], state["v_static"]  # (b, T, kvh, hd)
+    if "rope_cos" in state:
+        cos, sin = state["rope_cos"].index_select(0, pos), state["rope_sin"].index_select(0, pos)  # (1, 1, hd)
+        q, k = _static_rope(q, k, cos, sin, state["rope_swap"])
+    k_buf.index_copy_(1, pos, k.to(k_buf.dtype))
+    v_buf.index_copy_(1, pos, v.to(v_buf.dtype))
+    key_pos = torch.arange(k_buf.shape[1], device=pos.device)  # (T,)
+    keep = (key_pos <= pos)[None]  # (1, T): this token and those before it
+    if pad_lengths is not None:
+        keep = keep & (key_pos[None] >= pad_lengths[:, None])  # (b, T): not the row's left padding
+    pos.add_(1)
+    return _static_sdpa(q, k_buf, v_buf, keep[:, None, None, :], False, h, kvh)  # mask (b or 1, 1, 1, T)
+
+
+def _static_chunk(layer: Attention, q, k, v, state: dict, past: int, seq_idx, pad_lengths) -> torch.Tensor:
+    """l tokens at the host-known position `past` (a prefill or a chunk of one) -> (b, l, h, hd)."""
+    b, l = q.shape[:2]
+    t = past + l
+    if "rope_cos" in state:
+        cos, sin = state["rope_cos"][past:t], state["rope_sin"][past:t]  # (l, 1, hd)
+        q, k = _static_rope(q, k, cos, sin, state["rope_swap"])
+    state["k_static"][:, past:t] = k  # casts to the cache's dtype
+    state["v_static"][:, past:t] = v
+    state["pos"].fill_(t)
+    mask, is_causal = Attention._mask(b, l, t, seq_idx, q.device)
+    if pad_lengths is not None:
+        mask, is_causal = _mask_left_padding(mask, pad_lengths, l, t), False
+    return _static_sdpa(q, state["k_static"][:, :t], state["v_static"][:, :t], mask, is_causal,
+                        layer.n_heads, layer.n_kv_heads)
+
+
+def _static_rope(q, k, cos, sin, swap):
+    """RoPE as Attention.forward applies it (the same table rows, so the same floats)."""
+    if cos.dtype != q.dtype:  # the table is in the cache's dtype; autocast may run q in another
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+    return apply_rope_table(q, cos, sin, swap), apply_rope_table(k, cos, sin, swap)
+
+
+def _static_sdpa(q, k, v, mask, is_causal: bool, h: int, kvh: int) -> torch.Tensor:
+    """q (b, l, h, hd), k, v (b, t, kvh, hd) -> (b, l, h, hd), choosing the GQA route as Attention.forward."""
+    if k.dtype != q.dtype:  # a cache kept in another dtype
+        k, v = k.to(q.dtype), v.to(q.dtype)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, heads, ., hd)
+    if kvh != h and _SDPA_HAS_GQA and not (q.is_cuda and q.dtype == torch.float32):
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
+    else:
+        if kvh != h:
+            k, v = k.repeat_interleave(h // kvh, dim=1), v.repeat_interleave(h // kvh, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+    return y.transpose(1, 2)  # (b, l, h, hd)

@@ -146,3 +146,28 @@ def test_out_of_sync_cache_is_an_error():
     cache.seqlen_offset = 3  # nothing was cached
     with pytest.raises(ValueError, match="seqlen_offset"):
         layer(torch.randn(1, 1, 32, dtype=torch.float64), cache=cache)
+
+
+@pytest.mark.parametrize("hd,frac,dtype", [(16, 0.5, torch.float32), (16, 1.0, torch.float64), (12, 0.34, torch.bfloat16)])
+def test_cached_rope_tables_equal_apply_rope(hd, frac, dtype):
+    from mambakit.layers.attention import apply_rope_table, rope_tables
+    r = int(hd * frac) // 2 * 2
+    x = torch.randn(2, 5, 3, hd).to(dtype)
+    cos, sin = rope_cos_sin(torch.arange(300, 305), r, 500.0)
+    ref = apply_rope(x, cos, sin)
+    tc, ts, swap = rope_tables(305, hd, r, 500.0, "cpu", dtype)
+    assert tc.shape[0] >= 305 and not tc.is_inference()
+    assert torch.equal(apply_rope_table(x, tc[300:305], ts[300:305], swap), ref)
+    # a longer table (grown) keeps the same rows
+    tc2, ts2, _ = rope_tables(2000, hd, r, 500.0, "cpu", dtype)
+    assert torch.equal(tc2[:305], tc[:305]) and torch.equal(ts2[:305], ts[:305])
+
+
+def test_decode_step_left_padding_mask_equals_general_one():
+    from mambakit.layers.attention import _mask_left_padding
+    pad = torch.tensor([0, 3, 6])
+    t = 9
+    general = _mask_left_padding(None, pad, 2, t + 1)[:, :, -1:, :t + 1]  # last query of a 2-token call
+    step = _mask_left_padding(None, pad, 1, t + 1)
+    assert step.shape == (3, 1, 1, t + 1) and torch.equal(step, general)
+    assert torch.equal(step[:, 0, 0], torch.arange(t + 1)[None] >= pad[:, None])
