@@ -7,6 +7,14 @@ SSM layers hold {"conv": (b, c, k), "ssm": (b, e, n) or (b, h, p, n) fp32}; atte
 hold {"k": (b, t, kvh, hd), "v": (b, t, kvh, hd)}, views of buffers grown as tokens arrive; MLP layers hold
 nothing. `seqlen_offset` counts the tokens already consumed.
 
+Static KV cache (`allocate_static_cache`, for CUDA-graph decoding): attention layers instead hold
+{"k_static": (b, T, kvh, hd), "v_static": (b, T, kvh, hd)} preallocated for a capacity of T
+tokens, "pos": (1,) long on the device (the tokens cached so far, advanced in place by the layer's
+own decode step, so a replayed graph advances it too) and, with RoPE, "rope_cos"/"rope_sin"
+(T, 1, hd) and "rope_swap" (hd,), constant views of a table shared by the layers. Nothing of it
+is ever replaced or resized: every decode step reads and writes the same addresses with the same
+shapes (see layers/attention.py for the step).
+
 Left-padded batches (generation with an attention_mask): `pad_lengths` (b,) says how many of each
 row's first cached positions are padding; attention layers must not attend to those keys.
 `clear_padding_` wipes what padding left in the recurrent states during a prefill.
@@ -18,6 +26,10 @@ import torch
 # Attention's entries: "k"/"v" are views of the first t tokens of "k_buffer"/"v_buffer", which grow
 # by doubling so that appending a token costs O(1) amortized instead of a copy of the whole cache.
 KV_NAMES = ("k", "v", "k_buffer", "v_buffer")
+# A static KV cache's entries (see allocate_static_cache): buffers of `capacity` tokens, the device-side
+# count of tokens written, the RoPE table (constant, shared by the layers).
+STATIC_KV_NAMES = ("k_static", "v_static", "pos", "rope_cos", "rope_sin", "rope_swap")
+_CONSTANT_NAMES = ("rope_cos", "rope_sin", "rope_swap")
 
 
 class InferenceCache:
@@ -38,12 +50,25 @@ class InferenceCache:
                 storages[(s.data_ptr(), t.device)] = s.nbytes()
         return sum(storages.values())
 
+    @property
+    def capacity(self) -> int | None:
+        """Tokens a static KV cache can hold (None: no static KV cache, keys grow as they come)."""
+        for state in self.layers:
+            if "k_static" in state:
+                return state["k_static"].shape[1]
+        return None
+
     def reset(self) -> None:
-        """Forget every sequence: zero the states, drop cached keys and values (buffers are kept)."""
+        """Forget every sequence: zero the states, drop cached keys and values (buffers are kept).
+
+        A static KV cache is zeroed in place (stale keys are masked anyway, but a stale inf/NaN
+        would still reach the output through 0 * NaN), its positions back to 0, its RoPE table kept."""
         for state in self.layers:
             for name, t in state.items():
                 if name in ("k", "v"):
                     state[name] = t[:, :0]
+                elif name in _CONSTANT_NAMES:
+                    continue
                 elif name not in KV_NAMES:
                     t.zero_()
         self.seqlen_offset = 0
@@ -59,7 +84,7 @@ class InferenceCache:
         """
         for state in self.layers:
             for name, t in state.items():
-                if name in KV_NAMES:
+                if name in KV_NAMES or name in STATIC_KV_NAMES:
                     continue
                 if name == "conv":  # (b, c, k): inputs at positions consumed-k .. consumed-1
                     k = t.shape[-1]
@@ -82,6 +107,40 @@ class InferenceCache:
     def __repr__(self) -> str:
         return (f"InferenceCache(batch_size={self.batch_size}, seqlen_offset={self.seqlen_offset}, "
                 f"layers={len(self.layers)}, nbytes={self.nbytes})")
+
+
+def supports_static_kv(model) -> bool:
+    """Whether every layer of `model` that caches keys and values can hold them in a static KV cache."""
+    for block in model.layers:
+        mixer = block.mixer
+        if hasattr(mixer, "allocate_static_state"):
+            continue
+        alloc = getattr(mixer, "allocate_state", None)
+        if alloc is not None and any(name in KV_NAMES for name in alloc(1, device="meta")):
+            return False  # a layer with a growing KV cache and no static form
+    return True
+
+
+def allocate_static_cache(model, batch_size: int, capacity: int, dtype=None, device=None) -> InferenceCache:
+    """model.allocate_cache, with static KV buffers of `capacity` tokens in the attention layers.
+
+    Prefill and decode steps then never reallocate the cache: a CUDA graph can replay a decode step
+    (keys written at the device-side position, attention over the whole capacity behind a mask).
+    More than `capacity` tokens give a ValueError (from the attention layer, before any write)."""
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+        raise ValueError(f"capacity must be a positive int (the most tokens the cache will hold), got {capacity!r}")
+    limit = model.config.max_seqlen
+    if limit is not None and capacity > limit:
+        raise ValueError(f"capacity {capacity} exceeds this model's limit of {limit} tokens")
+    if not supports_static_kv(model):
+        kinds = sorted({type(b.mixer).__name__ for b in model.layers if not hasattr(b.mixer, "allocate_static_state")})
+        raise ValueError(f"these layers cannot hold a static KV cache: {', '.join(kinds)}")
+    cache = model.allocate_cache(batch_size, dtype=dtype, device=device)
+    for i, block in enumerate(model.layers):
+        alloc = getattr(block.mixer, "allocate_static_state", None)
+        if alloc is not None:
+            cache.layers[i] = alloc(batch_size, capacity, dtype=dtype, device=device)
+    return cache
 
 
 def neg_exp_cached(module, name: str = "A_log") -> torch.Tensor:
