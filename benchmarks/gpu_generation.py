@@ -426,10 +426,14 @@ def plot(payload: dict, path) -> Path:
     ok = [r for r in payload["runs"] if r.get("decode_tok_s")]
     batches = sorted({r["batch"] for r in ok})
     fig, axes = plt.subplots(1, max(len(batches), 1), figsize=(5 * max(len(batches), 1), 4), squeeze=False)
+    keys = sorted({(r["model"], r["impl"]) for r in ok})
+    colors = dict(zip(keys, plt.cm.tab10.colors))  # one color per line in every panel
     for ax, b in zip(axes[0], batches):
-        for key in sorted({(r["model"], r["impl"]) for r in ok if r["batch"] == b}):
+        for key in keys:
             pts = sorted((r["prompt"], r["decode_tok_s"]) for r in ok if r["batch"] == b and (r["model"], r["impl"]) == key)
-            ax.plot([p for p, _ in pts], [t for _, t in pts], marker="o", label=f"{key[0]} ({key[1]})")
+            if pts:
+                ax.plot([p for p, _ in pts], [t for _, t in pts], marker="o", color=colors[key],
+                        label=f"{key[0]} ({key[1]})")
         ax.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="decode tokens/s", title=f"batch {b}")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
