@@ -14,6 +14,8 @@ Step 1 is exact but blocked: the (q, q) decay mask is only built on (s, s) sub-b
 diagonal; below them the mask factors as exp(Acum_i - Acum_m) exp(Acum_m - Acum_j), which
 turns those blocks into one matmul per group with C B^T (shared by its k heads).
 Grouped B, C are contracted per group, never repeated to h heads.
+Without autograd on the CPU (g == 1, no seq_idx, decays that never grow), _ssd_infer runs the
+same four steps one chunk at a time into the output buffer, with small reused scratch buffers.
 """
 from __future__ import annotations
 
@@ -22,6 +24,12 @@ import torch
 from .reference import check_ssd_inputs, compute_dtype, gate_and_skip, prepare_dt
 
 SUB_BLOCK = 64  # s: the fastest of 32, 64, 128 for q = 256 in our runs on a 2-core AVX-512 CPU
+# Inference on the CPU (_ssd_infer): chunks of at most INFER_CHUNK tokens, sub-blocks of
+# INFER_SUB_BLOCK. The fastest pair for mamba2-130m's shapes (h 24, p 64, n 128) at 1024 tokens,
+# 1 thread, among q in 32..256, s in 16..128 (README.md, "CPU inference path"). Exact for any
+# pair: the result changes only by rounding.
+INFER_CHUNK = 64
+INFER_SUB_BLOCK = 32
 
 
 def _needs_grad(*tensors) -> bool:
@@ -109,6 +117,10 @@ def ssd_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt
     # Decays never grow when every dt A <= 0 (the usual case: dt >= 0, A < 0); the fast
     # blocked form of step 1 relies on it, other inputs take the plain quadratic form.
     monotone = bool((dA <= 0).all())
+    if not grad and monotone and g == 1 and seq_idx is None and x.device.type == "cpu":
+        y, state = _ssd_infer(x.to(cd), dt, dA, B[:, :, 0].to(cd), C[:, :, 0].to(cd),
+                              min(q, INFER_CHUNK), floor, D, initial_state)
+        return gate_and_skip(y, x, D if D is not None and D.dim() == 2 else None, z).to(x.dtype), state
     s = SUB_BLOCK if (monotone and q % SUB_BLOCK == 0) else q
 
     # Padded tokens have dt = 0 and x = B = C = 0: decay 1, no input, so they change nothing.
@@ -172,3 +184,79 @@ def ssd_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt
     y = y.reshape(b, c * q, h, p)[:, :l]  # (b, l, h, p)
     y = gate_and_skip(y, x, D, z)
     return y.to(x.dtype), state
+
+
+def _ssd_infer(x, dt, dA, B, C, q, floor, D, initial_state):
+    """ssd_chunked without autograd, g == 1, no seq_idx, every dt A <= 0: one chunk at a time.
+
+    x: (b, l, h, p); dt, dA: (b, l, h); B, C: (b, l, n); D: (h,) is added here, (h, p) or None is
+    not. Returns y (b, l, h, p) (fresh, no skip or gate for 2-d D) and the final state (b, h, p, n).
+    Per chunk, everything but the output stays in small reused buffers (cache-resident, no fresh
+    pages): the state is kept transposed (n, e) so that both its matmuls read contiguous rows.
+    """
+    b, l, h, p = x.shape
+    n = B.shape[-1]
+    e = h * p
+    c = -(-l // q)
+    pad = c * q - l
+    s = INFER_SUB_BLOCK if q % INFER_SUB_BLOCK == 0 else q
+    r = q // s
+    xc = _pad_len(x, pad).view(b, c, q, h, p)
+    dt = _pad_len(dt, pad).view(b, c, q, h)
+    Acum = torch.cumsum(_pad_len(dA, pad).view(b, c, q, h), dim=2)  # (b, c, q, h)
+    Bc = _pad_len(B, pad).contiguous().view(b, c, q, n)  # contiguous rows: faster matmuls
+    Cc = _pad_len(C, pad).contiguous().view(b, c, q, n)
+    Y = x.new_empty(b, c, q, h, p)  # the output; every other buffer below is per chunk
+    xs = x.new_empty(q, h, p)  # scaled inputs
+    M = x.new_empty(r, h, s, s)  # decay masks of the diagonal sub-blocks
+    yb = x.new_empty(h, s, p)
+    ob = x.new_empty(s, e)
+    upper = ~torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+    # Per-token factors of all chunks at once (small: (b, c, q, h)).
+    w_end = _exp0(Acum[:, :, -1:] - Acum, floor).mul_(dt)  # token -> chunk end, times dt
+    decay_in = _exp0(Acum, floor)[..., None]  # chunk start -> token, (b, c, q, h, 1)
+    chunk_decay = _exp0(Acum[:, :, -1], floor)[..., None].expand(b, c, h, p).reshape(b, c, 1, e)
+    At = Acum.view(b, c, r, s, h).permute(0, 1, 2, 4, 3)  # (b, c, r, h, s)
+    dtT = dt.view(b, c, r, s, h).permute(0, 1, 2, 4, 3)[..., None, :]  # (b, c, r, h, 1, s)
+    # Sub-blocks below the diagonal (as _diag_blocks): decay split at m, the last token before I.
+    ws, us = [None], [None]
+    for I in range(1, r):
+        i0, m = I * s, I * s - 1
+        ws.append(_exp0(Acum[:, :, m:m + 1] - Acum[:, :, :i0], floor).mul_(dt[:, :, :i0])[..., None])
+        us.append(_exp0(Acum[:, :, i0:i0 + s] - Acum[:, :, m:m + 1], floor)[..., None])
+    # D x is the diagonal of the mask times x (dt_i x_i C_i.B_i + D x_i): no pass over y for it.
+    Dd = D.to(x.dtype).view(h, 1) if D is not None and D.dim() == 1 else None
+    finals = []
+    for bi in range(b):
+        state = None if initial_state is None else initial_state[bi].to(x.dtype).reshape(e, n).t().contiguous()
+        for ci in range(c):
+            xq, Yq = xc[bi, ci], Y[bi, ci]  # (q, h, p)
+            Cq, Bq = Cc[bi, ci], Bc[bi, ci]  # (q, n)
+            CB = torch.mm(Cq, Bq.t()).masked_fill_(upper, 0.0)  # (q, q)
+            # 4. off-diagonal: the entering state (n, e) read out by C, decayed from chunk start.
+            if state is None:
+                Yq.zero_()
+            else:
+                torch.mm(Cq, state, out=Yq.view(q, e))
+                Yq.mul_(decay_in[bi, ci])
+            # 2-3. this chunk's state, and the state entering the next chunk.
+            torch.mul(xq, w_end[bi, ci, :, :, None], out=xs)
+            st = torch.mm(Bq.t(), xs.view(q, e))  # (n, e)
+            state = st if state is None else st.add_(state.mul_(chunk_decay[bi, ci]))
+            # 1. diagonal sub-blocks: (s, s) masks, one bmm over heads each (x read strided).
+            torch.sub(At[bi, ci, :, :, :, None], At[bi, ci, :, :, None, :], out=M)  # (r, h, s, s)
+            M.clamp_(min=floor, max=0.0).exp_()  # monotone: the future side is 0 in CB anyway
+            M.mul_(torch.diagonal(CB.view(r, s, r, s), dim1=0, dim2=2).permute(2, 0, 1)[:, None]).mul_(dtT[bi, ci])
+            if Dd is not None:
+                M.diagonal(dim1=-2, dim2=-1).add_(Dd)
+            for I in range(r):
+                rows = slice(I * s, (I + 1) * s)
+                torch.bmm(M[I], xq[rows].transpose(0, 1), out=yb)  # (h, s, p)
+                Yq[rows].add_(yb.transpose(0, 1))
+                if I:  # sub-blocks left of the diagonal: one matmul with C B^T for all heads
+                    i0 = I * s
+                    xw = torch.mul(xq[:i0], ws[I][bi, ci], out=xs[:i0])
+                    torch.mm(CB[rows, :i0], xw.view(i0, e), out=ob)  # (s, e)
+                    Yq[rows].addcmul_(ob.view(s, h, p), us[I][bi, ci])
+        finals.append(state.t().reshape(h, p, n))
+    return Y.view(b, c * q, h, p)[:, :l], torch.stack(finals)  # (b, l, h, p), (b, h, p, n)
