@@ -6,9 +6,20 @@ At small batch a decode step is a few hundred tiny kernels, and launching them f
 more than running them. A CUDA graph records the launches once; a replay issues them all in one
 call. That needs a static cache (every tensor a step reads or writes keeps its address: the SSM
 layers update their conv and ssm states in place), no host sync inside the step and fixed shapes.
-A layer whose step replaces its cache tensors (attention's growing KV cache) cannot be replayed:
-the check is made on the real step, those layers run eagerly between graphs, and every run of
-layers between them (embedding and head included) is one graph. A pure SSM model is one graph.
+
+Attention. Given the most tokens a generation will hold (`capacity`: generate asks for prompt +
+max_new_tokens), the decoder allocates a static KV cache (cache.allocate_static_cache): keys and
+values in preallocated (b, T, kvh, hd) buffers, written at a device-side position that the
+attention layer's own step advances, attention over all T keys behind a mask built on the
+device (layers/attention.py). Then the whole step, embedding to head, is one graph, whatever the
+layer pattern. T is the capacity rounded up to a multiple of CAPACITY_ROUND (within the model's
+limit); a later generation that needs more captures a new decoder, at least twice as large; a
+step past T is refused with a ValueError (replaying it would write out of bounds).
+
+Without a capacity (graphed_decoder(..., capacity=None)), or with a layer that has no static
+form, a layer whose step replaces its cache tensors (a growing KV cache) cannot be replayed: the
+check is made on the real step, those layers run eagerly between graphs, and every run of layers
+between them (embedding and head included) is one graph. A pure SSM model is one graph.
 
 The graph, its static cache and its static input/output are kept on the model per batch size
 (`model._mambakit_cuda_graphs`), so later generate calls reuse them; `release(model)` frees them.
@@ -22,9 +33,12 @@ import logging
 
 import torch
 
+from .cache import allocate_static_cache, supports_static_kv
+
 logger = logging.getLogger("mambakit")
 
 _MAX_GRAPHS = 4  # graphs kept per model (one per batch size); the oldest goes first
+CAPACITY_ROUND = 256  # static KV capacities are multiples of this: fewer captures, aligned masks
 
 
 class CannotCapture(Exception):
@@ -72,13 +86,20 @@ class GraphedDecoder:
 
     The step is a chain of ops: embedding, each block, final norm + head. Ops whose cache tensors
     stay in place are "static"; each run of static ops is captured as one graph with a static input
-    and output; the other blocks (attention with a growing KV cache) run eagerly in between.
+    and output; the other blocks (attention with a growing KV cache) run eagerly in between. With
+    `capacity` and attention layers that have a static form, every op is static: one graph, and
+    `self.capacity` is the number of tokens the cache holds (None: no static KV cache).
     """
 
-    def __init__(self, model, batch_size: int, device: torch.device, n_warmup: int = 2):
+    def __init__(self, model, batch_size: int, device: torch.device, n_warmup: int = 2,
+                 capacity: int | None = None):
         self.model = model
         self.batch_size = batch_size
-        self.cache = model.allocate_cache(batch_size, device=device)
+        if capacity is not None and supports_static_kv(model):
+            self.cache = allocate_static_cache(model, batch_size, capacity, device=device)
+        else:
+            self.cache = model.allocate_cache(batch_size, device=device)
+        self.capacity = self.cache.capacity  # None without attention layers too
         # Always a tensor (zeros = no padding), so a captured step reads padding from a fixed address.
         self.pad_lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.cache.pad_lengths = self.pad_lengths
@@ -96,7 +117,11 @@ class GraphedDecoder:
                 self._stages[-1][1].append(op)
             else:
                 self._stages.append((is_static, [op]))
-        _warm_up(lambda: self._eager_step(), n_warmup, device)
+        self.n_eager = sum(not graphed for graphed, _ in self._stages)
+        # Each warm-up step starts from an empty cache, so that a small static capacity is never
+        # exceeded; the capture too (it records the step, whatever the position).
+        _warm_up(lambda: (self._reset(), self._eager_step()), n_warmup, device)
+        self._reset()
         self._capture_stages(device)
         self._reset()
 
@@ -187,6 +212,10 @@ class GraphedDecoder:
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (b, 1) -> logits (b, v). The result is overwritten by the next step: use it first."""
+        if self.capacity is not None and self.cache.seqlen_offset >= self.capacity:
+            # The graph writes at the device-side position without a bound check: refuse it here.
+            raise ValueError(f"the graphed decode step's static KV cache holds {self.capacity} tokens and "
+                             f"all are used; ask graphed_decoder for capacity >= prompt + new tokens")
         x = tokens
         for replay, inp, out in self._plan:
             if replay is None:
@@ -210,24 +239,54 @@ def _key(model, batch_size: int, device: torch.device):
     return batch_size, str(device), param.dtype, param.data_ptr()
 
 
-def graphed_decoder(model, batch_size: int, device: torch.device) -> GraphedDecoder | None:
+def round_capacity(model, needed: int) -> int:
+    """`needed` tokens rounded up to a multiple of CAPACITY_ROUND, within the model's limit."""
+    capacity = -(-needed // CAPACITY_ROUND) * CAPACITY_ROUND
+    limit = model.config.max_seqlen
+    return max(needed, min(capacity, limit)) if limit is not None else capacity
+
+
+def _too_small(decoder, model, capacity: int | None) -> bool:
+    """Whether `decoder` cannot serve a generation of `capacity` tokens that a new capture could."""
+    if capacity is None or decoder is None or decoder.busy:
+        return False  # (a busy decoder is left to its generation; the caller decodes eagerly)
+    if decoder.capacity is not None:
+        return decoder.capacity < capacity
+    return decoder.n_eager > 0 and supports_static_kv(model)  # captured without a capacity: segmented
+
+
+def graphed_decoder(model, batch_size: int, device: torch.device,
+                    capacity: int | None = None) -> GraphedDecoder | None:
     """The model's graphed decode step for this batch size (captured on first use), or None with a
-    logged reason where graphs cannot be used; the caller then decodes eagerly."""
+    logged reason where graphs cannot be used; the caller then decodes eagerly.
+
+    capacity: the most tokens (prompt + new) a generation will hold; with it, attention layers get a
+    static KV cache and the whole step is one graph (a decoder too small for it is captured again,
+    larger). None: attention layers, if any, run eagerly between graphs."""
     device = torch.device(device)
     reason = _device_reason(device)
     if reason is not None:
         _warn_once(f"mambakit: cuda_graph=True ignored: {reason}; decoding eagerly")
         return None
+    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
+        raise ValueError(f"capacity must be a positive int (prompt + new tokens) or None, got {capacity!r}")
     graphs = model.__dict__.setdefault("_mambakit_cuda_graphs", {})
     key = _key(model, batch_size, device)
     if key in graphs:
-        return graphs[key]  # a decoder, or None: capture failed before, do not try again
+        old = graphs[key]
+        if not _too_small(old, model, capacity):
+            return old  # a decoder, or None: capture failed before, do not try again
+        del graphs[key]  # freed before the larger one is allocated
+        if old.capacity is not None:
+            capacity = max(capacity, 2 * old.capacity)
+    if capacity is not None:
+        capacity = round_capacity(model, capacity)
     for old in [k for k in graphs if k[1:] != key[1:]]:
         del graphs[old]  # weights moved or changed dtype: those graphs read stale addresses
     while len(graphs) >= _MAX_GRAPHS:
         del graphs[next(iter(graphs))]
     try:
-        decoder = GraphedDecoder(model, batch_size, device)
+        decoder = GraphedDecoder(model, batch_size, device, capacity=capacity)
     except CannotCapture as err:
         _warn_once(f"mambakit: cuda_graph=True ignored: {err}; decoding eagerly")
         decoder = None

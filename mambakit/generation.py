@@ -264,7 +264,8 @@ def _decode(model, prompt: _Prompt, s: _Settings):
     decoder = None
     if s.cuda_graph:
         from .cuda_graphs import graphed_decoder
-        decoder = graphed_decoder(model, b, device)
+        # capacity: the most tokens the cache will hold, for the static KV cache of attention layers
+        decoder = graphed_decoder(model, b, device, capacity=prompt.ids.shape[1] + s.max_new_tokens)
         if decoder is not None and decoder.busy:
             decoder = None  # another generation of this batch size holds the static cache: go eager
     if decoder is not None:

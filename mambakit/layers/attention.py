@@ -321,7 +321,9 @@ def _static_sdpa(q, k, v, mask, is_causal: bool, h: int, kvh: int) -> torch.Tens
     if kvh != h and _SDPA_HAS_GQA and not (q.is_cuda and q.dtype == torch.float32):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
     else:
-        if kvh != h:
-            k, v = k.repeat_interleave(h // kvh, dim=1), v.repeat_interleave(h // kvh, dim=1)
+        if kvh != h:  # query head i reads kv head i // (h / kvh); expand + reshape, sure not to sync
+            b, _, t, hd = k.shape
+            k = k[:, :, None].expand(b, kvh, h // kvh, t, hd).reshape(b, h, t, hd)
+            v = v[:, :, None].expand(b, kvh, h // kvh, t, hd).reshape(b, h, t, hd)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
     return y.transpose(1, 2)  # (b, l, h, hd)
