@@ -1,7 +1,7 @@
 """InferenceCache: what each layer carries from one call to the next while decoding.
 
 Letters: b batch, e inner width, c conv channels, k conv width, h heads, p head dim, n state dim,
-t cached tokens, kvh key/value heads, hd head dim.
+t cached tokens, kvh key/value heads, hd head dim, T static KV capacity, r rotary dims.
 
 SSM layers hold {"conv": (b, c, k), "ssm": (b, e, n) or (b, h, p, n) fp32}; attention layers
 hold {"k": (b, t, kvh, hd), "v": (b, t, kvh, hd)}, views of buffers grown as tokens arrive; MLP layers hold

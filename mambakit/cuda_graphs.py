@@ -1,6 +1,6 @@
 """CUDA graphs for the decode step: one token's forward captured once, replayed for every token.
 
-Letters: b batch, v vocabulary.
+Letters: b batch, v vocabulary, T static KV capacity (tokens), kvh key/value heads, hd head dim.
 
 At small batch a decode step is a few hundred tiny kernels, and launching them from Python costs
 more than running them. A CUDA graph records the launches once; a replay issues them all in one

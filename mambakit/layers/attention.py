@@ -2,7 +2,7 @@
 
 Letters: b batch, l new tokens, t cached + new tokens (keys), d model width, h query heads,
 kvh key/value heads (h is a multiple of kvh; kvh = h is plain multi-head attention),
-hd head dim, r rotary dims (an even number <= hd).
+hd head dim, r rotary dims (an even number <= hd), T static KV cache capacity (tokens).
 
     q, k, v = x Wq, x Wk, x Wv                     (b, l, h, hd), (b, l, kvh, hd) x2
     q, k    = rope(q, k) on the first r dims of each head (optional)
