@@ -240,9 +240,12 @@ def _ssd_infer(x, dt, dA, B, C, q, floor, D, initial_state):
                 torch.mm(Cq, state, out=Yq.view(q, e))
                 Yq.mul_(decay_in[bi, ci])
             # 2-3. this chunk's state, and the state entering the next chunk.
+            # The matmul accumulates into the decayed state: no (n, e) temporary, no extra pass.
             torch.mul(xq, w_end[bi, ci, :, :, None], out=xs)
-            st = torch.mm(Bq.t(), xs.view(q, e))  # (n, e)
-            state = st if state is None else st.add_(state.mul_(chunk_decay[bi, ci]))
+            if state is None:
+                state = torch.mm(Bq.t(), xs.view(q, e))  # (n, e)
+            else:
+                state.mul_(chunk_decay[bi, ci]).addmm_(Bq.t(), xs.view(q, e))
             # 1. diagonal sub-blocks: (s, s) masks, one bmm over heads each (x read strided).
             torch.sub(At[bi, ci, :, :, :, None], At[bi, ci, :, :, None, :], out=M)  # (r, h, s, s)
             M.clamp_(min=floor, max=0.0).exp_()  # monotone: the future side is 0 in CB anyway
