@@ -207,7 +207,10 @@ def time_mambakit(model, b: int, l: int, new: int, chunk: int, modes: list, devi
     ("mambakit") first, graph replays ("mambakit+graphs") after, so a long prompt is prefilled once.
     The context grows by new - 1 between the two, nothing next to l. -> {impl: timing}."""
     v = model.config.vocab_size
-    decoder = mambakit.cuda_graphs.graphed_decoder(model, b, device) if "mambakit+graphs" in modes else None
+    # capacity: the attention layers get a static KV cache, so the whole step is one graph (the
+    # eager steps then run on that static cache too); eager and graphed runs share the cache
+    decoder = (mambakit.cuda_graphs.graphed_decoder(model, b, device, capacity=l + 2 * new)
+               if "mambakit+graphs" in modes else None)
 
     def run(length: int, n: int) -> dict:
         ids = torch.randint(0, v, (b, length), device=device)
