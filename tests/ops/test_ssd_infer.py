@@ -90,3 +90,18 @@ def test_other_cases_take_the_general_path(monkeypatch, case):
         kw["seq_idx"] = torch.tensor([[0] * 7 + [1] * 13])
     with torch.no_grad():
         close(ssd_chunked(**args, chunk_size=16, **kw), ssd_ref(**args, **kw), 1e-10)
+
+
+@pytest.mark.parametrize("inference_mode", [False, True])
+def test_several_threads(inference_mode):
+    """The loop runs on one thread: the result is right and the caller's thread count comes back."""
+    args = inputs(2, 37, 5, 3, 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode(inference_mode), torch.no_grad():
+            got = ssd_chunked(**args, chunk_size=16, dt_softplus=True)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    close(got, ssd_ref(**args, dt_softplus=True), 1e-10)

@@ -196,7 +196,6 @@ def _ssd_infer(x, dt, dA, B, C, q, floor, D, initial_state):
     """
     b, l, h, p = x.shape
     n = B.shape[-1]
-    e = h * p
     c = -(-l // q)
     pad = c * q - l
     s = INFER_SUB_BLOCK if q % INFER_SUB_BLOCK == 0 else q
@@ -206,16 +205,11 @@ def _ssd_infer(x, dt, dA, B, C, q, floor, D, initial_state):
     Acum = torch.cumsum(_pad_len(dA, pad).view(b, c, q, h), dim=2)  # (b, c, q, h)
     Bc = _pad_len(B, pad).contiguous().view(b, c, q, n)  # contiguous rows: faster matmuls
     Cc = _pad_len(C, pad).contiguous().view(b, c, q, n)
-    Y = x.new_empty(b, c, q, h, p)  # the output; every other buffer below is per chunk
-    xs = x.new_empty(q, h, p)  # scaled inputs
-    M = x.new_empty(r, h, s, s)  # decay masks of the diagonal sub-blocks
-    yb = x.new_empty(h, s, p)
-    ob = x.new_empty(s, e)
-    upper = ~torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+    Y = x.new_empty(b, c, q, h, p)  # the output; every other buffer is per chunk (in _infer_heads)
     # Per-token factors of all chunks at once (small: (b, c, q, h)).
     w_end = _exp0(Acum[:, :, -1:] - Acum, floor).mul_(dt)  # token -> chunk end, times dt
     decay_in = _exp0(Acum, floor)[..., None]  # chunk start -> token, (b, c, q, h, 1)
-    chunk_decay = _exp0(Acum[:, :, -1], floor)[..., None].expand(b, c, h, p).reshape(b, c, 1, e)
+    chunk_decay = _exp0(Acum[:, :, -1], floor)[..., None].expand(b, c, h, p)  # (b, c, h, p)
     At = Acum.view(b, c, r, s, h).permute(0, 1, 2, 4, 3)  # (b, c, r, h, s)
     dtT = dt.view(b, c, r, s, h).permute(0, 1, 2, 4, 3)[..., None, :]  # (b, c, r, h, 1, s)
     # Sub-blocks below the diagonal (as _diag_blocks): decay split at m, the last token before I.
@@ -224,20 +218,48 @@ def _ssd_infer(x, dt, dA, B, C, q, floor, D, initial_state):
         i0, m = I * s, I * s - 1
         ws.append(_exp0(Acum[:, :, m:m + 1] - Acum[:, :, :i0], floor).mul_(dt[:, :, :i0])[..., None])
         us.append(_exp0(Acum[:, :, i0:i0 + s] - Acum[:, :, m:m + 1], floor)[..., None])
+    CB = torch.matmul(Cc, Bc.transpose(-1, -2))  # (b, c, q, q), shared by all heads
+    CB.masked_fill_(~torch.ones(q, q, dtype=torch.bool, device=x.device).tril(), 0.0)
     # D x is the diagonal of the mask times x (dt_i x_i C_i.B_i + D x_i): no pass over y for it.
     Dd = D.to(x.dtype).view(h, 1) if D is not None and D.dim() == 1 else None
+    init = None if initial_state is None else initial_state.to(x.dtype)
+
+    # The loop's ops are small (a chunk's worth): split over threads they spend more time waiting
+    # at barriers than they save, and far more when another process holds a core. They run on
+    # one thread; the thread count is restored after.
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        final = _infer_heads(xc, Y, CB, Cc, Bc, w_end, decay_in, chunk_decay, At, dtT, ws, us, Dd, init, s, floor)
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+    return Y.view(b, c * q, h, p)[:, :l], final  # (b, l, h, p), (b, h, p, n)
+
+
+def _infer_heads(xc, Y, CB, Cc, Bc, w_end, decay_in, chunk_decay, At, dtT, ws, us, Dd, init, s, floor):
+    """_ssd_infer's chunk loop over k heads: writes Y (b, c, q, k, p) and returns the final state
+    (b, k, p, n). Per chunk: step 4, steps 2-3, step 1. Also correct on head slices of the tensors."""
+    b, c, q, k, p = xc.shape
+    n = Bc.shape[-1]
+    e = k * p
+    r = q // s
+    xs = xc.new_empty(q, k, p)  # scaled inputs
+    M = xc.new_empty(r, k, s, s)  # decay masks of the diagonal sub-blocks
+    yb = xc.new_empty(k, s, p)
+    ob = xc.new_empty(s, e)
     finals = []
     for bi in range(b):
-        state = None if initial_state is None else initial_state[bi].to(x.dtype).reshape(e, n).t().contiguous()
+        state = None if init is None else init[bi].reshape(e, n).t().contiguous()  # (n, e): a copy
         for ci in range(c):
-            xq, Yq = xc[bi, ci], Y[bi, ci]  # (q, h, p)
-            Cq, Bq = Cc[bi, ci], Bc[bi, ci]  # (q, n)
-            CB = torch.mm(Cq, Bq.t()).masked_fill_(upper, 0.0)  # (q, q)
+            xq, Yq = xc[bi, ci], Y[bi, ci]  # (q, k, p)
+            Cq, Bq, CBq = Cc[bi, ci], Bc[bi, ci], CB[bi, ci]  # (q, n), (q, n), (q, q)
             # 4. off-diagonal: the entering state (n, e) read out by C, decayed from chunk start.
             if state is None:
                 Yq.zero_()
             else:
-                torch.mm(Cq, state, out=Yq.view(q, e))
+                torch.mm(Cq, state, out=Yq.flatten(1))  # rows of Y: a view, even for a head slice
                 Yq.mul_(decay_in[bi, ci])
             # 2-3. this chunk's state, and the state entering the next chunk.
             # The matmul accumulates into the decayed state: no (n, e) temporary, no extra pass.
@@ -245,21 +267,21 @@ def _ssd_infer(x, dt, dA, B, C, q, floor, D, initial_state):
             if state is None:
                 state = torch.mm(Bq.t(), xs.view(q, e))  # (n, e)
             else:
-                state.mul_(chunk_decay[bi, ci]).addmm_(Bq.t(), xs.view(q, e))
+                state.mul_(chunk_decay[bi, ci].reshape(1, e)).addmm_(Bq.t(), xs.view(q, e))
             # 1. diagonal sub-blocks: (s, s) masks, one bmm over heads each (x read strided).
-            torch.sub(At[bi, ci, :, :, :, None], At[bi, ci, :, :, None, :], out=M)  # (r, h, s, s)
+            torch.sub(At[bi, ci, :, :, :, None], At[bi, ci, :, :, None, :], out=M)  # (r, k, s, s)
             M.clamp_(min=floor, max=0.0).exp_()  # monotone: the future side is 0 in CB anyway
-            M.mul_(torch.diagonal(CB.view(r, s, r, s), dim1=0, dim2=2).permute(2, 0, 1)[:, None]).mul_(dtT[bi, ci])
+            M.mul_(torch.diagonal(CBq.view(r, s, r, s), dim1=0, dim2=2).permute(2, 0, 1)[:, None]).mul_(dtT[bi, ci])
             if Dd is not None:
                 M.diagonal(dim1=-2, dim2=-1).add_(Dd)
             for I in range(r):
                 rows = slice(I * s, (I + 1) * s)
-                torch.bmm(M[I], xq[rows].transpose(0, 1), out=yb)  # (h, s, p)
+                torch.bmm(M[I], xq[rows].transpose(0, 1), out=yb)  # (k, s, p)
                 Yq[rows].add_(yb.transpose(0, 1))
                 if I:  # sub-blocks left of the diagonal: one matmul with C B^T for all heads
                     i0 = I * s
                     xw = torch.mul(xq[:i0], ws[I][bi, ci], out=xs[:i0])
-                    torch.mm(CB[rows, :i0], xw.view(i0, e), out=ob)  # (s, e)
-                    Yq[rows].addcmul_(ob.view(s, h, p), us[I][bi, ci])
-        finals.append(state.t().reshape(h, p, n))
-    return Y.view(b, c * q, h, p)[:, :l], torch.stack(finals)  # (b, l, h, p), (b, h, p, n)
+                    torch.mm(CBq[rows, :i0], xw.view(i0, e), out=ob)  # (s, e)
+                    Yq[rows].addcmul_(ob.view(s, k, p), us[I][bi, ci])
+        finals.append(state.t().reshape(k, p, n))
+    return torch.stack(finals)  # (b, k, p, n)
