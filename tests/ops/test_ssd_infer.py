@@ -94,7 +94,7 @@ def test_other_cases_take_the_general_path(monkeypatch, case):
 
 @pytest.mark.parametrize("inference_mode", [False, True])
 def test_several_threads(inference_mode):
-    """The loop runs on one thread: the result is right and the caller's thread count comes back."""
+    """With intra-op threads the result is the same, and the caller's thread count is left alone."""
     args = inputs(2, 37, 5, 3, 4)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
