@@ -1,7 +1,8 @@
 """Mamba-2 SSD, chunked tier: the SSD algorithm of arXiv 2405.21060 in plain PyTorch (CPU path).
 
 Letters: b batch, l length, h heads, p head dim, n state dim, g groups, k heads per group
-(h // g), c chunk count, q chunk length (chunk_size), r sub-blocks per chunk, s sub-block length.
+(h // g), c chunk count, q chunk length (chunk_size), r sub-blocks per chunk, s sub-block length,
+e = h p.
 
 The length is cut into c chunks of q tokens. Inside a chunk the SSM is a masked quadratic
 form (like causal attention with a decay mask); across chunks a short recurrence passes
@@ -231,27 +232,27 @@ def _ssd_infer(x, dt, dA, B, C, q, floor, D, initial_state):
 
 
 def _infer_heads(xc, Y, CB, Cc, Bc, w_end, decay_in, chunk_decay, At, dtT, ws, us, Dd, init, s, floor):
-    """_ssd_infer's chunk loop over k heads: writes Y (b, c, q, k, p) and returns the final state
-    (b, k, p, n). Per chunk: step 4, steps 2-3, step 1. Also correct on head slices of the tensors."""
-    b, c, q, k, p = xc.shape
+    """_ssd_infer's chunk loop: writes Y (b, c, q, h, p) and returns the final state (b, h, p, n).
+    Per chunk: step 4, steps 2-3, step 1."""
+    b, c, q, h, p = xc.shape
     n = Bc.shape[-1]
-    e = k * p
+    e = h * p
     r = q // s
-    xs = xc.new_empty(q, k, p)  # scaled inputs
-    M = xc.new_empty(r, k, s, s)  # decay masks of the diagonal sub-blocks
-    yb = xc.new_empty(k, s, p)
+    xs = xc.new_empty(q, h, p)  # scaled inputs
+    M = xc.new_empty(r, h, s, s)  # decay masks of the diagonal sub-blocks
+    yb = xc.new_empty(h, s, p)
     ob = xc.new_empty(s, e)
     finals = []
     for bi in range(b):
         state = None if init is None else init[bi].reshape(e, n).t().contiguous()  # (n, e): a copy
         for ci in range(c):
-            xq, Yq = xc[bi, ci], Y[bi, ci]  # (q, k, p)
+            xq, Yq = xc[bi, ci], Y[bi, ci]  # (q, h, p)
             Cq, Bq, CBq = Cc[bi, ci], Bc[bi, ci], CB[bi, ci]  # (q, n), (q, n), (q, q)
             # 4. off-diagonal: the entering state (n, e) read out by C, decayed from chunk start.
             if state is None:
                 Yq.zero_()
             else:
-                torch.mm(Cq, state, out=Yq.flatten(1))  # rows of Y: a view, even for a head slice
+                torch.mm(Cq, state, out=Yq.view(q, e))
                 Yq.mul_(decay_in[bi, ci])
             # 2-3. this chunk's state, and the state entering the next chunk.
             # The matmul accumulates into the decayed state: no (n, e) temporary, no extra pass.
@@ -261,19 +262,19 @@ def _infer_heads(xc, Y, CB, Cc, Bc, w_end, decay_in, chunk_decay, At, dtT, ws, u
             else:
                 state.mul_(chunk_decay[bi, ci].reshape(1, e)).addmm_(Bq.t(), xs.view(q, e))
             # 1. diagonal sub-blocks: (s, s) masks, one bmm over heads each (x read strided).
-            torch.sub(At[bi, ci, :, :, :, None], At[bi, ci, :, :, None, :], out=M)  # (r, k, s, s)
+            torch.sub(At[bi, ci, :, :, :, None], At[bi, ci, :, :, None, :], out=M)  # (r, h, s, s)
             M.clamp_(min=floor, max=0.0).exp_()  # monotone: the future side is 0 in CB anyway
             M.mul_(torch.diagonal(CBq.view(r, s, r, s), dim1=0, dim2=2).permute(2, 0, 1)[:, None]).mul_(dtT[bi, ci])
             if Dd is not None:
                 M.diagonal(dim1=-2, dim2=-1).add_(Dd)
             for I in range(r):
                 rows = slice(I * s, (I + 1) * s)
-                torch.bmm(M[I], xq[rows].transpose(0, 1), out=yb)  # (k, s, p)
+                torch.bmm(M[I], xq[rows].transpose(0, 1), out=yb)  # (h, s, p)
                 Yq[rows].add_(yb.transpose(0, 1))
                 if I:  # sub-blocks left of the diagonal: one matmul with C B^T for all heads
                     i0 = I * s
                     xw = torch.mul(xq[:i0], ws[I][bi, ci], out=xs[:i0])
                     torch.mm(CBq[rows, :i0], xw.view(i0, e), out=ob)  # (s, e)
-                    Yq[rows].addcmul_(ob.view(s, k, p), us[I][bi, ci])
-        finals.append(state.t().reshape(k, p, n))
-    return torch.stack(finals)  # (b, k, p, n)
+                    Yq[rows].addcmul_(ob.view(s, h, p), us[I][bi, ci])
+        finals.append(state.t().reshape(h, p, n))
+    return torch.stack(finals)  # (b, h, p, n)
