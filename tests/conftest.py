@@ -34,3 +34,23 @@ def tiny_model(kind: str, **overrides) -> mambakit.LM:
             if name.endswith(("norm.weight", "norm_f.weight", ".D")):
                 p.add_(0.1 * torch.randn_like(p))
     return model
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch):
+    """Stand-ins for the CUDA-graph calls of mambakit.cuda_graphs, so graphed decoding runs on the
+    CPU: a 'graph' whose replay reruns the captured step into the static output. Returns the list
+    of captured steps."""
+    from mambakit import cuda_graphs
+    captures = []
+
+    def capture(fn, device, pool=None):
+        out = fn()
+        captures.append(fn)
+        return out, lambda: out.copy_(fn()), None
+
+    monkeypatch.setattr(cuda_graphs, "_device_reason", lambda device: None)
+    monkeypatch.setattr(cuda_graphs, "_warm_up", lambda fn, n, device: [fn() for _ in range(n)])
+    monkeypatch.setattr(cuda_graphs, "_capture", capture)
+    monkeypatch.setattr(cuda_graphs, "_graph_pool", lambda device: None)
+    return captures

@@ -322,23 +322,6 @@ def test_cuda_graph_on_cpu_falls_back_with_a_warning(caplog):
     assert "CUDA graphs need a CUDA device" in caplog.text
 
 
-@pytest.fixture
-def fake_graphs(monkeypatch):
-    """Stand-ins for the CUDA calls: a 'graph' whose replay reruns the step into the static output."""
-    captures = []
-
-    def capture(fn, device, pool=None):
-        out = fn()
-        captures.append(fn)
-        return out, lambda: out.copy_(fn()), None
-
-    monkeypatch.setattr(cuda_graphs, "_device_reason", lambda device: None)
-    monkeypatch.setattr(cuda_graphs, "_warm_up", lambda fn, n, device: [fn() for _ in range(n)])
-    monkeypatch.setattr(cuda_graphs, "_capture", capture)
-    monkeypatch.setattr(cuda_graphs, "_graph_pool", lambda device: None)
-    return captures
-
-
 def test_graphed_decoding_equals_eager_and_reuses_its_graph(fake_graphs):
     model = make_model("mamba2")
     cuda_graphs.release(model)

@@ -211,22 +211,7 @@ def test_allocate_static_cache_checks_its_arguments():
 
 
 # --- CUDA-graph decoding with stand-ins for the CUDA calls ----------------------------------------------------
-@pytest.fixture
-def fake_graphs(monkeypatch):
-    """A 'graph' whose replay reruns the captured Python into the static output (it cannot catch
-    host state frozen at capture: the tests above do)."""
-    captures = []
-
-    def capture(fn, device, pool=None):
-        out = fn()
-        captures.append(fn)
-        return out, lambda: out.copy_(fn()), None
-
-    monkeypatch.setattr(cuda_graphs, "_device_reason", lambda device: None)
-    monkeypatch.setattr(cuda_graphs, "_warm_up", lambda fn, n, device: [fn() for _ in range(n)])
-    monkeypatch.setattr(cuda_graphs, "_capture", capture)
-    monkeypatch.setattr(cuda_graphs, "_graph_pool", lambda device: None)
-    return captures
+# (fake_graphs, in conftest.py, cannot catch host state frozen at capture: the tests above do)
 
 
 @pytest.mark.parametrize("kind", KINDS)
