@@ -18,8 +18,9 @@ import triton.language as tl
 
 
 @triton.jit
-def _gnorm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, E, GS, eps,
-                      BM: tl.constexpr, BG: tl.constexpr, HAS_Z: tl.constexpr, BEFORE_GATE: tl.constexpr):
+def _group_tile(M, E, GS, BM: tl.constexpr, BG: tl.constexpr):
+    """This program's tile: BM rows of the (M, E) input, one group of GS columns (grid axis 1).
+    -> rows, group index, columns, row mask, column mask, tile mask, tile offsets."""
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     gi = tl.program_id(1)
     cols = gi * GS + tl.arange(0, BG)
@@ -27,6 +28,13 @@ def _gnorm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, E, GS, eps,
     mcol = tl.arange(0, BG) < GS
     m2 = mr[:, None] & mcol[None, :]
     off = rows.to(tl.int64)[:, None] * E + cols[None, :]
+    return rows, gi, cols, mr, mcol, m2, off
+
+
+@triton.jit
+def _gnorm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, E, GS, eps,
+                      BM: tl.constexpr, BG: tl.constexpr, HAS_Z: tl.constexpr, BEFORE_GATE: tl.constexpr):
+    rows, gi, cols, mr, mcol, m2, off = _group_tile(M, E, GS, BM, BG)
     u = tl.load(x_ptr + off, mask=m2, other=0.0).to(tl.float32)
     if HAS_Z:
         z = tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32)
@@ -47,13 +55,7 @@ def _gnorm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, E, GS, eps,
 def _gnorm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, M, E, GS,
                       BM: tl.constexpr, BG: tl.constexpr, HAS_Z: tl.constexpr, BEFORE_GATE: tl.constexpr):
     pid = tl.program_id(0)
-    rows = pid * BM + tl.arange(0, BM)
-    gi = tl.program_id(1)
-    cols = gi * GS + tl.arange(0, BG)
-    mr = rows < M
-    mcol = tl.arange(0, BG) < GS
-    m2 = mr[:, None] & mcol[None, :]
-    off = rows.to(tl.int64)[:, None] * E + cols[None, :]
+    rows, gi, cols, mr, mcol, m2, off = _group_tile(M, E, GS, BM, BG)
     x = tl.load(x_ptr + off, mask=m2, other=0.0).to(tl.float32)
     u = x
     if HAS_Z:
@@ -85,23 +87,23 @@ def _gnorm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_
     tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=m2)
 
 
-def _rows(bg: int) -> int:
-    return max(1, min(64, 8192 // bg))
+def _launch(x, gs: int) -> tuple[int, int, int, int, int]:
+    """(m rows, e width, BG, BM, warps) of a launch over x (..., e) in groups of gs."""
+    e = x.shape[-1]
+    bg = triton.next_power_of_2(gs)
+    return x.numel() // e, e, bg, max(1, min(64, 8192 // bg)), 4 if bg <= 1024 else 8
 
 
 class _GatedNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, z, weight, eps, gs, before_gate):
-        e = x.shape[-1]
-        m = x.numel() // e
+        m, e, bg, bm, warps = _launch(x, gs)
         out_dtype = torch.promote_types(weight.dtype, x.dtype)
         y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
         rstd = torch.empty(m, e // gs, device=x.device, dtype=torch.float32)
-        bg = triton.next_power_of_2(gs)
-        bm = _rows(bg)
         _gnorm_fwd_kernel[(triton.cdiv(m, bm), e // gs)](
             x, z if z is not None else x, weight, y, rstd, m, e, gs, eps,
-            BM=bm, BG=bg, HAS_Z=z is not None, BEFORE_GATE=before_gate, num_warps=4 if bg <= 1024 else 8)
+            BM=bm, BG=bg, HAS_Z=z is not None, BEFORE_GATE=before_gate, num_warps=warps)
         ctx.save_for_backward(x, z, weight, rstd)
         ctx.cfg = (gs, before_gate)
         return y
@@ -110,18 +112,14 @@ class _GatedNormFn(torch.autograd.Function):
     def backward(ctx, dy):
         x, z, weight, rstd = ctx.saved_tensors
         gs, before_gate = ctx.cfg
-        e = x.shape[-1]
-        m = x.numel() // e
-        bg = triton.next_power_of_2(gs)
-        bm = _rows(bg)
+        m, e, bg, bm, warps = _launch(x, gs)
         nprog = triton.cdiv(m, bm)
         dx = torch.empty_like(x)
         dz = torch.empty_like(z) if z is not None else None
         dw = torch.empty(nprog, e, device=x.device, dtype=torch.float32)
         _gnorm_bwd_kernel[(nprog, e // gs)](
             x, z if z is not None else x, weight, rstd, dy.contiguous(), dx, dz if dz is not None else dx, dw,
-            m, e, gs, BM=bm, BG=bg, HAS_Z=z is not None, BEFORE_GATE=before_gate,
-            num_warps=4 if bg <= 1024 else 8)
+            m, e, gs, BM=bm, BG=bg, HAS_Z=z is not None, BEFORE_GATE=before_gate, num_warps=warps)
         return dx, dz, dw.sum(0).to(weight.dtype), None, None, None
 
 
