@@ -15,6 +15,7 @@ Run on the device machine: pytest -m cuda tests/gpu
 """
 import pytest
 import torch
+from ssd_inputs import make_ssd_inputs
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -25,24 +26,9 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / (b.double().norm() + 1e-30)).item()
 
 
-def _make(seed, b, l, h, p, g, n, dtype, D=None, z=False, init=False, seq=False):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    rnd = lambda *s: torch.randn(*s, device="cuda", generator=gen)
-    ins = dict(x=rnd(b, l, h, p).to(dtype), dt=(0.5 * rnd(b, l, h) - 1.5).to(dtype),
-               A=-(torch.rand(h, device="cuda", generator=gen) * 8 + 0.5), B=rnd(b, l, g, n).to(dtype),
-               C=rnd(b, l, g, n).to(dtype), dt_bias=0.3 * rnd(h))
-    if D == "h":
-        ins["D"] = rnd(h)
-    elif D == "hp":
-        ins["D"] = rnd(h, p)
-    if z:
-        ins["z"] = rnd(b, l, h, p).to(dtype)
-    if init:
-        ins["initial_state"] = rnd(b, h, p, n)
-    seq_idx = None
-    if seq:
-        seq_idx = torch.sort(torch.randint(0, 4, (b, l), device="cuda", generator=gen), dim=1).values
-    return ins, seq_idx
+def _make(seed, b, l, h, p, g, n, dtype, **kw):
+    return make_ssd_inputs(seed, b, l, h, p, g, n, dtype, device="cuda", dt_shift=1.5, a_scale=8.0, a_min=0.5,
+                           docs=4, **kw)
 
 
 def _run(fn, ins, seq_idx, gy, gs, **kw):

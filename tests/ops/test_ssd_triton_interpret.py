@@ -39,22 +39,7 @@ NAMES = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state"]
 def rel(a, b):
     return ((a.double() - b.double()).norm() / (b.double().norm() + 1e-30)).item()
 
-def make(seed, b, l, h, p, g, n, dtype, D=None, z=False, init=False, seq=False):
-    gen = torch.Generator().manual_seed(seed)
-    rnd = lambda *s: torch.randn(*s, generator=gen)
-    ins = dict(x=rnd(b, l, h, p).to(dtype), dt=(0.5 * rnd(b, l, h) - 1).to(dtype),
-               A=-(torch.rand(h, generator=gen) * 3 + 0.3), B=rnd(b, l, g, n).to(dtype),
-               C=rnd(b, l, g, n).to(dtype), dt_bias=0.3 * rnd(h))
-    if D == "h":
-        ins["D"] = rnd(h)
-    elif D == "hp":
-        ins["D"] = rnd(h, p)
-    if z:
-        ins["z"] = rnd(b, l, h, p).to(dtype)
-    if init:
-        ins["initial_state"] = rnd(b, h, p, n)
-    s = torch.sort(torch.randint(0, 3, (b, l), generator=gen), dim=1).values if seq else None
-    return ins, s
+from ssd_inputs import make_ssd_inputs as make
 
 def run(fn, ins, seq, gy, gs, **kw):
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in ins.items()}
@@ -171,7 +156,8 @@ print(json.dumps({"case": "bad_input", "errors": errors}), flush=True)
 
 @pytest.fixture(scope="module")
 def results():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    path = os.pathsep.join([ROOT, os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
     proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
