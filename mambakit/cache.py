@@ -148,9 +148,12 @@ def neg_exp_cached(module, name: str = "A_log") -> torch.Tensor:
 
     Cached only under inference_mode (generation): nothing there needs A's graph, and a tensor made
     there could not enter autograd later anyway. The entry holds the parameter itself (so a new one
-    never reuses the old one's address) and its version counter, which every write bumps."""
+    never reuses the old one's address) and its version counter, which every write bumps. Not served
+    while a CUDA graph is being captured: the graph then records the -exp itself, so a replay after an
+    in-place update of the parameter (load_state_dict) still sees it."""
     p = getattr(module, name)
-    if not torch.is_inference_mode_enabled() or p.is_inference():
+    capturing = p.is_cuda and torch.cuda.is_current_stream_capturing()
+    if not torch.is_inference_mode_enabled() or p.is_inference() or capturing:
         return -torch.exp(p.float())
     key = (p._version, p.data_ptr(), p.device)
     slot = f"_neg_exp_cache_{name}"
