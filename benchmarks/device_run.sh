@@ -2,7 +2,7 @@
 # One device-machine session: the CUDA tests and the GPU benchmarks, each under its own time
 # limit, logs and JSON results packed into $OUT/results.tgz (the device tool returns few files).
 #   bash benchmarks/device_run.sh "tests kernels scan"      # stages, in order
-#   stages: tests kernels scan profile train generation
+#   stages: tests kernels scan profile train generation decodeprofile
 # Measured on an H100 (session 2): the whole CUDA suite needs more than 210 s (compiles included),
 # kernels --sweep --warm ~235 s, scan --quick ~30 s, train (3 models x 2 backends) over 180 s.
 # Each device command may run 10 minutes: split the stages over two or three commands.
@@ -28,6 +28,7 @@ for s in ${1:-tests kernels scan}; do
         scan) stage scan "${SCAN_S:-120}" python benchmarks/gpu_selective_scan.py --quick --out "$R" ;;
         train) stage train "${TRAIN_S:-200}" python benchmarks/gpu_training_step.py --out "$R" ;;
         profile) stage profile "${PROFILE_S:-90}" python benchmarks/gpu_profile_ssd.py --out "$R" ;;
+        decodeprofile) PYTHONPATH=. stage decodeprofile "${DPROF_S:-150}" python benchmarks/gpu_profile_decode.py --out "$R" ${DPROF_ARGS:-} ;;
         generation) PYTHONPATH=. stage generation "${GEN_S:-300}" python benchmarks/gpu_generation.py --out "$R" ${GEN_ARGS:-} ;;
     esac
 done
