@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "examples stream through the recurrent cache, so memory stays bounded")
     parser.add_argument("--max-attention-length", type=int, default=16384,
                         help="models with attention skip evaluation lengths above this")
+    parser.add_argument("--max-attention-scores", type=int, default=2 ** 29, help="models with attention score "
+                        "smaller batches at long lengths: batch x heads x length x chunk at most this (default 2^29, "
+                        "2 GiB of fp32 scores should SDPA fall back to its math kernel)")
+    parser.add_argument("--eval-seconds", type=float, help="a time slot for the evaluation of each model: once "
+                        "used up, the current point stops after 8 examples and later points are marked skipped")
     parser.add_argument("--no-eval", action="store_true", help="train only")
     parser.add_argument("--out", help="output folder (default: task_output/<task>-<model name>)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -112,6 +117,10 @@ def run(args) -> int:
         raise ValueError(f"--train-seconds must be > 0, got {args.train_seconds}")
     if args.data_workers < 0:
         raise ValueError(f"--data-workers must be >= 0, got {args.data_workers}")
+    if args.eval_seconds is not None and not args.eval_seconds > 0:
+        raise ValueError(f"--eval-seconds must be > 0, got {args.eval_seconds}")
+    if args.max_attention_scores < 1:
+        raise ValueError(f"--max-attention-scores must be a positive int, got {args.max_attention_scores}")
     if args.eval_max_batch_tokens < 1:
         raise ValueError(f"--eval-max-batch-tokens must be a positive int, got {args.eval_max_batch_tokens}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -166,6 +175,7 @@ def _one_model(args, task, values, spec, name, device, save_to) -> dict:
                                  batch_size=args.eval_batch_size, seed=args.seed, chunk_len=args.chunk_len,
                                  max_attention_length=args.max_attention_length,
                                  max_batch_tokens=args.eval_max_batch_tokens,
-                                 token_budget=args.eval_token_budget, on_point=lambda r: bar.update(1))
+                                 token_budget=args.eval_token_budget, on_point=lambda r: bar.update(1),
+                                 max_attention_scores=args.max_attention_scores, max_seconds=args.eval_seconds)
         bar.close()
     return entry

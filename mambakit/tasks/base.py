@@ -7,7 +7,14 @@ returns a TaskBatch: `input_ids` (b, l) and `targets` (b, l), where targets hold
 model must predict at that position and IGNORE_INDEX (-100) everywhere else. The same targets
 serve as the training labels (cross-entropy on the answer positions only) and as the answer key
 of the exact scorers in scoring.py. Targets are aligned with the inputs (target[t] is predicted
-from input[: t + 1]), so logits (b, l, v) compare with targets without a shift.
+from input[: t + 1]), so logits (b, l, v) compare with targets without a shift. A task whose
+answers span several tokens and that asks several questions per example (phonebook) also sets
+`groups` (b, l): the question each answer token belongs to (0, 1, ...; -1 elsewhere); the
+scorers then count each question as one example (exact match = all its tokens right).
+
+Some tasks train on a range of sizes (phonebook `min_entries`, MQAR `min_pairs`: each example
+draws its size); `at(value)` is the task at one point of the evaluation sweep, every example
+of that exact size.
 
 Generation is numpy's PCG64 seeded by `seed` (an int or a tuple of ints, through SeedSequence):
 the same seed gives the same batch on every machine, and (seed, 0, step) / (seed, 1, ...) give
@@ -31,6 +38,7 @@ class TaskBatch:
     input_ids: torch.Tensor  # (b, l) long
     targets: torch.Tensor  # (b, l) long, IGNORE_INDEX where nothing is asked
     meta: dict = dataclasses.field(default_factory=dict)
+    groups: torch.Tensor | None = None  # (b, l) long: question index of each answer token, -1 elsewhere
 
     @property
     def num_answer_tokens(self) -> int:
@@ -64,6 +72,7 @@ class Task:
     sweep_param: ClassVar[str] = "length"  # what the evaluation varies (a field of the dataclass)
     metric: ClassVar[str] = "token_accuracy"  # headline: token_accuracy or exact_match (scoring.py)
     default_sweep: ClassVar[tuple[int, ...]] = ()
+    range_param: ClassVar[str | None] = None  # a field giving the lower end of a training range of sizes
 
     @property
     def vocab_size(self) -> int:  # pragma: no cover - every task defines it
@@ -79,6 +88,13 @@ class Task:
             if key not in names:
                 raise ValueError(f"task {self.name} has no parameter {key!r} (it has: {', '.join(sorted(names))})")
         return dataclasses.replace(self, **changes)
+
+    def at(self, value) -> "Task":
+        """The task at one evaluation point: the sweep parameter set to value, no range of sizes."""
+        changes = {self.sweep_param: value}
+        if self.range_param:  # the lower end of a training range of sizes: none at an evaluation point
+            changes[self.range_param] = None
+        return self.replace(**changes)
 
     def params(self) -> dict:
         return dataclasses.asdict(self)

@@ -12,8 +12,11 @@ queries come soon after the pairs, a few far), and the other positions are rando
     inputs   k1 v1 k2 v2 k3 v3 | k2  x  x  x k1  x  k3 ...
     targets   .  .  .  .  .  . | v2  .  .  .  v1  .  v3 ...
 
-Zoology's defaults: vocabulary 8192, length 64 to 512, 4 to 64 pairs. Accuracy is the share of
-queries answered right.
+Zoology's defaults: vocabulary 8192, length 64 to 512, 4 to 64 pairs, trained for many epochs.
+A tiny model trained for minutes learns a small vocabulary far sooner (every key and value id is
+seen more often), and Zoology trains on a mixture of sizes: `min_pairs` draws each example's
+number of pairs uniformly from [min_pairs, num_pairs] for training; evaluation points (`at`) use
+exactly num_pairs. Every query's value is a target. Accuracy is the share of queries answered right.
 """
 from __future__ import annotations
 
@@ -32,12 +35,14 @@ class MQAR(Task):
     num_pairs: int = 16
     power_a: float = 0.01
     random_non_queries: bool = True  # False: the non-query positions of the query region are 0
+    min_pairs: int | None = None  # training: each example has min_pairs..num_pairs pairs
 
     name: ClassVar[str] = "mqar"
     description: ClassVar[str] = "key-value pairs, then every key again as a query: output its value"
     sweep_param: ClassVar[str] = "num_pairs"
     metric: ClassVar[str] = "token_accuracy"
     default_sweep: ClassVar[tuple[int, ...]] = (4, 8, 16, 32, 64)
+    range_param: ClassVar[str | None] = "min_pairs"
 
     def __post_init__(self):
         check_int("mqar vocab_size", self.vocab_size, 4)
@@ -47,11 +52,28 @@ class MQAR(Task):
                   why=f" (2 tokens per pair, and a query region of 2 tokens per query: 4 x num_pairs)")
         if not 0.0 < self.power_a <= 1.0:
             raise ValueError(f"mqar power_a must be in (0, 1], got {self.power_a!r}")
+        if self.min_pairs is not None:
+            check_int("mqar min_pairs", self.min_pairs, 1, self.num_pairs, why=" (at most num_pairs)")
 
     def generate(self, batch_size: int, seed: Seed) -> TaskBatch:
         check_int("batch_size", batch_size, 1)
         rng = rng_for(seed)
-        b, q, l, v = batch_size, self.num_pairs, self.length, self.vocab_size
+        b, l = batch_size, self.length
+        if self.min_pairs is None:
+            counts = np.full(b, self.num_pairs)
+        else:
+            counts = rng.integers(self.min_pairs, self.num_pairs + 1, size=b)  # (b,) pairs per example
+        inputs = np.zeros((b, l), dtype=np.int64)
+        targets = np.full((b, l), IGNORE_INDEX, dtype=np.int64)
+        query_pos = np.full((b, self.num_pairs), -1, dtype=np.int64)  # (b, q), -1 past an example's pairs
+        for q in np.unique(counts):  # the rows of one size at once
+            rows = np.flatnonzero(counts == q)
+            inputs[rows], targets[rows], query_pos[rows, :q] = self._rows(rng, len(rows), int(q))
+        return to_batch(inputs, targets, query_positions=query_pos)
+
+    def _rows(self, rng: np.random.Generator, b: int, q: int):
+        """b examples of q pairs: inputs (b, l), targets (b, l), query positions (b, q)."""
+        l, v = self.length, self.vocab_size
         half = v // 2
         # q distinct keys in 1 .. half-1 and q distinct values in half .. v-1 per row
         keys = 1 + np.argsort(rng.random((b, half - 1)), axis=1)[:, :q]  # (b, q)
@@ -72,4 +94,4 @@ class MQAR(Task):
         np.put_along_axis(inputs, query_pos, keys, axis=1)
         targets = np.full((b, l), IGNORE_INDEX, dtype=np.int64)
         np.put_along_axis(targets, query_pos, values, axis=1)
-        return to_batch(inputs, targets, query_positions=query_pos)
+        return inputs, targets, query_pos

@@ -243,22 +243,37 @@ def predict(model: LM, batch: TaskBatch, chunk_len: int | None = None) -> torch.
 
 def evaluate(model: LM, task: Task, values=None, num_examples: int = 256, batch_size: int = 64, seed: int = 0,
              chunk_len: int = 4096, max_batch_tokens: int = 2 ** 20, max_attention_length: int = 16384,
-             token_budget: int | None = None, on_point: Callable[[dict], None] | None = None) -> list[dict]:
+             token_budget: int | None = None, on_point: Callable[[dict], None] | None = None,
+             max_attention_scores: int = 2 ** 29, max_seconds: float | None = None) -> list[dict]:
     """Score the model at each value of the task's sweep parameter; one dict per value.
 
     Batches shrink at long lengths so that a batch holds at most max_batch_tokens tokens (on the
     host; predict streams only chunk_len tokens per example to the device at a time). Models
-    with attention layers skip lengths above max_attention_length (their cache grows with l).
+    with attention layers skip lengths above max_attention_length (their cache grows with l),
+    and their batches also shrink so that b * heads * c * l <= max_attention_scores: the scores
+    of one attention layer, should SDPA pick its math kernel that writes them out (2^29 fp32
+    scores = 2 GiB, so several evaluations can share one GPU).
     token_budget: at most this many tokens per point (fewer examples at long lengths), never fewer
-    than 8 examples; each row records how many examples it scored.
+    than 8 examples; each row records how many examples it scored. max_seconds: a time slot for
+    the whole evaluation; once it is used up, a point stops after its first 8 examples and the
+    points not begun (but the first) are recorded as skipped, so a bounded run still writes every row.
     """
     values = list(values) if values is not None else list(task.default_sweep)
     has_attention = "*" in model.config.layer_pattern
-    rows = []
+    rows, start = [], time.perf_counter()
+
+    def out_of_time() -> bool:
+        return max_seconds is not None and time.perf_counter() - start > max_seconds
     for i, value in enumerate(values):
-        point = task.replace(**{task.sweep_param: value})
+        point = task.at(value)
         length = point.sequence_length()
         row = {task.sweep_param: value, "length": length}
+        if rows and out_of_time():  # the first point is always begun
+            row["skipped"] = f"the evaluation's time slot of {max_seconds} s was used up"
+            rows.append(row)
+            if on_point:
+                on_point(row)
+            continue
         limit = model.config.max_seqlen
         if has_attention and (length > max_attention_length or (limit is not None and length > limit)):
             row["skipped"] = f"attention model: {length} tokens is more than the limit of " \
@@ -268,15 +283,21 @@ def evaluate(model: LM, task: Task, values=None, num_examples: int = 256, batch_
                 on_point(row)
             continue
         per_batch = max(1, min(batch_size, max_batch_tokens // length))
+        if has_attention:
+            heads = model.config.attention.n_heads
+            per_batch = max(1, min(per_batch, max_attention_scores // (heads * length * min(length, chunk_len))))
         wanted = num_examples if token_budget is None else min(num_examples, max(8, token_budget // length))
         score, done, j, t0, seen = Score(), 0, 0, time.perf_counter(), 0
         while done < wanted:
             n = min(per_batch, wanted - done)
             batch = point.generate(n, (seed, 1, i, j))
-            score = score + score_predictions(predict(model, batch, chunk_len), batch.targets)
+            score = score + score_predictions(predict(model, batch, chunk_len), batch.targets, groups=batch.groups)
             seen += sum(batch.meta.get("lengths", [batch.input_ids.shape[1]] * n))
             done, j = done + n, j + 1
+            if done >= 8 and out_of_time():
+                break  # scored fewer examples than asked: the row's "examples" says how many
         row["length"] = round(seen / done)  # mean tokens per example (phonebook examples vary)
+        row["per_batch"] = per_batch
         row.update(score.as_dict())
         row["seconds"] = round(time.perf_counter() - t0, 2)
         rows.append(row)

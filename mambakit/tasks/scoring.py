@@ -11,6 +11,9 @@ prediction at a position is the argmax of its logits there (greedy), and three n
     partial_match   examples not all right but with at least `partial_threshold` (half) of their
                     answer tokens right / examples                  (phonebook's "partly correct")
 
+An "example" is a row, or, when the batch has `groups` (b, l) (the question index of each answer
+token, -1 elsewhere), one question of a row: a phonebook row asking four numbers counts four.
+
 Predictions are teacher-forced: each answer token is predicted from the true tokens before it.
 An example is then exactly right if and only if greedy decoding would write the whole answer,
 so exact_match equals greedy generation's; token_accuracy and partial_match can differ from
@@ -61,28 +64,40 @@ class Score:
 
 
 def score_predictions(predictions: torch.Tensor, targets: torch.Tensor,
-                      partial_threshold: float = PARTIAL_THRESHOLD) -> Score:
+                      partial_threshold: float = PARTIAL_THRESHOLD, groups: torch.Tensor | None = None) -> Score:
     """predictions (b, l) token ids, targets (b, l) with IGNORE_INDEX where nothing is asked.
 
     Positions where targets is IGNORE_INDEX are not looked at (predictions there may be anything).
-    A row without any answer token is not counted as an example.
+    A row (or, with groups (b, l), a question of a row) without any answer token is not counted.
     """
     if predictions.shape != targets.shape:
         raise ValueError(f"predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} "
                          "must have the same (batch, length) shape")
     asked = targets != IGNORE_INDEX  # (b, l)
     right = (predictions == targets) & asked  # (b, l)
-    n_asked = asked.sum(1)  # (b,)
-    n_right = right.sum(1)  # (b,)
+    if groups is not None:
+        if groups.shape != targets.shape:
+            raise ValueError(f"groups {tuple(groups.shape)} must have the shape of targets {tuple(targets.shape)}")
+        if bool((groups[asked] < 0).any()):
+            raise ValueError("every answer token needs a question index >= 0 in groups")
+        # one bucket per (row, question): row * q + question, for q questions at most per row
+        q = int(groups.max()) + 1 if asked.any() else 1
+        key = (torch.arange(targets.shape[0], device=targets.device).unsqueeze(1) * q + groups.clamp(min=0))[asked]  # (answer tokens,)
+        n_asked = torch.bincount(key, minlength=targets.shape[0] * q)  # (b * q,)
+        n_right = torch.bincount(key, weights=right[asked].double(), minlength=targets.shape[0] * q).long()
+    else:
+        n_asked = asked.sum(1)  # (b,)
+        n_right = right.sum(1)  # (b,)
     rows = n_asked > 0
     exact = rows & (n_right == n_asked)
     partial = rows & ~exact & (n_right >= partial_threshold * n_asked)
     return Score(int(n_right.sum()), int(n_asked.sum()), int(exact.sum()), int(partial.sum()), int(rows.sum()))
 
 
-def score_logits(logits: torch.Tensor, targets: torch.Tensor, partial_threshold: float = PARTIAL_THRESHOLD) -> Score:
+def score_logits(logits: torch.Tensor, targets: torch.Tensor, partial_threshold: float = PARTIAL_THRESHOLD,
+                 groups: torch.Tensor | None = None) -> Score:
     """logits (b, l, v) -> Score against targets (b, l), greedy."""
-    return score_predictions(logits.argmax(-1), targets, partial_threshold)
+    return score_predictions(logits.argmax(-1), targets, partial_threshold, groups)
 
 
 @dataclass

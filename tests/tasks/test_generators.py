@@ -76,12 +76,73 @@ def test_phonebook_answer_is_the_query_names_number(variant):
         assert len(book) == 8 and book[query] == answer
         assert prompt.count("Q: ") == 3  # two few-shot questions and the real one
         assert prompt.startswith(f"Find: {query}\n") == (variant == "reversed")
-        # the targets are the answer's digits, each predicted from the bytes before it
-        asked = batch.targets[i] != IGNORE_INDEX
-        assert decode(batch.targets[i][asked]) == answer
-        first = int(asked.nonzero()[0])
+        # the last question's digits are the last answer group, each predicted from the bytes before it
+        last = batch.groups[i] == 2
+        assert decode(batch.targets[i][last]) == answer
+        first = int(last.nonzero()[0])
         assert decode(batch.input_ids[i][: first + 1]) == prompt
     assert batch.input_ids.shape[1] <= task.sequence_length()
+
+
+@pytest.mark.parametrize("score_examples", [True, False])
+def test_phonebook_loss_mask_is_every_answer_digit_and_nothing_else(score_examples):
+    task = get_task("phonebook", num_entries=7, num_examples=3, score_examples=score_examples, min_entries=4)
+    batch = task.generate(5, 1)
+    for i in range(5):
+        text = decode(batch.input_ids[i])
+        book = dict(line.split(": ") for line in text.split("Phonebook:\n")[1].split("Q: ")[0].splitlines())
+        asked = [q.split("? A: ") for q in text.split("\n") if q.startswith("Q: ")]
+        assert len(asked) == 4 and all(book[name[3:]] == number for name, number in asked)
+        scored = asked if score_examples else asked[-1:]
+        # the mask, built independently: the byte before each scored number and its first 9 digits
+        want = torch.full_like(batch.targets[i], IGNORE_INDEX)
+        want_groups = torch.full_like(batch.targets[i], -1)
+        at = 0
+        for j, (name, number) in enumerate(asked):
+            at = text.index(f"{name}? A: {number}\n", at) + len(f"{name}? A: ")
+            if score_examples or j == len(asked) - 1:
+                want[at - 1: at + 9] = torch.tensor([ord(c) for c in number])
+                want_groups[at - 1: at + 9] = j if score_examples else 0
+        assert torch.equal(batch.targets[i], want) and torch.equal(batch.groups[i], want_groups)
+        # teacher forcing: the target at t is the input at t + 1
+        pos = (batch.targets[i] != IGNORE_INDEX).nonzero().flatten()
+        assert torch.equal(batch.targets[i][pos], batch.input_ids[i][pos + 1])
+        assert int((batch.targets[i] != IGNORE_INDEX).sum()) == 10 * len(scored)
+
+
+def test_phonebook_and_mqar_size_ranges_for_training_exact_sizes_at_evaluation():
+    pb = get_task("phonebook", num_entries=9, min_entries=3)
+    sizes = {p.split("Phonebook:\n")[1].split("Q: ")[0].count("\n") for p in pb.generate(40, 0).meta["prompts"]}
+    assert min(sizes) >= 3 and max(sizes) <= 9 and len(sizes) >= 4
+    point = pb.at(20)
+    assert (point.num_entries, point.min_entries) == (20, None)
+    assert all(p.split("Phonebook:\n")[1].split("Q: ")[0].count("\n") == 20 for p in point.generate(4, 0).meta["prompts"])
+    mq = get_task("mqar", vocab_size=64, length=64, num_pairs=8, min_pairs=2)
+    batch = mq.generate(32, 0)
+    counts = (batch.targets != IGNORE_INDEX).sum(1)
+    assert int(counts.min()) >= 2 and int(counts.max()) <= 8 and len(set(counts.tolist())) >= 4
+    for ids, tgt, n in zip(batch.input_ids, batch.targets, counts.tolist()):
+        pairs = dict(zip(ids[0:2 * n:2].tolist(), ids[1:2 * n:2].tolist()))
+        asked = (tgt != IGNORE_INDEX).nonzero().flatten()
+        assert sorted(ids[asked].tolist()) == sorted(pairs) and all(int(tgt[p]) == pairs[int(ids[p])] for p in asked)
+    assert (mq.at(4).num_pairs, mq.at(4).min_pairs) == (4, None)
+    assert bool(((mq.at(4).generate(8, 0).targets != IGNORE_INDEX).sum(1) == 4).all())
+
+
+def test_golden_examples():
+    """Fixed seeds give these exact examples on every machine (numpy PCG64 through SeedSequence)."""
+    b = get_task("mqar", vocab_size=16, length=16, num_pairs=3).generate(1, 0)
+    assert b.input_ids[0].tolist() == [4, 12, 3, 14, 2, 9, 3, 10, 4, 9, 2, 6, 7, 15, 12, 15]
+    X = IGNORE_INDEX
+    assert b.targets[0].tolist() == [X] * 6 + [14, X, 12, X, 9] + [X] * 5
+    b = get_task("phonebook", num_entries=3, num_examples=1, digits=4).generate(1, 0)
+    assert decode(b.input_ids[0]) == ("Phonebook:\nPiheba Fupu: 4001\nPuroni Huraku: 0656\nBorufa Bidemi: 2673\n"
+                                      "Q: Piheba Fupu? A: 4001\nQ: Borufa Bidemi? A: 2673\n")
+    assert decode(b.targets[0][b.targets[0] != X]) == "40012673"
+    b = get_task("selective_copying", vocab_size=6, num_tokens=2, length=8).generate(1, 0)
+    assert b.input_ids[0].tolist() == [0, 4, 3, 0, 0, 0, 5, 5] and b.targets[0].tolist() == [X] * 6 + [4, 3]
+    b = get_task("induction_heads", vocab_size=6, length=8).generate(1, 0)
+    assert b.input_ids[0].tolist() == [4, 5, 2, 1, 1, 0, 0, 5] and b.targets[0].tolist() == [X] * 7 + [2]
 
 
 @pytest.mark.parametrize("name, params", [
@@ -92,6 +153,10 @@ def test_phonebook_answer_is_the_query_names_number(variant):
     ("mqar", dict(vocab_size=16, num_pairs=8)),
     ("phonebook", dict(variant="sideways")),
     ("phonebook", dict(num_entries=2)),
+    ("phonebook", dict(num_entries=5, min_entries=6)),
+    ("phonebook", dict(min_entries=2)),
+    ("mqar", dict(num_pairs=8, min_pairs=9)),
+    ("mqar", dict(min_pairs=0)),
 ])
 def test_bad_parameters_are_value_errors(name, params):
     with pytest.raises(ValueError):

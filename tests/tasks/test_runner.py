@@ -157,3 +157,22 @@ def test_train_seconds_flag_and_partial_results(tmp_path, capsys):
     assert main(["task", "train", "--task", "mqar", "--model", "mamba2-tiny", "--train-seconds", "0", "--out",
                  str(tmp_path / "x")]) == 2
     assert "--train-seconds must be > 0" in capsys.readouterr().err
+
+
+def test_attention_batches_are_bounded_and_evaluation_stops_in_time():
+    task = get_task("induction_heads", length=64)
+    tf = build_model("transformer-tiny", task.vocab_size, seed=0)
+    # 4 heads x 128 x 128 scores per example: a budget of 3 examples' worth gives batches of 3
+    rows = evaluate(tf, task, [128], num_examples=8, batch_size=8, max_attention_scores=3 * 4 * 128 * 128)
+    assert rows[0]["per_batch"] == 3 and rows[0]["examples"] == 8
+    ssm = build_model("mamba2-tiny", task.vocab_size, {"n_layer": 1}, seed=0)
+    assert evaluate(ssm, task, [128], num_examples=8, batch_size=8, max_attention_scores=1)[0]["per_batch"] == 8
+    rows = evaluate(ssm, task, [64, 128], num_examples=64, batch_size=4, max_seconds=1e-9)
+    assert rows[0]["examples"] == 8 and "time slot" in rows[1]["skipped"]  # 8 examples, then out of time
+
+
+def test_phonebook_evaluation_counts_every_question():
+    task = get_task("phonebook", num_entries=6, num_examples=3, min_entries=4)
+    model = build_model("mamba2-tiny", task.vocab_size, {"n_layer": 1}, seed=0)
+    row = evaluate(model, task, [5], num_examples=3)[0]
+    assert row["num_entries"] == 5 and row["examples"] == 12 and row["tokens"] == 120

@@ -46,3 +46,20 @@ def test_token_scorer_counts_tokens_exact_and_partial_rows():
 def test_token_scorer_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="same"):
         score_predictions(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_groups_make_each_question_an_example():
+    targets = torch.tensor([[X, 1, 2, X, 3, 4, X, 5, 6],
+                            [X, 1, 2, X, 3, 4, X, X, X]])
+    groups = torch.tensor([[-1, 0, 0, -1, 1, 1, -1, 2, 2],
+                           [-1, 0, 0, -1, 1, 1, -1, -1, -1]])
+    preds = torch.tensor([[0, 1, 2, 0, 3, 9, 0, 9, 9],     # right, partial, wrong
+                          [0, 1, 2, 0, 3, 4, 0, 0, 0]])    # right, right
+    s = score_predictions(preds, targets, groups=groups)
+    assert (s.examples, s.examples_exact, s.examples_partial) == (5, 3, 1)
+    assert (s.tokens_right, s.tokens) == (7, 10)
+    assert score_predictions(preds, targets).examples == 2  # without groups, rows
+    with pytest.raises(ValueError, match="question index"):
+        score_predictions(preds, targets, groups=torch.full_like(targets, -1))
+    with pytest.raises(ValueError, match="shape"):
+        score_predictions(preds, targets, groups=groups[:, :3])
