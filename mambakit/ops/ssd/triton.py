@@ -44,10 +44,16 @@ import triton
 from .reference import check_ssd_inputs
 from .triton_bwd import _ssd_bwd_dbdc_kernel, _ssd_bwd_dx_kernel, _ssd_cb_kernel
 from .triton_fwd import _ssd_chunk_state_kernel, _ssd_scan_kernel, _ssd_state_pass_kernel
+from .triton_rows import _ssd_bwd_dx_finish_kernel, _ssd_bwd_dx_rows_kernel, _ssd_scan_rows_kernel
 
 # Launch settings; benchmarks/gpu_kernels.py may override them to sweep.
 CONFIG = {"state_warps": 8, "scan_warps": 8, "dx_warps": 8, "dbdc_warps": 8, "stages": 2,
           "bm_scan": 64, "bm_bwd": 64, "min_programs": 264, "pass_block": 512, "kb": 64, "scan_bp": 64,
+          # "rows": the kernels of triton_rows.py, one program per (chunk, row block, head), nothing
+          # carried between blocks; rows_bm / rows_bp their row / p blocks, rows_cb: the forward
+          # reads C B^T computed once per group (when h > g) instead of recomputing it per head
+          "scan_impl": "recur", "dx_impl": "recur", "rows_bm": 64, "rows_bp": 64, "rows_warps": 4,
+          "rows_stages": 2, "rows_cb": False, "dx_rows_warps": 4,
           # MAMBAKIT_SSD_STATE_IMPL lets a benchmark or a user pick the design without code
           "state_impl": os.environ.get("MAMBAKIT_SSD_STATE_IMPL", "split")}
 
@@ -165,6 +171,19 @@ def _fwd(x, dt, A, B, C, cs_len, D, z, dt_bias, dt_softplus, dt_limit, init, seq
     # dz needs y before the gate; nothing else is kept from the forward.
     write_ypre = keep_ypre and z is not None
     ypre = torch.empty_like(x) if write_ypre else out
+    if CONFIG["scan_impl"] == "rows":
+        bm = min(CONFIG["rows_bm"], cs_len)
+        pb = min(_p2(p), CONFIG["rows_bp"])
+        load_cb = bool(CONFIG["rows_cb"]) and h // g > 1
+        cb = _cb(B, C, nchunk, cs_len, bm) if load_cb else x
+        _ssd_scan_rows_kernel[(nchunk * (cs_len // bm), b * h, triton.cdiv(p, pb))](
+            x, B, C, z if z is not None else x, D if D is not None else A, st["e"], st["dtp"], st["cs"],
+            seq if seq is not None else A, cb, out, ypre,
+            l, h, g, p, n, nchunk,
+            CS=cs_len, BM=bm, PP=pb, NP=_p2(n), HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+            HAS_Z=z is not None, HAS_SEQ=seq is not None, WRITE_YPRE=write_ypre, LOAD_CB=load_cb,
+            PREC=_prec(x.dtype), num_warps=CONFIG["rows_warps"], num_stages=CONFIG["rows_stages"])
+        return out, st["final"], (ypre if write_ypre else None)
     bm = min(CONFIG["bm_scan"], cs_len)
     pb = min(_p2(p), CONFIG["scan_bp"])
     _ssd_scan_kernel[(nchunk, b * h, triton.cdiv(p, pb))](
@@ -175,6 +194,16 @@ def _fwd(x, dt, A, B, C, cs_len, D, z, dt_bias, dt_softplus, dt_limit, init, seq
         HAS_Z=z is not None, HAS_SEQ=seq is not None, WRITE_YPRE=write_ypre, PREC=_prec(x.dtype),
         num_warps=CONFIG["scan_warps"], num_stages=CONFIG["stages"])
     return out, st["final"], (ypre if write_ypre else None)
+
+
+def _cb(B, C, nchunk, cs_len, bm):
+    """C B^T per chunk and group in fp32 (lower block triangle): (b, chunks, g, c, c)."""
+    b, l, g, n = B.shape
+    cb = torch.empty(b, nchunk, g, cs_len, cs_len, device=B.device, dtype=torch.float32)
+    _ssd_cb_kernel[(nchunk, b * g, cs_len // bm)](
+        B, C, cb, l, g, n, nchunk, CS=cs_len, BM=bm, NP=_p2(n), PREC=_prec(B.dtype),
+        num_warps=4, num_stages=CONFIG["stages"])
+    return cb
 
 
 def _n_split(b: int, nchunk: int, g: int, hpg: int) -> int:
@@ -235,10 +264,7 @@ class SSDTritonFn(torch.autograd.Function):
         load_cb = h // g > 1
         cb = x
         if load_cb:
-            cb = torch.empty(b, nchunk, g, cs_len, cs_len, device=dev, dtype=torch.float32)
-            _ssd_cb_kernel[(nchunk, b * g, cs_len // bm)](
-                B, C, cb, l, g, n, nchunk, CS=cs_len, BM=bm, NP=np_, PREC=prec,
-                num_warps=4, num_stages=CONFIG["stages"])
+            cb = _cb(B, C, nchunk, cs_len, bm)
         dx = torch.empty_like(x)
         ddt = torch.empty_like(dt)
         dcs = torch.empty_like(st["dtp"])
@@ -246,16 +272,35 @@ class SSDTritonFn(torch.autograd.Function):
         da_part = torch.empty(b, nchunk, h, device=dev, dtype=torch.float32)
         dbias_part = torch.empty_like(da_part)
         want_dd = D is not None and z is None
-        dd_part = torch.empty(b, nchunk, h, p, device=dev, dtype=torch.float32) if want_dd else da_part
-        _ssd_bwd_dx_kernel[(nchunk, b * h)](
-            x, B, C, dy, dylo if dylo is not None else dy, cb, D if D is not None else A, st["e"], st["ds"], st["gdot"], st["dtp"], st["cs"],
-            dt, A, dt_bias if dt_bias is not None else A, seq if seq is not None else A, dcs, ddtd,
-            dx, ddt, da_part, dbias_part, dd_part,
-            l, h, g, p, n, nchunk, st["ntile"], float(dt_limit[0]), float(dt_limit[1]),
-            CS=cs_len, BM=bm, PP=pp, NP=np_, NTP=_p2(st["ntile"], 1),
-            HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, WANT_DD=want_dd,
-            HAS_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), HAS_SEQ=seq is not None,
-            LOAD_CB=load_cb, HAS_DYLO=dylo is not None, PREC=prec, num_warps=CONFIG["dx_warps"], num_stages=CONFIG["stages"])
+        if CONFIG["dx_impl"] == "rows":
+            nsub = cs_len // bm
+            # d cs terms of row block k for the rows of blocks i >= k, and sum(v) per block
+            part = torch.empty(b * h * nchunk * nsub * cs_len, device=dev, dtype=torch.float32)
+            vsum = torch.empty(b * h * nchunk * nsub, device=dev, dtype=torch.float32)
+            dd_part = torch.zeros(b, nchunk * nsub, h, p, device=dev, dtype=torch.float32) if want_dd else da_part
+            _ssd_bwd_dx_rows_kernel[(nchunk * nsub, b * h)](
+                x, B, C, dy, dylo if dylo is not None else dy, cb, D if D is not None else A, st["e"], st["ds"],
+                st["dtp"], st["cs"], seq if seq is not None else A, part, vsum, ddtd, dx, dd_part,
+                l, h, g, p, n, nchunk,
+                CS=cs_len, BM=bm, PP=pp, NP=np_, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+                WANT_DD=want_dd, HAS_SEQ=seq is not None, LOAD_CB=load_cb, HAS_DYLO=dylo is not None, PREC=prec,
+                num_warps=CONFIG["dx_rows_warps"], num_stages=CONFIG["stages"])
+            _ssd_bwd_dx_finish_kernel[(nchunk, b * h)](
+                part, vsum, st["gdot"], dcs, ddtd, st["dtp"], dt, A, dt_bias if dt_bias is not None else A,
+                ddt, da_part, dbias_part, l, h, nchunk, st["ntile"], float(dt_limit[0]), float(dt_limit[1]),
+                CS=cs_len, BM=bm, NTP=_p2(st["ntile"], 1), HAS_BIAS=dt_bias is not None,
+                DT_SOFTPLUS=bool(dt_softplus), PREC=prec, num_warps=4)
+        else:
+            dd_part = torch.empty(b, nchunk, h, p, device=dev, dtype=torch.float32) if want_dd else da_part
+            _ssd_bwd_dx_kernel[(nchunk, b * h)](
+                x, B, C, dy, dylo if dylo is not None else dy, cb, D if D is not None else A, st["e"], st["ds"], st["gdot"], st["dtp"], st["cs"],
+                dt, A, dt_bias if dt_bias is not None else A, seq if seq is not None else A, dcs, ddtd,
+                dx, ddt, da_part, dbias_part, dd_part,
+                l, h, g, p, n, nchunk, st["ntile"], float(dt_limit[0]), float(dt_limit[1]),
+                CS=cs_len, BM=bm, PP=pp, NP=np_, NTP=_p2(st["ntile"], 1),
+                HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, WANT_DD=want_dd,
+                HAS_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), HAS_SEQ=seq is not None,
+                LOAD_CB=load_cb, HAS_DYLO=dylo is not None, PREC=prec, num_warps=CONFIG["dx_warps"], num_stages=CONFIG["stages"])
         hpg = h // g
         split = _n_split(b, nchunk, g, hpg)
         db = torch.empty(split, b, l, g, n, device=dev, dtype=torch.float32)

@@ -34,6 +34,39 @@ from .triton_fwd import _dot, _to
 
 
 @triton.jit
+def _dcs_to_ddt(dcs_ptr, ddtd_ptr, dtp_ptr, dtraw_ptr, ddt_ptr, run, vec_base, raw_base, cstart, nsub, L, H,
+                A, bias, lo, hi, BM: tl.constexpr, DT_SOFTPLUS: tl.constexpr, PREC: tl.constexpr):
+    """The chunk's blocks backwards: da_t = run + sum of d cs over rows >= t (run: the chunk end's
+    pass-through and state-input terms), ddt = A da + ddt_direct through clamp and softplus,
+    stored; returns the chunk's (sum da dt, sum ddt) for dA and d dt_bias."""
+    offs_m = tl.arange(0, BM)
+    da_acc = 0.0
+    dbias_acc = 0.0
+    for ii in range(nsub):
+        i = nsub - 1 - ii
+        offs_l = cstart + i * BM + offs_m
+        ml = offs_l < L
+        dcs = tl.load(dcs_ptr + vec_base + offs_l)
+        tot = tl.sum(dcs, 0)
+        da = run + tot - tl.cumsum(dcs, 0) + dcs
+        run += tot
+        d = tl.load(dtp_ptr + vec_base + offs_l)
+        ddt = A * da + tl.load(ddtd_ptr + vec_base + offs_l)
+        da_acc += tl.sum(da * d, 0)
+        raw = tl.load(dtraw_ptr + raw_base + offs_l * H, mask=ml, other=0.0).to(tl.float32) + bias
+        post = raw
+        if DT_SOFTPLUS:
+            post = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
+        ddt = tl.where((post >= lo) & (post <= hi), ddt, 0.0)
+        if DT_SOFTPLUS:
+            ddt = tl.where(raw <= 20.0, ddt * tl.sigmoid(raw), ddt)
+        ddt = tl.where(ml, ddt, 0.0)
+        tl.store(ddt_ptr + raw_base + offs_l * H, _to(ddt, ddt_ptr.dtype.element_ty, PREC), mask=ml)
+        dbias_acc += tl.sum(ddt, 0)
+    return da_acc, dbias_acc
+
+
+@triton.jit
 def _ssd_cb_kernel(b_ptr, c_ptr, cb_ptr, L, G, N, NCHUNK,
                    CS: tl.constexpr, BM: tl.constexpr, NP: tl.constexpr, PREC: tl.constexpr):
     """C B^T of one chunk and group in fp32, lower block triangle only: cb (b, chunks, g, c, c)."""
@@ -190,30 +223,9 @@ def _ssd_bwd_dx_kernel(
     tl.debug_barrier()
     offs_t = tl.arange(0, NTP)
     gd = tl.load(gdot_ptr + ((bi * H + hh) * NTILE + offs_t) * NCHUNK + pid_c, mask=offs_t < NTILE, other=0.0)
-    run = tl.sum(gd, 0) + sum_v  # the chunk's last row: pass-through and state-input terms
-    da_acc = 0.0
-    dbias_acc = 0.0
-    for ii in range(nsub):
-        i = nsub - 1 - ii
-        offs_l = cstart + i * BM + offs_m
-        ml = offs_l < L
-        dcs = tl.load(dcs_ptr + vec_base + offs_l)
-        tot = tl.sum(dcs, 0)
-        da = run + tot - tl.cumsum(dcs, 0) + dcs
-        run += tot
-        d = tl.load(dtp_ptr + vec_base + offs_l)
-        ddt = A * da + tl.load(ddtd_ptr + vec_base + offs_l)
-        da_acc += tl.sum(da * d, 0)
-        raw = tl.load(dtraw_ptr + bi * L * H + offs_l * H + hh, mask=ml, other=0.0).to(tl.float32) + bias
-        post = raw
-        if DT_SOFTPLUS:
-            post = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
-        ddt = tl.where((post >= lo) & (post <= hi), ddt, 0.0)
-        if DT_SOFTPLUS:
-            ddt = tl.where(raw <= 20.0, ddt * tl.sigmoid(raw), ddt)
-        ddt = tl.where(ml, ddt, 0.0)
-        tl.store(ddt_ptr + bi * L * H + offs_l * H + hh, _to(ddt, ddt_ptr.dtype.element_ty, PREC), mask=ml)
-        dbias_acc += tl.sum(ddt, 0)
+    da_acc, dbias_acc = _dcs_to_ddt(dcs_ptr, ddtd_ptr, dtp_ptr, dtraw_ptr, ddt_ptr, tl.sum(gd, 0) + sum_v,
+                                    vec_base, bi * L * H + hh, cstart, nsub, L, H, A, bias, lo, hi,
+                                    BM, DT_SOFTPLUS, PREC)
     part = (bi * NCHUNK + pid_c) * H + hh
     tl.store(da_part_ptr + part, da_acc)
     tl.store(dbias_part_ptr + part, dbias_acc)
