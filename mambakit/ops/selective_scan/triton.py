@@ -18,10 +18,13 @@ the backward ~8x the forward at n 16 and ~20x at n 64 (issue 7; README.md).
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
 from .triton_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
+
+BWD_VARIANTS = ("chunk", "seg")  # the default first; "seg": triton_bwd_seg.py (issue 7)
 
 MAX_D_STATE = 256
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -31,7 +34,13 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
-def default_config(n: int, e: int, backward: bool) -> dict:
+def seg_config(n: int, e: int) -> dict:
+    """Tiles of the "seg" backward: one warp of BLOCK_E channels, BLOCK_T steps in each
+    thread, segments of SEG_CHUNKS chunks (the forward's checkpoint interval)."""
+    return dict(VARIANT="seg", BLOCK_T=8, BLOCK_E=32, SEG_CHUNKS=4, num_warps=1)
+
+
+def default_config(n: int, e: int, backward: bool, variant: str | None = None) -> dict:
     """Tile sizes for a (c, e, n) chunk tile (picked from the H100 sweep in
     benchmarks/gpu_selective_scan.py; docs/benchmarks.md).
 
@@ -40,6 +49,12 @@ def default_config(n: int, e: int, backward: bool) -> dict:
     the time axis gets neither lanes nor warps and both scans run in registers. BLOCK_T
     is 16 forward; backward (more live tiles) it gives a thread 16 values of a tile.
     """
+    if backward:
+        variant = variant or os.environ.get("MAMBAKIT_SS_BWD", BWD_VARIANTS[0])
+        if variant not in BWD_VARIANTS:
+            raise ValueError(f"selective_scan_triton: backward variant {variant!r}, expected one of {BWD_VARIANTS}")
+        if variant == "seg":
+            return seg_config(n, e)
     bn = _next_pow2(n)
     warps = 4
     vec = 1 if bn == 1 else (2 if bn <= 16 else 4)
@@ -115,9 +130,15 @@ class SelectiveScanTriton(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         # Checkpoint every seg_len steps; seg_len ~ sqrt(l * c) balances checkpoints
         # (l / seg_len states) against the backward's scratch (seg_len / c states).
-        bt_max = max(cf["BLOCK_T"], cb["BLOCK_T"])
-        n_chunks = math.ceil(l / bt_max)
-        seg_len = bt_max * _next_pow2(max(1, math.isqrt(n_chunks)))
+        if cb.get("VARIANT", "chunk") == "seg":  # segments are the backward's parallel unit
+            seg_len = cb["SEG_CHUNKS"] * cb["BLOCK_T"]
+            if seg_len % cf["BLOCK_T"]:
+                raise ValueError(f"selective_scan_triton: the seg backward's segment ({seg_len} steps) must be a "
+                                 f"multiple of the forward BLOCK_T ({cf['BLOCK_T']})")
+        else:
+            bt_max = max(cf["BLOCK_T"], cb["BLOCK_T"])
+            n_chunks = math.ceil(l / bt_max)
+            seg_len = bt_max * _next_pow2(max(1, math.isqrt(n_chunks)))
         n_seg = math.ceil(l / seg_len)
 
         y = torch.empty((b, l, e), device=u.device, dtype=u.dtype)
@@ -154,6 +175,10 @@ class SelectiveScanTriton(torch.autograd.Function):
         n = A.shape[1]
         dev = u.device
         dy = _last_dim_contiguous(dy) if dy is not None else torch.zeros_like(u)
+        if cb.get("VARIANT", "chunk") == "seg":
+            from .triton_bwd_seg import seg_backward
+            grads = seg_backward(u, delta, A, B, C, D, z, delta_bias, seq_idx, ckpt, dy, dhT, softplus, n_seg, cb)
+            return _select_grads(ctx, grads, u, A, B, C, D, z, delta_bias, initial_state)
         grid = (triton_cdiv(e, cb["BLOCK_E"]), b)
         cps = seg_len // cb["BLOCK_T"]
         scratch = torch.empty((b, grid[0], cps, cb["BLOCK_E"] * cb["BLOCK_N"]), device=dev, dtype=torch.float32)
@@ -189,22 +214,29 @@ class SelectiveScanTriton(torch.autograd.Function):
             BLOCK_T=cb["BLOCK_T"], BLOCK_E=cb["BLOCK_E"], BLOCK_N=cb["BLOCK_N"],
             EVEN_N=n == cb["BLOCK_N"], VEC=cb["VEC"], DBC_ATOMIC=atomic, num_warps=cb["num_warps"],
         )
-        need = ctx.needs_input_grad
         if not atomic:
-            dB = dB.sum(1) if need[3] else None  # (b, l, n)
-            dC = dC.sum(1) if need[4] else None
-        return (
-            du if need[0] else None,
-            ddelta if need[1] else None,
-            dA.sum(0).to(A.dtype) if need[2] else None,
-            dB.to(B.dtype) if need[3] else None,
-            dC.to(C.dtype) if need[4] else None,
-            dD.sum(0).to(D.dtype) if D is not None and need[5] else None,
-            dz if z is not None and need[6] else None,
-            dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None and need[7] else None,
-            dh0.to(initial_state.dtype) if initial_state is not None and need[8] else None,
-            None, None, None, None,
-        )
+            dB = dB.sum(1) if ctx.needs_input_grad[3] else None  # (b, l, n)
+            dC = dC.sum(1) if ctx.needs_input_grad[4] else None
+        return _select_grads(ctx, (du, ddelta, dA.sum(0), dB, dC, dD.sum(0), dz, dbias.sum(0), dh0),
+                             u, A, B, C, D, z, delta_bias, initial_state)
+
+
+def _select_grads(ctx, grads, u, A, B, C, D, z, delta_bias, initial_state):
+    """The autograd tuple from fp32 sums (dA (e, n), dB, dC (b, l, n), dD, dbias (e,))."""
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = grads
+    need = ctx.needs_input_grad
+    return (
+        du if need[0] else None,
+        ddelta if need[1] else None,
+        dA.to(A.dtype) if need[2] else None,
+        dB.to(B.dtype) if need[3] else None,
+        dC.to(C.dtype) if need[4] else None,
+        dD.to(D.dtype) if D is not None and need[5] else None,
+        dz if z is not None and need[6] else None,
+        dbias.to(delta_bias.dtype) if delta_bias is not None and need[7] else None,
+        dh0.to(initial_state.dtype) if initial_state is not None and need[8] else None,
+        None, None, None, None,
+    )
 
 
 def triton_cdiv(a: int, b: int) -> int:
