@@ -125,6 +125,8 @@ def test_phonebook_and_mqar_size_ranges_for_training_exact_sizes_at_evaluation()
         pairs = dict(zip(ids[0:2 * n:2].tolist(), ids[1:2 * n:2].tolist()))
         asked = (tgt != IGNORE_INDEX).nonzero().flatten()
         assert sorted(ids[asked].tolist()) == sorted(pairs) and all(int(tgt[p]) == pairs[int(ids[p])] for p in asked)
+    one = get_task("phonebook", num_entries=1).generate(2, 0)  # one entry: one question, a copy
+    assert one.meta["prompts"][0].count("Q: ") == 1 and int((one.targets[0] != IGNORE_INDEX).sum()) == 10
     assert (mq.at(4).num_pairs, mq.at(4).min_pairs) == (4, None)
     assert bool(((mq.at(4).generate(8, 0).targets != IGNORE_INDEX).sum(1) == 4).all())
 
@@ -152,9 +154,9 @@ def test_golden_examples():
     ("mqar", dict(num_pairs=20, length=64)),
     ("mqar", dict(vocab_size=16, num_pairs=8)),
     ("phonebook", dict(variant="sideways")),
-    ("phonebook", dict(num_entries=2)),
+    ("phonebook", dict(num_entries=0)),
     ("phonebook", dict(num_entries=5, min_entries=6)),
-    ("phonebook", dict(min_entries=2)),
+    ("phonebook", dict(min_entries=0)),
     ("mqar", dict(num_pairs=8, min_pairs=9)),
     ("mqar", dict(min_pairs=0)),
 ])
