@@ -138,7 +138,7 @@ class GraphedDecoder:
             return lambda x: block(x, cache=cache)
 
         def head(x):
-            x = model.norm_f(x.to(model.norm_f.weight.dtype))
+            x = model.norm_f.normalize_residual(x)
             return model.lm_head(x)[:, -1, : model.config.vocab_size]  # (b, v)
 
         return [embed] + [block_op(block) for block in model.layers] + [head]

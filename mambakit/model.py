@@ -44,12 +44,14 @@ class Block(nn.Module):
         self.residual_in_fp32 = config.residual_in_fp32
 
     def forward(self, x: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
-        h = self.norm(x.to(self.norm.weight.dtype))
+        h = self.norm.normalize_residual(x)
         y = self.mixer(h, cache=cache, seq_idx=seq_idx)
         if y.dtype == x.dtype and y.shape == x.shape and not (torch.is_grad_enabled() and y.requires_grad):
             # Inference: add into the mixer's output, a fresh tensor of its last projection, rather
             # than allocate another (b, l, d) buffer (fresh pages cost more than the add itself).
             return y.add_(x)
+        if torch.promote_types(x.dtype, y.dtype) == x.dtype:
+            return x + y  # one mixed-dtype kernel (bf16 y into the fp32 residual), no cast kernel first
         return x + y.to(x.dtype)
 
 
@@ -135,7 +137,7 @@ class LM(nn.Module):
             x = block(x, cache=cache, seq_idx=seq_idx)
         if last_only:
             x = x[:, -1:]  # (b, 1, d)
-        x = self.norm_f(x.to(self.norm_f.weight.dtype))
+        x = self.norm_f.normalize_residual(x)
         logits = self.lm_head(x)  # (b, l, v padded)
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]

@@ -98,7 +98,7 @@ class Mamba1Mixer(nn.Module):
         x, z = self.in_proj(hidden.squeeze(1)).chunk(2, dim=-1)  # (b, e)
         y = ops.mamba1_decode_step(x, z, state["conv"], state["ssm"], self.conv1d.weight, self.conv1d.bias,
                                    self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
-                                   -torch.exp(self.A_log.float()), self.D.float(), self.dt_rank)  # (b, e)
+                                   self.A_log, self.D, self.dt_rank, a_is_log=True)  # (b, e)
         return self.out_proj(y).unsqueeze(1)
 
 

@@ -117,8 +117,8 @@ class Mamba2Mixer(nn.Module):
         then the gated norm and out_proj. The z gate goes through the norm, not the kernel."""
         z, xBC, dt = self._split(self.in_proj(hidden.squeeze(1)))  # (b, e), (b, c), (b, h)
         y = ops.mamba2_decode_step(xBC, dt, state["conv"], state["ssm"], self.conv1d.weight, self.conv1d.bias,
-                                   -torch.exp(self.A_log.float()), self.D.float(), self.dt_bias.float(), True,
-                                   self.dt_limit, self.ngroups, self.headdim)  # (b, h, p) in xBC's dtype
+                                   self.A_log, self.D, self.dt_bias, True, self.dt_limit, self.ngroups,
+                                   self.headdim, a_is_log=True)  # (b, h, p) in xBC's dtype
         return self._gate_norm_out(y.reshape(hidden.shape[0], self.d_inner), z).unsqueeze(1)
 
 

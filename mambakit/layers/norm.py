@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import ops
 from ..ops.norm import rms_norm
 
 
@@ -15,3 +16,14 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., d) -> (..., d)
         return rms_norm(x, self.weight, self.eps)
+
+    def normalize_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """self(x.to(weight dtype)): the norm of a block's residual stream (fp32 with
+        residual_in_fp32). In inference on CUDA one Triton kernel does the cast and the norm: at
+        batch 1 a decode step's norms are otherwise a dozen tiny kernels per layer."""
+        w = self.weight
+        if x.is_cuda and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)) \
+                and ops.resolve_backend(None, x, "rms_norm") == "triton":
+            from ..ops.norm_triton import rms_norm_cast_triton
+            return rms_norm_cast_triton(x, w, self.eps)
+        return self(x.to(w.dtype))

@@ -150,25 +150,25 @@ def gated_rms_norm(x, z, weight, eps=1e-5, group_size=None, norm_before_gate=Fal
 
 
 def mamba2_decode_step(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias, dt_softplus,
-                       dt_limit, ngroups, headdim, z=None):
+                       dt_limit, ngroups, headdim, z=None, a_is_log=False):
     """The fused Triton decode step of Mamba-2 (ops/decode_triton.py): conv_state (b, c, k) and
     ssm_state (b, h, p, n) fp32 updated in place, returns y (b, h, p). Layers call it when
     resolve_backend(...) gives "triton"; the torch tier of the step is Mamba2Mixer.step itself.
     """
     from .decode_triton import mamba2_decode_step_triton
     return mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias,
-                                     dt_softplus, dt_limit, ngroups, headdim, z=z)
+                                     dt_softplus, dt_limit, ngroups, headdim, z=z, a_is_log=a_is_log)
 
 
 def mamba1_decode_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                       dt_proj_bias, A, D, dt_rank):
+                       dt_proj_bias, A, D, dt_rank, a_is_log=False):
     """The fused Triton decode step of Mamba-1 (ops/decode_mamba1_triton.py): conv_state (b, e, k)
     and ssm_state (b, e, n) fp32 updated in place, returns y (b, e) already gated by silu(z).
     Layers call it when resolve_backend(...) gives "triton"; the torch tier is Mamba1Mixer.step.
     """
     from .decode_mamba1_triton import mamba1_decode_step_triton
     return mamba1_decode_step_triton(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
-                                     dt_proj_weight, dt_proj_bias, A, D, dt_rank)
+                                     dt_proj_weight, dt_proj_bias, A, D, dt_rank, a_is_log=a_is_log)
 
 
 __all__ = ["selective_scan_fn", "ssd_fn", "causal_conv1d", "causal_conv1d_update", "rms_norm",

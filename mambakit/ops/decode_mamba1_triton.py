@@ -64,7 +64,7 @@ def _ssm_step_kernel(xc_ptr, z_ptr, part_ptr, dtw_ptr, dtb_ptr, A_ptr, D_ptr, h_
                      NB, E, N, R, R2N, n_parts, sz_b, sy_b,
                      HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_DTB: tl.constexpr,
                      BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-                     BLOCK_P: tl.constexpr):
+                     BLOCK_P: tl.constexpr, A_IS_LOG: tl.constexpr = False):
     pid_e = tl.program_id(0)
     bid = tl.program_id(1)
     offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -96,6 +96,8 @@ def _ssm_step_kernel(xc_ptr, z_ptr, part_ptr, dtw_ptr, dtb_ptr, A_ptr, D_ptr, h_
     en_mask = e_mask[:, None] & n_mask[None, :]
     en_off = offs_e[:, None] * N + offs_n[None, :]
     A = tl.load(A_ptr + en_off, mask=en_mask, other=0.0).to(tl.float32)
+    if A_IS_LOG:  # A = -exp(A_log) here, not as two more kernels (and casts) per layer and token
+        A = -tl.exp(A)
     hp = h_ptr + bid.to(tl.int64) * E * N + en_off
     h = tl.load(hp, mask=en_mask, other=0.0)
     xc = tl.load(xc_ptr + bid * E + offs_e, mask=e_mask, other=0.0)
@@ -115,8 +117,9 @@ def _shape_error(name, got, expected):
 
 
 def mamba1_decode_step_triton(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
-                              dt_proj_weight, dt_proj_bias, A, D, dt_rank):
-    """One decode step; updates conv_state and ssm_state in place, returns y (b, e)."""
+                              dt_proj_weight, dt_proj_bias, A, D, dt_rank, a_is_log=False):
+    """One decode step; updates conv_state and ssm_state in place, returns y (b, e).
+    a_is_log: A holds A_log (the kernel computes -exp); A and D may be in any float dtype."""
     if x.dim() != 2:
         _shape_error("x", x.shape, "(b, e)")
     b, e = x.shape
@@ -166,7 +169,7 @@ def mamba1_decode_step_triton(x, z, conv_state, ssm_state, conv_weight, conv_bia
         xc, z if z is not None else x, part, dtw, dt_proj_bias if dt_proj_bias is not None else dtw, A,
         D if D is not None else A, ssm_state, y,
         b, e, n, r, r2n, n_parts, z.stride(0) if z is not None else 0, y.stride(0),
-        HAS_Z=z is not None, HAS_D=D is not None, HAS_DTB=dt_proj_bias is not None,
+        HAS_Z=z is not None, HAS_D=D is not None, HAS_DTB=dt_proj_bias is not None, A_IS_LOG=bool(a_is_log),
         BLOCK_E=block_e2, BLOCK_N=triton.next_power_of_2(n), BLOCK_R=triton.next_power_of_2(max(r, 1)),
         BLOCK_P=16, num_warps=4)
     return y

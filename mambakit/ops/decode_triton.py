@@ -73,7 +73,7 @@ def _mamba2_decode_kernel(
     C_CH, K, H, G, P, N, lo, hi,
     KP: tl.constexpr, PB: tl.constexpr, NP: tl.constexpr,
     HAS_CBIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_DTB: tl.constexpr,
-    DT_SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
+    DT_SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr = False,
 ):
     """Per (sequence and head, block of PB of the head dim): conv + SiLU of x (and the shift of
     its conv state), the SSM state update and y. B and C come from _mamba2_decode_bc_kernel."""
@@ -95,6 +95,8 @@ def _mamba2_decode_kernel(
     win_x, xv = _conv_window(state_b, xbc_b, w_ptr, cbias_ptr, ch_x, pmask[:, None], offs_k[None, :], K,
                              HAS_CBIAS)  # xv (PB,)
     a = tl.load(a_ptr + hh).to(tl.float32)
+    if A_IS_LOG:  # A = -exp(A_log) here, not as two more kernels (and casts) per layer and token
+        a = -tl.exp(a)
     dt = tl.load(dt_ptr + pid_b * H + hh).to(tl.float32)
     if HAS_DTB:
         dt += tl.load(dtb_ptr + hh).to(tl.float32)
@@ -129,13 +131,15 @@ def _check(name, t, shape):
 
 
 def mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias,
-                              dt_softplus, dt_limit, ngroups, headdim, z=None):
+                              dt_softplus, dt_limit, ngroups, headdim, z=None, a_is_log=False):
     """One decode step for a batch (see the module docstring). Updates conv_state and
     ssm_state in place and returns y (b, h, p) in xBC's dtype.
 
     xBC (b, c); dt (b, h); conv_state (b, c, k) any float dtype; ssm_state (b, h, p, n) fp32,
     contiguous; conv_weight (c, k) or (c, 1, k); conv_bias (c,) or None; A (h,); D (h,), (h, p)
     or None; dt_bias (h,) or None; dt_limit (min, max); z (b, h, p), (b, h*p) or None.
+    a_is_log: A holds A_log (A = -exp(A_log) is computed in the kernel). A, D and dt_bias may be in
+    any float dtype (the parameters as they are): the kernel reads them in fp32.
     """
     if xBC.dim() != 2:
         raise ValueError(f"mamba2_decode_step_triton: xBC must be (b, c), got {tuple(xBC.shape)}")
@@ -186,7 +190,7 @@ def mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_
         KP=kp, PB=pb, NP=np_,
         HAS_CBIAS=conv_bias is not None, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_DTB=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), HAS_Z=z is not None,
-        num_warps=4)
+        A_IS_LOG=bool(a_is_log), num_warps=4)
     return y
 
 

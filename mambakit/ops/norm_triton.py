@@ -33,9 +33,15 @@ def _group_tile(M, E, GS, BM: tl.constexpr, BG: tl.constexpr):
 
 @triton.jit
 def _gnorm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, E, GS, eps,
-                      BM: tl.constexpr, BG: tl.constexpr, HAS_Z: tl.constexpr, BEFORE_GATE: tl.constexpr):
+                      BM: tl.constexpr, BG: tl.constexpr, HAS_Z: tl.constexpr, BEFORE_GATE: tl.constexpr,
+                      CAST_X: tl.constexpr = False):
+    """CAST_X: x is first rounded to y's dtype (x.to(weight.dtype), as a block does with its fp32
+    residual before the norm), and the normalized value is rounded to y's dtype too."""
     rows, gi, cols, mr, mcol, m2, off = _group_tile(M, E, GS, BM, BG)
-    u = tl.load(x_ptr + off, mask=m2, other=0.0).to(tl.float32)
+    u = tl.load(x_ptr + off, mask=m2, other=0.0)
+    if CAST_X:
+        u = u.to(y_ptr.dtype.element_ty)
+    u = u.to(tl.float32)
     if HAS_Z:
         z = tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32)
         if not BEFORE_GATE:
@@ -47,7 +53,11 @@ def _gnorm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, E, GS, eps,
         if BEFORE_GATE:
             v = v * z * tl.sigmoid(z)
     w = tl.load(w_ptr + cols, mask=mcol, other=0.0).to(tl.float32)
-    y = v.to(x_ptr.dtype.element_ty).to(tl.float32) * w[None, :]
+    if CAST_X:
+        v = v.to(y_ptr.dtype.element_ty)
+    else:
+        v = v.to(x_ptr.dtype.element_ty)
+    y = v.to(tl.float32) * w[None, :]
     tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=m2)
 
 
@@ -138,3 +148,19 @@ def gated_rms_norm_triton(x, z, weight, eps=1e-5, group_size=None, norm_before_g
         raise ValueError(f"gated_rms_norm_triton: z must have the shape of x {tuple(x.shape)}, got {tuple(z.shape)}")
     return _GatedNormFn.apply(x.contiguous(), z.contiguous() if z is not None else None, weight.contiguous(),
                               float(eps), int(gs), bool(norm_before_gate))
+
+
+def rms_norm_cast_triton(x, weight, eps=1e-5):
+    """weight * rmsnorm(x.to(weight.dtype)) in one kernel, forward only (inference): a block's norm
+    of its residual stream (fp32) without the two casts and five elementwise kernels of the torch
+    form, as ops.norm.rms_norm(x.to(weight.dtype), weight, eps) computes it. x (..., e); weight (e,)."""
+    e = x.shape[-1]
+    if tuple(weight.shape) != (e,):
+        raise ValueError(f"rms_norm_cast_triton: weight must be ({e},), got {tuple(weight.shape)}")
+    x = x.contiguous()
+    m, e, bg, bm, warps = _launch(x, e)
+    y = torch.empty(x.shape, device=x.device, dtype=weight.dtype)
+    rstd = torch.empty(m, device=x.device, dtype=torch.float32)
+    _gnorm_fwd_kernel[(triton.cdiv(m, bm), 1)](x, x, weight, y, rstd, m, e, e, float(eps), BM=bm, BG=bg,
+                                                HAS_Z=False, BEFORE_GATE=False, CAST_X=True, num_warps=warps)
+    return y
