@@ -76,6 +76,18 @@ T.CONFIG["scan_bp"] = 8  # two blocks of p = 16 in the scan kernel
 ssd_case("fp32_packed_pblocks", 2, 32, dict(b=2, l=45, h=4, p=16, g=2, n=16, dtype=torch.float32, D="hp", init=True,
                                             seq=True, z=True), dict(dt_softplus=True, dt_limit=(0.05, 0.6)))
 T.CONFIG["scan_bp"] = 64
+# the row-block kernels (triton_rows.py): 16-row blocks, so chunks have 2 to 4 of them and the
+# last chunk has blocks past the end; g < h reads C B^T from the cb kernel (rows_cb), g = 1 recomputes it
+ROWS = dict(scan_impl="rows", dx_impl="rows", rows_bm=16, dx_rows_bm=16, rows_cb=True)
+T.CONFIG.update(ROWS)
+ssd_case("fp32_packed_rows", 2, 32, dict(b=2, l=45, h=4, p=16, g=2, n=16, dtype=torch.float32, D="hp", init=True,
+                                         seq=True, z=True), dict(dt_softplus=True, dt_limit=(0.05, 0.6)))
+ssd_case("fp32_plain_rows", 1, 64, dict(b=1, l=37, h=2, p=16, g=1, n=16, dtype=torch.float32, D="h", z=True),
+         dict(dt_softplus=True))
+T.CONFIG["rows_bp"] = 8  # two blocks of p in the scan
+ssd_case("bf16_rows", 4, 32, dict(b=1, l=96, h=4, p=16, g=2, n=16, dtype=torch.bfloat16, D="h", init=True, z=True),
+         dict(dt_softplus=True))
+T.CONFIG.update(scan_impl="recur", dx_impl="recur", rows_bp=64)
 ssd_case("fp32_len1", 3, 256, dict(b=2, l=1, h=2, p=16, g=2, n=16, dtype=torch.float32, init=True),
          dict(dt_softplus=False))
 ssd_case("bf16", 4, 32, dict(b=1, l=96, h=4, p=16, g=2, n=16, dtype=torch.bfloat16, D="h", init=True),
@@ -150,6 +162,13 @@ try:
     errors["decode_width"] = None
 except ValueError as exc:
     errors["decode_width"] = str(exc)
+T.CONFIG["scan_impl"] = "row"
+try:
+    T.ssd_triton(**ins)
+    errors["scan_impl"] = None
+except ValueError as exc:
+    errors["scan_impl"] = str(exc)
+T.CONFIG["scan_impl"] = "recur"
 print(json.dumps({"case": "bad_input", "errors": errors}), flush=True)
 ''')
 
@@ -165,7 +184,7 @@ def results():
 
 
 @pytest.mark.parametrize("case", ["fp32_plain", "fp32_packed", "fp32_packed_fused", "fp32_packed_pblocks",
-                                  "fp32_len1"])
+                                  "fp32_len1", "fp32_packed_rows", "fp32_plain_rows"])
 def test_fp32_matches_reference(results, case):
     r = results[case]
     assert r["dtypes"]["final_state"] == "torch.float32"
@@ -173,8 +192,9 @@ def test_fp32_matches_reference(results, case):
         assert err < 1e-4, (case, name, err)
 
 
-def test_bf16_error_within_twice_the_chunked_tier(results):
-    r = results["bf16"]
+@pytest.mark.parametrize("case", ["bf16", "bf16_rows"])
+def test_bf16_error_within_twice_the_chunked_tier(results, case):
+    r = results[case]
     assert r["dtypes"] == {"y": "torch.bfloat16", "final_state": "torch.float32"}
     for name, err in r["err"].items():
         bound = 2 * max(r["chunked"][name], r["floor"][name])
@@ -198,3 +218,4 @@ def test_bad_input_raises_value_error(results):
     assert "non-decreasing" in errors["seq_decreasing"]
     assert "cu_seqlens" in errors["cu_seqlens_end"]
     assert "xBC width" in errors["decode_width"]
+    assert "'recur' or 'rows'" in errors["scan_impl"]

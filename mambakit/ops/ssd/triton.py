@@ -53,7 +53,10 @@ CONFIG = {"state_warps": 8, "scan_warps": 8, "dx_warps": 8, "dbdc_warps": 8, "st
           # carried between blocks; rows_bm / rows_bp their row / p blocks, rows_cb: the forward
           # reads C B^T computed once per group (when h > g) instead of recomputing it per head
           "scan_impl": "recur", "dx_impl": "recur", "rows_bm": 64, "rows_bp": 64, "rows_warps": 4,
-          "rows_stages": 2, "rows_cb": False, "dx_rows_warps": 4,
+          "rows_stages": 2, "rows_cb": False, "dx_rows_warps": 4, "dx_rows_bm": 64,
+          "rows_heads_first": True,  # grid order of the rows kernels (triton_rows._row_and_head)
+          # per-kernel pipeline depth of the dB/dC kernel; None: "stages"
+          "dbdc_stages": None,
           # MAMBAKIT_SSD_STATE_IMPL lets a benchmark or a user pick the design without code
           "state_impl": os.environ.get("MAMBAKIT_SSD_STATE_IMPL", "split")}
 
@@ -161,7 +164,16 @@ def _state_pass(x, B, dt, A, dt_bias, dt_softplus, dt_limit, seq, init, cs_len, 
     return dict(e=e, final=final, dtp=dtp, cs=csum, ds=ds, gdot=gdot, dinit=dinit, ntile=nblk)
 
 
+def _check_config() -> None:
+    for key in ("scan_impl", "dx_impl"):
+        if CONFIG[key] not in ("recur", "rows"):
+            raise ValueError(f"ssd_triton: CONFIG[{key!r}] must be 'recur' or 'rows', got {CONFIG[key]!r}")
+    if CONFIG["state_impl"] not in ("split", "fused"):
+        raise ValueError(f"ssd_triton: CONFIG['state_impl'] must be 'split' or 'fused', got {CONFIG['state_impl']!r}")
+
+
 def _fwd(x, dt, A, B, C, cs_len, D, z, dt_bias, dt_softplus, dt_limit, init, seq, keep_ypre):
+    _check_config()
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     e_dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
@@ -176,13 +188,15 @@ def _fwd(x, dt, A, B, C, cs_len, D, z, dt_bias, dt_softplus, dt_limit, init, seq
         pb = min(_p2(p), CONFIG["rows_bp"])
         load_cb = bool(CONFIG["rows_cb"]) and h // g > 1
         cb = _cb(B, C, nchunk, cs_len, bm) if load_cb else x
-        _ssd_scan_rows_kernel[(nchunk * (cs_len // bm), b * h, triton.cdiv(p, pb))](
+        hf = bool(CONFIG["rows_heads_first"])
+        rows = nchunk * (cs_len // bm)
+        _ssd_scan_rows_kernel[(b * h if hf else rows, rows if hf else b * h, triton.cdiv(p, pb))](
             x, B, C, z if z is not None else x, D if D is not None else A, st["e"], st["dtp"], st["cs"],
             seq if seq is not None else A, cb, out, ypre,
             l, h, g, p, n, nchunk,
             CS=cs_len, BM=bm, PP=pb, NP=_p2(n), HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
             HAS_Z=z is not None, HAS_SEQ=seq is not None, WRITE_YPRE=write_ypre, LOAD_CB=load_cb,
-            PREC=_prec(x.dtype), num_warps=CONFIG["rows_warps"], num_stages=CONFIG["rows_stages"])
+            HEADS_FIRST=hf, PREC=_prec(x.dtype), num_warps=CONFIG["rows_warps"], num_stages=CONFIG["rows_stages"])
         return out, st["final"], (ypre if write_ypre else None)
     bm = min(CONFIG["bm_scan"], cs_len)
     pb = min(_p2(p), CONFIG["scan_bp"])
@@ -257,6 +271,9 @@ class SSDTritonFn(torch.autograd.Function):
                          want_dinit=init is not None and ctx.needs_input_grad[8])
         dev = x.device
         bm = min(CONFIG["bm_bwd"], cs_len)
+        bm_dbdc = bm
+        if CONFIG["dx_impl"] == "rows":  # its own row block (the C B^T kernel's blocks follow it)
+            bm = min(CONFIG["dx_rows_bm"], cs_len)
         pp, np_ = _p2(p), _p2(n)
         prec = _prec(x.dtype)
         # C B^T in fp32 (the dt and A gradients are sensitive to its rounding), computed once
@@ -278,12 +295,14 @@ class SSDTritonFn(torch.autograd.Function):
             part = torch.empty(b * h * nchunk * nsub * cs_len, device=dev, dtype=torch.float32)
             vsum = torch.empty(b * h * nchunk * nsub, device=dev, dtype=torch.float32)
             dd_part = torch.zeros(b, nchunk * nsub, h, p, device=dev, dtype=torch.float32) if want_dd else da_part
-            _ssd_bwd_dx_rows_kernel[(nchunk * nsub, b * h)](
+            hf = bool(CONFIG["rows_heads_first"])
+            _ssd_bwd_dx_rows_kernel[(b * h, nchunk * nsub) if hf else (nchunk * nsub, b * h)](
                 x, B, C, dy, dylo if dylo is not None else dy, cb, D if D is not None else A, st["e"], st["ds"],
                 st["dtp"], st["cs"], seq if seq is not None else A, part, vsum, ddtd, dx, dd_part,
                 l, h, g, p, n, nchunk,
                 CS=cs_len, BM=bm, PP=pp, NP=np_, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
-                WANT_DD=want_dd, HAS_SEQ=seq is not None, LOAD_CB=load_cb, HAS_DYLO=dylo is not None, PREC=prec,
+                WANT_DD=want_dd, HAS_SEQ=seq is not None, LOAD_CB=load_cb, HAS_DYLO=dylo is not None,
+                HEADS_FIRST=hf, PREC=prec,
                 num_warps=CONFIG["dx_rows_warps"], num_stages=CONFIG["stages"])
             _ssd_bwd_dx_finish_kernel[(nchunk, b * h)](
                 part, vsum, st["gdot"], dcs, ddtd, st["dtp"], dt, A, dt_bias if dt_bias is not None else A,
@@ -308,8 +327,9 @@ class SSDTritonFn(torch.autograd.Function):
         _ssd_bwd_dbdc_kernel[(nchunk, b * g * split)](
             x, B, C, dy, st["e"], st["ds"], st["dtp"], st["cs"], seq if seq is not None else A, db, dc,
             b, l, h, g, p, n, nchunk, hpg // split, split,
-            CS=cs_len, BM=bm, PP=pp, NP=np_, HAS_SEQ=seq is not None, PREC=prec,
-            num_warps=CONFIG["dbdc_warps"], num_stages=CONFIG["stages"])
+            CS=cs_len, BM=bm_dbdc, PP=pp, NP=np_, HAS_SEQ=seq is not None, PREC=prec,
+            num_warps=CONFIG["dbdc_warps"],
+            num_stages=CONFIG["stages"] if CONFIG["dbdc_stages"] is None else CONFIG["dbdc_stages"])
         dB = (db[0] if split == 1 else db.sum(0)).to(B.dtype)
         dC = (dc[0] if split == 1 else dc.sum(0)).to(C.dtype)
         dA = da_part.sum((0, 1)).to(A.dtype)

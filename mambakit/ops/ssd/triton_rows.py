@@ -12,11 +12,11 @@ head) its own program (4x the programs at c 256, m 64) and carry nothing between
 like mamba_ssm's _chunk_scan_fwd / _chunk_scan_chunk_state_bwd_dx, at the price of the full
 lower block triangle of C B^T per program instead of its diagonal:
 
-  _ssd_scan_rows_kernel    grid (chunks*c/m, b*h, p blocks): y rows of block i =
+  _ssd_scan_rows_kernel    grid (b*h, chunks*c/m, p blocks) (or the first two swapped): y rows of block i =
                            exp(cs_i) C_i E^T + sum_{k<=i} (C_i B_k^T o L) dt_k x_k (+ D x, gate).
                            C B^T recomputed per block pair, or read (fp32, once per group) from
                            _ssd_cb_kernel's output with LOAD_CB.
-  _ssd_bwd_dx_rows_kernel  grid (chunks*c/m, b*h): dx rows of block k, ddt_direct, and its
+  _ssd_bwd_dx_rows_kernel  grid (b*h, chunks*c/m) (or swapped): dx rows of block k, ddt_direct, and its
                            terms of d cs: for every row block i >= k the row sums of
                            W = (C B^T o L) dt (dy . x) are written to part (b*h, chunks, c/m, c),
                            not added in place, so programs never share a location.
@@ -34,17 +34,27 @@ from .triton_fwd import _dot, _to
 
 
 @triton.jit
+def _row_and_head(HEADS_FIRST: tl.constexpr):
+    """(chunk*c/m + row block, b*h) of this program. HEADS_FIRST: grid (b*h, chunks*c/m), so the
+    programs launched together are the heads of one row block and share its B, C (and C B^T)
+    tiles in L2; else grid (chunks*c/m, b*h), a head's chunks together."""
+    if HEADS_FIRST:
+        return tl.program_id(1), tl.program_id(0)
+    return tl.program_id(0), tl.program_id(1)
+
+
+@triton.jit
 def _ssd_scan_rows_kernel(
     x_ptr, b_ptr, c_ptr, z_ptr, d_ptr, e_ptr, dtp_ptr, cs_ptr, seq_ptr, cb_ptr, out_ptr, ypre_ptr,
     L, H, G, P, N, NCHUNK,
     CS: tl.constexpr, BM: tl.constexpr, PP: tl.constexpr, NP: tl.constexpr,
     HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
-    WRITE_YPRE: tl.constexpr, LOAD_CB: tl.constexpr, PREC: tl.constexpr,
+    WRITE_YPRE: tl.constexpr, LOAD_CB: tl.constexpr, HEADS_FIRST: tl.constexpr, PREC: tl.constexpr,
 ):
     NSUB: tl.constexpr = CS // BM
-    pid_c = tl.program_id(0) // NSUB
-    i = tl.program_id(0) % NSUB
-    pid_bh = tl.program_id(1)
+    pid_r, pid_bh = _row_and_head(HEADS_FIRST)
+    pid_c = pid_r // NSUB
+    i = pid_r % NSUB
     cstart = pid_c * CS
     start = cstart + i * BM
     if start >= L:  # a row block past the end of the last chunk
@@ -119,14 +129,14 @@ def _ssd_bwd_dx_rows_kernel(
     L, H, G, P, N, NCHUNK,
     CS: tl.constexpr, BM: tl.constexpr, PP: tl.constexpr, NP: tl.constexpr,
     HAS_D: tl.constexpr, D_PER_P: tl.constexpr, WANT_DD: tl.constexpr, HAS_SEQ: tl.constexpr,
-    LOAD_CB: tl.constexpr, HAS_DYLO: tl.constexpr, PREC: tl.constexpr,
+    LOAD_CB: tl.constexpr, HAS_DYLO: tl.constexpr, HEADS_FIRST: tl.constexpr, PREC: tl.constexpr,
 ):
     """Row block k of one chunk and head: the body of _ssd_bwd_dx_kernel's loop over k, with
     its d cs terms written to part[k, rows of i] instead of added into a shared scratch."""
     NSUB: tl.constexpr = CS // BM
-    pid_c = tl.program_id(0) // NSUB
-    k = tl.program_id(0) % NSUB
-    pid_bh = tl.program_id(1)
+    pid_r, pid_bh = _row_and_head(HEADS_FIRST)
+    pid_c = pid_r // NSUB
+    k = pid_r % NSUB
     cstart = pid_c * CS
     nsub = tl.cdiv(tl.minimum(CS, L - cstart), BM)
     part_base = ((pid_bh.to(tl.int64) * NCHUNK + pid_c) * NSUB + k) * CS
