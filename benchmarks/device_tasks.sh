@@ -21,7 +21,7 @@
 # few files come back from $OUT, the $OUT/tasks tree is then removed (KEEP_TREE=1 keeps it);
 # $OUT/tasks_stages.txt stays beside the archive.
 # Expected wall on an H100 (not yet measured for this version): phase 1 <= P1_S (default 250 s),
-# phase 2 <= P2_S (default 200 s), merge and pack ~15 s: about 470 s, under TOTAL_S.
+# phase 2 <= P2_S (default 200 s), merge and pack ~15 s: about 480 s, under TOTAL_S.
 set -u
 PY=${PYTHON:-python3}
 export PYTHONPATH="${PYTHONPATH:-.}" PYTHONUNBUFFERED=1 TQDM_MININTERVAL=${TQDM_MININTERVAL:-10}
@@ -45,10 +45,10 @@ if [ "$SMOKE" = 1 ]; then  # CPU, one thread, seconds per run, small variants: e
     NIAH="--lengths 128,256 --depths 0,1 --examples 2 --batch-size 2"
 else
     DEV=cuda; PAR=${PAR:-1}; WORKERS=${WORKERS:-2}   # PAR=0: one run at a time (the slots then do not fit)
-    TR_S=${TR_S:-180}    # training seconds per run in phase 1
-    MQ_S=${MQ_S:-140}    # training seconds per MQAR run (phase 2)
+    TR_S=${TR_S:-175}    # training seconds per run in phase 1
+    MQ_S=${MQ_S:-130}    # training seconds per MQAR run (phase 2)
     EV_S=${EV_S:-35}     # evaluation seconds per run
-    P1_S=${P1_S:-250}; P2_S=${P2_S:-200}   # hard limits per run: startup + compile + train + eval + margin
+    P1_S=${P1_S:-260}; P2_S=${P2_S:-200}   # hard limits per run: startup + compile + train + eval + margin
     SC_LEN=${SC_LEN:-4096}
     SC="--param vocab_size=16 --param num_tokens=16 --param length=$SC_LEN --batch-size ${SC_BATCH:-64} \
         --values $((SC_LEN / 4)),$((SC_LEN / 2)),$SC_LEN,$((SC_LEN * 2)) --eval-examples 256"

@@ -6,11 +6,14 @@ No shape letters: this file handles options and files.
     mambakit task train --task selective_copying --model mamba2-tiny --param length=256 --steps 2000
     mambakit task eval --task induction_heads --model runs/task/model --values 64,256,1024,65536
     mambakit task train --task induction_heads --model mamba-tiny,mamba2-tiny,transformer-tiny --steps 800
+    mambakit task train --task phonebook --param num_entries=20 --param min_entries=1 --param num_examples=3 \
+        --model hybrid-tiny --train-seconds 180 --eval-seconds 30 --values 1,5,20,40
 
 `--param KEY=VALUE` sets a task parameter (see `mambakit task list`), `--set KEY=VALUE` a field of
 the model config of a preset (dotted for sub-configs: --set mamba2.d_state=32). `train` saves the
 model to OUT/model (OUT/model-<name> for several), then evaluates; both write OUT/results.json and
-OUT/<task>.png.
+OUT/<task>.png. --train-seconds and --eval-seconds bound a run in time (for a fixed GPU slot): it
+still evaluates and writes its results.
 """
 from __future__ import annotations
 
