@@ -4,6 +4,7 @@ mamba_ssm's mamba_chunk_scan_combined, forward and forward+backward, from torch.
 Letters: b batch, l length, h heads (32), p head dim (64), n state dim (128), g groups.
 
     PYTHONPATH=.carry:. python benchmarks/gpu_profile_ssd.py --out DIR [--shapes 1x65536,4x4096]
+        [--config JSON] [--variants 'JSON;JSON;...'] [--no-profile]
 
 Writes gpu_profile_ssd.json: for each (shape, impl, pass) the kernels with their total and
 per-call CUDA ms over --iters calls, and prints the tables.
@@ -21,6 +22,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from gpu_kernels import H, P, mamba_ssm_fn, ssd_inputs  # noqa: E402
+
+
+# The default --variants: the row-block kernels (mambakit/ops/ssd/triton_rows.py) against the
+# recurrent ones, their block sizes and grid order, and per-kernel settings chosen from the sm_90
+# compile (registers, spills); the last one combines the row-block choices.
+ROWS_BM32 = {"scan_impl": "rows", "rows_bm": 32, "rows_stages": 3}
+VARIANTS = [
+    {"scan_impl": "rows"}, {"scan_impl": "rows", "rows_cb": True}, dict(ROWS_BM32), dict(ROWS_BM32, rows_cb=True),
+    {"scan_impl": "rows", "rows_heads_first": False}, {"scan_impl": "rows", "rows_bp": 32},
+    {"dx_impl": "rows"}, {"dx_impl": "rows", "dx_rows_bm": 32}, {"dx_impl": "rows", "dx_rows_bm": 32, "dx_rows_warps": 8},
+    {"dbdc_stages": 1}, {"scan_bp": 32}, {"state_warps": 4},
+    dict(ROWS_BM32, rows_cb=True, dx_impl="rows", dx_rows_bm=32, dbdc_stages=1),
+]
 
 
 def profile(fn, iters: int) -> list[dict]:
@@ -74,13 +88,16 @@ def main() -> int:
     ap.add_argument("--shapes", default="1x65536,4x4096")
     ap.add_argument("--g", type=int, default=1)
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--variants", default='{"scan_bp": 32};{"scan_warps": 4};{"stages": 3}',
+    ap.add_argument("--variants", default=";".join(json.dumps(v) for v in VARIANTS),
                     help="CONFIG overrides timed at the first shape (fwd, fwd+bwd median ms), ';'-separated JSON")
+    ap.add_argument("--config", default="{}", help="CONFIG overrides applied first (JSON), to the profile too")
+    ap.add_argument("--no-profile", action="store_true", help="only time the variants")
     args = ap.parse_args()
     from mambakit.ops.ssd.triton import CONFIG, ssd_triton
+    CONFIG.update(json.loads(args.config))
     peer = mamba_ssm_fn()
     out = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "config": dict(CONFIG), "runs": []}
-    for shape in args.shapes.split(","):
+    for shape in ([] if args.no_profile else args.shapes.split(",")):
         b, l = map(int, shape.split("x"))
         insg = ssd_inputs(b, l, args.g, grad=True)
         gy = torch.randn(b, l, H, P, device="cuda", dtype=torch.bfloat16)

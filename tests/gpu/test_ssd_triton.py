@@ -208,3 +208,41 @@ def test_state_pass_designs_agree():
     for other in ("fused", "p_blocks"):
         for k in outs["split"]:
             assert _rel(outs["split"][k], outs[other][k]) < 2e-2, (other, k)
+
+
+# CONFIG variants timed by benchmarks/gpu_profile_ssd.py (the row-block kernels of triton_rows.py,
+# per-kernel settings); each must pass the same checks as the defaults.
+VARIANTS = {
+    "rows": dict(scan_impl="rows", dx_impl="rows"),
+    "rows_cb_bm32": dict(scan_impl="rows", dx_impl="rows", rows_cb=True, rows_bm=32, rows_stages=3, dx_rows_bm=32,
+                         dbdc_stages=1),
+    "rows_chunks_first_bp32_w8": dict(scan_impl="rows", dx_impl="rows", rows_heads_first=False, rows_bp=32,
+                                      rows_warps=8, dx_rows_warps=8, rows_cb=True),
+}
+VARIANT_CASES = {
+    "fp32_packed_init_z_gh2": (64, dict(b=2, l=300, h=4, p=64, g=2, n=32, D="hp", z=True, init=True, seq=True,
+                                        dtype=torch.float32), dict(dt_softplus=True, dt_limit=(0.01, 0.3))),
+    "bf16_packed_init_z_l777": (128, dict(b=2, l=777, h=4, p=64, g=2, n=64, D="hp", z=True, init=True, seq=True,
+                                          dtype=torch.bfloat16), dict(dt_softplus=True)),
+    "bf16_l1000_g1": (256, dict(b=2, l=1000, h=8, p=64, g=1, n=128, D="h", dtype=torch.bfloat16),
+                      dict(dt_softplus=True)),
+}
+
+
+@pytest.mark.parametrize("case", list(VARIANT_CASES))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_config_variants_match_oracle(variant, case):
+    from mambakit.ops.ssd import triton as T
+    chunk, make_kw, fn_kw = VARIANT_CASES[case]
+    before = dict(T.CONFIG)
+    try:
+        T.CONFIG.update(VARIANTS[variant])
+        err, chk = _compare(3, chunk, make_kw, fn_kw, oracle="reference" if make_kw["l"] <= 300 else "chunked")
+    finally:
+        T.CONFIG.clear()
+        T.CONFIG.update(before)
+    if chk is None:
+        bad = {k: v for k, v in err.items() if not v < 2e-4}
+    else:
+        bad = {k: (err[k], chk[k]) for k in err if not err[k] <= 2 * chk[k]}
+    assert not bad, (variant, case, bad)
