@@ -26,6 +26,10 @@ parallel, then a light serial pass) or "fused" (the first design: one serial ker
 chunks, triton_state_fused.py, kept for comparison). Both pass the same GPU tests; on an H100 at
 1 x 65536 (g 1, bf16) split took 2.0 / 8.6 ms forward / forward+backward against fused's
 3.1 / 11.9 ms (benchmarks/results/gpu_kernels-*-2026-11-23-run2.json).
+CONFIG["scan_impl"] / ["dx_impl"] "rows" replace the chunk scan (forward step 3) / the dx kernel
+(backward step 4) by triton_rows.py's kernels: one program per (chunk, row block, head), nothing
+carried between row blocks (the recurrent kernels hit 255 registers and spill on sm_90). Not
+timed yet; the defaults stay "recur" until benchmarks/gpu_profile_ssd.py's variants say otherwise.
 
 Inputs are validated by reference.check_ssd_inputs (same rules as the CPU tiers).
 seq_idx must be non-decreasing (packed documents); cu_seqlens (b == 1) is turned into it.
