@@ -82,7 +82,8 @@ def score_predictions(predictions: torch.Tensor, targets: torch.Tensor,
             raise ValueError("every answer token needs a question index >= 0 in groups")
         # one bucket per (row, question): row * q + question, for q questions at most per row
         q = int(groups.max()) + 1 if asked.any() else 1
-        key = (torch.arange(targets.shape[0], device=targets.device).unsqueeze(1) * q + groups.clamp(min=0))[asked]  # (answer tokens,)
+        rows = torch.arange(targets.shape[0], device=targets.device).unsqueeze(1)  # (b, 1)
+        key = (rows * q + groups.clamp(min=0))[asked]  # (answer tokens,)
         n_asked = torch.bincount(key, minlength=targets.shape[0] * q)  # (b * q,)
         n_right = torch.bincount(key, weights=right[asked].double(), minlength=targets.shape[0] * q).long()
     else:

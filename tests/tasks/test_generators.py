@@ -116,7 +116,8 @@ def test_phonebook_and_mqar_size_ranges_for_training_exact_sizes_at_evaluation()
     assert min(sizes) >= 3 and max(sizes) <= 9 and len(sizes) >= 4
     point = pb.at(20)
     assert (point.num_entries, point.min_entries) == (20, None)
-    assert all(p.split("Phonebook:\n")[1].split("Q: ")[0].count("\n") == 20 for p in point.generate(4, 0).meta["prompts"])
+    prompts = point.generate(4, 0).meta["prompts"]
+    assert all(p.split("Phonebook:\n")[1].split("Q: ")[0].count("\n") == 20 for p in prompts)
     mq = get_task("mqar", vocab_size=64, length=64, num_pairs=8, min_pairs=2)
     batch = mq.generate(32, 0)
     counts = (batch.targets != IGNORE_INDEX).sum(1)
