@@ -30,12 +30,24 @@ from .triton_kernels import LOG2E, _adjoint_combine, _softplus, _state_combine
 
 
 @triton.jit
+def _lane_e(BLOCK_E: tl.constexpr):
+    """The channel index of a block, neighbours swapped in pairs (BLOCK_E even).
+
+    The index is only a label used consistently for every e-indexed tensor, but a
+    contiguous one makes Triton vectorize the (c, e) loads along e and then give the spare
+    lanes of a warp to the time axis, which turns the in-thread scans into lane shuffles.
+    """
+    r = tl.arange(0, BLOCK_E)
+    return r ^ 1
+
+
+@triton.jit
 def _chunk_te(u_base, dt_base, bias, seq_base, t, offs_e, E, L, su_l, sdt_l, sseq_l,
               HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr):
     """u, dt (discretized), dt_pre and the reset mask of one chunk, (c, e) tiles, fp32."""
     t_mask = t < L
     te_mask = t_mask[:, None] & (offs_e < E)[None, :]
-    t64 = t.to(tl.int64)
+    t64 = t  # int32 row offsets: the launcher checks l * stride < 2**31
     u = tl.load(u_base + t64[:, None] * su_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
     dt_pre = tl.load(dt_base + t64[:, None] * sdt_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -57,7 +69,7 @@ def _chunk_te(u_base, dt_base, bias, seq_base, t, offs_e, E, L, su_l, sdt_l, sse
 @triton.jit
 def _col(base, t, n, L, sl):
     """Column n of a (l, n) matrix over the chunk rows, as (c, 1) fp32 (broadcast over e)."""
-    return tl.load(base + t.to(tl.int64)[:, None] * sl + n, mask=(t < L)[:, None], other=0.0).to(tl.float32)
+    return tl.load(base + t[:, None] * sl + n, mask=(t < L)[:, None], other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -103,7 +115,7 @@ def seg_adjoint_kernel(
     pid_e = tl.program_id(0)
     bid = tl.program_id(1).to(tl.int64)
     seg = tl.program_id(2)
-    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    offs_e = pid_e * BLOCK_E + _lane_e(BLOCK_E)
     e_mask = offs_e < E
     rows = tl.arange(0, BLOCK_T)
     if HAS_BIAS:
@@ -121,7 +133,7 @@ def seg_adjoint_kernel(
         k = SEG_CHUNKS - 1 - kk
         t = (seg * SEG_CHUNKS + k) * BLOCK_T + rows
         te_mask = (t < L)[:, None] & e_mask[None, :]
-        t64 = t.to(tl.int64)
+        t64 = t  # int32 row offsets: the launcher checks l * stride < 2**31
         # dt only (u unused here): the dt pointer is passed for u too
         _u, dt, _dtp, reset = _chunk_te(dt_base, dt_base, bias, seq_base, t, offs_e, E, L, sdt_l, sdt_l, sseq_l,
                                         HAS_BIAS, SOFTPLUS, HAS_SEQ)
@@ -160,12 +172,13 @@ def seg_bwd_kernel(
     """Gradients of one (b, e-block, segment). du, ddt, dz: (b, l, e); dB, dC: fp32 partials
     (b, e / BLOCK_E, l, n) summed by the caller; dA: fp32 (b, s, e, n), dD, dbias: fp32
     (b, s, e), summed by the caller; dh0: fp32 (b, e, n), written by the segment-0 programs.
-    wscr: (b, e-block, s, n, BLOCK_E) fp32, this program's adjoint carried between chunks."""
+    wscr: (b, e-block, s, 2, n, BLOCK_E) fp32, this program's own: the adjoint carried between
+    chunks, and the chunk-start states."""
     pid_e = tl.program_id(0)
     bid = tl.program_id(1).to(tl.int64)
     seg = tl.program_id(2)
     n_eblk = tl.num_programs(0)
-    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    offs_e = pid_e * BLOCK_E + _lane_e(BLOCK_E)
     e_mask = offs_e < E
     rows = tl.arange(0, BLOCK_T)
     if HAS_D:
@@ -184,7 +197,8 @@ def seg_bwd_kernel(
     out_base = bid * L * E
     dBC_base = dB_ptr + (bid * n_eblk + pid_e) * L * N  # this program's own (l, n) slab
     dCC_base = dC_ptr + (bid * n_eblk + pid_e) * L * N
-    wscr = wscr_ptr + ((bid * n_eblk + pid_e) * n_seg + seg) * N * BLOCK_E + tl.arange(0, BLOCK_E)
+    wscr = wscr_ptr + ((bid * n_eblk + pid_e) * n_seg + seg) * (2 * N * BLOCK_E) + tl.arange(0, BLOCK_E)
+    hscr = wscr + N * BLOCK_E  # the chunk-start states, (n, BLOCK_E)
     dA_base = dA_ptr + ((bid * n_seg + seg) * E + offs_e) * N  # (e,) row starts of (b, s, e, n)
     ckpt_base = ckpt_ptr + ((bid * n_seg + seg) * E + offs_e) * N
 
@@ -211,65 +225,84 @@ def seg_bwd_kernel(
         t = (c0 + k) * BLOCK_T + rows
         t_mask = t < L
         te_mask = t_mask[:, None] & e_mask[None, :]
-        t64 = t.to(tl.int64)
-        u, dt, dt_pre, reset = _chunk_te(u_base, dt_base, bias, seq_base, t, offs_e, E, L, su_l, sdt_l, sseq_l,
-                                         HAS_BIAS, SOFTPLUS, HAS_SEQ)
-        dtu = dt * u
-        dout = tl.load(do_base + t64[:, None] * sdo_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
+        t64 = t  # int32 row offsets: the launcher checks l * stride < 2**31
+        # live through the n loop: u, dt, dy and three (c, e) sums over n; the rest is
+        # re-read after it (L1/L2), which keeps the loop within the register file
+        u, dt, _dtp, reset = _chunk_te(u_base, dt_base, bias, seq_base, t, offs_e, E, L, su_l, sdt_l, sseq_l,
+                                       HAS_BIAS, SOFTPLUS, HAS_SEQ)
+        dy = tl.load(do_base + t64[:, None] * sdo_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
         if HAS_Z:
             zt = tl.load(z_base + t64[:, None] * sz_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
-            sz = tl.sigmoid(zt)
-            dy = dout * (zt * sz)
-        else:
-            dy = dout
-        y_acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.float32)
-        du_acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.float32)
-        ddt_acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.float32)
+            dy = dy * (zt * tl.sigmoid(zt))
+        y_acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.float32)  # sum_n C h
+        gB_acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.float32)  # sum_n g B
+        gAh_acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.float32)  # sum_n A g a h_{t-1}
+        # the states at this chunk's start, every n: from the segment checkpoint through
+        # chunks 0..k-1 of the segment, each read and discretized once for all n (hscr)
         for n in range(0, N):
-            An = tl.load(A_ptr + offs_e * N + n, mask=e_mask, other=0.0).to(tl.float32)
-            A2n = An * LOG2E
-            # the state at this chunk's start: from the segment checkpoint through chunks 0..k-1
-            h = tl.load(ckpt_base + n, mask=e_mask, other=0.0)
+            tl.store(hscr + n * BLOCK_E, tl.load(ckpt_base + n, mask=e_mask, other=0.0))
+        if SEG_CHUNKS > 1:
             for k2 in range(0, k):
+                tl.debug_barrier()  # hscr, written in another layout just before
                 t2 = (c0 + k2) * BLOCK_T + rows
                 u2, dt2, _p2, reset2 = _chunk_te(u_base, dt_base, bias, seq_base, t2, offs_e, E, L, su_l, sdt_l,
                                                  sseq_l, HAS_BIAS, SOFTPLUS, HAS_SEQ)
-                a2 = _decay(dt2, A2n, reset2, HAS_SEQ)
-                acum2, hloc2 = tl.associative_scan((a2, dt2 * u2 * _col(B_base, t2, n, L, sB_l)), axis=0,
-                                                   combine_fn=_state_combine)
-                h = _last_row2(acum2 * h[None, :] + hloc2, rows, BLOCK_T)
+                dtu2 = dt2 * u2
+                for n in range(0, N):
+                    A2n = tl.load(A_ptr + offs_e * N + n, mask=e_mask, other=0.0).to(tl.float32) * LOG2E
+                    a2 = _decay(dt2, A2n, reset2, HAS_SEQ)
+                    acum2, hloc2 = tl.associative_scan((a2, dtu2 * _col(B_base, t2, n, L, sB_l)), axis=0,
+                                                       combine_fn=_state_combine)
+                    h2 = tl.load(hscr + n * BLOCK_E)
+                    tl.store(hscr + n * BLOCK_E, _last_row2(acum2 * h2[None, :] + hloc2, rows, BLOCK_T))
+        tl.debug_barrier()
+        for n in range(0, N):
+            An = tl.load(A_ptr + offs_e * N + n, mask=e_mask, other=0.0).to(tl.float32)
+            A2n = An * LOG2E
+            h = tl.load(hscr + n * BLOCK_E)
             Bn = _col(B_base, t, n, L, sB_l)  # (c, 1)
             Cn = _col(C_base, t, n, L, sC_l)
             a = _decay(dt, A2n, reset, HAS_SEQ)
-            bu = dtu * Bn
+            bu = dt * u * Bn
             acum, hloc = tl.associative_scan((a, bu), axis=0, combine_fn=_state_combine)
             hs = acum * h[None, :] + hloc  # (c, e): h_t
-            y_acc += hs * Cn
-            tl.store(dCC_base + t64 * N + n, tl.sum(hs * dy, axis=1), mask=t_mask)
+            if HAS_Z:
+                y_acc += hs * Cn
+            # sums over e kept 2-D (c, 1): the store then needs no layout conversion through shared memory
+            tl.store(dCC_base + t64[:, None] * N + n, tl.sum(hs * dy, axis=1, keep_dims=True), mask=t_mask[:, None])
             w = tl.load(wscr + n * BLOCK_E)
             g, p = _adjoint(a, Cn * dy, rows, BLOCK_T)
             g = g + p * w[None, :]  # dL/dh_t, (c, e)
             tl.store(wscr + n * BLOCK_E, _first_row2(a * g, rows))  # into the chunk before
             gh = g * (hs - bu)  # g_t a_t h_{t-1}
-            gB = g * Bn
-            ddt_acc += gh * An[None, :] + gB * u
-            du_acc += gB * dt
-            tl.store(dBC_base + t64 * N + n, tl.sum(g * dtu, axis=1), mask=t_mask)
+            gAh_acc += gh * An[None, :]
+            gB_acc += g * Bn
+            tl.store(dBC_base + t64[:, None] * N + n, tl.sum(g * (dt * u), axis=1, keep_dims=True), mask=t_mask[:, None])
             dA_old = tl.load(dA_base + n, mask=e_mask, other=0.0)
             tl.store(dA_base + n, dA_old + tl.sum(gh * dt, axis=0), mask=e_mask)
+        # ddt = sum_n g (A a h_{t-1} + B u), du = dt sum_n g B (+ D dy)
+        du = gB_acc * dt
+        ddt = gAh_acc + gB_acc * u
+        dout = tl.load(do_base + t64[:, None] * sdo_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
         if HAS_Z:
+            zt = tl.load(z_base + t64[:, None] * sz_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zt)
+            dy = dout * (zt * sz)
             y = y_acc
             if HAS_D:
                 y += Dv[None, :] * u
             dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
             tl.store(dz_ptr + out_base + t64[:, None] * E + offs_e[None, :], dz.to(dz_ptr.dtype.element_ty),
                      mask=te_mask)
-        du = du_acc
+        else:
+            dy = dout
         if HAS_D:
             du += dy * Dv[None, :]
             dD_acc += tl.sum(tl.where(te_mask, dy * u, 0.0), axis=0)
-        ddt = ddt_acc
         if SOFTPLUS:
+            dt_pre = tl.load(dt_base + t64[:, None] * sdt_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt_pre = dt_pre + bias[None, :]
             ddt = ddt * tl.sigmoid(dt_pre)
         ddt = tl.where(te_mask, ddt, 0.0)
         dbias_acc += tl.sum(ddt, axis=0)
@@ -309,7 +342,7 @@ def seg_backward(u, delta, A, B, C, D, z, delta_bias, seq_idx, ckpt, dy, dhT, so
             delta, A, C, zz, bias, seq, dy, wloc, ptot, l, e, n, n_seg,
             delta.stride(0), delta.stride(1), C.stride(0), C.stride(1), zz.stride(0), zz.stride(1),
             seq.stride(0), seq.stride(1), dy.stride(0), dy.stride(1), **flags)
-    wscr = torch.empty((b, grid[0], n_seg, n, be), device=dev, dtype=f32)
+    wscr = torch.empty((b, grid[0], n_seg, 2, n, be), device=dev, dtype=f32)
     du = torch.empty((b, l, e), device=dev, dtype=u.dtype)
     ddelta = torch.empty((b, l, e), device=dev, dtype=delta.dtype)
     dz = torch.empty((b, l, e), device=dev, dtype=z.dtype) if z is not None else du
