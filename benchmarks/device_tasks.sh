@@ -42,7 +42,7 @@ if [ "$SMOKE" = 1 ]; then  # CPU, one thread, seconds per run, small variants: e
     PB_ENTRIES=6; PB_BATCH=4; PB_EVAL="--values 2,6 --eval-examples 4"
     MQ="--param vocab_size=32 --param length=32 --param num_pairs=8 --param min_pairs=2 --batch-size 8 \
         --values 2,8 --eval-examples 8"
-    NIAH="--lengths 128,256 --depths 0,1 --examples 2 --batch-size 2"
+    NIAH="--lengths 256,512 --depths 0,1 --examples 2 --batch-size 2"
 else
     DEV=cuda; PAR=${PAR:-1}; WORKERS=${WORKERS:-2}   # PAR=0: one run at a time (the slots then do not fit)
     TR_S=${TR_S:-175}    # training seconds per run in phase 1
