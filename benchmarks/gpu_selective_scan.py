@@ -10,7 +10,8 @@ and the bandwidth floor from a device-to-device copy measured in the same run. m
 configs are swept and every one is reported; kernels are compiled in parallel first.
 Backward configs with DBC_ATOMIC=True time the old backward (dB, dC by fp32 atomics into one
 (b, l, n) buffer) next to the default (per-channel-block partials summed by torch); --quick
-times the default configs of both, plus two more tile configs of the new path.
+times the default configs of both and the configs of the segment-parallel backward
+("seg", triton_bwd_seg.py): fp32 all of them, bf16 the defaults of both.
 Also times one fused decode step against the same step in eager PyTorch.
 
     python benchmarks/gpu_selective_scan.py --out benchmarks/results [--quick]
@@ -55,7 +56,22 @@ SWEEP = {
           cfg(2, 16, 64, 2, 8, False), cfg(4, 16, 64, 4, 8, False), cfg(2, 16, 64, 4, 4, False),
           cfg(8, 8, 64, 4, 4, False)]),
 }
-QUICK_BWD = 4  # how many of each backward list --quick times (fp32; bf16 gets the default only)
+QUICK_BWD = 2  # how many of each backward list --quick times (the default and the old atomic path)
+
+
+def seg(bt, be, sc, warps=1):
+    """A config of the segment-parallel backward (triton_bwd_seg.py; issue 7)."""
+    return dict(VARIANT="seg", BLOCK_T=bt, BLOCK_E=be, SEG_CHUNKS=sc, num_warps=warps)
+
+
+# the seg backward, first its default (triton.seg_config); --quick times all of them in fp32
+# and the first in bf16. E 128 with T 4 halves the shuffles of the dB/dC sums per element.
+SEG_SWEEP = {
+    16: [seg(8, 64, 4), seg(4, 128, 4), seg(8, 32, 4), seg(8, 64, 2)],
+    64: [seg(8, 64, 8), seg(4, 128, 8), seg(8, 64, 4)],
+}
+for _n, (_f, _b) in SWEEP.items():
+    _b[QUICK_BWD:QUICK_BWD] = SEG_SWEEP[_n]  # right after the default and the atomic path
 
 
 def make_inputs(b, l, e, n, dtype, requires_grad=False, seed=0):
@@ -221,12 +237,12 @@ def main():
         have_mambapy = True
     except ImportError:
         have_mambapy = False
-    sweep = {n: ([c[0][0]], c[1][:QUICK_BWD]) if args.quick else c for n, c in SWEEP.items()}
+    sweep = {n: ([c[0][0]], c[1][:QUICK_BWD + len(SEG_SWEEP[n])]) if args.quick else c for n, c in SWEEP.items()}
     jobs = []
     for n, (fwd_cfgs, bwd_cfgs) in sweep.items():
         for dtype in ("float32", "bfloat16"):
             fc = fwd_cfgs if dtype == "float32" else fwd_cfgs[:1]
-            bc = bwd_cfgs if dtype == "float32" else bwd_cfgs[:1]
+            bc = bwd_cfgs if dtype == "float32" else [bwd_cfgs[0], SEG_SWEEP[n][0]]
             jobs += [(n, dtype, c, None) for c in fc] + [(n, dtype, fc[0], c) for c in bc]
     prewarm(jobs, args.workers)
 
@@ -238,7 +254,8 @@ def main():
     for name, shape in SHAPES.items():
         n = shape[3]
         run_scan(name, shape, torch.float32, sweep[n], copy_gbs, have_mambapy, results)
-        run_scan(name, shape, torch.bfloat16, ([sweep[n][0][0]], [sweep[n][1][0]]), copy_gbs, False, results)
+        run_scan(name, shape, torch.bfloat16, ([sweep[n][0][0]], [sweep[n][1][0], SEG_SWEEP[n][0]]), copy_gbs,
+                 False, results)
         if have_mambapy:
             info[f"rel_err_triton_vs_mambapy_{name}"] = check_against_mambapy(shape, torch.float32)
     run_decode(results)
@@ -254,11 +271,28 @@ def main():
     print(f"{'shape':24} {'dtype':9} {'impl':8} {'pass':8} {'ms':>9} {'GB/s':>7} {'floor':>7}  config")
     for r in results:
         c = r["config"]
-        cs = "" if c is None else f"T{c['BLOCK_T']} E{c['BLOCK_E']} V{c['VEC']} w{c['num_warps']}"
+        if c is None:
+            cs = ""
+        elif c.get("VARIANT") == "seg":
+            cs = f"seg T{c['BLOCK_T']} E{c['BLOCK_E']} S{c['SEG_CHUNKS']} w{c['num_warps']}"
+        else:
+            cs = f"T{c['BLOCK_T']} E{c['BLOCK_E']} V{c['VEC']} w{c['num_warps']}"
         cs += " atomic-dBC" if c and c.get("DBC_ATOMIC") else ""
         ms = f"{r['ms']:9.3f}" if "ms" in r else f"{'-':>9}"
         print(f"{r['shape']:24} {r['dtype']:9} {r['impl']:8} {r['pass']:8} {ms} {r.get('gbs', 0):7.0f} "
               f"{r.get('floor_ms', 0):7.3f}  {cs}{' *' if r.get('default') and c else ''} {r.get('note', '')}")
+    # fwd+bwd: the fastest config of each backward variant against mambapy (fp32, the one it runs), per
+    # shape and dtype
+    for key in sorted({(r["shape"], r["dtype"]) for r in results if r["pass"] == "fwd+bwd"}):
+        rows = [r for r in results if (r["shape"], r["dtype"]) == key and r["pass"] == "fwd+bwd" and "ms" in r]
+        ref = [r["ms"] for r in results if r["shape"] == key[0] and r["impl"] == "mambapy"
+               and r["pass"] == "fwd+bwd" and "ms" in r]
+        parts = []
+        for v in ("chunk", "seg"):
+            ms = [r["ms"] for r in rows if r["impl"] == "triton" and (r["config"] or {}).get("VARIANT", "chunk") == v]
+            if ms:
+                parts.append(f"{v} {min(ms):.3f} ms" + (f" ({ref[0] / min(ms):.1f}x mambapy)" if ref else ""))
+        print(f"fwd+bwd best {key[0]} {key[1]}: " + ", ".join(parts) + (f"; mambapy {ref[0]:.3f} ms" if ref else ""))
     print("wrote", path)
 
 

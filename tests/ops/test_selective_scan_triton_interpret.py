@@ -94,6 +94,11 @@ scan_case("fp32_full_atomic", 2, 21, 5, 4, torch.float32, True, True, small(4, 4
 scan_case("fp32_plain_n3", 1, 11, 3, 3, torch.float32, False, False, small(4, 4, 4, 1), small(4, 4, 4, 4), 2)
 scan_case("bf16_full", 1, 9, 4, 4, torch.bfloat16, True, True, small(4, 4, 4, 4), small(4, 4, 4, 2), 3)
 scan_case("fp32_len1", 2, 1, 3, 2, torch.float32, True, False, small(4, 4, 2, 1), small(2, 4, 2, 2), 4)
+# the segment-parallel backward (triton_bwd_seg.py): 4 segments of 2 chunks (the adjoint
+# folded across segments, chunk-start states recomputed), a partial e-block, packed sequences
+seg = lambda bt, be, sc: dict(VARIANT="seg", BLOCK_T=bt, BLOCK_E=be, SEG_CHUNKS=sc, num_warps=1)
+scan_case("seg_fp32_full", 2, 13, 5, 4, torch.float32, True, True, small(4, 4, 4, 2), seg(2, 8, 2), 6)
+scan_case("seg_bf16_full", 1, 9, 4, 4, torch.bfloat16, True, True, small(4, 4, 4, 2), seg(2, 4, 2), 7)
 decode_case(5)
 ''')
 
@@ -113,7 +118,7 @@ def interpreted():
 
 
 @pytest.mark.parametrize("case,tol", [("fp32_full", 1e-5), ("fp32_full_atomic", 1e-5), ("fp32_plain_n3", 1e-5), ("fp32_len1", 1e-5),
-                                      ("bf16_full", 2e-2)])
+                                      ("bf16_full", 2e-2), ("seg_fp32_full", 1e-5), ("seg_bf16_full", 2e-2)])
 def test_scan_matches_reference(interpreted, case, tol):
     rec = interpreted[case]
     bad = {k: v for k, v in rec["err"].items() if not v <= tol}  # NaN fails too
@@ -121,10 +126,18 @@ def test_scan_matches_reference(interpreted, case, tol):
     assert rec["state_dtype"] == "torch.float32"
 
 
-def test_scan_checks_every_gradient(interpreted):
-    full = set(interpreted["fp32_full"]["err"])
+@pytest.mark.parametrize("case", ["fp32_full", "seg_fp32_full"])
+def test_scan_checks_every_gradient(interpreted, case):
+    full = set(interpreted[case]["err"])
     assert {"y", "final_state", "du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias",
             "dinitial_state"} <= full
+
+
+def test_unknown_backward_variant_is_a_value_error():
+    from mambakit.ops.selective_scan.triton import default_config
+    with pytest.raises(ValueError, match="backward variant"):
+        default_config(16, 64, backward=True, variant="fast")
+    assert default_config(16, 64, backward=True, variant="seg")["VARIANT"] == "seg"
 
 
 def test_output_dtype_follows_u(interpreted):

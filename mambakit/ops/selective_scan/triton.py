@@ -37,7 +37,9 @@ def _next_pow2(x: int) -> int:
 def seg_config(n: int, e: int) -> dict:
     """Tiles of the "seg" backward: one warp of BLOCK_E channels, BLOCK_T steps in each
     thread, segments of SEG_CHUNKS chunks (the forward's checkpoint interval)."""
-    return dict(VARIANT="seg", BLOCK_T=8, BLOCK_E=32, SEG_CHUNKS=4, num_warps=1)
+    # registers do not depend on n (it is a loop); longer segments at large n keep the
+    # checkpoints (b, l / (SEG_CHUNKS * BLOCK_T), e, n) fp32 small
+    return dict(VARIANT="seg", BLOCK_T=8, BLOCK_E=64, SEG_CHUNKS=4 if n <= 16 else 8, num_warps=1)
 
 
 def default_config(n: int, e: int, backward: bool, variant: str | None = None) -> dict:
@@ -113,6 +115,12 @@ def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx):
     return b, l, e, n
 
 
+def _seg_fits(u, delta, z, B, C, l, e, n) -> bool:
+    """The seg backward offsets rows within a batch row in int32 (fewer registers)."""
+    strides = [u.stride(1), delta.stride(1), B.stride(1), C.stride(1), e, n] + ([z.stride(1)] if z is not None else [])
+    return l * max(strides) < 2 ** 31
+
+
 class SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus,
@@ -130,11 +138,12 @@ class SelectiveScanTriton(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         # Checkpoint every seg_len steps; seg_len ~ sqrt(l * c) balances checkpoints
         # (l / seg_len states) against the backward's scratch (seg_len / c states).
+        if cb.get("VARIANT", "chunk") == "seg" and not _seg_fits(u, delta, z, B, C, l, e, n):
+            cb = default_config(n, e, backward=True, variant="chunk")  # its int32 row offsets would overflow
         if cb.get("VARIANT", "chunk") == "seg":  # segments are the backward's parallel unit
             seg_len = cb["SEG_CHUNKS"] * cb["BLOCK_T"]
-            if seg_len % cf["BLOCK_T"]:
-                raise ValueError(f"selective_scan_triton: the seg backward's segment ({seg_len} steps) must be a "
-                                 f"multiple of the forward BLOCK_T ({cf['BLOCK_T']})")
+            if seg_len % cf["BLOCK_T"]:  # checkpoints at segment starts: a forward chunk must not straddle one
+                cf = dict(cf, BLOCK_T=math.gcd(seg_len, cf["BLOCK_T"]))
         else:
             bt_max = max(cf["BLOCK_T"], cb["BLOCK_T"])
             n_chunks = math.ceil(l / bt_max)
