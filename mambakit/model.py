@@ -15,7 +15,6 @@ from torch import nn
 
 from .cache import InferenceCache
 from .config import ModelConfig
-from .layers.linear import Linear
 from .layers.norm import RMSNorm
 
 
@@ -66,7 +65,7 @@ class LM(nn.Module):
         self.embedding = nn.Embedding(v, d)
         self.layers = nn.ModuleList(Block(kind, config, i) for i, kind in enumerate(config.layer_pattern))
         self.norm_f = RMSNorm(d, config.norm_eps)
-        self.lm_head = Linear(d, v, bias=False)
+        self.lm_head = nn.Linear(d, v, bias=False)
         self._init_weights()
         if config.tie_embeddings:
             self.lm_head.weight = self.embedding.weight

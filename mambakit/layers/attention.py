@@ -48,8 +48,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import Linear
-
 _SDPA_HAS_GQA = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
@@ -128,10 +126,10 @@ class Attention(nn.Module):
         self.rotary_dim = int(hd * a.rotary_fraction) // 2 * 2
         self.rope_theta = a.rope_theta
         self.max_seqlen = a.max_seqlen
-        self.q_proj = Linear(d, h * hd, bias=a.bias)
-        self.k_proj = Linear(d, kvh * hd, bias=a.bias)
-        self.v_proj = Linear(d, kvh * hd, bias=a.bias)
-        self.o_proj = Linear(h * hd, d, bias=a.bias)
+        self.q_proj = nn.Linear(d, h * hd, bias=a.bias)
+        self.k_proj = nn.Linear(d, kvh * hd, bias=a.bias)
+        self.v_proj = nn.Linear(d, kvh * hd, bias=a.bias)
+        self.o_proj = nn.Linear(h * hd, d, bias=a.bias)
 
     def allocate_state(self, batch_size: int, dtype=None, device=None) -> dict:
         """No keys or values yet: (b, 0, kvh, hd) each, grown by forward."""

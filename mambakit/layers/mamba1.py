@@ -18,7 +18,6 @@ from torch import nn
 from .. import ops
 from ..cache import neg_exp_cached
 from .init import dt_bias_init
-from .linear import Linear
 
 
 class Mamba1Mixer(nn.Module):
@@ -31,11 +30,11 @@ class Mamba1Mixer(nn.Module):
         self.d_state = n = c.d_state
         self.d_conv = c.d_conv
         self.dt_rank = r = config.mamba1_dt_rank()
-        self.in_proj = Linear(d, 2 * e, bias=c.bias)
+        self.in_proj = nn.Linear(d, 2 * e, bias=c.bias)
         self.conv1d = nn.Conv1d(e, e, c.d_conv, groups=e, padding=c.d_conv - 1, bias=c.conv_bias)
         self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
         self.dt_proj = nn.Linear(r, e, bias=True)
-        self.out_proj = Linear(e, d, bias=c.bias)
+        self.out_proj = nn.Linear(e, d, bias=c.bias)
         # S4D-real: A = -(1, 2, ..., n) for every channel, stored as A_log in fp32.
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1))
         self.D = nn.Parameter(torch.ones(e))

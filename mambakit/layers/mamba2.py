@@ -15,7 +15,6 @@ from torch import nn
 from .. import ops
 from ..cache import neg_exp_cached
 from .init import dt_bias_init
-from .linear import Linear
 
 
 class Mamba2Mixer(nn.Module):
@@ -35,7 +34,7 @@ class Mamba2Mixer(nn.Module):
         self.norm_before_gate = c.norm_before_gate
         self.eps = config.norm_eps
         self.conv_dim = e + 2 * g * n
-        self.in_proj = Linear(d, 2 * e + 2 * g * n + h, bias=c.bias)
+        self.in_proj = nn.Linear(d, 2 * e + 2 * g * n + h, bias=c.bias)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, c.d_conv, groups=self.conv_dim,
                                 padding=c.d_conv - 1, bias=c.conv_bias)
         self.dt_bias = nn.Parameter(dt_bias_init(h, c.dt_min, c.dt_max, c.dt_init_floor))
@@ -43,7 +42,7 @@ class Mamba2Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.empty(h).uniform_(lo, hi)))
         self.D = nn.Parameter(torch.ones(h))
         self.norm = _GatedNormWeight(e)
-        self.out_proj = Linear(e, d, bias=c.bias)
+        self.out_proj = nn.Linear(e, d, bias=c.bias)
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True
         self.dt_bias._no_reinit = True
@@ -62,7 +61,7 @@ class Mamba2Mixer(nn.Module):
     def _gate_norm_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         y = ops.gated_rms_norm(y, z, self.norm.weight, self.eps, group_size=self.d_inner // self.ngroups,
                                norm_before_gate=self.norm_before_gate)
-        return ops.linear(y, self.out_proj.weight, self.out_proj.bias)  # the module call's overhead, skipped
+        return F.linear(y, self.out_proj.weight, self.out_proj.bias)  # the module call's overhead, skipped
 
     def forward(self, hidden: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
         state = cache.layers[self.layer_idx] if cache is not None else None

@@ -17,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import Linear
-
 ACTIVATIONS = ("gelu", "relu2", "swiglu")
 
 
@@ -33,9 +31,9 @@ class MLP(nn.Module):
         self.hidden_size = f = m.hidden_size or 4 * d
         self.activation = m.activation
         if self.activation == "swiglu":
-            self.gate_proj = Linear(d, f, bias=m.bias)
-        self.up_proj = Linear(d, f, bias=m.bias)
-        self.down_proj = Linear(f, d, bias=m.bias)
+            self.gate_proj = nn.Linear(d, f, bias=m.bias)
+        self.up_proj = nn.Linear(d, f, bias=m.bias)
+        self.down_proj = nn.Linear(f, d, bias=m.bias)
 
     def forward(self, x: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
         """x (b, l, d) -> (b, l, d). Position-wise: cache and seq_idx do not matter."""

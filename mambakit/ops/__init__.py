@@ -149,24 +149,6 @@ def gated_rms_norm(x, z, weight, eps=1e-5, group_size=None, norm_before_gate=Fal
     return _gated_rms_norm_torch(x, z, weight, eps, group_size=group_size, norm_before_gate=norm_before_gate)
 
 
-# The Triton GEMV for a decode step's projections: "off" until benchmarks/gpu_gemv.py shows it
-# beats cuBLAS on the device; MAMBAKIT_GEMV=on|off overrides.
-GEMV_DEFAULT = "off"
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, except a decode step's few rows (<= 16) on CUDA in bf16/fp16 inference, which go
-    through the Triton GEMV (ops/gemv_triton.py) where MAMBAKIT_GEMV (default GEMV_DEFAULT) is on."""
-    if x.is_cuda and weight.dtype in (torch.bfloat16, torch.float16) and x.dtype == weight.dtype \
-            and x.numel() <= 16 * x.shape[-1] \
-            and os.environ.get("MAMBAKIT_GEMV", GEMV_DEFAULT).lower() == "on" \
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)) \
-            and resolve_backend(None, x, "linear") == "triton":
-        from .gemv_triton import gemv_triton
-        return gemv_triton(x, weight, bias)
-    return torch.nn.functional.linear(x, weight, bias)
-
-
 def mamba2_decode_step(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias, dt_softplus,
                        dt_limit, ngroups, headdim, z=None, a_is_log=False):
     """The fused Triton decode step of Mamba-2 (ops/decode_triton.py): conv_state (b, c, k) and
@@ -189,5 +171,5 @@ def mamba1_decode_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_pr
                                      dt_proj_weight, dt_proj_bias, A, D, dt_rank, a_is_log=a_is_log)
 
 
-__all__ = ["selective_scan_fn", "ssd_fn", "causal_conv1d", "causal_conv1d_update", "rms_norm", "linear",
+__all__ = ["selective_scan_fn", "ssd_fn", "causal_conv1d", "causal_conv1d_update", "rms_norm",
            "gated_rms_norm", "mamba2_decode_step", "mamba1_decode_step", "resolve_backend"]
