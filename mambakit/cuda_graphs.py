@@ -210,6 +210,7 @@ class GraphedDecoder:
         self.busy = True
         return self.cache
 
+    @torch.no_grad()  # the eager ops between graphs too (see graphed_decoder)
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (b, 1) -> logits (b, v). The result is overwritten by the next step: use it first."""
         if self.capacity is not None and self.cache.seqlen_offset >= self.capacity:
@@ -286,7 +287,10 @@ def graphed_decoder(model, batch_size: int, device: torch.device,
     while len(graphs) >= _MAX_GRAPHS:
         del graphs[next(iter(graphs))]
     try:
-        decoder = GraphedDecoder(model, batch_size, device, capacity=capacity)
+        # A decode step never needs autograd: warm-up and capture without it whatever the caller's
+        # mode, so the graph records the inference kernels (fused norms), not the autograd forms.
+        with torch.no_grad():
+            decoder = GraphedDecoder(model, batch_size, device, capacity=capacity)
     except CannotCapture as err:
         _warn_once(f"mambakit: cuda_graph=True ignored: {err}; decoding eagerly")
         decoder = None
