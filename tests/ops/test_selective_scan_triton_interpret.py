@@ -96,8 +96,10 @@ scan_case("bf16_full", 1, 9, 4, 4, torch.bfloat16, True, True, small(4, 4, 4, 4)
 scan_case("fp32_len1", 2, 1, 3, 2, torch.float32, True, False, small(4, 4, 2, 1), small(2, 4, 2, 2), 4)
 # the segment-parallel backward (triton_bwd_seg.py): 4 segments of 2 chunks (the adjoint
 # folded across segments, chunk-start states recomputed), a partial e-block, packed sequences
-seg = lambda bt, be, sc: dict(VARIANT="seg", BLOCK_T=bt, BLOCK_E=be, SEG_CHUNKS=sc, num_warps=1)
+seg = lambda bt, be, sc, **kw: dict(VARIANT="seg", BLOCK_T=bt, BLOCK_E=be, SEG_CHUNKS=sc, num_warps=1, **kw)
 scan_case("seg_fp32_full", 2, 13, 5, 4, torch.float32, True, True, small(4, 4, 4, 2), seg(2, 8, 2), 6)
+# programs of 2 segments each (the adjoint carried inside a program, folded across them), the last short
+scan_case("seg_fp32_groups", 2, 13, 5, 4, torch.float32, True, True, small(4, 4, 4, 2), seg(2, 8, 2, SEGS=2), 6)
 scan_case("seg_bf16_full", 1, 9, 4, 4, torch.bfloat16, True, True, small(4, 4, 4, 2), seg(2, 4, 2), 7)
 decode_case(5)
 ''')
@@ -118,7 +120,8 @@ def interpreted():
 
 
 @pytest.mark.parametrize("case,tol", [("fp32_full", 1e-5), ("fp32_full_atomic", 1e-5), ("fp32_plain_n3", 1e-5), ("fp32_len1", 1e-5),
-                                      ("bf16_full", 2e-2), ("seg_fp32_full", 1e-5), ("seg_bf16_full", 2e-2)])
+                                      ("bf16_full", 2e-2), ("seg_fp32_full", 1e-5), ("seg_fp32_groups", 1e-5),
+                                      ("seg_bf16_full", 2e-2)])
 def test_scan_matches_reference(interpreted, case, tol):
     rec = interpreted[case]
     bad = {k: v for k, v in rec["err"].items() if not v <= tol}  # NaN fails too

@@ -102,19 +102,20 @@ def _adjoint(a, cdy, rows, BLOCK_T: tl.constexpr):
     return tl.flip(g, 0), tl.flip(p, 0)
 
 
-@triton.jit(do_not_specialize=["L", "n_seg"])
+@triton.jit(do_not_specialize=["L", "n_seg", "segs"])
 def seg_adjoint_kernel(
     dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, seq_ptr, dout_ptr, wloc_ptr, ptot_ptr,
-    L, E, N, n_seg,
+    L, E, N, n_seg, segs,
     sdt_b, sdt_l, sC_b, sC_l, sz_b, sz_l, sseq_b, sseq_l, sdo_b, sdo_l,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr,
     SEG_CHUNKS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
-    """Per segment: wloc = a g at its first step with g = 0 entering its end, ptot = prod a,
-    both (b, s, n, e) fp32."""
+    """Per group of `segs` segments: wloc = a g at its first step with g = 0 entering its end,
+    ptot = prod a, both (b, group, n, e) fp32."""
     pid_e = tl.program_id(0)
     bid = tl.program_id(1).to(tl.int64)
-    seg = tl.program_id(2)
+    grp = tl.program_id(2)
+    n_grp = tl.num_programs(2)
     offs_e = pid_e * BLOCK_E + _lane_e(BLOCK_E)
     e_mask = offs_e < E
     rows = tl.arange(0, BLOCK_T)
@@ -127,11 +128,15 @@ def seg_adjoint_kernel(
     z_base = z_ptr + bid * sz_b
     do_base = dout_ptr + bid * sdo_b
     seq_base = seq_ptr + bid * sseq_b
-    out = wloc_ptr + ((bid * n_seg + seg) * N) * E + offs_e  # row n at + n * E
-    pout = ptot_ptr + ((bid * n_seg + seg) * N) * E + offs_e
-    for kk in range(0, SEG_CHUNKS):
-        k = SEG_CHUNKS - 1 - kk
-        t = (seg * SEG_CHUNKS + k) * BLOCK_T + rows
+    out = wloc_ptr + ((bid * n_grp + grp) * N) * E + offs_e  # row n at + n * E
+    pout = ptot_ptr + ((bid * n_grp + grp) * N) * E + offs_e
+    for n in range(0, N):
+        tl.store(out + n * E, tl.zeros([BLOCK_E], dtype=tl.float32), mask=e_mask)
+        tl.store(pout + n * E, tl.full([BLOCK_E], 1.0, tl.float32), mask=e_mask)
+    tl.debug_barrier()
+    n_ck = tl.minimum(segs, n_seg - grp * segs) * SEG_CHUNKS  # the last group may be short
+    for kk in range(0, n_ck):
+        t = (grp * segs * SEG_CHUNKS + n_ck - 1 - kk) * BLOCK_T + rows
         te_mask = (t < L)[:, None] & e_mask[None, :]
         t64 = t  # int32 row offsets: the launcher checks l * stride < 2**31
         # dt only (u unused here): the dt pointer is passed for u too
@@ -141,16 +146,12 @@ def seg_adjoint_kernel(
         if HAS_Z:
             zt = tl.load(z_base + t64[:, None] * sz_l + offs_e[None, :], mask=te_mask, other=0.0).to(tl.float32)
             dy = dy * (zt * tl.sigmoid(zt))
-        for n in range(0, N):
+        for n in tl.range(0, N, loop_unroll_factor=1):
             A2n = tl.load(A_ptr + offs_e * N + n, mask=e_mask, other=0.0).to(tl.float32) * LOG2E
             a = _decay(dt, A2n, reset, HAS_SEQ)
             g, p = _adjoint(a, _col(C_base, t, n, L, sC_l) * dy, rows, BLOCK_T)
-            if kk == 0:
-                w = tl.zeros([BLOCK_E], dtype=tl.float32)
-                pt = tl.full([BLOCK_E], 1.0, tl.float32)
-            else:  # this program's own running values (same thread wrote them)
-                w = tl.load(out + n * E, mask=e_mask, other=0.0)
-                pt = tl.load(pout + n * E, mask=e_mask, other=1.0)
+            w = tl.load(out + n * E, mask=e_mask, other=0.0)  # this program's own running values
+            pt = tl.load(pout + n * E, mask=e_mask, other=1.0)
             w = _first_row2(a * g, rows) + _first_row2(a * p, rows) * w
             pt = pt * _first_row2(a * p, rows)
             tl.store(out + n * E, w, mask=e_mask)
@@ -158,25 +159,26 @@ def seg_adjoint_kernel(
         tl.debug_barrier()  # read back by the next chunk
 
 
-@triton.jit(do_not_specialize=["L", "n_seg"])
+@triton.jit(do_not_specialize=["L", "n_seg", "segs"])
 def seg_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, ckpt_ptr, dout_ptr, dhT_ptr,
     wloc_ptr, ptot_ptr, wscr_ptr,
     du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    L, E, N, n_seg,
+    L, E, N, n_seg, segs,
     su_b, su_l, sdt_b, sdt_l, sB_b, sB_l, sC_b, sC_l, sz_b, sz_l, sseq_b, sseq_l, sdo_b, sdo_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_DHT: tl.constexpr,
     SEG_CHUNKS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
-    """Gradients of one (b, e-block, segment). du, ddt, dz: (b, l, e); dB, dC: fp32 partials
-    (b, e / BLOCK_E, l, n) summed by the caller; dA: fp32 (b, s, e, n), dD, dbias: fp32
-    (b, s, e), summed by the caller; dh0: fp32 (b, e, n), written by the segment-0 programs.
-    wscr: (b, e-block, s, 2, n, BLOCK_E) fp32, this program's own: the adjoint carried between
-    chunks, and the chunk-start states."""
+    """Gradients of one (b, e-block, group of `segs` segments). du, ddt, dz: (b, l, e); dB, dC:
+    fp32 partials (b, e / BLOCK_E, l, n) summed by the caller; dA: fp32 (b, group, e, n), dD,
+    dbias: fp32 (b, group, e), summed by the caller; dh0: fp32 (b, e, n), written by the
+    group-0 programs. wscr: (b, e-block, group, 2, n, BLOCK_E) fp32, this program's own: the
+    adjoint carried between chunks, and the chunk-start states."""
     pid_e = tl.program_id(0)
     bid = tl.program_id(1).to(tl.int64)
-    seg = tl.program_id(2)
+    grp = tl.program_id(2)
+    n_grp = tl.num_programs(2)
     n_eblk = tl.num_programs(0)
     offs_e = pid_e * BLOCK_E + _lane_e(BLOCK_E)
     e_mask = offs_e < E
@@ -197,20 +199,19 @@ def seg_bwd_kernel(
     out_base = bid * L * E
     dBC_base = dB_ptr + (bid * n_eblk + pid_e) * L * N  # this program's own (l, n) slab
     dCC_base = dC_ptr + (bid * n_eblk + pid_e) * L * N
-    wscr = wscr_ptr + ((bid * n_eblk + pid_e) * n_seg + seg) * (2 * N * BLOCK_E) + tl.arange(0, BLOCK_E)
+    wscr = wscr_ptr + ((bid * n_eblk + pid_e) * n_grp + grp) * (2 * N * BLOCK_E) + tl.arange(0, BLOCK_E)
     hscr = wscr + N * BLOCK_E  # the chunk-start states, (n, BLOCK_E)
-    dA_base = dA_ptr + ((bid * n_seg + seg) * E + offs_e) * N  # (e,) row starts of (b, s, e, n)
-    ckpt_base = ckpt_ptr + ((bid * n_seg + seg) * E + offs_e) * N
+    dA_base = dA_ptr + ((bid * n_grp + grp) * E + offs_e) * N  # (e,) row starts of (b, group, e, n)
 
-    # the adjoint entering this segment's end: fold the later segments' (wloc, ptot)
+    # the adjoint entering this group's end: fold the later groups' (wloc, ptot)
     for n in range(0, N):
         if HAS_DHT:
             w = tl.load(dhT_ptr + (bid * E + offs_e) * N + n, mask=e_mask, other=0.0).to(tl.float32)
         else:
             w = tl.zeros([BLOCK_E], dtype=tl.float32)
-        for s2 in range(seg + 1, n_seg):
-            s_r = n_seg - 1 - (s2 - seg - 1)  # latest first
-            off = ((bid * n_seg + s_r) * N + n) * E + offs_e
+        for g2 in range(grp + 1, n_grp):
+            g_r = n_grp - 1 - (g2 - grp - 1)  # latest first
+            off = ((bid * n_grp + g_r) * N + n) * E + offs_e
             w = tl.load(wloc_ptr + off, mask=e_mask, other=0.0) + tl.load(ptot_ptr + off, mask=e_mask, other=0.0) * w
         tl.store(wscr + n * BLOCK_E, w)
         tl.store(dA_base + n, tl.zeros([BLOCK_E], dtype=tl.float32), mask=e_mask)
@@ -219,10 +220,13 @@ def seg_bwd_kernel(
 
     dD_acc = tl.zeros([BLOCK_E], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_E], dtype=tl.float32)
-    for kk in range(0, SEG_CHUNKS):
-        k = SEG_CHUNKS - 1 - kk
-        c0 = seg * SEG_CHUNKS
-        t = (c0 + k) * BLOCK_T + rows
+    n_ck = tl.minimum(segs, n_seg - grp * segs) * SEG_CHUNKS  # the last group may be short
+    for kk in range(0, n_ck):
+        cidx = grp * segs * SEG_CHUNKS + n_ck - 1 - kk  # the chunk, last to first
+        k = cidx % SEG_CHUNKS  # its index in its segment
+        c0 = cidx - k  # the segment's first chunk
+        ckpt_base = ckpt_ptr + ((bid * n_seg + cidx // SEG_CHUNKS) * E + offs_e) * N
+        t = cidx * BLOCK_T + rows
         t_mask = t < L
         te_mask = t_mask[:, None] & e_mask[None, :]
         t64 = t  # int32 row offsets: the launcher checks l * stride < 2**31
@@ -248,7 +252,7 @@ def seg_bwd_kernel(
                 u2, dt2, _p2, reset2 = _chunk_te(u_base, dt_base, bias, seq_base, t2, offs_e, E, L, su_l, sdt_l,
                                                  sseq_l, HAS_BIAS, SOFTPLUS, HAS_SEQ)
                 dtu2 = dt2 * u2
-                for n in range(0, N):
+                for n in tl.range(0, N, loop_unroll_factor=1):
                     A2n = tl.load(A_ptr + offs_e * N + n, mask=e_mask, other=0.0).to(tl.float32) * LOG2E
                     a2 = _decay(dt2, A2n, reset2, HAS_SEQ)
                     acum2, hloc2 = tl.associative_scan((a2, dtu2 * _col(B_base, t2, n, L, sB_l)), axis=0,
@@ -256,7 +260,7 @@ def seg_bwd_kernel(
                     h2 = tl.load(hscr + n * BLOCK_E)
                     tl.store(hscr + n * BLOCK_E, _last_row2(acum2 * h2[None, :] + hloc2, rows, BLOCK_T))
         tl.debug_barrier()
-        for n in range(0, N):
+        for n in tl.range(0, N, loop_unroll_factor=1):
             An = tl.load(A_ptr + offs_e * N + n, mask=e_mask, other=0.0).to(tl.float32)
             A2n = An * LOG2E
             h = tl.load(hscr + n * BLOCK_E)
@@ -311,9 +315,9 @@ def seg_bwd_kernel(
         tl.store(ddt_ptr + out_base + t64[:, None] * E + offs_e[None, :], ddt.to(ddt_ptr.dtype.element_ty),
                  mask=te_mask)
         tl.debug_barrier()  # wscr, dA: read back by the next chunk
-    tl.store(dD_ptr + (bid * n_seg + seg) * E + offs_e, dD_acc, mask=e_mask)
-    tl.store(dbias_ptr + (bid * n_seg + seg) * E + offs_e, dbias_acc, mask=e_mask)
-    if seg == 0:
+    tl.store(dD_ptr + (bid * n_grp + grp) * E + offs_e, dD_acc, mask=e_mask)
+    tl.store(dbias_ptr + (bid * n_grp + grp) * E + offs_e, dbias_acc, mask=e_mask)
+    if grp == 0:
         for n in range(0, N):
             tl.store(dh0_ptr + (bid * E + offs_e) * N + n, tl.load(wscr + n * BLOCK_E), mask=e_mask)
 
@@ -328,35 +332,42 @@ def seg_backward(u, delta, A, B, C, D, z, delta_bias, seq_idx, ckpt, dy, dhT, so
     dev = u.device
     f32 = torch.float32
     be, bt, sc, warps = cb["BLOCK_E"], cb["BLOCK_T"], cb["SEG_CHUNKS"], cb["num_warps"]
-    grid = (triton.cdiv(e, be), b, n_seg)
+    n_eblk = triton.cdiv(e, be)
+    # segments per program: enough programs to fill the GPU several times over (PROGRAMS), and
+    # no more, since each program's scratch (wscr) and partials (dA, dD, dbias) cost memory
+    segs = cb.get("SEGS") or max(1, min(n_seg, (n_eblk * b * n_seg) // cb.get("PROGRAMS", 16384)))
+    n_grp = triton.cdiv(n_seg, segs)
+    grid = (n_eblk, b, n_grp)
     dummy = u
     zz = z if z is not None else dummy
     seq = seq_idx if seq_idx is not None else dummy
     bias = delta_bias if delta_bias is not None else dummy
     flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
                  HAS_SEQ=seq_idx is not None, SEG_CHUNKS=sc, BLOCK_T=bt, BLOCK_E=be, num_warps=warps)
-    wloc = torch.empty((b, n_seg, n, e), device=dev, dtype=f32)
-    ptot = torch.empty((b, n_seg, n, e), device=dev, dtype=f32)
-    if n_seg > 1:  # the last segment's pair is never read
+    if cb.get("MAXNREG"):  # a register cap: more resident warps, some spills (see the README)
+        flags["maxnreg"] = cb["MAXNREG"]
+    wloc = torch.empty((b, n_grp, n, e), device=dev, dtype=f32)
+    ptot = torch.empty((b, n_grp, n, e), device=dev, dtype=f32)
+    if n_grp > 1:  # the last group's pair is never read
         seg_adjoint_kernel[grid](
-            delta, A, C, zz, bias, seq, dy, wloc, ptot, l, e, n, n_seg,
+            delta, A, C, zz, bias, seq, dy, wloc, ptot, l, e, n, n_seg, segs,
             delta.stride(0), delta.stride(1), C.stride(0), C.stride(1), zz.stride(0), zz.stride(1),
             seq.stride(0), seq.stride(1), dy.stride(0), dy.stride(1), **flags)
-    wscr = torch.empty((b, grid[0], n_seg, 2, n, be), device=dev, dtype=f32)
+    wscr = torch.empty((b, n_eblk, n_grp, 2, n, be), device=dev, dtype=f32)
     du = torch.empty((b, l, e), device=dev, dtype=u.dtype)
     ddelta = torch.empty((b, l, e), device=dev, dtype=delta.dtype)
     dz = torch.empty((b, l, e), device=dev, dtype=z.dtype) if z is not None else du
     dB = torch.empty((b, grid[0], l, n), device=dev, dtype=f32)  # (b, e / BLOCK_E, l, n)
     dC = torch.empty((b, grid[0], l, n), device=dev, dtype=f32)
-    dA = torch.empty((b, n_seg, e, n), device=dev, dtype=f32)
-    dD = torch.empty((b, n_seg, e), device=dev, dtype=f32)
-    dbias = torch.empty((b, n_seg, e), device=dev, dtype=f32)
+    dA = torch.empty((b, n_grp, e, n), device=dev, dtype=f32)
+    dD = torch.empty((b, n_grp, e), device=dev, dtype=f32)
+    dbias = torch.empty((b, n_grp, e), device=dev, dtype=f32)
     dh0 = torch.empty((b, e, n), device=dev, dtype=f32)
     seg_bwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, zz, bias, seq, ckpt, dy,
         dhT if dhT is not None else dummy, wloc, ptot, wscr,
         du, ddelta, dz, dB, dC, dA, dD, dbias, dh0,
-        l, e, n, n_seg,
+        l, e, n, n_seg, segs,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
         C.stride(0), C.stride(1), zz.stride(0), zz.stride(1), seq.stride(0), seq.stride(1),
         dy.stride(0), dy.stride(1),
