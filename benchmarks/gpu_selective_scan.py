@@ -59,16 +59,21 @@ SWEEP = {
 QUICK_BWD = 2  # how many of each backward list --quick times (the default and the old atomic path)
 
 
-def seg(bt, be, sc, warps=1):
+def seg(bt, be, sc, maxnreg=None, warps=1):
     """A config of the segment-parallel backward (triton_bwd_seg.py; issue 7)."""
-    return dict(VARIANT="seg", BLOCK_T=bt, BLOCK_E=be, SEG_CHUNKS=sc, num_warps=warps)
+    c = dict(VARIANT="seg", BLOCK_T=bt, BLOCK_E=be, SEG_CHUNKS=sc, num_warps=warps)
+    if maxnreg:
+        c["MAXNREG"] = maxnreg
+    return c
 
 
 # the seg backward, first its default (triton.seg_config); --quick times all of them in fp32
-# and the first in bf16. E 128 with T 4 halves the shuffles of the dB/dC sums per element.
+# and the first in bf16. sm_90 figures (triton 3.9, ptxas): T8 E64 255 registers (8 one-warp
+# programs an SM); T4 E64 capped at 128 registers doubles that at a few spills in the hot
+# loop; T4 E128 halves the shuffles of the dB/dC sums per element; S2 halves the recomputation.
 SEG_SWEEP = {
-    16: [seg(8, 64, 4), seg(4, 128, 4), seg(8, 32, 4), seg(8, 64, 2)],
-    64: [seg(8, 64, 8), seg(4, 128, 8), seg(8, 64, 4)],
+    16: [seg(8, 64, 4), seg(4, 64, 4, 128), seg(4, 128, 4), seg(8, 64, 2)],
+    64: [seg(8, 64, 8), seg(4, 64, 8, 128), seg(8, 64, 4)],
 }
 for _n, (_f, _b) in SWEEP.items():
     _b[QUICK_BWD:QUICK_BWD] = SEG_SWEEP[_n]  # right after the default and the atomic path
@@ -275,6 +280,7 @@ def main():
             cs = ""
         elif c.get("VARIANT") == "seg":
             cs = f"seg T{c['BLOCK_T']} E{c['BLOCK_E']} S{c['SEG_CHUNKS']} w{c['num_warps']}"
+            cs += f" r{c['MAXNREG']}" if c.get("MAXNREG") else ""
         else:
             cs = f"T{c['BLOCK_T']} E{c['BLOCK_E']} V{c['VEC']} w{c['num_warps']}"
         cs += " atomic-dBC" if c and c.get("DBC_ATOMIC") else ""

@@ -335,7 +335,7 @@ def seg_backward(u, delta, A, B, C, D, z, delta_bias, seq_idx, ckpt, dy, dhT, so
     n_eblk = triton.cdiv(e, be)
     # segments per program: enough programs to fill the GPU several times over (PROGRAMS), and
     # no more, since each program's scratch (wscr) and partials (dA, dD, dbias) cost memory
-    segs = cb.get("SEGS") or max(1, min(n_seg, (n_eblk * b * n_seg) // cb.get("PROGRAMS", 16384)))
+    segs = cb.get("SEGS") or max(1, min(n_seg, (n_eblk * b * n_seg) // cb.get("PROGRAMS", 4096)))
     n_grp = triton.cdiv(n_seg, segs)
     grid = (n_eblk, b, n_grp)
     dummy = u
