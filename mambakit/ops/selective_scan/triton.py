@@ -22,7 +22,8 @@ import os
 
 import torch
 
-from .triton_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
+from .triton_bwd_chunk import selective_scan_bwd_kernel
+from .triton_kernels import selective_scan_fwd_kernel
 
 BWD_VARIANTS = ("chunk", "seg")  # the default first; "seg": triton_bwd_seg.py (issue 7)
 
