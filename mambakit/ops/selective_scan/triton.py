@@ -8,12 +8,15 @@ Letters: b batch, l length, e inner width, n state dim, c chunk length.
 
 delta += delta_bias; delta = softplus(delta) if asked; h_t = exp(delta_t A) h_{t-1} +
 delta_t B_t u_t (h reset to zero where seq_idx changes); y_t = C_t . h_t + D u_t;
-y *= silu(z). The kernels are in triton_kernels.py; this file checks inputs, picks
-tile sizes and launches. The backward writes dB and dC as one fp32 (b, l, n) partial per
-channel block, (b, e / BLOCK_E, l, n), summed here by torch (deterministic). The config
-flag DBC_ATOMIC=True selects the old path: fp32 atomics into one (b, l, n) buffer, whose
-contention (every channel block of a row adds into the same addresses, in lockstep) made
-the backward ~8x the forward at n 16 and ~20x at n 64 (issue 7; README.md).
+y *= silu(z). The forward kernel is in triton_kernels.py; this file checks inputs, picks
+tile sizes and launches. Two backward kernels (BWD_VARIANTS), picked by `_config_bwd`
+["VARIANT"] or the env var MAMBAKIT_SS_BWD, "chunk" the default until timed (issue 7):
+  chunk  triton_bwd_chunk.py: one program per (b, e-block) walks the whole length, (e, n)
+         over the threads. dB and dC as one fp32 (b, l, n) partial per channel block,
+         (b, e / BLOCK_E, l, n), summed here by torch (deterministic); DBC_ATOMIC=True
+         selects the old path (fp32 atomics into one (b, l, n) buffer).
+  seg    triton_bwd_seg.py: programs over (b, e-block, group of segments), n a loop, time in
+         each thread; the forward then checkpoints every SEG_CHUNKS * BLOCK_T steps.
 """
 from __future__ import annotations
 
