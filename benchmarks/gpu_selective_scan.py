@@ -68,12 +68,14 @@ def seg(bt, be, sc, maxnreg=None, warps=1):
 
 
 # the seg backward, first its default (triton.seg_config); --quick times all of them in fp32
-# and the first in bf16. sm_90 figures (triton 3.9, ptxas): T8 E64 255 registers (8 one-warp
-# programs an SM); T4 E64 capped at 128 registers doubles that at a few spills in the hot
-# loop; T4 E128 halves the shuffles of the dB/dC sums per element; S2 halves the recomputation.
+# and the first in bf16. sm_90 figures (triton 3.9, ptxas): T8 E64 255
+# registers, no spill in the hot loops (8 one-warp programs an SM); T4 E64 capped at 168
+# registers, no spill in the hot loops (12 an SM); at 128, 16 an SM with a few spills in the
+# hot loop; T4 E128 halves the shuffles of the dB/dC sums per element; S2 halves the
+# recomputation of chunk-start states.
 SEG_SWEEP = {
-    16: [seg(8, 64, 4), seg(4, 64, 4, 128), seg(4, 128, 4), seg(8, 64, 2)],
-    64: [seg(8, 64, 8), seg(4, 64, 8, 128), seg(8, 64, 4)],
+    16: [seg(8, 64, 4), seg(4, 64, 4, 168), seg(4, 64, 4, 128), seg(4, 128, 4), seg(8, 64, 2)],
+    64: [seg(8, 64, 8), seg(4, 64, 8, 168), seg(8, 64, 4)],
 }
 for _n, (_f, _b) in SWEEP.items():
     _b[QUICK_BWD:QUICK_BWD] = SEG_SWEEP[_n]  # right after the default and the atomic path
