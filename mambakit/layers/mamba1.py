@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import ops
 from ..cache import neg_exp_cached
+from ..ops import cpu_kernels
 from .init import dt_bias_init
 
 
@@ -56,7 +57,6 @@ class Mamba1Mixer(nn.Module):
         state = cache.layers[self.layer_idx] if cache is not None else None
         if state is not None and hidden.shape[1] == 1 and seq_idx is None:
             return self.step(hidden, state)
-        A = -torch.exp(self.A_log.float())  # (e, n)
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (b, l, e) each
         conv_w = self.conv1d.weight.squeeze(1)  # (e, k)
         if state is None:
@@ -67,6 +67,14 @@ class Mamba1Mixer(nn.Module):
             state["conv"].copy_(conv_state)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, l, e); the bias goes in as delta_bias, in fp32
+        if self._cpu_kernels(hidden, seq_idx):
+            # One compiled pass over the sequence (softplus, scan, skip, gate), the state advanced in
+            # place and y written over x, which nothing reads after it: no fresh (b, l, e) pages.
+            h = state["ssm"] if state is not None else x.new_zeros(x.shape[0], self.d_inner, self.d_state)
+            y = cpu_kernels.selective_scan(x, dt, neg_exp_cached(self), B, C, h, D=self.D, z=z,
+                                           delta_bias=self.dt_proj.bias, delta_softplus=True, out=x)
+            return self.out_proj(y)
+        A = -torch.exp(self.A_log.float())  # (e, n)
         y, last = ops.selective_scan_fn(x, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
                                      delta_softplus=True, initial_state=None if state is None else state["ssm"],
                                      seq_idx=seq_idx)
@@ -78,6 +86,8 @@ class Mamba1Mixer(nn.Module):
         """One token for every sequence of the batch: O(1) in the length. hidden (b, 1, d)."""
         if ops.resolve_backend(None, hidden, "mamba1 decode step") == "triton":
             return self._step_triton(hidden, state)
+        if self._cpu_kernels(hidden):
+            return self._step_cpu_kernels(hidden, state)
         # F.linear on the weights directly and in-place ops: at batch 1 the step is bound by the
         # weights' bandwidth, and each extra op or module call adds its fixed cost 24 times a token.
         x, z = F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias).chunk(2, dim=-1)  # (b, e)
@@ -91,6 +101,27 @@ class Mamba1Mixer(nn.Module):
         y = torch.bmm(ssm, C.float().unsqueeze(-1)).squeeze(-1).addcmul_(self.D.float(), x)  # (b, e)
         y = y.mul_(F.silu(z.float())).to(hidden.dtype)
         return F.linear(y, self.out_proj.weight, self.out_proj.bias).unsqueeze(1)
+
+    def _cpu_kernels(self, hidden: torch.Tensor, seq_idx=None) -> bool:
+        """Whether the compiled CPU kernels (ops/cpu_kernels.py) run: fp32 CPU inference, no document ids."""
+        return (seq_idx is None and hidden.device.type == "cpu" and hidden.dtype == torch.float32
+                and self.in_proj.weight.dtype == torch.float32
+                and ops.resolve_backend(None, hidden, "selective_scan") == "chunked"
+                and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log))
+
+    def _step_cpu_kernels(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
+        """step() as the four projections and two compiled kernels (conv + SiLU; softplus + SSM
+        update + C h + D x + gate), states in place: a handful of calls instead of ~30 small ops."""
+        e, r, n = self.d_inner, self.dt_rank, self.d_state
+        xz = F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)  # (b, 2e)
+        x = cpu_kernels.conv_step(xz[:, :e], state["conv"], self.conv1d.weight, self.conv1d.bias)  # (b, e)
+        xdbl = F.linear(x, self.x_proj.weight)  # (b, r + 2n)
+        dt = F.linear(xdbl[:, :r], self.dt_proj.weight)  # (b, e), the bias goes into the kernel
+        x1 = x.unsqueeze(1)  # (b, 1, e)
+        y = cpu_kernels.selective_scan(x1, dt.unsqueeze(1), neg_exp_cached(self), xdbl[:, None, r:r + n],
+                                       xdbl[:, None, r + n:], state["ssm"], D=self.D, z=xz[:, None, e:],
+                                       delta_bias=self.dt_proj.bias, delta_softplus=True, out=x1)  # (b, 1, e)
+        return F.linear(y, self.out_proj.weight, self.out_proj.bias)  # (b, 1, d)
 
     def _step_triton(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as two fused kernels (conv shift + conv + SiLU + x_proj; dt_proj + softplus + SSM

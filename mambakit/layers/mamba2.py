@@ -14,6 +14,7 @@ from torch import nn
 
 from .. import ops
 from ..cache import neg_exp_cached
+from ..ops import cpu_kernels
 from .init import dt_bias_init
 
 
@@ -90,6 +91,8 @@ class Mamba2Mixer(nn.Module):
         """One token for every sequence of the batch: O(1) in the length. hidden (b, 1, d)."""
         if ops.resolve_backend(None, hidden, "mamba2 decode step") == "triton":
             return self._step_triton(hidden, state)
+        if self._cpu_kernels(hidden):
+            return self._step_cpu_kernels(hidden, state)
         b = hidden.shape[0]
         e, h, p, g, n = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
         rep = h // g
@@ -110,6 +113,24 @@ class Mamba2Mixer(nn.Module):
                                                      B.float().view(b, g, 1, 1, n))
         y = torch.matmul(ssm.view(b, g, rep * p, n), C.float().view(b, g, n, 1)).view(b, h, p)
         y = y.addcmul_(self.D.float()[:, None], x).view(b, e).to(hidden.dtype)  # (b, e)
+        return self._gate_norm_out(y, z).unsqueeze(1)
+
+    def _cpu_kernels(self, hidden: torch.Tensor) -> bool:
+        """Whether the compiled CPU kernels (ops/cpu_kernels.py) run the step: fp32 CPU inference."""
+        return (hidden.device.type == "cpu" and hidden.dtype == torch.float32
+                and self.in_proj.weight.dtype == torch.float32
+                and ops.resolve_backend(None, hidden, "ssd") == "chunked"
+                and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log))
+
+    def _step_cpu_kernels(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
+        """step() as in_proj, two compiled kernels (conv + SiLU; dt, SSM update, C h + D x), the
+        gated norm and out_proj: a handful of calls instead of ~30 small ops."""
+        e, gn = self.d_inner, self.ngroups * self.d_state
+        z, xBC, dt = self._split(F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias))
+        xBC = cpu_kernels.conv_step(xBC, state["conv"], self.conv1d.weight, self.conv1d.bias)  # (b, c)
+        y = cpu_kernels.ssd_step(xBC[:, :e], dt, neg_exp_cached(self), xBC[:, e:e + gn], xBC[:, e + gn:],
+                                 state["ssm"], D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+                                 dt_limit=self.dt_limit)  # (b, e)
         return self._gate_norm_out(y, z).unsqueeze(1)
 
     def _step_triton(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
