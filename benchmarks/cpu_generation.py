@@ -4,7 +4,8 @@ Letters: b batch (1), l prompt length, t new tokens, d model width, v vocabulary
 
 For each family a 130M-shaped model with random weights (tied embeddings) is built in
 transformers, saved, and loaded into mambakit, so both run the same weights in the same process.
-Prefill: one forward over l tokens that fills the cache. Decode: greedy tokens after that prefill.
+Prefill: one forward over l tokens that fills the cache. Decode: t greedy tokens after that prefill,
+timed from the first new token to the last (each token's time stamped as it comes out).
 Each figure is the best of --repeats runs. Floors are measured in the same run: prefill
 tokens/s <= matmul FLOP/s / (matmul FLOPs per token); decode tokens/s <= matrix-vector bytes/s /
 (weight bytes per token). Elementwise work (conv, scan, norms) is not in the FLOP count.
@@ -83,21 +84,49 @@ def measure(family: str, args) -> dict:
     def hf_prefill():
         hf(ids, use_cache=True)
 
-    def ours_generate(n):
-        return lambda: mambakit.generate(ours, ids, max_new_tokens=n)
+    # Decode: each generation records the time at which every new token is out; the steps are the
+    # span from the first new token (prefill + one sample) to the last, so prefill's noise stays out.
+    def ours_decode():
+        stamps = []
+        for _ in mambakit.stream(ours, ids, max_new_tokens=args.decode):
+            stamps.append(time.perf_counter())
+        return stamps
 
-    def hf_generate(n):
-        return lambda: hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    def hf_decode():
+        from transformers.generation.streamers import BaseStreamer
+
+        class Stamps(BaseStreamer):
+            def __init__(self):
+                self.stamps = []
+
+            def put(self, value):  # first the prompt, then each new token
+                self.stamps.append(time.perf_counter())
+
+            def end(self):
+                pass
+
+        streamer = Stamps()
+        hf.generate(ids, max_new_tokens=args.decode, min_new_tokens=args.decode, do_sample=False, pad_token_id=0,
+                    streamer=streamer)
+        return streamer.stamps[1:]
+
+    def decode_seconds(run) -> float:
+        """Best over --repeats generations of the time of the (t - 1) steps after the first new token."""
+        run()  # warm-up
+        spans = []
+        for _ in range(args.repeats):
+            stamps = run()
+            if len(stamps) != args.decode:
+                raise RuntimeError(f"expected {args.decode} new tokens, got {len(stamps)}")
+            spans.append(stamps[-1] - stamps[0])
+        return min(spans)
 
     row = {"family": family, "prefill_tokens": args.prefill, "decode_tokens": args.decode,
            "params": sum(p.numel() for p in ours.parameters())}
-    for who, prefill, gen in (("mambakit", ours_prefill, ours_generate), ("transformers", hf_prefill, hf_generate)):
+    for who, prefill, dec in (("mambakit", ours_prefill, ours_decode), ("transformers", hf_prefill, hf_decode)):
         t_prefill = best_of(prefill, args.repeats)
-        # generate(n) = prefill + (n - 1) decode steps: the difference of two lengths is the steps alone
-        t_one = best_of(gen(1), args.repeats)
-        t_all = best_of(gen(args.decode), args.repeats, warmup=0)
         row[f"{who}_prefill_tok_s"] = args.prefill / t_prefill
-        row[f"{who}_decode_tok_s"] = (args.decode - 1) / max(t_all - t_one, 1e-9)
+        row[f"{who}_decode_tok_s"] = (args.decode - 1) / decode_seconds(dec)
         print(f"  {family:7s} {who:12s} prefill {row[f'{who}_prefill_tok_s']:8.1f} tok/s   "
               f"decode {row[f'{who}_decode_tok_s']:6.2f} tok/s", flush=True)
     row["mambakit_prefill_last_only_tok_s"] = args.prefill / best_of(ours_prefill_last, args.repeats)
@@ -181,7 +210,8 @@ def main(argv=None) -> int:
         context_rows += decode_at_contexts(preset, args.contexts, args.context_steps, args.repeats)
     # the floors again at the end: a neighbour that woke up mid-run shows here
     floors_end = {"matmul_flop_s": matmul_rate(), "matvec_bytes_s": matvec_bandwidth()}
-    payload = {"machine": machine_info(), "load_average_start": load_start, "floors": floors, "floors_end": floors_end, "args": vars(args), "rows": rows,
+    from mambakit.ops import cpu_kernels
+    payload = {"machine": machine_info(), "mambakit_cpu_kernels": cpu_kernels.available(), "load_average_start": load_start, "floors": floors, "floors_end": floors_end, "args": vars(args), "rows": rows,
                "context_rows": context_rows}
     path = write_result("cpu_generation", payload, args.out)
     print(markdown_table(rows))

@@ -367,54 +367,62 @@ def _check_rows(name: str, t, shape) -> None:
 
 
 def selective_scan(u, delta, A, B, C, h, D=None, z=None, delta_bias=None, delta_softplus=False, out=None,
-                   threads: int | None = None) -> torch.Tensor:
+                   threads: int | None = None, check: bool = True) -> torch.Tensor:
     """Mamba-1 scan y (b, l, e) with its state h (b, e, n) fp32 contiguous advanced in place.
 
     u, delta, z, out: (b, l, e); B, C: (b, l, n), last axes contiguous (row strides free);
     A: (e, n); D, delta_bias: (e,). out may be u (written in place). threads: default torch's.
+    check=False skips the checks (a decode step of a layer that built every argument itself: each
+    check costs microseconds, 24 times a token).
     """
     b, l, e = u.shape
     n = A.shape[1]
-    for name, t, shape in (("u", u, (b, l, e)), ("delta", delta, (b, l, e)), ("z", z, (b, l, e)),
-                           ("B", B, (b, l, n)), ("C", C, (b, l, n)), ("out", out, (b, l, e))):
-        _check_rows(name, t, shape)
-    A, D, bias = (None if t is None else t.float().contiguous() for t in (A, D, delta_bias))
-    if not (h.is_contiguous() and tuple(h.shape) == (b, e, n) and h.dtype == torch.float32):
-        raise ValueError(f"cpu_kernels: the state must be fp32 contiguous {(b, e, n)}, got {h.dtype} {tuple(h.shape)}")
+    if check:
+        for name, t, shape in (("u", u, (b, l, e)), ("delta", delta, (b, l, e)), ("z", z, (b, l, e)),
+                               ("B", B, (b, l, n)), ("C", C, (b, l, n)), ("out", out, (b, l, e))):
+            _check_rows(name, t, shape)
+        A, D, delta_bias = (None if t is None else t.float().contiguous() for t in (A, D, delta_bias))
+        if not (h.is_contiguous() and tuple(h.shape) == (b, e, n) and h.dtype == torch.float32):
+            raise ValueError(f"cpu_kernels: the state must be fp32 contiguous {(b, e, n)}, got {h.dtype} {tuple(h.shape)}")
     y = torch.empty(b, l, e) if out is None else out
     nthreads = threads or (torch.get_num_threads() if l > 1 else 1)
-    _lib.scan1(b, l, e, n, _ptr(u), *_rows(u, b, l), _ptr(delta), *_rows(delta, b, l), _ptr(A), _ptr(bias),
+    _lib.scan1(b, l, e, n, _ptr(u), *_rows(u, b, l), _ptr(delta), *_rows(delta, b, l), _ptr(A), _ptr(delta_bias),
                int(bool(delta_softplus)), _ptr(D), _ptr(B), *_rows(B, b, l), _ptr(C), *_rows(C, b, l),
                _ptr(z), *_rows(z, b, l), _ptr(h), _ptr(y), *_rows(y, b, l), nthreads)
     return y
 
 
-def conv_step(x, state, weight, bias=None, silu: bool = True, out=None) -> torch.Tensor:
-    """One causal-conv decode step: state (b, c, k) contiguous, shifted in place; x (b, c) rows."""
+def conv_step(x, state, weight, bias=None, silu: bool = True, out=None, check: bool = True) -> torch.Tensor:
+    """One causal-conv decode step: state (b, c, k) contiguous, shifted in place; x (b, c) rows;
+    weight (c, k) or (c, 1, k), contiguous with check=False (as selective_scan)."""
     b, c, k = state.shape
-    _check_rows("x", x, (b, c))
-    if not state.is_contiguous() or state.dtype != torch.float32:
-        raise ValueError(f"cpu_kernels: conv state must be fp32 contiguous, got {state.dtype} {state.stride()}")
-    w = weight.reshape(c, k).contiguous()
+    if check:
+        _check_rows("x", x, (b, c))
+        if not state.is_contiguous() or state.dtype != torch.float32:
+            raise ValueError(f"cpu_kernels: conv state must be fp32 contiguous, got {state.dtype} {state.stride()}")
+        weight = weight.reshape(c, k).contiguous()
+        bias = None if bias is None else bias.contiguous()
     y = torch.empty(b, c) if out is None else out
-    _lib.conv_step(b, c, k, _ptr(x), x.stride(0), _ptr(state), _ptr(w),
-                   _ptr(None if bias is None else bias.contiguous()), int(silu), _ptr(y), y.stride(0))
+    _lib.conv_step(b, c, k, _ptr(x), x.stride(0), _ptr(state), _ptr(weight), _ptr(bias), int(silu), _ptr(y),
+                   y.stride(0))
     return y
 
 
 def ssd_step(x, dt, A, B, C, state, D=None, dt_bias=None, dt_softplus=True, dt_limit=(0.0, float("inf")),
-             out=None) -> torch.Tensor:
+             out=None, check: bool = True) -> torch.Tensor:
     """One Mamba-2 decode step: state (b, h, p, n) fp32 contiguous, advanced in place.
 
     x (b, h p), dt (b, h), B, C (b, g n): rows with a contiguous last axis. D (h,) or (h, p).
-    Returns y (b, h p) = C . state + D x (no gate)."""
+    Returns y (b, h p) = C . state + D x (no gate). check=False: as selective_scan."""
     b, h, p, n = state.shape
     g = B.shape[1] // n
-    for name, t, shape in (("x", x, (b, h * p)), ("dt", dt, (b, h)), ("B", B, (b, g * n)), ("C", C, (b, g * n))):
-        _check_rows(name, t, shape)
-    if not state.is_contiguous() or state.dtype != torch.float32:
-        raise ValueError(f"cpu_kernels: SSD state must be fp32 contiguous, got {state.dtype} {state.stride()}")
-    A, D, bias = (None if t is None else t.float().contiguous() for t in (A, D, dt_bias))
+    if check:
+        for name, t, shape in (("x", x, (b, h * p)), ("dt", dt, (b, h)), ("B", B, (b, g * n)), ("C", C, (b, g * n))):
+            _check_rows(name, t, shape)
+        if not state.is_contiguous() or state.dtype != torch.float32:
+            raise ValueError(f"cpu_kernels: SSD state must be fp32 contiguous, got {state.dtype} {state.stride()}")
+        A, D, dt_bias = (None if t is None else t.float().contiguous() for t in (A, D, dt_bias))
+    bias = dt_bias
     y = torch.empty(b, h * p) if out is None else out
     _lib.ssd_step(b, h, p, n, g, _ptr(x), x.stride(0), _ptr(dt), dt.stride(0), _ptr(bias), int(bool(dt_softplus)),
                   float(dt_limit[0]), float(dt_limit[1]), _ptr(A), _ptr(B), B.stride(0), _ptr(C), C.stride(0),

@@ -1,0 +1,106 @@
+"""The compiled CPU kernels (mambakit/ops/cpu_kernels.py) against the reference tiers.
+
+Letters: b batch, l length, e inner width, n state dim, h heads, p head dim, g groups, c channels,
+k conv width.
+"""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mambakit
+from mambakit.ops import cpu_kernels
+from mambakit.ops.selective_scan.reference import selective_scan_ref
+from mambakit.ops.ssd.reference import ssd_ref
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler: the CPU kernels are off")
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / (b.double().norm() + 1e-30)).item()
+
+
+@pytest.mark.parametrize("b,l,e,n,full,threads", [(1, 1, 16, 16, True, 1), (2, 7, 40, 16, True, 2),
+                                                  (1, 63, 33, 5, False, 2), (2, 257, 24, 16, True, 3)])
+def test_selective_scan_matches_reference(b, l, e, n, full, threads):
+    g = torch.Generator().manual_seed(l + e)
+    u, delta, z = (torch.randn(b, l, e, generator=g) for _ in range(3))
+    A = -(torch.rand(e, n, generator=g) * 4 + 0.1)
+    B, C = torch.randn(b, l, n, generator=g), torch.randn(b, l, n, generator=g)
+    D, bias, h0 = torch.randn(e, generator=g), torch.randn(e, generator=g), torch.randn(b, e, n, generator=g)
+    if not full:
+        delta = delta.abs()
+    kw = dict(D=D, z=z, delta_bias=bias) if full else {}
+    y_ref, h_ref = selective_scan_ref(u.double(), delta.double(), A.double(), B.double(), C.double(),
+                                      delta_softplus=full, initial_state=h0.double(),
+                                      **{k: v.double() for k, v in kw.items()})
+    h = h0.clone()
+    y = cpu_kernels.selective_scan(u, delta, A, B, C, h, delta_softplus=full, threads=threads, **kw)
+    assert rel(y, y_ref) < 1e-5 and rel(h, h_ref) < 1e-5
+    # in place over u, with B and C strided views of one (b, l, 2n) tensor
+    BC = torch.cat([B, C], dim=-1)
+    h2, u2 = h0.clone(), u.clone()
+    y2 = cpu_kernels.selective_scan(u2, delta, A, BC[..., :n], BC[..., n:], h2, delta_softplus=full, out=u2, **kw)
+    assert y2.data_ptr() == u2.data_ptr() and torch.equal(y2, y) and torch.equal(h2, h)
+
+
+def test_selective_scan_rejects_bad_rows():
+    u = torch.randn(1, 4, 8)
+    with pytest.raises(ValueError, match="contiguous last axis"):
+        cpu_kernels.selective_scan(u, u, -torch.ones(8, 4), torch.randn(1, 4, 8)[..., ::2], torch.randn(1, 4, 4),
+                                   torch.zeros(1, 8, 4))
+
+
+def test_conv_step_matches_torch():
+    g = torch.Generator().manual_seed(0)
+    b, c, k = 2, 37, 4
+    state, w, bias = torch.randn(b, c, k, generator=g), torch.randn(c, 1, k, generator=g), torch.randn(c, generator=g)
+    x = torch.randn(b, 2 * c, generator=g)[:, :c]  # strided rows, as a slice of in_proj's output
+    expected_state = torch.cat([state[:, :, 1:], x[:, :, None]], dim=2)
+    expected = F.silu((expected_state * w.squeeze(1)).sum(-1) + bias)
+    y = cpu_kernels.conv_step(x, state, w, bias)
+    assert torch.allclose(y, expected, atol=1e-5) and torch.equal(state, expected_state)
+
+
+@pytest.mark.parametrize("h,g,d_dims,limit", [(4, 1, 1, (0.0, float("inf"))), (6, 3, 2, (0.01, 0.5)), (2, 2, 0, (0.0, 1.0))])
+def test_ssd_step_matches_reference(h, g, d_dims, limit):
+    gen = torch.Generator().manual_seed(h * 10 + g)
+    b, p, n = 2, 8, 12
+    x, dt = torch.randn(b, h * p, generator=gen), torch.randn(b, h, generator=gen)
+    B, C = torch.randn(b, g * n, generator=gen), torch.randn(b, g * n, generator=gen)
+    A, bias = -(torch.rand(h, generator=gen) * 4 + 0.5), torch.randn(h, generator=gen)
+    D = None if d_dims == 0 else torch.randn(h, generator=gen) if d_dims == 1 else torch.randn(h, p, generator=gen)
+    s0 = torch.randn(b, h, p, n, generator=gen)
+    y_ref, s_ref = ssd_ref(x.view(b, 1, h, p).double(), dt.view(b, 1, h).double(), A.double(),
+                           B.view(b, 1, g, n).double(), C.view(b, 1, g, n).double(),
+                           D=None if D is None else D.double(), dt_bias=bias.double(), dt_softplus=True,
+                           dt_limit=limit, initial_state=s0.double())
+    s = s0.clone()
+    y = cpu_kernels.ssd_step(x, dt, A, B, C, s, D=D, dt_bias=bias, dt_softplus=True, dt_limit=limit)
+    assert rel(y, y_ref.view(b, h * p)) < 1e-5 and rel(s, s_ref) < 1e-5
+
+
+@pytest.mark.parametrize("preset", ["mamba-130m", "mamba2-130m"])
+def test_model_with_kernels_equals_without(preset, monkeypatch):
+    """Prefill + decode steps through the kernels give the PyTorch path's logits (and the full forward's)."""
+    cfg = mambakit.ModelConfig.from_preset(preset)
+    cfg = dataclasses.replace(cfg, n_layer=2, layer_pattern="MM", d_model=64, vocab_size=128)
+    torch.manual_seed(0)
+    model = mambakit.LM(cfg).eval()
+    ids = torch.randint(0, 128, (2, 21))
+
+    def run():
+        with torch.inference_mode():
+            cache = model.allocate_cache(2)
+            out = [model(ids[:, :15], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(15, 21)]
+            return torch.cat(out, dim=1), cache.layers[0]["ssm"].clone()
+
+    on, state_on = run()
+    monkeypatch.setenv("MAMBAKIT_CPU_KERNELS", "off")
+    assert not cpu_kernels.available()
+    off, state_off = run()
+    with torch.inference_mode():
+        full = model(ids)
+    assert (on - off).abs().max() < 1e-5 and (on - full).abs().max() < 1e-5
+    assert torch.allclose(state_on, state_off, rtol=1e-5, atol=1e-6)
