@@ -56,8 +56,8 @@ CONFIG = {"state_warps": 8, "scan_warps": 8, "dx_warps": 8, "dbdc_warps": 8, "st
           # "rows": the kernels of triton_rows.py, one program per (chunk, row block, head), nothing
           # carried between blocks; rows_bm / rows_bp their row / p blocks, rows_cb: the forward
           # reads C B^T computed once per group (when h > g) instead of recomputing it per head
-          "scan_impl": "recur", "dx_impl": "recur", "rows_bm": 64, "rows_bp": 64, "rows_warps": 4,
-          "rows_stages": 2, "rows_cb": False, "dx_rows_warps": 4, "dx_rows_bm": 64,
+          "scan_impl": "rows", "dx_impl": "rows", "rows_bm": 64, "rows_bp": 64, "rows_warps": 4,
+          "rows_stages": 2, "rows_cb": True, "dx_rows_warps": 4, "dx_rows_bm": 64,
           "rows_heads_first": True,  # grid order of the rows kernels (triton_rows._row_and_head)
           # per-kernel pipeline depth of the dB/dC kernel; None: "stages"
           "dbdc_stages": None,
