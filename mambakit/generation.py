@@ -227,7 +227,13 @@ class _Stopping:
         return token
 
     def all_done(self) -> bool:
-        return self.active and bool(self.finished.all())
+        return self.active and bool(self.finished.all())  # a host sync
+
+
+# generate() asks whether every row has stopped only this often: each ask waits for the GPU, and
+# a step-by-step wait leaves the GPU idle while the host prepares the next step. The extra steps
+# (padding only) are dropped afterwards, so the output is the same. stream() asks every step.
+_STOP_CHECK_EVERY = 16
 
 
 def prefill(model, input_ids: torch.Tensor, cache, seq_idx: torch.Tensor | None = None,
@@ -256,8 +262,10 @@ def prefill(model, input_ids: torch.Tensor, cache, seq_idx: torch.Tensor | None 
 
 
 @torch.inference_mode()
-def _decode(model, prompt: _Prompt, s: _Settings):
-    """Yield one (b,) tensor of new token ids per step."""
+def _decode(model, prompt: _Prompt, s: _Settings, all_done: list | None = None):
+    """Yield one (b,) tensor of new token ids per step. all_done: a list to receive, per step, a 0-d
+    device bool "every row has stopped"; the loop then checks it on the host only every
+    _STOP_CHECK_EVERY steps, and the caller drops the steps after the first True (see generate)."""
     if s.max_new_tokens == 0:
         return
     b, device = prompt.ids.shape[0], prompt.ids.device
@@ -279,13 +287,13 @@ def _decode(model, prompt: _Prompt, s: _Settings):
             return model(token, cache=cache, validate=False)[:, -1]
 
     try:
-        yield from _loop(model, prompt, s, cache, step)
+        yield from _loop(model, prompt, s, cache, step, all_done)
     finally:  # also when a stream is closed or dropped half-way
         if decoder is not None:
             decoder.busy = False
 
 
-def _loop(model, prompt: _Prompt, s: _Settings, cache, step):
+def _loop(model, prompt: _Prompt, s: _Settings, cache, step, all_done: list | None = None):
     b = prompt.ids.shape[0]
     device = prompt.ids.device
     seq_idx = None
@@ -306,7 +314,13 @@ def _loop(model, prompt: _Prompt, s: _Settings, cache, step):
         if seen is not None:
             seen.scatter_(1, token[:, None], True)
         yield token
-        if i + 1 == s.max_new_tokens or stopping.all_done():
+        if i + 1 == s.max_new_tokens:
+            return
+        if all_done is not None and stopping.active:
+            all_done.append(stopping.finished.all())  # stays on the device
+            if (i + 1) % _STOP_CHECK_EVERY == 0 and stopping.all_done():
+                return
+        elif stopping.all_done():
             return
         logits = step(token[:, None])
 
@@ -337,7 +351,14 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     prompt = _normalize_prompt(model, input_ids, attention_mask)
     s = _settings(model, prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
                   eos_token_id, stop_sequences, pad_token_id, generator, max_length, prefill_chunk, cuda_graph)
-    new = list(_decode(model, prompt, s))
+    all_done: list = []
+    new = list(_decode(model, prompt, s, all_done))
+    if all_done:
+        # The steps after the first one at which every row had stopped hold only padding: drop
+        # them, as a step-by-step check would have stopped there (one host sync, not one per token).
+        done = torch.stack(all_done)  # (steps,)
+        if bool(done.any()):
+            new = new[: int(done.int().argmax()) + 1]
     out = torch.cat([prompt.original.long()] + [t[:, None] for t in new], dim=1)  # (b, l + t)
     if prompt.shifts is not None:
         out = _roll_rows(out, -prompt.shifts)

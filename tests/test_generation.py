@@ -218,6 +218,22 @@ def test_eos_finishes_rows_and_pads_them():
     assert single.shape[1] == 3 + _first(free[0], eos) + 1 and single[0, -1] == eos
 
 
+def test_generate_stops_where_every_row_stopped_despite_lazy_checks():
+    """generate checks for "all rows stopped" on the host only every few steps; its output still
+    ends at the step where the last row stopped, as stream (checked every step) does."""
+    from mambakit.generation import _STOP_CHECK_EVERY
+    model = make_model("mamba2")
+    ids, mask, _ = _padded([3, 6])
+    n = 3 * _STOP_CHECK_EVERY
+    free = mambakit.generate(model, ids, n, attention_mask=mask)[:, 6:].tolist()
+    eos = free[1][2]  # row 1 stops at step 2 at the latest; row 0 wherever it meets the same id
+    out = mambakit.generate(model, ids, n, attention_mask=mask, eos_token_id=eos)
+    streamed = torch.stack(list(mambakit.stream(model, ids, n, attention_mask=mask, eos_token_id=eos)), 1)
+    assert torch.equal(out[:, 6:], streamed)
+    last = max(_first(ref, eos) if _first(ref, eos) is not None else n - 1 for ref in free)
+    assert out.shape[1] == 6 + last + 1
+
+
 def test_stop_sequences_finish_rows():
     model = make_model("mamba2")
     ids = torch.randint(0, 256, (1, 5))
