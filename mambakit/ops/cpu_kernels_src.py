@@ -1,0 +1,252 @@
+"""The C source of ops/cpu_kernels.py (kept apart so that file stays short; a .py module, so
+every install ships it).
+
+Letters: b batch, l length, e inner width, n state dim, h heads, p head dim, g groups,
+c conv channels, k conv width, r dt rank, d model width.
+"""
+
+SOURCE = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <pthread.h>
+
+typedef int64_t i64;
+
+/* exp(x), Cephes' polynomial; exactly 0 below -87 (no subnormals: they slow later ops). */
+static inline float fexp(float x) {
+    float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float kf = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  /* round to nearest */
+    float r = xc - kf * 0.693359375f + kf * 2.12194440e-4f;
+    float q = 1.9875691500e-4f;
+    q = q * r + 1.3981999507e-3f; q = q * r + 8.3334519073e-3f; q = q * r + 4.1665795894e-2f;
+    q = q * r + 1.6666665459e-1f; q = q * r + 5.0000001201e-1f;
+    q = q * r * r + r + 1.0f;
+    union { int32_t i; float f; } s; s.i = ((int32_t)kf + 127) << 23;
+    return x < -87.0f ? 0.0f : q * s.f;
+}
+
+/* log(x) for normal x > 0, Cephes' polynomial. */
+static inline float flog(float x) {
+    union { float f; int32_t i; } v; v.f = x;
+    float ex = (float)(((v.i >> 23) & 0xff) - 127);
+    v.i = (v.i & 0x007fffff) | 0x3f800000;
+    float m = v.f;
+    int big = m > 1.41421356f;
+    m = big ? 0.5f * m : m;
+    ex = big ? ex + 1.0f : ex;
+    float f = m - 1.0f, z = f * f;
+    float p = 7.0376836292e-2f;
+    p = p * f - 1.1514610310e-1f; p = p * f + 1.1676998740e-1f; p = p * f - 1.2420140846e-1f;
+    p = p * f + 1.4249322787e-1f; p = p * f - 1.6668057665e-1f; p = p * f + 2.0000714765e-1f;
+    p = p * f - 2.4999993993e-1f; p = p * f + 3.3333331174e-1f;
+    return f * z * p - 0.5f * z + f + ex * 0.693147180559945f;
+}
+
+/* torch's softplus (beta 1, threshold 20): log1p(exp(x)), log1p as log(u) * y / (u - 1). */
+static inline float fsoftplus(float x) {
+    float y = fexp(x), u = 1.0f + y;
+    float lp = u == 1.0f ? y : flog(u) * (y / (u - 1.0f));
+    return x > 20.0f ? x : lp;
+}
+
+static inline float fsilu(float x) { return x / (1.0f + fexp(-x)); }
+
+/* ---- Mamba-1 selective scan (prefill and decode step) ----
+   u, dl, z, y: rows of e (row strides given), B, C: rows of n; A (e, n); h (b, e, n) in place.
+   y may be u itself: each y[t, j] is written after u[t, j] was read. */
+typedef struct {
+    i64 b, l, e, n, e0, e1;
+    const float *u; i64 su_b, su_l;
+    const float *dl; i64 sd_b, sd_l;
+    const float *A, *bias, *D;
+    const float *B; i64 sB_b, sB_l;
+    const float *C; i64 sC_b, sC_l;
+    const float *z; i64 sz_b, sz_l;
+    float *h, *y; i64 sy_b, sy_l;
+    int softplus;
+} scan1_t;
+
+/* The state update of w channels at one time step: h = exp(d A) h + d u B, acc = C . h. */
+static void scan1_channels(float *restrict h, const float *restrict A, const float *restrict d,
+                           const float *restrict du, const float *restrict Bt, const float *restrict Ct,
+                           float *restrict acc, i64 w, i64 n) {
+    for (i64 j = 0; j < w; j++) {
+        float s = 0.0f;
+        #pragma omp simd reduction(+:s)
+        for (i64 k = 0; k < n; k++) {
+            float hv = fexp(d[j] * A[j * n + k]) * h[j * n + k] + du[j] * Bt[k];
+            h[j * n + k] = hv;
+            s += hv * Ct[k];
+        }
+        acc[j] = s;
+    }
+}
+
+/* The same with the state and A laid out (n, w): vectors along the channels. */
+static void scan1_lanes(float *restrict hT, const float *restrict AT, const float *restrict d,
+                        const float *restrict du, const float *restrict Bt, const float *restrict Ct,
+                        float *restrict acc, i64 w, i64 n) {
+    for (i64 j = 0; j < w; j++) acc[j] = 0.0f;
+    for (i64 k = 0; k < n; k++) {
+        const float Bk = Bt[k], Ck = Ct[k];
+        float *restrict hk = hT + k * w;
+        const float *restrict Ak = AT + k * w;
+        #pragma omp simd
+        for (i64 j = 0; j < w; j++) {
+            float hv = fexp(d[j] * Ak[j]) * hk[j] + du[j] * Bk;
+            hk[j] = hv;
+            acc[j] += hv * Ck;
+        }
+    }
+}
+
+/* n = 16 (Mamba-1's usual state size): one 16-lane vector per channel, no loop overhead. */
+static void scan1_channels16(float *restrict h, const float *restrict A, const float *restrict d,
+                             const float *restrict du, const float *restrict Bt, const float *restrict Ct,
+                             float *restrict acc, i64 w) {
+    float Bl[16], Cl[16];
+    for (int k = 0; k < 16; k++) { Bl[k] = Bt[k]; Cl[k] = Ct[k]; }
+    for (i64 j = 0; j < w; j++) {
+        float s = 0.0f;
+        #pragma omp simd reduction(+:s)
+        for (int k = 0; k < 16; k++) {
+            float hv = fexp(d[j] * A[j * 16 + k]) * h[j * 16 + k] + du[j] * Bl[k];
+            h[j * 16 + k] = hv;
+            s += hv * Cl[k];
+        }
+        acc[j] = s;
+    }
+}
+
+static void scan1_range(const scan1_t *a) {
+    const i64 n = a->n, w = a->e1 - a->e0;
+    float *d = (float *)malloc(sizeof(float) * 3 * (w + 16));
+    float *du = d + w + 16, *acc = du + w + 16;
+    /* Many steps: the state and A transposed to (n, w), so that every op runs along the channels
+       (16 independent lanes, no horizontal sums); one step (decode) works in place instead. */
+    float *hT = 0, *AT = 0;
+    if (a->l > 1) {
+        hT = (float *)malloc(sizeof(float) * 2 * n * w);
+        AT = hT + n * w;
+        for (i64 j = 0; j < w; j++)
+            for (i64 k = 0; k < n; k++) AT[k * w + j] = a->A[(a->e0 + j) * n + k];
+    }
+    for (i64 bi = 0; bi < a->b; bi++) {
+        float *hb = a->h + bi * a->e * n;
+        if (hT)
+            for (i64 j = 0; j < w; j++)
+                for (i64 k = 0; k < n; k++) hT[k * w + j] = hb[(a->e0 + j) * n + k];
+        for (i64 t = 0; t < a->l; t++) {
+            const float *u = a->u + bi * a->su_b + t * a->su_l + a->e0;
+            const float *dl = a->dl + bi * a->sd_b + t * a->sd_l + a->e0;
+            const float *Bt = a->B + bi * a->sB_b + t * a->sB_l;
+            const float *Ct = a->C + bi * a->sC_b + t * a->sC_l;
+            const float *bias = a->bias ? a->bias + a->e0 : 0;
+            #pragma omp simd
+            for (i64 j = 0; j < w; j++) {
+                float x = dl[j] + (bias ? bias[j] : 0.0f);
+                x = a->softplus ? fsoftplus(x) : x;
+                d[j] = x;
+                du[j] = x * u[j];
+            }
+            if (hT) scan1_lanes(hT, AT, d, du, Bt, Ct, acc, w, n);
+            else if (n == 16) scan1_channels16(hb + a->e0 * 16, a->A + a->e0 * 16, d, du, Bt, Ct, acc, w);
+            else scan1_channels(hb + a->e0 * n, a->A + a->e0 * n, d, du, Bt, Ct, acc, w, n);
+            float *y = a->y + bi * a->sy_b + t * a->sy_l + a->e0;
+            const float *D = a->D ? a->D + a->e0 : 0;
+            const float *z = a->z ? a->z + bi * a->sz_b + t * a->sz_l + a->e0 : 0;
+            #pragma omp simd
+            for (i64 j = 0; j < w; j++) {
+                float out = acc[j] + (D ? D[j] * u[j] : 0.0f);
+                y[j] = z ? out * fsilu(z[j]) : out;
+            }
+        }
+        if (hT)
+            for (i64 j = 0; j < w; j++)
+                for (i64 k = 0; k < n; k++) hb[(a->e0 + j) * n + k] = hT[k * w + j];
+    }
+    free(d);
+    free(hT);
+}
+
+static void *scan1_thread(void *p) { scan1_range((const scan1_t *)p); return 0; }
+
+/* Channels split into nthreads contiguous ranges (multiples of 16): no two threads share a line. */
+void scan1(i64 b, i64 l, i64 e, i64 n,
+           const float *u, i64 su_b, i64 su_l, const float *dl, i64 sd_b, i64 sd_l,
+           const float *A, const float *bias, int softplus, const float *D,
+           const float *B, i64 sB_b, i64 sB_l, const float *C, i64 sC_b, i64 sC_l,
+           const float *z, i64 sz_b, i64 sz_l, float *h, float *y, i64 sy_b, i64 sy_l, int nthreads) {
+    scan1_t args[64];
+    pthread_t tid[64];
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > 64) nthreads = 64;
+    i64 per = ((e + nthreads - 1) / nthreads + 15) / 16 * 16;
+    int used = 0;
+    for (int i = 0; i < nthreads; i++) {
+        i64 e0 = i * per, e1 = e0 + per < e ? e0 + per : e;
+        if (e0 >= e) break;
+        scan1_t s = {b, l, e, n, e0, e1, u, su_b, su_l, dl, sd_b, sd_l, A, bias, D, B, sB_b, sB_l,
+                     C, sC_b, sC_l, z, sz_b, sz_l, h, y, sy_b, sy_l, softplus};
+        args[used++] = s;
+    }
+    for (int i = 1; i < used; i++) pthread_create(&tid[i], 0, scan1_thread, &args[i]);
+    scan1_range(&args[0]);
+    for (int i = 1; i < used; i++) pthread_join(tid[i], 0);
+}
+
+/* ---- causal conv, one decode step: state (b, c, k) shifted left, x appended, y = act(w . state + bias) ---- */
+void conv_step(i64 b, i64 c, i64 k, const float *x, i64 sx_b, float *state, const float *w,
+               const float *bias, int silu, float *y, i64 sy_b) {
+    for (i64 bi = 0; bi < b; bi++) {
+        const float *xb = x + bi * sx_b;
+        float *sb = state + bi * c * k, *yb = y + bi * sy_b;
+        for (i64 ch = 0; ch < c; ch++) {
+            float *s = sb + ch * k;
+            const float *wc = w + ch * k;
+            float acc = bias ? bias[ch] : 0.0f;
+            for (i64 j = 0; j + 1 < k; j++) { s[j] = s[j + 1]; acc += wc[j] * s[j]; }
+            s[k - 1] = xb[ch];
+            acc += wc[k - 1] * xb[ch];
+            yb[ch] = acc;
+        }
+        if (silu) {
+            #pragma omp simd
+            for (i64 ch = 0; ch < c; ch++) yb[ch] = fsilu(yb[ch]);
+        }
+    }
+}
+
+/* ---- Mamba-2 SSD, one decode step: state (b, h, p, n) in place; x, y (b, h p); dt (b, h); B, C (b, g n) ---- */
+void ssd_step(i64 b, i64 h, i64 p, i64 n, i64 g, const float *x, i64 sx_b, const float *dt, i64 sdt_b,
+              const float *dt_bias, int softplus, float lo, float hi, const float *A,
+              const float *B, i64 sB_b, const float *C, i64 sC_b, const float *D, int d_per_channel,
+              float *state, float *y, i64 sy_b) {
+    const i64 rep = h / g;
+    for (i64 bi = 0; bi < b; bi++) {
+        for (i64 hh = 0; hh < h; hh++) {
+            const float *Bg = B + bi * sB_b + (hh / rep) * n, *Cg = C + bi * sC_b + (hh / rep) * n;
+            float d = dt[bi * sdt_b + hh] + (dt_bias ? dt_bias[hh] : 0.0f);
+            d = softplus ? fsoftplus(d) : d;
+            d = d < lo ? lo : (d > hi ? hi : d);
+            const float dA = fexp(d * A[hh]);
+            const float *xh = x + bi * sx_b + hh * p;
+            float *yh = y + bi * sy_b + hh * p;
+            float *sh = state + (bi * h + hh) * p * n;
+            for (i64 pi = 0; pi < p; pi++) {
+                float *row = sh + pi * n;
+                const float dx = d * xh[pi];
+                float s = 0.0f;
+                #pragma omp simd reduction(+:s)
+                for (i64 k = 0; k < n; k++) {
+                    float hv = dA * row[k] + dx * Bg[k];
+                    row[k] = hv;
+                    s += hv * Cg[k];
+                }
+                float skip = D ? (d_per_channel ? D[hh * p + pi] : D[hh]) : 0.0f;
+                yh[pi] = s + skip * xh[pi];
+            }
+        }
+    }
+}
+"""
