@@ -110,18 +110,28 @@ class Mamba1Mixer(nn.Module):
                 and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log))
 
     def _step_cpu_kernels(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
-        """step() as the four projections and two compiled kernels (conv + SiLU; softplus + SSM
-        update + C h + D x + gate), states in place: a handful of calls instead of ~30 small ops."""
-        e, r, n = self.d_inner, self.dt_rank, self.d_state
+        """step() as in_proj, one compiled call (conv + SiLU, x_proj, dt_proj, softplus, SSM update,
+        C h + D x, gate; states in place) and out_proj. The two small projections inside the kernel:
+        as torch calls each woke the thread pool for a few microseconds of work, 24 times a token."""
         xz = F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)  # (b, 2e)
-        x = cpu_kernels.conv_step(xz[:, :e], state["conv"], self.conv1d.weight, self.conv1d.bias, check=False)
+        params = (self.conv1d.weight, self.x_proj.weight, self.dt_proj.weight)
+        if not all(t.is_contiguous() for t in params):  # e.g. a transposed view loaded from a checkpoint
+            return self._step_cpu_kernels_split(xz, state)
+        y = cpu_kernels.mamba1_step(xz, state["conv"], self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                                    self.dt_proj.weight, self.dt_proj.bias, neg_exp_cached(self), self.D,
+                                    state["ssm"])  # (b, e)
+        return F.linear(y, self.out_proj.weight, self.out_proj.bias).unsqueeze(1)  # (b, 1, d)
+
+    def _step_cpu_kernels_split(self, xz: torch.Tensor, state: dict) -> torch.Tensor:
+        """The step after in_proj with the projections in torch: any weight layout."""
+        e, r, n = self.d_inner, self.dt_rank, self.d_state
+        x = cpu_kernels.conv_step(xz[:, :e], state["conv"], self.conv1d.weight, self.conv1d.bias)
         xdbl = F.linear(x, self.x_proj.weight)  # (b, r + 2n)
         dt = F.linear(xdbl[:, :r], self.dt_proj.weight)  # (b, e), the bias goes into the kernel
         x1 = x.unsqueeze(1)  # (b, 1, e)
         y = cpu_kernels.selective_scan(x1, dt.unsqueeze(1), neg_exp_cached(self), xdbl[:, None, r:r + n],
                                        xdbl[:, None, r + n:], state["ssm"], D=self.D, z=xz[:, None, e:],
-                                       delta_bias=self.dt_proj.bias, delta_softplus=True, out=x1,
-                                       check=False)  # (b, 1, e)
+                                       delta_bias=self.dt_proj.bias, delta_softplus=True, out=x1)  # (b, 1, e)
         return F.linear(y, self.out_proj.weight, self.out_proj.bias)  # (b, 1, d)
 
     def _step_triton(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:

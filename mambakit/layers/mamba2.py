@@ -123,15 +123,22 @@ class Mamba2Mixer(nn.Module):
                 and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log))
 
     def _step_cpu_kernels(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
-        """step() as in_proj, two compiled kernels (conv + SiLU; dt, SSM update, C h + D x), the
-        gated norm and out_proj: a handful of calls instead of ~30 small ops."""
-        e, gn = self.d_inner, self.ngroups * self.d_state
-        z, xBC, dt = self._split(F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias))
-        xBC = cpu_kernels.conv_step(xBC, state["conv"], self.conv1d.weight, self.conv1d.bias, check=False)
-        y = cpu_kernels.ssd_step(xBC[:, :e], dt, neg_exp_cached(self), xBC[:, e:e + gn], xBC[:, e + gn:],
-                                 state["ssm"], D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-                                 dt_limit=self.dt_limit, check=False)  # (b, e)
-        return self._gate_norm_out(y, z).unsqueeze(1)
+        """step() as in_proj, one compiled call (conv + SiLU, dt, SSM update, C h + D x, the gated
+        norm; states in place) and out_proj: three calls instead of ~30 small ops."""
+        zxbcdt = F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)  # (b, 2e + 2gn + h)
+        if not self.conv1d.weight.is_contiguous():  # e.g. a transposed view loaded from a checkpoint
+            z, xBC, dt = self._split(zxbcdt)
+            xBC = cpu_kernels.conv_step(xBC, state["conv"], self.conv1d.weight, self.conv1d.bias)
+            e, gn = self.d_inner, self.ngroups * self.d_state
+            y = cpu_kernels.ssd_step(xBC[:, :e], dt, neg_exp_cached(self), xBC[:, e:e + gn], xBC[:, e + gn:],
+                                     state["ssm"], D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+                                     dt_limit=self.dt_limit)  # (b, e)
+            return self._gate_norm_out(y, z).unsqueeze(1)
+        y = cpu_kernels.mamba2_step(zxbcdt, state["conv"], self.conv1d.weight, self.conv1d.bias, self.dt_bias,
+                                    self.dt_limit, neg_exp_cached(self), self.D, state["ssm"], self.ngroups,
+                                    self.norm.weight, self.eps, self.d_inner // self.ngroups,
+                                    self.norm_before_gate)  # (b, e)
+        return F.linear(y, self.out_proj.weight, self.out_proj.bias).unsqueeze(1)  # (b, 1, d)
 
     def _step_triton(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as one fused kernel (conv shift + conv + SiLU + SSM update + y, states in place),

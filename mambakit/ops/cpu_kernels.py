@@ -76,7 +76,10 @@ def _build():
                                      _P, _I, _I, _P, _P, _I, _I, _INT]
     lib.conv_step.argtypes = [_I, _I, _I, _P, _I, _P, _P, _P, _INT, _P, _I]
     lib.ssd_step.argtypes = [_I] * 5 + [_P, _I, _P, _I, _P, _INT, _F, _F, _P, _P, _I, _P, _I, _P, _INT, _P, _P, _I]
-    for fn in (lib.scan1, lib.conv_step, lib.ssd_step):
+    lib.add_rms_norm.argtypes = [_I, _I, _P, _I, _P, _I, _P, _F, _P, _I]
+    lib.mamba1_step.argtypes = [_I] * 5 + [_P, _I] + [_P] * 10 + [_INT]
+    lib.mamba2_step.argtypes = [_I] * 6 + [_P, _I, _P, _P, _P, _P, _F, _F, _P, _P, _INT, _P, _P, _F, _I, _INT, _P, _P]
+    for fn in (lib.scan1, lib.conv_step, lib.ssd_step, lib.add_rms_norm, lib.mamba1_step, lib.mamba2_step):
         fn.restype = None
     return lib
 
@@ -183,4 +186,54 @@ def ssd_step(x, dt, A, B, C, state, D=None, dt_bias=None, dt_softplus=True, dt_l
     _lib.ssd_step(b, h, p, n, g, _ptr(x), x.stride(0), _ptr(dt), dt.stride(0), _ptr(bias), int(bool(dt_softplus)),
                   float(dt_limit[0]), float(dt_limit[1]), _ptr(A), _ptr(B), B.stride(0), _ptr(C), C.stride(0),
                   _ptr(D), int(D is not None and D.dim() == 2), _ptr(state), _ptr(y), y.stride(0))
+    return y
+
+
+def rms_norm(x, weight, eps: float, residual=None, out=None) -> torch.Tensor:
+    """x / rms(x) * weight over the last axis (d) of x (..., d) fp32 contiguous.
+
+    residual (same shape, contiguous): added into x first, in place (x += residual), as a pre-norm
+    block's residual stream. Returns a fresh (..., d) tensor unless out is given."""
+    d = x.shape[-1]
+    if not x.is_contiguous() or x.dtype != torch.float32 or weight.shape != (d,) or not weight.is_contiguous():
+        raise ValueError(f"cpu_kernels.rms_norm: x must be fp32 contiguous (..., {d}) and weight ({d},) "
+                         f"contiguous, got x {x.dtype} strides {x.stride()}, weight {tuple(weight.shape)}")
+    if residual is not None and (residual.shape != x.shape or not residual.is_contiguous()):
+        raise ValueError(f"cpu_kernels.rms_norm: residual must be contiguous {tuple(x.shape)}, got {tuple(residual.shape)}")
+    y = torch.empty_like(x) if out is None else out
+    rows = x.numel() // d if d else 0
+    _lib.add_rms_norm(rows, d, _ptr(x), d, _ptr(residual), d, _ptr(weight), float(eps), _ptr(y), d)
+    return y
+
+
+def mamba1_step(xz, conv_state, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, h, out=None,
+                threads: int = 1) -> torch.Tensor:
+    """A Mamba-1 decode step after in_proj, one call: conv + SiLU, x_proj, dt_proj, softplus, SSM
+    update (h (b, e, n) and conv_state (b, e, k) in place), C h + D x, gate by SiLU(z).
+
+    xz (b, 2e) rows with a contiguous last axis ([x, z], in_proj's output); x_proj_w (r + 2n, e),
+    dt_proj_w (e, r), conv_w (e, k) or (e, 1, k), A (e, n): contiguous fp32. Returns y (b, e).
+    No checks (a layer's decode step passes its own parameters; each check costs microseconds)."""
+    b, e, n = h.shape
+    r = dt_proj_w.shape[1]
+    y = torch.empty(b, e) if out is None else out
+    _lib.mamba1_step(b, e, n, r, conv_state.shape[2], _ptr(xz), xz.stride(0), _ptr(conv_state), _ptr(conv_w),
+                     _ptr(conv_b), _ptr(x_proj_w), _ptr(dt_proj_w), _ptr(dt_bias), _ptr(A), _ptr(D), _ptr(h), _ptr(y),
+                     threads)
+    return y
+
+
+def mamba2_step(zxbcdt, conv_state, conv_w, conv_b, dt_bias, dt_limit, A, D, state, ngroups: int,
+                norm_w, eps: float, group_size: int, norm_before_gate: bool, out=None) -> torch.Tensor:
+    """A Mamba-2 decode step after in_proj, one call: conv + SiLU over xBC, the SSD step (states in
+    place), the gated RMSNorm with z. zxbcdt (b, 2e + 2gn + h) rows with a contiguous last axis;
+    state (b, h, p, n); parameters contiguous fp32. Returns y (b, e), ready for out_proj. No checks."""
+    b, h, p, n = state.shape
+    e = h * p
+    xbc = torch.empty(b, e + 2 * ngroups * n)  # (b, c): the conv's output, read by the SSD step
+    y = torch.empty(b, e) if out is None else out
+    _lib.mamba2_step(b, h, p, n, ngroups, conv_state.shape[2], _ptr(zxbcdt), zxbcdt.stride(0), _ptr(conv_state),
+                     _ptr(conv_w), _ptr(conv_b), _ptr(dt_bias), float(dt_limit[0]), float(dt_limit[1]), _ptr(A),
+                     _ptr(D), int(D is not None and D.dim() == 2), _ptr(state), _ptr(norm_w), float(eps), group_size,
+                     int(bool(norm_before_gate)), _ptr(xbc), _ptr(y))
     return y

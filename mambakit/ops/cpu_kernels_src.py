@@ -9,6 +9,7 @@ SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <pthread.h>
+#include <math.h>
 
 typedef int64_t i64;
 
@@ -245,6 +246,93 @@ void ssd_step(i64 b, i64 h, i64 p, i64 n, i64 g, const float *x, i64 sx_b, const
                 }
                 float skip = D ? (d_per_channel ? D[hh * p + pi] : D[hh]) : 0.0f;
                 yh[pi] = s + skip * xh[pi];
+            }
+        }
+    }
+}
+
+/* ---- RMSNorm of rows (d wide), the residual add first when y is given: x += y; out = x / rms(x) * w.
+   The product order of torch's rms_norm: (x * rsqrt(mean(x^2) + eps)) * w. ---- */
+void add_rms_norm(i64 rows, i64 d, float *x, i64 sx, const float *y, i64 sy, const float *w, float eps,
+                  float *out, i64 so) {
+    for (i64 i = 0; i < rows; i++) {
+        float *xr = x + i * sx, *o = out + i * so;
+        if (y) {
+            const float *yr = y + i * sy;
+            #pragma omp simd
+            for (i64 j = 0; j < d; j++) xr[j] += yr[j];
+        }
+        float ss = 0.0f;
+        #pragma omp simd reduction(+:ss)
+        for (i64 j = 0; j < d; j++) ss += xr[j] * xr[j];
+        const float rs = 1.0f / sqrtf(ss / (float)d + eps);
+        #pragma omp simd
+        for (i64 j = 0; j < d; j++) o[j] = (xr[j] * rs) * w[j];
+    }
+}
+
+/* ---- Mamba-1 decode step after in_proj: conv + SiLU, x_proj, dt_proj, softplus, SSM update,
+   C h + D x, gate by SiLU(z), in one call. xz (b, 2e) rows; Wx (r + 2n, e); Wdt (e, r);
+   conv state (b, e, k) and h (b, e, n) in place; y (b, e) contiguous. ---- */
+void mamba1_step(i64 b, i64 e, i64 n, i64 r, i64 k, const float *xz, i64 sxz_b, float *conv_state,
+                 const float *conv_w, const float *conv_b, const float *Wx, const float *Wdt,
+                 const float *dt_bias, const float *A, const float *D, float *h, float *y, int nthreads) {
+    const i64 m = r + 2 * n;
+    float *xdbl = (float *)malloc(sizeof(float) * b * (m + e));
+    float *dt = xdbl + b * m;
+    conv_step(b, e, k, xz, sxz_b, conv_state, conv_w, conv_b, 1, y, e);  /* x into y: the scan reads it first */
+    for (i64 bi = 0; bi < b; bi++) {
+        const float *x = y + bi * e;
+        float *xd = xdbl + bi * m, *dtb = dt + bi * e;
+        for (i64 q = 0; q < m; q++) {
+            const float *wq = Wx + q * e;
+            float s = 0.0f;
+            #pragma omp simd reduction(+:s)
+            for (i64 j = 0; j < e; j++) s += wq[j] * x[j];
+            xd[q] = s;
+        }
+        for (i64 j = 0; j < e; j++) {
+            const float *wj = Wdt + j * r;
+            float s = 0.0f;
+            #pragma omp simd reduction(+:s)
+            for (i64 q = 0; q < r; q++) s += wj[q] * xd[q];
+            dtb[j] = s;
+        }
+    }
+    scan1(b, 1, e, n, y, e, e, dt, e, e, A, dt_bias, 1, D, xdbl + r, m, m, xdbl + r + n, m, m,
+          xz + e, sxz_b, sxz_b, h, y, e, e, nthreads);
+    free(xdbl);
+}
+
+/* ---- Mamba-2 decode step after in_proj: conv + SiLU over xBC, the SSD step, then the gated RMSNorm
+   (per group of gs channels; gate first unless norm_before_gate), in one call.
+   zxbcdt (b, 2e + 2gn + h) rows: z, xBC, dt; xbc (b, e + 2gn) scratch; y (b, e) contiguous. ---- */
+void mamba2_step(i64 b, i64 h, i64 p, i64 n, i64 g, i64 k, const float *zxbcdt, i64 s_b,
+                 float *conv_state, const float *conv_w, const float *conv_b, const float *dt_bias,
+                 float lo, float hi, const float *A, const float *D, int d_per_channel, float *state,
+                 const float *norm_w, float eps, i64 gs, int norm_before_gate, float *xbc, float *y) {
+    const i64 e = h * p, c = e + 2 * g * n;
+    conv_step(b, c, k, zxbcdt + e, s_b, conv_state, conv_w, conv_b, 1, xbc, c);
+    ssd_step(b, h, p, n, g, xbc, c, zxbcdt + e + c, s_b, dt_bias, 1, lo, hi, A, xbc + e, c, xbc + e + g * n, c,
+             D, d_per_channel, state, y, e);
+    for (i64 bi = 0; bi < b; bi++) {
+        const float *z = zxbcdt + bi * s_b;
+        float *yr = y + bi * e;
+        if (!norm_before_gate) {
+            #pragma omp simd
+            for (i64 j = 0; j < e; j++) yr[j] = yr[j] * fsilu(z[j]);
+        }
+        for (i64 g0 = 0; g0 < e; g0 += gs) {
+            float ss = 0.0f;
+            #pragma omp simd reduction(+:ss)
+            for (i64 j = g0; j < g0 + gs; j++) ss += yr[j] * yr[j];
+            const float rs = 1.0f / sqrtf(ss / (float)gs + eps);
+            if (norm_before_gate) {
+                #pragma omp simd
+                for (i64 j = g0; j < g0 + gs; j++) yr[j] = ((yr[j] * rs) * fsilu(z[j])) * norm_w[j];
+            } else {
+                #pragma omp simd
+                for (i64 j = g0; j < g0 + gs; j++) yr[j] = (yr[j] * rs) * norm_w[j];
             }
         }
     }

@@ -104,3 +104,62 @@ def test_model_with_kernels_equals_without(preset, monkeypatch):
         full = model(ids)
     assert (on - off).abs().max() < 1e-5 and (on - full).abs().max() < 1e-5
     assert torch.allclose(state_on, state_off, rtol=1e-5, atol=1e-6)
+
+
+def test_rms_norm_matches_torch_with_and_without_residual():
+    g = torch.Generator().manual_seed(3)
+    x, y, w = torch.randn(2, 3, 37, generator=g), torch.randn(2, 3, 37, generator=g), torch.randn(37, generator=g)
+    out = cpu_kernels.rms_norm(x, w, 1e-5)
+    assert torch.allclose(out, F.rms_norm(x, (37,), w, 1e-5), rtol=1e-5, atol=1e-6)
+    x2 = x.clone()
+    out2 = cpu_kernels.rms_norm(x2, w, 1e-5, residual=y)  # x2 += y first, in place
+    assert torch.equal(x2, x + y)
+    assert torch.allclose(out2, F.rms_norm(x + y, (37,), w, 1e-5), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu_kernels.rms_norm(x.transpose(0, 1), w, 1e-5)
+
+
+def test_mamba1_step_matches_the_split_kernels():
+    """The one-call step (conv, x_proj, dt_proj, scan in C) against conv_step + torch projections + scan."""
+    gen = torch.Generator().manual_seed(5)
+    b, e, n, r, k = 2, 40, 16, 6, 4
+    xz = torch.randn(b, 2 * e, generator=gen)
+    conv0, conv_w, conv_b = torch.randn(b, e, k, generator=gen), torch.randn(e, 1, k, generator=gen), torch.randn(e, generator=gen)
+    Wx, Wdt = torch.randn(r + 2 * n, e, generator=gen) * 0.2, torch.randn(e, r, generator=gen) * 0.3
+    dt_bias, A, D = torch.randn(e, generator=gen), -(torch.rand(e, n, generator=gen) * 4 + 0.1), torch.randn(e, generator=gen)
+    h0 = torch.randn(b, e, n, generator=gen)
+    conv1, h1 = conv0.clone(), h0.clone()
+    x = cpu_kernels.conv_step(xz[:, :e], conv1, conv_w, conv_b)
+    xdbl = F.linear(x, Wx)
+    y1 = cpu_kernels.selective_scan(x.unsqueeze(1), F.linear(xdbl[:, :r], Wdt).unsqueeze(1), A, xdbl[:, None, r:r + n],
+                                    xdbl[:, None, r + n:], h1, D=D, z=xz[:, None, e:], delta_bias=dt_bias,
+                                    delta_softplus=True).squeeze(1)
+    conv2, h2 = conv0.clone(), h0.clone()
+    y2 = cpu_kernels.mamba1_step(xz, conv2, conv_w, conv_b, Wx, Wdt, dt_bias, A, D, h2)
+    assert torch.equal(conv2, conv1)
+    assert rel(y2, y1) < 1e-5 and rel(h2, h1) < 1e-5
+
+
+@pytest.mark.parametrize("g,norm_before_gate,d_dims", [(1, False, 1), (2, False, 2), (2, True, 1)])
+def test_mamba2_step_matches_the_split_kernels(g, norm_before_gate, d_dims):
+    """The one-call step (conv, SSD step, gated norm in C) against conv_step + ssd_step + torch's gated norm."""
+    from mambakit.ops.norm import gated_rms_norm
+    gen = torch.Generator().manual_seed(7 + g)
+    b, h, p, n, k = 2, 4, 8, 12, 4
+    e, c = h * p, h * p + 2 * g * n
+    zxbcdt = torch.randn(b, e + c + h, generator=gen)
+    conv0, conv_w, conv_b = torch.randn(b, c, k, generator=gen), torch.randn(c, 1, k, generator=gen), torch.randn(c, generator=gen)
+    dt_bias, A = torch.randn(h, generator=gen), -(torch.rand(h, generator=gen) * 4 + 0.5)
+    D = torch.randn(h, generator=gen) if d_dims == 1 else torch.randn(h, p, generator=gen)
+    norm_w, s0 = torch.randn(e, generator=gen), torch.randn(b, h, p, n, generator=gen)
+    conv1, s1 = conv0.clone(), s0.clone()
+    z, xBC, dt = torch.split(zxbcdt, [e, c, h], dim=-1)
+    xBC = cpu_kernels.conv_step(xBC, conv1, conv_w, conv_b)
+    y = cpu_kernels.ssd_step(xBC[:, :e], dt, A, xBC[:, e:e + g * n], xBC[:, e + g * n:], s1, D=D, dt_bias=dt_bias,
+                             dt_softplus=True, dt_limit=(0.0, 0.8))
+    y1 = gated_rms_norm(y, z, norm_w, 1e-5, group_size=e // g, norm_before_gate=norm_before_gate)
+    conv2, s2 = conv0.clone(), s0.clone()
+    y2 = cpu_kernels.mamba2_step(zxbcdt, conv2, conv_w, conv_b, dt_bias, (0.0, 0.8), A, D, s2, g, norm_w, 1e-5,
+                                 e // g, norm_before_gate)
+    assert torch.equal(conv2, conv1) and torch.equal(s2, s1)
+    assert rel(y2, y1) < 1e-5
