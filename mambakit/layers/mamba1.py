@@ -84,9 +84,10 @@ class Mamba1Mixer(nn.Module):
 
     def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """One token for every sequence of the batch: O(1) in the length. hidden (b, 1, d)."""
-        if ops.resolve_backend(None, hidden, "mamba1 decode step") == "triton":
+        which = ops.resolve_backend(None, hidden, "mamba1 decode step")
+        if which == "triton":
             return self._step_triton(hidden, state)
-        if self._cpu_kernels(hidden):
+        if which == "chunked" and self._cpu_kernels_on(hidden):
             return self._step_cpu_kernels(hidden, state)
         # F.linear on the weights directly and in-place ops: at batch 1 the step is bound by the
         # weights' bandwidth, and each extra op or module call adds its fixed cost 24 times a token.
@@ -104,23 +105,35 @@ class Mamba1Mixer(nn.Module):
 
     def _cpu_kernels(self, hidden: torch.Tensor, seq_idx=None) -> bool:
         """Whether the compiled CPU kernels (ops/cpu_kernels.py) run: fp32 CPU inference, no document ids."""
-        return (seq_idx is None and hidden.device.type == "cpu" and hidden.dtype == torch.float32
-                and self.in_proj.weight.dtype == torch.float32
-                and ops.resolve_backend(None, hidden, "selective_scan") == "chunked"
-                and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log))
+        return (seq_idx is None and ops.resolve_backend(None, hidden, "selective_scan") == "chunked"
+                and self._cpu_kernels_on(hidden))
+
+    def _cpu_kernels_on(self, hidden: torch.Tensor) -> bool:
+        """_cpu_kernels() once the chunked backend is chosen: fp32 CPU tensors, kernels built, no grad."""
+        w = self.in_proj.weight
+        return (hidden.is_cpu and hidden.dtype == torch.float32 and w.dtype == torch.float32
+                and cpu_kernels.usable(hidden, w, self.A_log))
 
     def _step_cpu_kernels(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as in_proj, one compiled call (conv + SiLU, x_proj, dt_proj, softplus, SSM update,
         C h + D x, gate; states in place) and out_proj. The two small projections inside the kernel:
-        as torch calls each woke the thread pool for a few microseconds of work, 24 times a token."""
-        xz = F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)  # (b, 2e)
-        params = (self.conv1d.weight, self.x_proj.weight, self.dt_proj.weight)
-        if not all(t.is_contiguous() for t in params):  # e.g. a transposed view loaded from a checkpoint
-            return self._step_cpu_kernels_split(xz, state)
-        y = cpu_kernels.mamba1_step(xz, state["conv"], self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
-                                    self.dt_proj.weight, self.dt_proj.bias, neg_exp_cached(self), self.D,
-                                    state["ssm"])  # (b, e)
-        return F.linear(y, self.out_proj.weight, self.out_proj.bias).unsqueeze(1)  # (b, 1, d)
+        as torch calls each woke the thread pool for a few microseconds of work, 24 times a token.
+        The parameters are read from the modules' dicts: each nn.Module attribute lookup costs about
+        a microsecond here, and a step made ~25 of them (a parametrized weight is not in the dict:
+        the general path below takes it)."""
+        m = self._modules
+        ip, cv, xp, dp, op = (m["in_proj"]._parameters, m["conv1d"]._parameters, m["x_proj"]._parameters,
+                              m["dt_proj"]._parameters, m["out_proj"]._parameters)
+        conv_w, xp_w, dp_w = cv.get("weight"), xp.get("weight"), dp.get("weight")
+        if conv_w is None or xp_w is None or dp_w is None or "weight" not in ip or "weight" not in op or not (
+                conv_w.is_contiguous() and xp_w.is_contiguous() and dp_w.is_contiguous()):
+            # a parametrized weight, or a transposed view loaded from a checkpoint
+            xz = F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)  # (b, 2e)
+            return self._step_cpu_kernels_split(xz, state).unsqueeze(1)
+        xz = F.linear(hidden.squeeze(1), ip["weight"], ip.get("bias"))  # (b, 2e)
+        y = cpu_kernels.mamba1_step(xz, state["conv"], conv_w, cv.get("bias"), xp_w, dp_w, dp.get("bias"),
+                                    neg_exp_cached(self), self._parameters["D"], state["ssm"])  # (b, e)
+        return F.linear(y, op["weight"], op.get("bias")).unsqueeze(1)  # (b, 1, d)
 
     def _step_cpu_kernels_split(self, xz: torch.Tensor, state: dict) -> torch.Tensor:
         """The step after in_proj with the projections in torch: any weight layout."""
@@ -132,7 +145,7 @@ class Mamba1Mixer(nn.Module):
         y = cpu_kernels.selective_scan(x1, dt.unsqueeze(1), neg_exp_cached(self), xdbl[:, None, r:r + n],
                                        xdbl[:, None, r + n:], state["ssm"], D=self.D, z=xz[:, None, e:],
                                        delta_bias=self.dt_proj.bias, delta_softplus=True, out=x1)  # (b, 1, e)
-        return F.linear(y, self.out_proj.weight, self.out_proj.bias)  # (b, 1, d)
+        return F.linear(y.squeeze(1), self.out_proj.weight, self.out_proj.bias)  # (b, d)
 
     def _step_triton(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as two fused kernels (conv shift + conv + SiLU + x_proj; dt_proj + softplus + SSM

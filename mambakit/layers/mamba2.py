@@ -89,9 +89,10 @@ class Mamba2Mixer(nn.Module):
 
     def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """One token for every sequence of the batch: O(1) in the length. hidden (b, 1, d)."""
-        if ops.resolve_backend(None, hidden, "mamba2 decode step") == "triton":
+        which = ops.resolve_backend(None, hidden, "mamba2 decode step")
+        if which == "triton":
             return self._step_triton(hidden, state)
-        if self._cpu_kernels(hidden):
+        if which == "chunked" and self._cpu_kernels_on(hidden):
             return self._step_cpu_kernels(hidden, state)
         b = hidden.shape[0]
         e, h, p, g, n = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
@@ -115,18 +116,23 @@ class Mamba2Mixer(nn.Module):
         y = y.addcmul_(self.D.float()[:, None], x).view(b, e).to(hidden.dtype)  # (b, e)
         return self._gate_norm_out(y, z).unsqueeze(1)
 
-    def _cpu_kernels(self, hidden: torch.Tensor) -> bool:
-        """Whether the compiled CPU kernels (ops/cpu_kernels.py) run the step: fp32 CPU inference."""
-        return (hidden.device.type == "cpu" and hidden.dtype == torch.float32
-                and self.in_proj.weight.dtype == torch.float32
-                and ops.resolve_backend(None, hidden, "ssd") == "chunked"
-                and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log))
+    def _cpu_kernels_on(self, hidden: torch.Tensor) -> bool:
+        """Whether the compiled CPU kernels (ops/cpu_kernels.py) run the step, once the chunked backend
+        is chosen: fp32 CPU inference, kernels built."""
+        w = self.in_proj.weight
+        return (hidden.is_cpu and hidden.dtype == torch.float32 and w.dtype == torch.float32
+                and cpu_kernels.usable(hidden, w, self.A_log))
 
     def _step_cpu_kernels(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as in_proj, one compiled call (conv + SiLU, dt, SSM update, C h + D x, the gated
-        norm; states in place) and out_proj: three calls instead of ~30 small ops."""
-        zxbcdt = F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)  # (b, 2e + 2gn + h)
-        if not self.conv1d.weight.is_contiguous():  # e.g. a transposed view loaded from a checkpoint
+        norm; states in place) and out_proj: three calls instead of ~30 small ops. The parameters
+        are read from the modules' dicts, as in Mamba1Mixer._step_cpu_kernels (why: there)."""
+        m, own = self._modules, self._parameters
+        ip, cv, op = m["in_proj"]._parameters, m["conv1d"]._parameters, m["out_proj"]._parameters
+        conv_w, norm_w = cv.get("weight"), m["norm"]._parameters.get("weight")
+        if (conv_w is None or norm_w is None or "weight" not in ip or "weight" not in op
+                or not conv_w.is_contiguous()):  # parametrized, or a transposed view from a checkpoint
+            zxbcdt = F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)  # (b, 2e + 2gn + h)
             z, xBC, dt = self._split(zxbcdt)
             xBC = cpu_kernels.conv_step(xBC, state["conv"], self.conv1d.weight, self.conv1d.bias)
             e, gn = self.d_inner, self.ngroups * self.d_state
@@ -134,11 +140,11 @@ class Mamba2Mixer(nn.Module):
                                      state["ssm"], D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
                                      dt_limit=self.dt_limit)  # (b, e)
             return self._gate_norm_out(y, z).unsqueeze(1)
-        y = cpu_kernels.mamba2_step(zxbcdt, state["conv"], self.conv1d.weight, self.conv1d.bias, self.dt_bias,
-                                    self.dt_limit, neg_exp_cached(self), self.D, state["ssm"], self.ngroups,
-                                    self.norm.weight, self.eps, self.d_inner // self.ngroups,
-                                    self.norm_before_gate)  # (b, e)
-        return F.linear(y, self.out_proj.weight, self.out_proj.bias).unsqueeze(1)  # (b, 1, d)
+        zxbcdt = F.linear(hidden.squeeze(1), ip["weight"], ip.get("bias"))  # (b, 2e + 2gn + h)
+        y = cpu_kernels.mamba2_step(zxbcdt, state["conv"], conv_w, cv.get("bias"), own["dt_bias"], self.dt_limit,
+                                    neg_exp_cached(self), own["D"], state["ssm"], self.ngroups, norm_w, self.eps,
+                                    self.d_inner // self.ngroups, self.norm_before_gate)  # (b, e)
+        return F.linear(y, op["weight"], op.get("bias")).unsqueeze(1)  # (b, 1, d)
 
     def _step_triton(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as one fused kernel (conv shift + conv + SiLU + SSM update + y, states in place),

@@ -103,9 +103,9 @@ def available() -> bool:
 
 def usable(*tensors) -> bool:
     """available(), and every tensor given (None skipped) is an fp32 CPU tensor needing no gradient."""
-    for t in tensors:
-        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"
-                              or (t.requires_grad and torch.is_grad_enabled())):
+    grad = torch.is_grad_enabled()
+    for t in tensors:  # is_cpu, not device.type: this runs a few times per layer and token
+        if t is not None and (t.dtype != torch.float32 or not t.is_cpu or (grad and t.requires_grad)):
             return False
     return available()
 
@@ -189,16 +189,18 @@ def ssd_step(x, dt, A, B, C, state, D=None, dt_bias=None, dt_softplus=True, dt_l
     return y
 
 
-def rms_norm(x, weight, eps: float, residual=None, out=None) -> torch.Tensor:
+def rms_norm(x, weight, eps: float, residual=None, out=None, check: bool = True) -> torch.Tensor:
     """x / rms(x) * weight over the last axis (d) of x (..., d) fp32 contiguous.
 
     residual (same shape, contiguous): added into x first, in place (x += residual), as a pre-norm
-    block's residual stream. Returns a fresh (..., d) tensor unless out is given."""
+    block's residual stream. Returns a fresh (..., d) tensor unless out is given. check=False: the
+    caller checked x (fp32, contiguous) and weight (fp32 (d,) contiguous), as selective_scan."""
     d = x.shape[-1]
-    if not x.is_contiguous() or x.dtype != torch.float32 or weight.shape != (d,) or not weight.is_contiguous():
+    if check and (not x.is_contiguous() or x.dtype != torch.float32 or weight.dtype != torch.float32
+                  or weight.shape != (d,) or not weight.is_contiguous()):
         raise ValueError(f"cpu_kernels.rms_norm: x must be fp32 contiguous (..., {d}) and weight ({d},) "
                          f"contiguous, got x {x.dtype} strides {x.stride()}, weight {tuple(weight.shape)}")
-    if residual is not None and (residual.shape != x.shape or not residual.is_contiguous()):
+    if check and residual is not None and (residual.shape != x.shape or not residual.is_contiguous()):
         raise ValueError(f"cpu_kernels.rms_norm: residual must be contiguous {tuple(x.shape)}, got {tuple(residual.shape)}")
     y = torch.empty_like(x) if out is None else out
     rows = x.numel() // d if d else 0
