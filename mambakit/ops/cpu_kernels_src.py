@@ -271,6 +271,15 @@ void add_rms_norm(i64 rows, i64 d, float *x, i64 sx, const float *y, i64 sy, con
     }
 }
 
+/* a . b, not inlined: inlined into the loops of mamba1_step, gcc left the reduction scalar (one
+   dependent add per element: the step took 4x longer). */
+__attribute__((noinline)) static float dot(const float *restrict a, const float *restrict b, i64 n) {
+    float s = 0.0f;
+    #pragma omp simd reduction(+:s)
+    for (i64 j = 0; j < n; j++) s += a[j] * b[j];
+    return s;
+}
+
 /* ---- Mamba-1 decode step after in_proj: conv + SiLU, x_proj, dt_proj, softplus, SSM update,
    C h + D x, gate by SiLU(z), in one call. xz (b, 2e) rows; Wx (r + 2n, e); Wdt (e, r);
    conv state (b, e, k) and h (b, e, n) in place; y (b, e) contiguous. ---- */
@@ -284,20 +293,8 @@ void mamba1_step(i64 b, i64 e, i64 n, i64 r, i64 k, const float *xz, i64 sxz_b, 
     for (i64 bi = 0; bi < b; bi++) {
         const float *x = y + bi * e;
         float *xd = xdbl + bi * m, *dtb = dt + bi * e;
-        for (i64 q = 0; q < m; q++) {
-            const float *wq = Wx + q * e;
-            float s = 0.0f;
-            #pragma omp simd reduction(+:s)
-            for (i64 j = 0; j < e; j++) s += wq[j] * x[j];
-            xd[q] = s;
-        }
-        for (i64 j = 0; j < e; j++) {
-            const float *wj = Wdt + j * r;
-            float s = 0.0f;
-            #pragma omp simd reduction(+:s)
-            for (i64 q = 0; q < r; q++) s += wj[q] * xd[q];
-            dtb[j] = s;
-        }
+        for (i64 q = 0; q < m; q++) xd[q] = dot(Wx + q * e, x, e);
+        for (i64 j = 0; j < e; j++) dtb[j] = dot(Wdt + j * r, xd, r);
     }
     scan1(b, 1, e, n, y, e, e, dt, e, e, A, dt_bias, 1, D, xdbl + r, m, m, xdbl + r + n, m, m,
           xz + e, sxz_b, sxz_b, h, y, e, e, nthreads);
