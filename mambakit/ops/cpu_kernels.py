@@ -61,16 +61,27 @@ def _build():
     if not cc:
         logger.info("mambakit: no C compiler found, the CPU kernels are off (PyTorch paths instead)")
         return None
-    key = hashlib.sha256("\0".join([_SOURCE, cc, *_FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
-    folder = _cache_dir()
-    so = folder / f"cpu_kernels-{key}.so"
-    if not so.exists():
+    # -fopenmp: the decode steps split over threads with `omp parallel`. Linked to libgomp.so.1, the
+    # library loads into the libgomp that torch already holds (one soname, one copy per process),
+    # so the steps run on torch's own pool, whose workers still spin from the projection before:
+    # a thread of our own (pthread) waited milliseconds for a core there. Without OpenMP in the
+    # compiler, the same source builds single-threaded.
+    for flags in (_FLAGS + ["-fopenmp"], _FLAGS):
+        key = hashlib.sha256("\0".join([_SOURCE, cc, *flags, _cpu_id()]).encode()).hexdigest()[:16]
+        folder = _cache_dir()
+        so = folder / f"cpu_kernels-{key}.so"
+        if so.exists():
+            break
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:  # compiled aside, renamed: no half-written .so
             src, out = Path(tmp) / "k.c", Path(tmp) / "k.so"
             src.write_text(_SOURCE)
-            subprocess.run([cc, *_FLAGS, str(src), "-o", str(out)], check=True, capture_output=True, timeout=120)
-            os.replace(out, so)
+            done = subprocess.run([cc, *flags, str(src), "-o", str(out)], capture_output=True, timeout=120)
+            if done.returncode == 0:
+                os.replace(out, so)
+                break
+            if "-fopenmp" not in flags:
+                raise RuntimeError(f"{cc} failed: {done.stderr.decode(errors='replace')[-2000:]}")
     lib = ctypes.CDLL(str(so))
     lib.scan1.argtypes = [_I] * 4 + [_P, _I, _I, _P, _I, _I, _P, _P, _INT, _P, _P, _I, _I, _P, _I, _I,
                                      _P, _I, _I, _P, _P, _I, _I, _INT]
@@ -78,7 +89,7 @@ def _build():
     lib.ssd_step.argtypes = [_I] * 5 + [_P, _I, _P, _I, _P, _INT, _F, _F, _P, _P, _I, _P, _I, _P, _INT, _P, _P, _I]
     lib.add_rms_norm.argtypes = [_I, _I, _P, _I, _P, _I, _P, _F, _P, _I]
     lib.mamba1_step.argtypes = [_I] * 5 + [_P, _I] + [_P] * 10 + [_INT]
-    lib.mamba2_step.argtypes = [_I] * 6 + [_P, _I, _P, _P, _P, _P, _F, _F, _P, _P, _INT, _P, _P, _F, _I, _INT, _P, _P]
+    lib.mamba2_step.argtypes = [_I] * 6 + [_P, _I, _P, _P, _P, _P, _F, _F, _P, _P, _INT, _P, _P, _F, _I, _INT, _P, _P, _INT]
     for fn in (lib.scan1, lib.conv_step, lib.ssd_step, lib.add_rms_norm, lib.mamba1_step, lib.mamba2_step):
         fn.restype = None
     return lib
@@ -209,27 +220,30 @@ def rms_norm(x, weight, eps: float, residual=None, out=None, check: bool = True)
 
 
 def mamba1_step(xz, conv_state, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, h, out=None,
-                threads: int = 1) -> torch.Tensor:
+                threads: int | None = None) -> torch.Tensor:
     """A Mamba-1 decode step after in_proj, one call: conv + SiLU, x_proj, dt_proj, softplus, SSM
     update (h (b, e, n) and conv_state (b, e, k) in place), C h + D x, gate by SiLU(z).
 
     xz (b, 2e) rows with a contiguous last axis ([x, z], in_proj's output); x_proj_w (r + 2n, e),
     dt_proj_w (e, r), conv_w (e, k) or (e, 1, k), A (e, n): contiguous fp32. Returns y (b, e).
+    threads: default torch's (the same result at any count: each element's arithmetic is fixed).
     No checks (a layer's decode step passes its own parameters; each check costs microseconds)."""
     b, e, n = h.shape
     r = dt_proj_w.shape[1]
     y = torch.empty(b, e) if out is None else out
     _lib.mamba1_step(b, e, n, r, conv_state.shape[2], _ptr(xz), xz.stride(0), _ptr(conv_state), _ptr(conv_w),
                      _ptr(conv_b), _ptr(x_proj_w), _ptr(dt_proj_w), _ptr(dt_bias), _ptr(A), _ptr(D), _ptr(h), _ptr(y),
-                     threads)
+                     threads or torch.get_num_threads())
     return y
 
 
 def mamba2_step(zxbcdt, conv_state, conv_w, conv_b, dt_bias, dt_limit, A, D, state, ngroups: int,
-                norm_w, eps: float, group_size: int, norm_before_gate: bool, out=None) -> torch.Tensor:
+                norm_w, eps: float, group_size: int, norm_before_gate: bool, out=None,
+                threads: int | None = None) -> torch.Tensor:
     """A Mamba-2 decode step after in_proj, one call: conv + SiLU over xBC, the SSD step (states in
     place), the gated RMSNorm with z. zxbcdt (b, 2e + 2gn + h) rows with a contiguous last axis;
-    state (b, h, p, n); parameters contiguous fp32. Returns y (b, e), ready for out_proj. No checks."""
+    state (b, h, p, n); parameters contiguous fp32. Returns y (b, e), ready for out_proj. No checks.
+    threads: as mamba1_step."""
     b, h, p, n = state.shape
     e = h * p
     xbc = torch.empty(b, e + 2 * ngroups * n)  # (b, c): the conv's output, read by the SSD step
@@ -237,5 +251,5 @@ def mamba2_step(zxbcdt, conv_state, conv_w, conv_b, dt_bias, dt_limit, A, D, sta
     _lib.mamba2_step(b, h, p, n, ngroups, conv_state.shape[2], _ptr(zxbcdt), zxbcdt.stride(0), _ptr(conv_state),
                      _ptr(conv_w), _ptr(conv_b), _ptr(dt_bias), float(dt_limit[0]), float(dt_limit[1]), _ptr(A),
                      _ptr(D), int(D is not None and D.dim() == 2), _ptr(state), _ptr(norm_w), float(eps), group_size,
-                     int(bool(norm_before_gate)), _ptr(xbc), _ptr(y))
+                     int(bool(norm_before_gate)), _ptr(xbc), _ptr(y), threads or torch.get_num_threads())
     return y

@@ -10,6 +10,9 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <pthread.h>
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef int64_t i64;
 
@@ -196,13 +199,14 @@ void scan1(i64 b, i64 l, i64 e, i64 n,
     for (int i = 1; i < used; i++) pthread_join(tid[i], 0);
 }
 
-/* ---- causal conv, one decode step: state (b, c, k) shifted left, x appended, y = act(w . state + bias) ---- */
-void conv_step(i64 b, i64 c, i64 k, const float *x, i64 sx_b, float *state, const float *w,
-               const float *bias, int silu, float *y, i64 sy_b) {
+/* ---- causal conv, one decode step: state (b, c, k) shifted left, x appended, y = act(w . state + bias);
+   conv_rows does channels [c0, c1) (a thread's share). ---- */
+static void conv_rows(i64 b, i64 c, i64 c0, i64 c1, i64 k, const float *x, i64 sx_b, float *state,
+                      const float *w, const float *bias, int silu, float *y, i64 sy_b) {
     for (i64 bi = 0; bi < b; bi++) {
         const float *xb = x + bi * sx_b;
         float *sb = state + bi * c * k, *yb = y + bi * sy_b;
-        for (i64 ch = 0; ch < c; ch++) {
+        for (i64 ch = c0; ch < c1; ch++) {
             float *s = sb + ch * k;
             const float *wc = w + ch * k;
             float acc = bias ? bias[ch] : 0.0f;
@@ -213,19 +217,24 @@ void conv_step(i64 b, i64 c, i64 k, const float *x, i64 sx_b, float *state, cons
         }
         if (silu) {
             #pragma omp simd
-            for (i64 ch = 0; ch < c; ch++) yb[ch] = fsilu(yb[ch]);
+            for (i64 ch = c0; ch < c1; ch++) yb[ch] = fsilu(yb[ch]);
         }
     }
 }
 
+void conv_step(i64 b, i64 c, i64 k, const float *x, i64 sx_b, float *state, const float *w,
+               const float *bias, int silu, float *y, i64 sy_b) {
+    conv_rows(b, c, 0, c, k, x, sx_b, state, w, bias, silu, y, sy_b);
+}
+
 /* ---- Mamba-2 SSD, one decode step: state (b, h, p, n) in place; x, y (b, h p); dt (b, h); B, C (b, g n) ---- */
-void ssd_step(i64 b, i64 h, i64 p, i64 n, i64 g, const float *x, i64 sx_b, const float *dt, i64 sdt_b,
-              const float *dt_bias, int softplus, float lo, float hi, const float *A,
-              const float *B, i64 sB_b, const float *C, i64 sC_b, const float *D, int d_per_channel,
-              float *state, float *y, i64 sy_b) {
+static void ssd_heads(i64 b, i64 h, i64 h0, i64 h1, i64 p, i64 n, i64 g, const float *x, i64 sx_b,
+                      const float *dt, i64 sdt_b, const float *dt_bias, int softplus, float lo, float hi,
+                      const float *A, const float *B, i64 sB_b, const float *C, i64 sC_b, const float *D,
+                      int d_per_channel, float *state, float *y, i64 sy_b) {
     const i64 rep = h / g;
     for (i64 bi = 0; bi < b; bi++) {
-        for (i64 hh = 0; hh < h; hh++) {
+        for (i64 hh = h0; hh < h1; hh++) {
             const float *Bg = B + bi * sB_b + (hh / rep) * n, *Cg = C + bi * sC_b + (hh / rep) * n;
             float d = dt[bi * sdt_b + hh] + (dt_bias ? dt_bias[hh] : 0.0f);
             d = softplus ? fsoftplus(d) : d;
@@ -249,6 +258,14 @@ void ssd_step(i64 b, i64 h, i64 p, i64 n, i64 g, const float *x, i64 sx_b, const
             }
         }
     }
+}
+
+void ssd_step(i64 b, i64 h, i64 p, i64 n, i64 g, const float *x, i64 sx_b, const float *dt, i64 sdt_b,
+              const float *dt_bias, int softplus, float lo, float hi, const float *A,
+              const float *B, i64 sB_b, const float *C, i64 sC_b, const float *D, int d_per_channel,
+              float *state, float *y, i64 sy_b) {
+    ssd_heads(b, h, 0, h, p, n, g, x, sx_b, dt, sdt_b, dt_bias, softplus, lo, hi, A, B, sB_b, C, sC_b, D,
+              d_per_channel, state, y, sy_b);
 }
 
 /* ---- RMSNorm of rows (d wide), the residual add first when y is given: x += y; out = x / rms(x) * w.
@@ -289,15 +306,31 @@ void mamba1_step(i64 b, i64 e, i64 n, i64 r, i64 k, const float *xz, i64 sxz_b, 
     const i64 m = r + 2 * n;
     float *xdbl = (float *)malloc(sizeof(float) * b * (m + e));
     float *dt = xdbl + b * m;
-    conv_step(b, e, k, xz, sxz_b, conv_state, conv_w, conv_b, 1, y, e);  /* x into y: the scan reads it first */
-    for (i64 bi = 0; bi < b; bi++) {
-        const float *x = y + bi * e;
-        float *xd = xdbl + bi * m, *dtb = dt + bi * e;
-        for (i64 q = 0; q < m; q++) xd[q] = dot(Wx + q * e, x, e);
-        for (i64 j = 0; j < e; j++) dtb[j] = dot(Wdt + j * r, xd, r);
+    /* Each thread: its channels (multiples of 16) through the conv, its rows of x_proj, then dt_proj
+       and the scan of its channels; x_proj needs every channel's x, hence the barriers. The same
+       arithmetic for every element at any thread count. */
+    #pragma omp parallel num_threads(nthreads)
+    {
+        int t = 0, T = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num(); T = omp_get_num_threads();
+#endif
+        const i64 per = ((e + T - 1) / T + 15) / 16 * 16, c0 = t * per < e ? t * per : e;
+        const i64 c1 = c0 + per < e ? c0 + per : e, mq = (m + T - 1) / T;
+        const i64 q0 = t * mq < m ? t * mq : m, q1 = q0 + mq < m ? q0 + mq : m;
+        conv_rows(b, e, c0, c1, k, xz, sxz_b, conv_state, conv_w, conv_b, 1, y, e);  /* x into y */
+        #pragma omp barrier
+        for (i64 bi = 0; bi < b; bi++)
+            for (i64 q = q0; q < q1; q++) xdbl[bi * m + q] = dot(Wx + q * e, y + bi * e, e);
+        #pragma omp barrier
+        for (i64 bi = 0; bi < b; bi++)
+            for (i64 j = c0; j < c1; j++) dt[bi * e + j] = dot(Wdt + j * r, xdbl + bi * m, r);
+        if (c1 > c0) {
+            scan1_t a = {b, 1, e, n, c0, c1, y, e, e, dt, e, e, A, dt_bias, D, xdbl + r, m, m,
+                         xdbl + r + n, m, m, xz + e, sxz_b, sxz_b, h, y, e, e, 1};
+            scan1_range(&a);  /* reads x (in y) of its channels before writing y over them */
+        }
     }
-    scan1(b, 1, e, n, y, e, e, dt, e, e, A, dt_bias, 1, D, xdbl + r, m, m, xdbl + r + n, m, m,
-          xz + e, sxz_b, sxz_b, h, y, e, e, nthreads);
     free(xdbl);
 }
 
@@ -307,11 +340,24 @@ void mamba1_step(i64 b, i64 e, i64 n, i64 r, i64 k, const float *xz, i64 sxz_b, 
 void mamba2_step(i64 b, i64 h, i64 p, i64 n, i64 g, i64 k, const float *zxbcdt, i64 s_b,
                  float *conv_state, const float *conv_w, const float *conv_b, const float *dt_bias,
                  float lo, float hi, const float *A, const float *D, int d_per_channel, float *state,
-                 const float *norm_w, float eps, i64 gs, int norm_before_gate, float *xbc, float *y) {
+                 const float *norm_w, float eps, i64 gs, int norm_before_gate, float *xbc, float *y,
+                 int nthreads) {
     const i64 e = h * p, c = e + 2 * g * n;
-    conv_step(b, c, k, zxbcdt + e, s_b, conv_state, conv_w, conv_b, 1, xbc, c);
-    ssd_step(b, h, p, n, g, xbc, c, zxbcdt + e + c, s_b, dt_bias, 1, lo, hi, A, xbc + e, c, xbc + e + g * n, c,
-             D, d_per_channel, state, y, e);
+    /* Each thread: its conv channels, then (every channel's B and C needed: a barrier) its heads. */
+    #pragma omp parallel num_threads(nthreads)
+    {
+        int t = 0, T = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num(); T = omp_get_num_threads();
+#endif
+        const i64 per = ((c + T - 1) / T + 15) / 16 * 16, c0 = t * per < c ? t * per : c;
+        const i64 c1 = c0 + per < c ? c0 + per : c, hp = (h + T - 1) / T;
+        const i64 h0 = t * hp < h ? t * hp : h, h1 = h0 + hp < h ? h0 + hp : h;
+        conv_rows(b, c, c0, c1, k, zxbcdt + e, s_b, conv_state, conv_w, conv_b, 1, xbc, c);
+        #pragma omp barrier
+        ssd_heads(b, h, h0, h1, p, n, g, xbc, c, zxbcdt + e + c, s_b, dt_bias, 1, lo, hi, A, xbc + e, c,
+                  xbc + e + g * n, c, D, d_per_channel, state, y, e);
+    }
     for (i64 bi = 0; bi < b; bi++) {
         const float *z = zxbcdt + bi * s_b;
         float *yr = y + bi * e;

@@ -135,9 +135,13 @@ def test_mamba1_step_matches_the_split_kernels():
                                     xdbl[:, None, r + n:], h1, D=D, z=xz[:, None, e:], delta_bias=dt_bias,
                                     delta_softplus=True).squeeze(1)
     conv2, h2 = conv0.clone(), h0.clone()
-    y2 = cpu_kernels.mamba1_step(xz, conv2, conv_w, conv_b, Wx, Wdt, dt_bias, A, D, h2)
+    y2 = cpu_kernels.mamba1_step(xz, conv2, conv_w, conv_b, Wx, Wdt, dt_bias, A, D, h2, threads=1)
     assert torch.equal(conv2, conv1)
     assert rel(y2, y1) < 1e-5 and rel(h2, h1) < 1e-5
+    # split over threads (e = 40: ranges of 16, 16, 8 and an idle fourth): the same numbers exactly
+    conv3, h3 = conv0.clone(), h0.clone()
+    y3 = cpu_kernels.mamba1_step(xz, conv3, conv_w, conv_b, Wx, Wdt, dt_bias, A, D, h3, threads=4)
+    assert torch.equal(y3, y2) and torch.equal(h3, h2) and torch.equal(conv3, conv2)
 
 
 @pytest.mark.parametrize("g,norm_before_gate,d_dims", [(1, False, 1), (2, False, 2), (2, True, 1)])
@@ -160,6 +164,10 @@ def test_mamba2_step_matches_the_split_kernels(g, norm_before_gate, d_dims):
     y1 = gated_rms_norm(y, z, norm_w, 1e-5, group_size=e // g, norm_before_gate=norm_before_gate)
     conv2, s2 = conv0.clone(), s0.clone()
     y2 = cpu_kernels.mamba2_step(zxbcdt, conv2, conv_w, conv_b, dt_bias, (0.0, 0.8), A, D, s2, g, norm_w, 1e-5,
-                                 e // g, norm_before_gate)
+                                 e // g, norm_before_gate, threads=1)
     assert torch.equal(conv2, conv1) and torch.equal(s2, s1)
     assert rel(y2, y1) < 1e-5
+    conv3, s3 = conv0.clone(), s0.clone()  # heads and channels split over 3 threads: the same numbers
+    y3 = cpu_kernels.mamba2_step(zxbcdt, conv3, conv_w, conv_b, dt_bias, (0.0, 0.8), A, D, s3, g, norm_w, 1e-5,
+                                 e // g, norm_before_gate, threads=3)
+    assert torch.equal(y3, y2) and torch.equal(s3, s2) and torch.equal(conv3, conv2)
