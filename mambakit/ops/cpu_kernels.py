@@ -1,7 +1,8 @@
-"""Optional compiled CPU kernels: the SSM recurrences and the conv step of inference, fused.
+"""Optional compiled CPU kernels: the SSM recurrences, the conv step, whole decode steps and RMSNorm
+of inference, fused.
 
-Letters: b batch, l length, e inner width, n state dim, h heads, p head dim, g groups,
-c conv channels, k conv width.
+Letters: b batch, l length, d model width, e inner width, n state dim, r dt rank, h heads,
+p head dim, g groups, c conv channels, k conv width.
 
 Eager PyTorch spends a decode step mostly on the fixed cost of ~30 small ops per layer, and a
 Mamba-1 prefill on its time loop (one op per token). These few C functions do that work in one

@@ -171,3 +171,26 @@ def test_mamba2_step_matches_the_split_kernels(g, norm_before_gate, d_dims):
     y3 = cpu_kernels.mamba2_step(zxbcdt, conv3, conv_w, conv_b, dt_bias, (0.0, 0.8), A, D, s3, g, norm_w, 1e-5,
                                  e // g, norm_before_gate, threads=3)
     assert torch.equal(y3, y2) and torch.equal(s3, s2) and torch.equal(conv3, conv2)
+
+
+@pytest.mark.parametrize("preset,name", [("mamba-130m", "x_proj"), ("mamba2-130m", "conv1d")])
+def test_decode_with_a_strided_weight_takes_the_general_path(preset, name, monkeypatch):
+    """A weight that is a strided view (as some checkpoints load) goes through the split kernels: same logits."""
+    cfg = dataclasses.replace(mambakit.ModelConfig.from_preset(preset), n_layer=1, layer_pattern="M", d_model=32,
+                              vocab_size=64)
+    torch.manual_seed(1)
+    model = mambakit.LM(cfg).eval()
+    mod = getattr(model.layers[0].mixer, name)
+    w = mod.weight.detach()
+    mod.weight = torch.nn.Parameter(w.transpose(0, -1).contiguous().transpose(0, -1))  # same values, strided
+    assert not mod.weight.is_contiguous()
+    ids = torch.randint(0, 64, (1, 9))
+
+    def run():
+        with torch.inference_mode():
+            cache = model.allocate_cache(1)
+            return torch.cat([model(ids[:, :5], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(5, 9)], 1)
+
+    on = run()
+    monkeypatch.setenv("MAMBAKIT_CPU_KERNELS", "off")
+    assert (on - run()).abs().max() < 1e-5
