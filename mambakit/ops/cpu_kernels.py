@@ -57,6 +57,17 @@ def _cpu_id() -> str:
         return platform.processor() + platform.machine()
 
 
+def _process_holds_libgomp() -> bool:
+    """Whether libgomp is already loaded (torch's Linux wheels): only then do the kernels use
+    OpenMP. A torch built on another runtime (Intel's, LLVM's) would otherwise get a second OpenMP
+    runtime in the process, which may abort or fight it for the cores."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return "libgomp" in maps.read()
+    except OSError:  # not Linux: build single-threaded
+        return False
+
+
 def _build():
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc:
@@ -67,7 +78,7 @@ def _build():
     # so the steps run on torch's own pool, whose workers still spin from the projection before:
     # a thread of our own (pthread) waited milliseconds for a core there. Without OpenMP in the
     # compiler, the same source builds single-threaded.
-    for flags in (_FLAGS + ["-fopenmp"], _FLAGS):
+    for flags in ((_FLAGS + ["-fopenmp"], _FLAGS) if _process_holds_libgomp() else (_FLAGS,)):
         key = hashlib.sha256("\0".join([_SOURCE, cc, *flags, _cpu_id()]).encode()).hexdigest()[:16]
         folder = _cache_dir()
         so = folder / f"cpu_kernels-{key}.so"
