@@ -87,7 +87,7 @@ class Mamba1Mixer(nn.Module):
         which = ops.resolve_backend(None, hidden, "mamba1 decode step")
         if which == "triton":
             return self._step_triton(hidden, state)
-        if which == "chunked" and self._cpu_kernels_on(hidden):
+        if which == "chunked" and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log):
             return self._step_cpu_kernels(hidden, state)
         # F.linear on the weights directly and in-place ops: at batch 1 the step is bound by the
         # weights' bandwidth, and each extra op or module call adds its fixed cost 24 times a token.
@@ -106,13 +106,7 @@ class Mamba1Mixer(nn.Module):
     def _cpu_kernels(self, hidden: torch.Tensor, seq_idx=None) -> bool:
         """Whether the compiled CPU kernels (ops/cpu_kernels.py) run: fp32 CPU inference, no document ids."""
         return (seq_idx is None and ops.resolve_backend(None, hidden, "selective_scan") == "chunked"
-                and self._cpu_kernels_on(hidden))
-
-    def _cpu_kernels_on(self, hidden: torch.Tensor) -> bool:
-        """_cpu_kernels() once the chunked backend is chosen: fp32 CPU tensors, kernels built, no grad."""
-        w = self.in_proj.weight
-        return (hidden.is_cpu and hidden.dtype == torch.float32 and w.dtype == torch.float32
-                and cpu_kernels.usable(hidden, w, self.A_log))
+                and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log))
 
     def _step_cpu_kernels(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as in_proj, one compiled call (conv + SiLU, x_proj, dt_proj, softplus, SSM update,

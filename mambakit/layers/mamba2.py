@@ -92,7 +92,7 @@ class Mamba2Mixer(nn.Module):
         which = ops.resolve_backend(None, hidden, "mamba2 decode step")
         if which == "triton":
             return self._step_triton(hidden, state)
-        if which == "chunked" and self._cpu_kernels_on(hidden):
+        if which == "chunked" and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log):
             return self._step_cpu_kernels(hidden, state)
         b = hidden.shape[0]
         e, h, p, g, n = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
@@ -115,13 +115,6 @@ class Mamba2Mixer(nn.Module):
         y = torch.matmul(ssm.view(b, g, rep * p, n), C.float().view(b, g, n, 1)).view(b, h, p)
         y = y.addcmul_(self.D.float()[:, None], x).view(b, e).to(hidden.dtype)  # (b, e)
         return self._gate_norm_out(y, z).unsqueeze(1)
-
-    def _cpu_kernels_on(self, hidden: torch.Tensor) -> bool:
-        """Whether the compiled CPU kernels (ops/cpu_kernels.py) run the step, once the chunked backend
-        is chosen: fp32 CPU inference, kernels built."""
-        w = self.in_proj.weight
-        return (hidden.is_cpu and hidden.dtype == torch.float32 and w.dtype == torch.float32
-                and cpu_kernels.usable(hidden, w, self.A_log))
 
     def _step_cpu_kernels(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as in_proj, one compiled call (conv + SiLU, dt, SSM update, C h + D x, the gated

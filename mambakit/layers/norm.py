@@ -27,8 +27,7 @@ class RMSNorm(nn.Module):
                 and ops.resolve_backend(None, x, "rms_norm") == "triton":
             from ..ops.norm_triton import rms_norm_cast_triton
             return rms_norm_cast_triton(x, w, self.eps)
-        if (x.is_cpu and x.dtype == torch.float32 and x.is_contiguous() and w.is_contiguous()
-                and w.shape[0] == x.shape[-1] and cpu_kernels.usable(x, w)):
+        if x.is_contiguous() and w.is_contiguous() and w.shape[0] == x.shape[-1] and cpu_kernels.usable(x, w):
             # fp32 CPU inference: one compiled pass instead of F.rms_norm's several ops (a decode
             # step calls this 25 times a token on 768 numbers each).
             return cpu_kernels.rms_norm(x, w, self.eps, check=False)
