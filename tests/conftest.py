@@ -28,11 +28,16 @@ def pytest_collection_modifyitems(config, items):
 def tiny_model(kind: str, **overrides) -> mambakit.LM:
     """A small random model of the given family with non-trivial norms, D and dt."""
     config = mambakit.ModelConfig.from_preset(f"{kind}-tiny", **overrides)
-    model = mambakit.LM(config).eval()
+    return perturb_norms_(mambakit.LM(config).eval())
+
+
+def perturb_norms_(model: mambakit.LM, scale: float = 0.1) -> mambakit.LM:
+    """Norm weights and D moved away from their init (all ones), in place, so that a wrong wiring
+    of them cannot hide behind the identity."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-                p.add_(0.1 * torch.randn_like(p))
+                p.add_(scale * torch.randn_like(p))
     return model
 
 

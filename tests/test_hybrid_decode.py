@@ -8,6 +8,7 @@ from mambakit.config import ModelConfig
 from mambakit.memory import cache_bytes_by_kind, cache_bytes_per_sequence, parameter_counts
 from mambakit.presets import PRESETS
 from mambakit.presets_hybrid import HYBRID_8B_PATTERN, HYBRID_PRESETS
+from conftest import perturb_norms_
 
 ALL_PRESETS = {**PRESETS, **HYBRID_PRESETS}
 
@@ -23,12 +24,7 @@ CASES = {
 def hybrid_model(case: str) -> mambakit.LM:
     name, overrides = CASES[case]
     config = ModelConfig.from_dict({**HYBRID_PRESETS[name].to_dict(), **overrides})
-    model = mambakit.LM(config).eval()
-    with torch.no_grad():  # norms and D away from their init, so a wrong mapping cannot hide
-        for pname, p in model.named_parameters():
-            if pname.endswith(("norm.weight", "norm_f.weight", ".D")):
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return perturb_norms_(mambakit.LM(config).eval())
 
 
 @pytest.mark.parametrize("case", list(CASES))

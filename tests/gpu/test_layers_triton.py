@@ -22,6 +22,7 @@ import torch
 import mambakit
 from mambakit.config import ModelConfig
 from mambakit.generation import prefill
+from conftest import perturb_norms_
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -50,11 +51,7 @@ def _model(kind, ngroups, precision):
                           mamba2=dict(d_state=D_STATE, headdim=HEADDIM, ngroups=ngroups, chunk_size=CHUNK))
     else:
         cfg = ModelConfig(d_model=D_MODEL, n_layer=2, vocab_size=512, ssm_layer="mamba1", mamba1=dict(d_state=16))
-    model = mambakit.LM(cfg)
-    with torch.no_grad():  # norms and D away from their init, so a wrong wiring cannot hide
-        for name, p in model.named_parameters():
-            if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-                p.add_(0.2 * torch.randn_like(p))
+    model = perturb_norms_(mambakit.LM(cfg), 0.2)
     return model.to(DEV, torch.bfloat16 if precision == "bf16" else torch.float32)
 
 

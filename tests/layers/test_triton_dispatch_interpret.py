@@ -30,6 +30,7 @@ import torch
 import mambakit
 from mambakit.config import ModelConfig
 from mambakit.generation import prefill
+from conftest import perturb_norms_
 
 torch.set_num_threads(1)
 
@@ -44,12 +45,7 @@ def build(kind):
     else:
         # narrower and shallower: the interpreted selective-scan backward is the slow part here
         cfg = ModelConfig(d_model=16, n_layer=1, vocab_size=64, ssm_layer="mamba1", mamba1=dict(d_state=8))
-    model = mambakit.LM(cfg).eval()
-    with torch.no_grad():  # norms and D away from their init, so a wrong wiring cannot hide
-        for name, p in model.named_parameters():
-            if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-                p.add_(0.2 * torch.randn_like(p))
-    return model
+    return perturb_norms_(mambakit.LM(cfg).eval(), 0.2)
 
 # Count the calls of every Triton entry point, so a layer that silently stays on torch fails.
 CALLS = {}
@@ -144,7 +140,8 @@ for kind in ("mamba2", "mamba1"):
 
 @pytest.fixture(scope="module")
 def results():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    path = os.pathsep.join([ROOT, os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")])  # tests: conftest
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
     env.pop("MAMBAKIT_BACKEND", None)
     proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
