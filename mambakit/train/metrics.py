@@ -3,7 +3,8 @@
 No shape letters: this file handles scalars.
 
 Each line of RUN_DIR/metrics.jsonl is one JSON object with "step" (optimizer steps done) and either
-training fields (loss, lr, grad_norm, tokens, tokens_per_s, elapsed_s) or validation fields
+training fields (loss, lr, grad_norm, tokens, tokens_per_s, elapsed_s, and on CUDA max_mem_gib: the
+rank's peak allocated memory) or validation fields
 (val_loss, val_ppl). A resumed run first drops the lines past its checkpoint, so the file reads as
 one uninterrupted run.
 """
