@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,12 +163,19 @@ def _one_model(args, task, values, spec, name, device, save_to) -> dict:
         settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                  weight_decay=args.weight_decay, warmup_steps=min(args.warmup_steps, args.steps),
                                  seed=args.seed, max_seconds=args.train_seconds)
-        bar = tqdm(total=settings.steps, desc=f"train {name}", unit="step", file=sys.stderr)
+        timed = args.train_seconds is not None  # then the bar counts seconds, so its ETA is the slot's end
+        bar = tqdm(total=round(args.train_seconds) if timed else settings.steps, desc=f"train {name}",
+                   unit="s" if timed else "step", file=sys.stderr,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}{postfix}]" if timed else None)
+        started = time.perf_counter()
 
         def on_step(step, loss, acc):
-            bar.update(1)
+            if timed:
+                bar.update(min(time.perf_counter() - started, bar.total) - bar.n)
+            else:
+                bar.update(1)
             if step % 10 == 0 or step == settings.steps:
-                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}")
+                bar.set_postfix(step=step, loss=f"{loss:.3f}", acc=f"{acc:.2f}")
         entry["train"] = train(model, task, settings, on_step, workers=args.data_workers)
         bar.close()
         model.save(save_to)
