@@ -15,8 +15,8 @@
 #            phonebook Mamba-2, hybrid, Transformer at width TASK_D (same data: books of
 #            1..PB_ENTRIES entries, every answer scored); then the NIAH grid (phonebook template) of
 #            the three phonebook models
-#   phase 2 (6 runs, ~P2_S s): MQAR Mamba-1 and Mamba-2 at width TASK_D and 3 state sizes each
-#            (vocabulary 128, 2..32 pairs)
+#   phase 2 (8 runs, ~P2_S s): MQAR Mamba-1 and Mamba-2 at width TASK_D and 3 state sizes each
+#            (vocabulary 128, 2..32 pairs); selective copying Mamba-1 and Mamba-2 at lr SC_HI_LR
 # PHASES="1 2" (the default) runs both; one phase alone gives its runs a longer TR_S in one command.
 # Each run writes $OUT/tasks/<run>/{results.json,*.png,log.txt}; merged tables/plots go to
 # $OUT/tasks/{selective_copying,induction_heads,phonebook,mqar,niah}/; stages.txt has rc and
@@ -152,6 +152,11 @@ phase2() {
         bg "mqar-m2-n$n" "$P2" $(task $MQT --model mamba2-tiny --set mamba2.d_state=$n --name "Mamba-2-n$n" \
             --out "$W/mqar-m2-n$n")
     done
+    # selective copying again at a higher learning rate (the CPU demo learns it at 1e-2): at 2e-3
+    # Mamba-1 reached 20-73% in phase 1's ~4400 steps. Same data and sizes as phase 1.
+    SCT="--task selective_copying $SC --lr ${SC_HI_LR:-6e-3} --warmup-steps 100 --train-seconds $MQ_S"
+    bg sc-mamba1-hilr "$P2" $(task $SCT --model mamba-tiny --set mamba1.d_state=16 --name "Mamba-1-lr${SC_HI_LR:-6e-3}" --out "$W/sc-mamba1-hilr")
+    bg sc-mamba2-hilr "$P2" $(task $SCT --model mamba2-tiny --set mamba2.d_state=32 --name "Mamba-2-lr${SC_HI_LR:-6e-3}" --out "$W/sc-mamba2-hilr")
     wait
 }
 
@@ -163,7 +168,7 @@ import json, sys
 from pathlib import Path
 from mambakit.tasks import report
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
-groups = {"selective_copying": ["sc-s4d", "sc-mamba1", "sc-mamba2"],
+groups = {"selective_copying": ["sc-s4d", "sc-mamba1", "sc-mamba2", "sc-mamba1-hilr", "sc-mamba2-hilr"],
           "induction_heads": ["ih-mamba1", "ih-mamba2", "ih-transformer"],
           "phonebook": ["pb-mamba2", "pb-hybrid", "pb-transformer"],
           "mqar": [f"mqar-m{f}-n{n}" for f in (1, 2) for n in (4, 16, 64)]}
