@@ -24,7 +24,7 @@
 # few files come back from $OUT, the $OUT/tasks tree is then removed (KEEP_TREE=1 keeps it);
 # $OUT/tasks_stages.txt stays beside the archive.
 # Both phases with the defaults took ~365 s of wall on an H100 (session 3); session 4 ran them as
-# two commands: PHASES=1 TR_S=290 P1_S=370 TOTAL_S=560, then PHASES=2 MQ_S=... .
+# two commands: PHASES=1 TR_S=290 P1_S=370 TOTAL_S=560, then PHASES=2 MQ_S=...; session 5 ran phase 1 so.
 set -u
 PY=${PYTHON:-python3}
 export PYTHONPATH="${PYTHONPATH:-.}" PYTHONUNBUFFERED=1 TQDM_MININTERVAL=${TQDM_MININTERVAL:-10}
