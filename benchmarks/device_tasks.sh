@@ -97,6 +97,13 @@ bg() { if [ "$PAR" = 1 ]; then stage "$@" & else stage "$@"; fi; }
 # the echoed words are split again by the caller: no argument may hold a space
 task() { echo $PY -m mambakit.cli task train $COMMON "$@"; }
 
+# the two selective models of selective copying (phase 1, and phase 2 at another lr):
+# sc_selective RUN_SUFFIX LIMIT "TASK_ARGS" [NAME_SUFFIX]
+sc_selective() {
+    bg "sc-mamba1$1" "$2" $(task $3 --model mamba-tiny --set mamba1.d_state=16 --name "Mamba-1${4:-}" --out "$W/sc-mamba1$1")
+    bg "sc-mamba2$1" "$2" $(task $3 --model mamba2-tiny --set mamba2.d_state=32 --name "Mamba-2${4:-}" --out "$W/sc-mamba2$1")
+}
+
 # --- phase 1: selective copying, induction heads, phonebook, then NIAH of the phonebook models -----
 niah() {
     for m in mamba2 hybrid transformer; do
@@ -118,8 +125,7 @@ phase1() {
     # selective copying: the same width and depth for the three (d 64, 2 layers); S4D is time-invariant
     SCT="--task selective_copying $SC --lr 2e-3 --warmup-steps 100 --train-seconds $TR_S"
     bg sc-s4d "$P1_S" $(task $SCT --model mamba2-tiny --set ssm_layer=s4d --set s4d.d_state=32 --name S4D --out "$W/sc-s4d")
-    bg sc-mamba1 "$P1_S" $(task $SCT --model mamba-tiny --set mamba1.d_state=16 --name Mamba-1 --out "$W/sc-mamba1")
-    bg sc-mamba2 "$P1_S" $(task $SCT --model mamba2-tiny --set mamba2.d_state=32 --name Mamba-2 --out "$W/sc-mamba2")
+    sc_selective "" "$P1_S" "$SCT"
     # induction heads: the Transformer's evaluation stops at 2^14 tokens (its KV cache grows with l)
     # and its batches shrink with l (--max-attention-scores), so it cannot run out of memory
     IH="--task induction_heads --param length=256 --batch-size $IH_BATCH --lr 2e-3 --warmup-steps 100 $IH_EVAL \
@@ -154,9 +160,8 @@ phase2() {
     done
     # selective copying again at a higher learning rate (the CPU demo learns it at 1e-2): at 2e-3
     # Mamba-1 reached 20-73% in phase 1's ~4400 steps. Same data and sizes as phase 1.
-    SCT="--task selective_copying $SC --lr ${SC_HI_LR:-6e-3} --warmup-steps 100 --train-seconds $MQ_S"
-    bg sc-mamba1-hilr "$P2" $(task $SCT --model mamba-tiny --set mamba1.d_state=16 --name "Mamba-1-lr${SC_HI_LR:-6e-3}" --out "$W/sc-mamba1-hilr")
-    bg sc-mamba2-hilr "$P2" $(task $SCT --model mamba2-tiny --set mamba2.d_state=32 --name "Mamba-2-lr${SC_HI_LR:-6e-3}" --out "$W/sc-mamba2-hilr")
+    local lr=${SC_HI_LR:-6e-3}
+    sc_selective "-hilr" "$P2" "--task selective_copying $SC --lr $lr --warmup-steps 100 --train-seconds $MQ_S" "-lr$lr"
     wait
 }
 
