@@ -36,12 +36,21 @@ def matmul_rate(size: int = 1536, repeats: int = 5) -> float:
     return 2 * size ** 3 / t
 
 
-def matvec_bandwidth(rows: int = 32768, cols: int = 8192, repeats: int = 5) -> float:
-    """Bytes/s streamed by an fp32 matrix-vector product (what decoding does). The default matrix
-    is 1 GiB, larger than any cache here (the L3 of this machine's kind is 260 MiB)."""
-    w, x = torch.randn(rows, cols), torch.randn(cols)
-    t = best_of(lambda: torch.mv(w, x), repeats, warmup=2)
-    return rows * cols * 4 / t
+def matvec_bandwidths(rows: int = 32768, cols: int = 8192, repeats: int = 5) -> dict:
+    """Bytes/s of one pass over a 1 GiB fp32 matrix (larger than any cache of these machines):
+    "torch" as torch.mv streams it, "mambakit" as the C loop of mambakit's CPU decode steps does
+    (cpu_kernels.linear; None without the kernels), "read" a plain sum of it (no product at all).
+    The matrix-vector floor of decoding is the better of the two products: torch's BLAS reads
+    well under the machine's read rate at batch 1, so its rate alone would set a floor that
+    mambakit's loop passes."""
+    from mambakit.ops import cpu_kernels
+    w, x = torch.randn(rows, cols), torch.randn(1, cols)
+    nbytes = rows * cols * 4
+    rates = {"torch": nbytes / best_of(lambda: torch.mv(w, x[0]), repeats, warmup=2), "mambakit": None,
+             "read": nbytes / best_of(lambda: w.sum(), repeats, warmup=2)}
+    if cpu_kernels.available():
+        rates["mambakit"] = nbytes / best_of(lambda: cpu_kernels.linear(x, w), repeats, warmup=2)
+    return rates
 
 
 def machine_info() -> dict:

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mambakit  # noqa: E402
-from common import best_of, machine_info, matmul_rate, matvec_bandwidth, write_result  # noqa: E402
+from common import best_of, machine_info, matmul_rate, matvec_bandwidths, write_result  # noqa: E402
 
 VOCAB = 50280
 
@@ -178,6 +178,19 @@ def _copy_cache(cache):
     return clone
 
 
+def measure_floors() -> dict:
+    """The matmul rate (prefill floor) and the matrix-vector bytes/s (decode floor: the better of
+    torch's and mambakit's products, common.matvec_bandwidths), printed."""
+    rates = matvec_bandwidths()
+    floors = {"matmul_flop_s": matmul_rate(), "matvec_bytes_s": max(rates["torch"], rates["mambakit"] or 0.0),
+              "matvec_bytes_s_torch": rates["torch"], "matvec_bytes_s_mambakit": rates["mambakit"],
+              "read_bytes_s": rates["read"]}
+    print(f"floors: matmul {floors['matmul_flop_s'] / 1e9:.1f} GFLOP/s, matvec {floors['matvec_bytes_s'] / 1e9:.1f} GB/s "
+          f"(torch {rates['torch'] / 1e9:.1f}, mambakit {(rates['mambakit'] or 0) / 1e9:.1f}, "
+          f"plain read {rates['read'] / 1e9:.1f})")
+    return floors
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="*", default=["mamba", "mamba2"])
@@ -197,8 +210,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_start = list(os.getloadavg())  # machine_info() records it again at the end
-    floors = {"matmul_flop_s": matmul_rate(), "matvec_bytes_s": matvec_bandwidth()}
-    print(f"floors: matmul {floors['matmul_flop_s'] / 1e9:.1f} GFLOP/s, matvec {floors['matvec_bytes_s'] / 1e9:.1f} GB/s")
+    floors = measure_floors()
     rows = []
     for family in args.families:
         row = measure(family, args)
@@ -209,7 +221,7 @@ def main(argv=None) -> int:
     for preset in args.context_models:
         context_rows += decode_at_contexts(preset, args.contexts, args.context_steps, args.repeats)
     # the floors again at the end: a neighbour that woke up mid-run shows here
-    floors_end = {"matmul_flop_s": matmul_rate(), "matvec_bytes_s": matvec_bandwidth()}
+    floors_end = measure_floors()
     from mambakit.ops import cpu_kernels
     payload = {"machine": machine_info(), "mambakit_cpu_kernels": cpu_kernels.available(), "load_average_start": load_start, "floors": floors, "floors_end": floors_end, "args": vars(args), "rows": rows,
                "context_rows": context_rows}

@@ -16,6 +16,7 @@ from torch import nn
 from .cache import InferenceCache
 from .config import ModelConfig
 from .layers.norm import RMSNorm
+from .ops.cpu_kernels import linear_module
 
 
 def make_mixer(kind: str, config: ModelConfig, layer_idx: int) -> nn.Module:
@@ -138,7 +139,7 @@ class LM(nn.Module):
         if last_only:
             x = x[:, -1:]  # (b, 1, d)
         x = self.norm_f.normalize_residual(x)
-        logits = self.lm_head(x)  # (b, l, v padded)
+        logits = linear_module(self.lm_head, x)  # (b, l, v padded); decoding on the CPU: the C loop
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
         v = self.config.vocab_size

@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.cpu_kernels import linear_module
+
 _SDPA_HAS_GQA = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
@@ -161,11 +163,11 @@ class Attention(nn.Module):
         past = cache.seqlen_offset if cache is not None else 0
         if self.max_seqlen is not None and past + l > self.max_seqlen:
             raise ValueError(f"attention: {past + l} tokens exceed this model's limit of {self.max_seqlen}")
-        q = self.q_proj(x).view(b, l, h, hd)
-        k = self.k_proj(x).view(b, l, kvh, hd)
-        v = self.v_proj(x).view(b, l, kvh, hd)
+        q = linear_module(self.q_proj, x).view(b, l, h, hd)
+        k = linear_module(self.k_proj, x).view(b, l, kvh, hd)
+        v = linear_module(self.v_proj, x).view(b, l, kvh, hd)
         if cache is not None and "k_static" in cache.layers[self.layer_idx]:
-            return self.o_proj(static_attention(self, q, k, v, cache, seq_idx))  # (b, l, d)
+            return linear_module(self.o_proj, static_attention(self, q, k, v, cache, seq_idx))  # (b, l, d)
         if self.rotary_dim:
             cos, sin, swap = rope_tables(past + l, hd, self.rotary_dim, self.rope_theta, x.device, q.dtype)
             cos, sin = cos[past:past + l], sin[past:past + l]  # (l, 1, hd)
@@ -195,7 +197,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         # (b, h, l, hd) -> (b, l, h hd); with l = 1 both orders are one, so no transpose (a view)
         y = y.reshape(b, l, h * hd) if l == 1 else y.transpose(1, 2).reshape(b, l, h * hd)
-        return self.o_proj(y)
+        return linear_module(self.o_proj, y)
 
     @staticmethod
     def _mask(b: int, l: int, t: int, seq_idx, device):

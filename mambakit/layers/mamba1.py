@@ -122,12 +122,12 @@ class Mamba1Mixer(nn.Module):
         if conv_w is None or xp_w is None or dp_w is None or "weight" not in ip or "weight" not in op or not (
                 conv_w.is_contiguous() and xp_w.is_contiguous() and dp_w.is_contiguous()):
             # a parametrized weight, or a transposed view loaded from a checkpoint
-            xz = F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)  # (b, 2e)
+            xz = cpu_kernels.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)  # (b, 2e)
             return self._step_cpu_kernels_split(xz, state).unsqueeze(1)
-        xz = F.linear(hidden.squeeze(1), ip["weight"], ip.get("bias"))  # (b, 2e)
+        xz = cpu_kernels.linear(hidden.squeeze(1), ip["weight"], ip.get("bias"))  # (b, 2e)
         y = cpu_kernels.mamba1_step(xz, state["conv"], conv_w, cv.get("bias"), xp_w, dp_w, dp.get("bias"),
                                     neg_exp_cached(self), self._parameters["D"], state["ssm"])  # (b, e)
-        return F.linear(y, op["weight"], op.get("bias")).unsqueeze(1)  # (b, 1, d)
+        return cpu_kernels.linear(y, op["weight"], op.get("bias")).unsqueeze(1)  # (b, 1, d)
 
     def _step_cpu_kernels_split(self, xz: torch.Tensor, state: dict) -> torch.Tensor:
         """The step after in_proj with the projections in torch: any weight layout."""
@@ -139,7 +139,7 @@ class Mamba1Mixer(nn.Module):
         y = cpu_kernels.selective_scan(x1, dt.unsqueeze(1), neg_exp_cached(self), xdbl[:, None, r:r + n],
                                        xdbl[:, None, r + n:], state["ssm"], D=self.D, z=xz[:, None, e:],
                                        delta_bias=self.dt_proj.bias, delta_softplus=True, out=x1)  # (b, 1, e)
-        return F.linear(y.squeeze(1), self.out_proj.weight, self.out_proj.bias)  # (b, d)
+        return cpu_kernels.linear(y.squeeze(1), self.out_proj.weight, self.out_proj.bias)  # (b, d)
 
     def _step_triton(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as two fused kernels (conv shift + conv + SiLU + x_proj; dt_proj + softplus + SSM

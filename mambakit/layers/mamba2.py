@@ -62,7 +62,7 @@ class Mamba2Mixer(nn.Module):
     def _gate_norm_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         y = ops.gated_rms_norm(y, z, self.norm.weight, self.eps, group_size=self.d_inner // self.ngroups,
                                norm_before_gate=self.norm_before_gate)
-        return F.linear(y, self.out_proj.weight, self.out_proj.bias)  # the module call's overhead, skipped
+        return cpu_kernels.linear(y, self.out_proj.weight, self.out_proj.bias)  # no module call: its overhead
 
     def forward(self, hidden: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
         state = cache.layers[self.layer_idx] if cache is not None else None
@@ -125,7 +125,7 @@ class Mamba2Mixer(nn.Module):
         conv_w, norm_w = cv.get("weight"), m["norm"]._parameters.get("weight")
         if (conv_w is None or norm_w is None or "weight" not in ip or "weight" not in op
                 or not conv_w.is_contiguous()):  # parametrized, or a transposed view from a checkpoint
-            zxbcdt = F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)  # (b, 2e + 2gn + h)
+            zxbcdt = cpu_kernels.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)
             z, xBC, dt = self._split(zxbcdt)
             xBC = cpu_kernels.conv_step(xBC, state["conv"], self.conv1d.weight, self.conv1d.bias)
             e, gn = self.d_inner, self.ngroups * self.d_state
@@ -133,11 +133,11 @@ class Mamba2Mixer(nn.Module):
                                      state["ssm"], D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
                                      dt_limit=self.dt_limit)  # (b, e)
             return self._gate_norm_out(y, z).unsqueeze(1)
-        zxbcdt = F.linear(hidden.squeeze(1), ip["weight"], ip.get("bias"))  # (b, 2e + 2gn + h)
+        zxbcdt = cpu_kernels.linear(hidden.squeeze(1), ip["weight"], ip.get("bias"))  # (b, 2e + 2gn + h)
         y = cpu_kernels.mamba2_step(zxbcdt, state["conv"], conv_w, cv.get("bias"), own["dt_bias"], self.dt_limit,
                                     neg_exp_cached(self), own["D"], state["ssm"], self.ngroups, norm_w, self.eps,
                                     self.d_inner // self.ngroups, self.norm_before_gate)  # (b, e)
-        return F.linear(y, op["weight"], op.get("bias")).unsqueeze(1)  # (b, 1, d)
+        return cpu_kernels.linear(y, op["weight"], op.get("bias")).unsqueeze(1)  # (b, 1, d)
 
     def _step_triton(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as one fused kernel (conv shift + conv + SiLU + SSM update + y, states in place),

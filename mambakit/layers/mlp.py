@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.cpu_kernels import linear_module
+
 ACTIVATIONS = ("gelu", "relu2", "swiglu")
 
 
@@ -37,14 +39,14 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
         """x (b, l, d) -> (b, l, d). Position-wise: cache and seq_idx do not matter."""
-        h = self.up_proj(x)  # (b, l, f)
+        h = linear_module(self.up_proj, x)  # (b, l, f); decoding on the CPU: the C loop
         if self.activation == "swiglu":
-            h = F.silu(self.gate_proj(x)) * h
+            h = F.silu(linear_module(self.gate_proj, x)) * h
         elif self.activation == "relu2":
             h = torch.square(F.relu(h))
         else:
             h = F.gelu(h)
-        return self.down_proj(h)
+        return linear_module(self.down_proj, h)
 
     def allocate_state(self, batch_size: int, dtype=None, device=None) -> dict:
         return {}

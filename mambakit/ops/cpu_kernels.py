@@ -101,8 +101,10 @@ def _build():
     lib.ssd_step.argtypes = [_I] * 5 + [_P, _I, _P, _I, _P, _INT, _F, _F, _P, _P, _I, _P, _I, _P, _INT, _P, _P, _I]
     lib.add_rms_norm.argtypes = [_I, _I, _P, _I, _P, _I, _P, _F, _P, _I]
     lib.mamba1_step.argtypes = [_I] * 5 + [_P, _I] + [_P] * 10 + [_INT]
+    lib.linear_rows.argtypes = [_I, _I, _I, _P, _I, _P, _P, _P, _I, _INT]
     lib.mamba2_step.argtypes = [_I] * 6 + [_P, _I, _P, _P, _P, _P, _F, _F, _P, _P, _INT, _P, _P, _F, _I, _INT, _P, _P, _INT]
-    for fn in (lib.scan1, lib.conv_step, lib.ssd_step, lib.add_rms_norm, lib.mamba1_step, lib.mamba2_step):
+    for fn in (lib.scan1, lib.conv_step, lib.ssd_step, lib.add_rms_norm, lib.mamba1_step, lib.mamba2_step,
+               lib.linear_rows):
         fn.restype = None
     return lib
 
@@ -166,7 +168,7 @@ def selective_scan(u, delta, A, B, C, h, D=None, z=None, delta_bias=None, delta_
         A, D, delta_bias = (None if t is None else t.float().contiguous() for t in (A, D, delta_bias))
         if not (h.is_contiguous() and tuple(h.shape) == (b, e, n) and h.dtype == torch.float32):
             raise ValueError(f"cpu_kernels: the state must be fp32 contiguous {(b, e, n)}, got {h.dtype} {tuple(h.shape)}")
-    y = torch.empty(b, l, e) if out is None else out
+    y = torch.empty(b, l, e, dtype=torch.float32) if out is None else out
     nthreads = threads or (torch.get_num_threads() if l > 1 else 1)
     _lib.scan1(b, l, e, n, _ptr(u), *_rows(u, b, l), _ptr(delta), *_rows(delta, b, l), _ptr(A), _ptr(delta_bias),
                int(bool(delta_softplus)), _ptr(D), _ptr(B), *_rows(B, b, l), _ptr(C), *_rows(C, b, l),
@@ -184,7 +186,7 @@ def conv_step(x, state, weight, bias=None, silu: bool = True, out=None, check: b
             raise ValueError(f"cpu_kernels: conv state must be fp32 contiguous, got {state.dtype} {state.stride()}")
         weight = weight.reshape(c, k).contiguous()
         bias = None if bias is None else bias.contiguous()
-    y = torch.empty(b, c) if out is None else out
+    y = torch.empty(b, c, dtype=torch.float32) if out is None else out
     _lib.conv_step(b, c, k, _ptr(x), x.stride(0), _ptr(state), _ptr(weight), _ptr(bias), int(silu), _ptr(y),
                    y.stride(0))
     return y
@@ -205,7 +207,7 @@ def ssd_step(x, dt, A, B, C, state, D=None, dt_bias=None, dt_softplus=True, dt_l
             raise ValueError(f"cpu_kernels: SSD state must be fp32 contiguous, got {state.dtype} {state.stride()}")
         A, D, dt_bias = (None if t is None else t.float().contiguous() for t in (A, D, dt_bias))
     bias = dt_bias
-    y = torch.empty(b, h * p) if out is None else out
+    y = torch.empty(b, h * p, dtype=torch.float32) if out is None else out
     _lib.ssd_step(b, h, p, n, g, _ptr(x), x.stride(0), _ptr(dt), dt.stride(0), _ptr(bias), int(bool(dt_softplus)),
                   float(dt_limit[0]), float(dt_limit[1]), _ptr(A), _ptr(B), B.stride(0), _ptr(C), C.stride(0),
                   _ptr(D), int(D is not None and D.dim() == 2), _ptr(state), _ptr(y), y.stride(0))
@@ -231,6 +233,37 @@ def rms_norm(x, weight, eps: float, residual=None, out=None, check: bool = True)
     return y
 
 
+# Rows of x up to which linear() runs the C loop: with more, the BLAS behind F.linear reuses each
+# weight better than the loop's 4-row blocks (measured here at 1 and 2 threads: 8 rows about even).
+LINEAR_MAX_ROWS = 4
+
+
+def linear(x, weight, bias=None, threads: int | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) for decoding: x (..., in) with at most LINEAR_MAX_ROWS rows runs the
+    C loop (weight (out, in) read once at the machine's streaming rate, see linear_rows); anything
+    else (more rows, autograd, another dtype or device, a non-contiguous weight) runs F.linear."""
+    rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+    if (not 0 < rows <= LINEAR_MAX_ROWS or weight.dim() != 2 or weight.shape[1] != x.shape[-1]
+            or not weight.is_contiguous() or (bias is not None and not bias.is_contiguous())
+            or not usable(x, weight, bias)):
+        return torch.nn.functional.linear(x, weight, bias)
+    x2 = x.reshape(rows, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    y = torch.empty(*x.shape[:-1], weight.shape[0], dtype=torch.float32)  # not the default dtype: it may be float64
+    _lib.linear_rows(rows, weight.shape[0], weight.shape[1], _ptr(x2), x2.stride(0), _ptr(weight), _ptr(bias),
+                     _ptr(y), weight.shape[0], threads or torch.get_num_threads())
+    return y
+
+
+def linear_module(module, x) -> torch.Tensor:
+    """module(x) for an nn.Linear through linear() (the C loop when decoding); any other module, or
+    one with forward hooks (adapters, probes), is called as it is."""
+    if type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks):
+        return linear(x, module.weight, module.bias)
+    return module(x)
+
+
 def mamba1_step(xz, conv_state, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, h, out=None,
                 threads: int | None = None) -> torch.Tensor:
     """A Mamba-1 decode step after in_proj, one call: conv + SiLU, x_proj, dt_proj, softplus, SSM
@@ -242,7 +275,7 @@ def mamba1_step(xz, conv_state, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A,
     No checks (a layer's decode step passes its own parameters; each check costs microseconds)."""
     b, e, n = h.shape
     r = dt_proj_w.shape[1]
-    y = torch.empty(b, e) if out is None else out
+    y = torch.empty(b, e, dtype=torch.float32) if out is None else out
     _lib.mamba1_step(b, e, n, r, conv_state.shape[2], _ptr(xz), xz.stride(0), _ptr(conv_state), _ptr(conv_w),
                      _ptr(conv_b), _ptr(x_proj_w), _ptr(dt_proj_w), _ptr(dt_bias), _ptr(A), _ptr(D), _ptr(h), _ptr(y),
                      threads or torch.get_num_threads())
@@ -258,8 +291,8 @@ def mamba2_step(zxbcdt, conv_state, conv_w, conv_b, dt_bias, dt_limit, A, D, sta
     threads: as mamba1_step."""
     b, h, p, n = state.shape
     e = h * p
-    xbc = torch.empty(b, e + 2 * ngroups * n)  # (b, c): the conv's output, read by the SSD step
-    y = torch.empty(b, e) if out is None else out
+    xbc = torch.empty(b, e + 2 * ngroups * n, dtype=torch.float32)  # (b, c): the conv's output, read by the SSD step
+    y = torch.empty(b, e, dtype=torch.float32) if out is None else out
     _lib.mamba2_step(b, h, p, n, ngroups, conv_state.shape[2], _ptr(zxbcdt), zxbcdt.stride(0), _ptr(conv_state),
                      _ptr(conv_w), _ptr(conv_b), _ptr(dt_bias), float(dt_limit[0]), float(dt_limit[1]), _ptr(A),
                      _ptr(D), int(D is not None and D.dim() == 2), _ptr(state), _ptr(norm_w), float(eps), group_size,

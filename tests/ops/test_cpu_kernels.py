@@ -194,3 +194,181 @@ def test_decode_with_a_strided_weight_takes_the_general_path(preset, name, monke
     on = run()
     monkeypatch.setenv("MAMBAKIT_CPU_KERNELS", "off")
     assert (on - run()).abs().max() < 1e-5
+
+
+@pytest.fixture
+def linear_calls(monkeypatch):
+    """The C loop's calls, recorded: (rows, out, in, weight pointer) each, then run as they were."""
+    calls, c_fn = [], cpu_kernels._lib.linear_rows
+
+    def spy(m, out, in_, x, sx, W, bias, y, sy, nthreads):
+        calls.append((m, out, in_, W))
+        return c_fn(m, out, in_, x, sx, W, bias, y, sy, nthreads)
+
+    monkeypatch.setattr(cpu_kernels._lib, "linear_rows", spy)
+    return calls
+
+
+def close_to_linear(y, x, w, b):
+    """y equals F.linear(x, w, b) up to 1e-5 of each element's magnitude (|x| |w|^T + |b|)."""
+    expected = F.linear(x, w, b)
+    scale = F.linear(x.abs(), w.abs(), None if b is None else b.abs())
+    assert y.shape == expected.shape and y.dtype == torch.float32
+    assert ((y - expected).abs() <= 1e-5 * scale + 1e-6).all(), (y - expected).abs().max().item()
+
+
+@pytest.mark.parametrize("d_in,d_out", [(7, 5), (33, 19), (768, 129)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_matches_torch(d_in, d_out, with_bias, linear_calls):
+    """Every row count up to LINEAR_MAX_ROWS (the 4-row block and the remainder), contiguous and
+    strided x: the C loop runs and gives F.linear's numbers."""
+    g = torch.Generator().manual_seed(d_in + d_out)
+    w = torch.randn(d_out, d_in, generator=g)
+    b = torch.randn(d_out, generator=g) if with_bias else None
+    xs = [torch.randn(1, d_in, generator=g)]
+    for rows in range(1, cpu_kernels.LINEAR_MAX_ROWS + 1):
+        wide = torch.randn(rows, 1, 2 * d_in, generator=g)
+        xs += [torch.randn(rows, d_in, generator=g), torch.randn(rows, 1, d_in, generator=g),
+               wide[..., :d_in], wide[:, 0, :d_in],  # row-strided views (xz[:, :e])
+               wide[..., ::2], wide[:, 0, 1::2],  # stride(-1) = 2
+               torch.randn(d_in, rows, generator=g).t(),  # a transposed x
+               torch.randn(1, d_in, generator=g).expand(rows, d_in)]  # row stride 0
+    xs += [torch.randn(2, 3, d_in, generator=g)[:, :2]]  # 4 rows no single stride reaches: a copy
+    for x in xs:
+        n = len(linear_calls)
+        y = cpu_kernels.linear(x, w, b)
+        assert len(linear_calls) == n + 1, f"the C loop did not run for x {tuple(x.shape)} strides {x.stride()}"
+        assert y.shape == (*x.shape[:-1], d_out) and y.is_contiguous()
+        close_to_linear(y, x, w, b)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+def test_linear_same_bits_at_any_thread_count(rows):
+    g = torch.Generator().manual_seed(rows)
+    w, b = torch.randn(131, 768, generator=g), torch.randn(131, generator=g)  # 131 rows: uneven splits
+    x = torch.randn(rows, 1536, generator=g)[:, :768]
+    y1 = cpu_kernels.linear(x, w, b, threads=1)
+    for threads in (2, 3, None):
+        assert torch.equal(cpu_kernels.linear(x, w, b, threads=threads), y1)
+
+
+def test_outputs_are_fp32_whatever_the_default_dtype():
+    """The kernels' outputs are allocated fp32: under a float64 default dtype they were float64
+    buffers read as fp32 (garbage)."""
+    g = torch.Generator().manual_seed(5)
+    x, w = torch.randn(2, 33, generator=g), torch.randn(19, 33, generator=g)
+    xz, conv = torch.randn(1, 2 * 16, generator=g), torch.randn(1, 16, 4, generator=g)
+    ref = F.linear(x, w)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        y = cpu_kernels.linear(x, w)
+        y_conv = cpu_kernels.conv_step(xz[:, :16], conv.clone(), torch.randn(16, 4, generator=g, dtype=torch.float32))
+    finally:
+        torch.set_default_dtype(previous)
+    assert y.dtype == torch.float32 and y_conv.dtype == torch.float32
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_falls_back_to_torch(linear_calls):
+    """More rows, autograd, fp64, a strided weight or bias, no rows: F.linear itself, the same bits."""
+    g = torch.Generator().manual_seed(11)
+    w, b = torch.randn(19, 33, generator=g), torch.randn(19, generator=g)
+    many = cpu_kernels.LINEAR_MAX_ROWS + 1
+    cases = [(torch.randn(many, 33, generator=g), w, b), (torch.randn(many, 1, 33, generator=g), w, None),
+             (torch.randn(2, 3, 33, generator=g), w, b),
+             (torch.randn(2, 33, generator=g).double(), w.double(), b.double()),
+             (torch.randn(2, 33, generator=g), torch.randn(33, 19, generator=g).t(), b),  # weight.t()
+             (torch.randn(2, 33, generator=g), w, torch.randn(38, generator=g)[::2]),
+             (torch.randn(0, 33, generator=g), w, b)]
+    for x, weight, bias in cases:
+        y = cpu_kernels.linear(x, weight, bias)
+        assert y.dtype == x.dtype and torch.equal(y, F.linear(x, weight, bias))
+    assert not linear_calls
+
+
+@pytest.mark.parametrize("grad_of", ["x", "weight"])
+def test_linear_under_autograd_gives_torch_gradients(grad_of, linear_calls):
+    g = torch.Generator().manual_seed(12)
+    x0, w0, b0 = torch.randn(2, 1, 33, generator=g), torch.randn(19, 33, generator=g), torch.randn(19, generator=g)
+    grads = []
+    for fn in (cpu_kernels.linear, F.linear):
+        x, w, b = x0.clone(), w0.clone(), b0.clone()
+        leaves = [x] if grad_of == "x" else [w, b]
+        for t in leaves:
+            t.requires_grad_(True)
+        y = fn(x, w, b)
+        assert y.requires_grad
+        (y * torch.arange(19.0)).sum().backward()
+        grads.append([y.detach()] + [t.grad for t in leaves])
+    assert all(torch.equal(a, e) for a, e in zip(*grads))
+    assert not linear_calls
+    with torch.no_grad():  # parameters that need grad, outside grad mode: the C loop
+        cpu_kernels.linear(x0, w0.requires_grad_(True), b0)
+    assert len(linear_calls) == 1
+
+
+def test_linear_module(linear_calls):
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(3, 1, 33, generator=g)
+    for bias in (True, False):
+        lin = torch.nn.Linear(33, 19, bias=bias)
+        with torch.no_grad():
+            n = len(linear_calls)
+            close_to_linear(cpu_kernels.linear_module(lin, x), x, lin.weight, lin.bias)
+            assert len(linear_calls) == n + 1
+        y = cpu_kernels.linear_module(lin, x)  # grad mode, parameters needing grad: autograd works
+        y.sum().backward()
+        assert torch.equal(y, lin(x)) and lin.weight.grad is not None
+    n = len(linear_calls)
+
+    # hooks: the module is called, its hooks run (here one changes the output)
+    lin, seen = torch.nn.Linear(33, 19), []
+    lin.register_forward_pre_hook(lambda mod, args: seen.append("pre"))
+    lin.register_forward_hook(lambda mod, args, out: seen.append("post") or out * 3)
+    with torch.no_grad():
+        y = cpu_kernels.linear_module(lin, x)
+        assert seen == ["pre", "post"] and torch.equal(y, F.linear(x, lin.weight, lin.bias) * 3)
+
+    class Doubled(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    doubled, identity = Doubled(33, 19), torch.nn.Identity()
+    parametrized = torch.nn.Linear(33, 19)
+    torch.nn.utils.parametrize.register_parametrization(parametrized, "weight", Doubled(33, 33))  # W' = 2 (W A^T + c)
+    with torch.no_grad():
+        assert torch.equal(cpu_kernels.linear_module(doubled, x), 2 * F.linear(x, doubled.weight, doubled.bias))
+        assert cpu_kernels.linear_module(identity, x) is x
+        assert torch.equal(cpu_kernels.linear_module(parametrized, x), parametrized(x))
+    assert len(linear_calls) == n  # none of them through the C loop
+
+
+DECODE_CASES = {"mamba1": ("mamba-tiny", {}), "mamba2": ("mamba2-tiny", {}), "hybrid": ("hybrid-tiny", {}),
+                "hybrid-mamba1": ("hybrid-tiny", {"ssm_layer": "mamba1", "mamba1": {"d_state": 8}})}
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("case", list(DECODE_CASES))
+def test_decode_steps_run_every_projection_through_linear(case, batch, linear_calls):
+    """Prefill, then greedy one-token steps: each step's projections (in_proj, out_proj, attention's
+    q/k/v/o, the MLP's, the LM head) go through the C loop, and the logits equal the full forward's."""
+    name, overrides = DECODE_CASES[case]
+    torch.manual_seed(2)
+    model = mambakit.LM(mambakit.ModelConfig.from_preset(name, **overrides)).eval()
+    ids = torch.randint(0, model.config.vocab_size, (batch, 7))
+    with torch.inference_mode():
+        cache = model.allocate_cache(batch)
+        logits = [model(ids, cache=cache)]
+        del linear_calls[:]
+        for _ in range(4):
+            ids = torch.cat([ids, logits[-1][:, -1:].argmax(-1)], dim=1)
+            logits.append(model(ids[:, -1:], cache=cache))
+        full = model(ids)
+    assert (torch.cat(logits, 1) - full).abs().max() < 1e-4
+    # every nn.Linear a step uses (x_proj and dt_proj run inside mamba1_step), batch rows each call
+    names = {mod.weight.data_ptr(): n for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)
+             and not n.endswith(("x_proj", "dt_proj"))}
+    assert {c[3] for c in linear_calls} == set(names), sorted(set(names.values()) - {names.get(c[3]) for c in linear_calls})
+    assert {c[0] for c in linear_calls} == {batch}
+    assert len(linear_calls) == 4 * len(names)
