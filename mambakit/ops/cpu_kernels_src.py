@@ -194,9 +194,17 @@ void scan1(i64 b, i64 l, i64 e, i64 n,
                      C, sC_b, sC_l, z, sz_b, sz_l, h, y, sy_b, sy_l, softplus};
         args[used++] = s;
     }
+#ifdef _OPENMP
+    /* torch's OpenMP pool: its workers still spin from the matmul before, and a pthread of ours
+       would wait behind them for a core */
+    #pragma omp parallel for schedule(static, 1) num_threads(used)
+    for (int i = 0; i < used; i++) scan1_range(&args[i]);
+    (void)tid;
+#else
     for (int i = 1; i < used; i++) pthread_create(&tid[i], 0, scan1_thread, &args[i]);
     scan1_range(&args[0]);
     for (int i = 1; i < used; i++) pthread_join(tid[i], 0);
+#endif
 }
 
 /* ---- causal conv, one decode step: state (b, c, k) shifted left, x appended, y = act(w . state + bias);
