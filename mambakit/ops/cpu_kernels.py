@@ -101,10 +101,11 @@ def _build():
     lib.ssd_step.argtypes = [_I] * 5 + [_P, _I, _P, _I, _P, _INT, _F, _F, _P, _P, _I, _P, _I, _P, _INT, _P, _P, _I]
     lib.add_rms_norm.argtypes = [_I, _I, _P, _I, _P, _I, _P, _F, _P, _I]
     lib.mamba1_step.argtypes = [_I] * 5 + [_P, _I] + [_P] * 10 + [_INT]
+    lib.conv_seq.argtypes = [_I] * 7 + [_P, _INT, _P, _P, _INT, _P, _INT]
     lib.linear_rows.argtypes = [_I, _I, _I, _P, _I, _P, _P, _P, _I, _INT]
     lib.mamba2_step.argtypes = [_I] * 6 + [_P, _I, _P, _P, _P, _P, _F, _F, _P, _P, _INT, _P, _P, _F, _I, _INT, _P, _P, _INT]
     for fn in (lib.scan1, lib.conv_step, lib.ssd_step, lib.add_rms_norm, lib.mamba1_step, lib.mamba2_step,
-               lib.linear_rows):
+               lib.linear_rows, lib.conv_seq):
         fn.restype = None
     return lib
 
@@ -189,6 +190,28 @@ def conv_step(x, state, weight, bias=None, silu: bool = True, out=None, check: b
     y = torch.empty(b, c, dtype=torch.float32) if out is None else out
     _lib.conv_step(b, c, k, _ptr(x), x.stride(0), _ptr(state), _ptr(weight), _ptr(bias), int(silu), _ptr(y),
                    y.stride(0))
+    return y
+
+
+def conv_seq(x, weight, bias=None, silu: bool = True, state=None, threads: int | None = None) -> torch.Tensor:
+    """Causal depthwise conv (+ SiLU) over a sequence, as ops.causal_conv1d: x (b, l, c) with a
+    contiguous last axis (a slice of in_proj's output is fine), weight (c, k) or (c, 1, k) with
+    k <= 16, bias (c,). state (b, c, k) contiguous: the inputs before t = 0, replaced in place by the
+    last k inputs (None: zeros, nothing kept). Returns y (b, l, c) contiguous."""
+    b, l, c = x.shape
+    weight = weight.reshape(c, -1).contiguous()
+    k = weight.shape[1]
+    if x.stride(-1) != 1 or x.dtype != torch.float32 or k > 16:
+        raise ValueError(f"cpu_kernels.conv_seq: x must be fp32 with a contiguous last axis and k <= 16, got "
+                         f"{x.dtype} strides {x.stride()}, k {k}")
+    if state is not None and (tuple(state.shape) != (b, c, k) or not state.is_contiguous()
+                              or state.dtype != torch.float32):
+        raise ValueError(f"cpu_kernels.conv_seq: state must be fp32 contiguous {(b, c, k)}, got "
+                         f"{state.dtype} {tuple(state.shape)} strides {state.stride()}")
+    bias = None if bias is None else bias.contiguous()
+    y = torch.empty(b, l, c, dtype=torch.float32)
+    _lib.conv_seq(b, l, c, k, _ptr(x), x.stride(0), x.stride(1), _ptr(state), int(state is not None), _ptr(weight),
+                  _ptr(bias), int(silu), _ptr(y), threads or torch.get_num_threads())
     return y
 
 

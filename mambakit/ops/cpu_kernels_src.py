@@ -230,6 +230,55 @@ static void conv_rows(i64 b, i64 c, i64 c0, i64 c1, i64 k, const float *x, i64 s
     }
 }
 
+/* ---- Causal depthwise conv (+ SiLU) over a sequence (prefill): x (b, l, c) with a contiguous last
+   axis, state (b, c, k) of the k inputs before t = 0 (the last at k - 1; 0 = zeros), replaced by the
+   last k inputs when write_state; y (b, l, c) contiguous. Channels split over the threads in blocks
+   of 16; per block the taps are kept transposed (k, 16) so each output row is k vector fmas. ---- */
+void conv_seq(i64 b, i64 l, i64 c, i64 k, const float *x, i64 sx_b, i64 sx_l, float *state, int write_state,
+              const float *w, const float *bias, int silu, float *y, int nthreads) {
+    const i64 nblocks = (c + 15) / 16;
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (i64 blk = 0; blk < b * nblocks; blk++) {
+        const i64 bi = blk / nblocks, c0 = (blk % nblocks) * 16, w16 = c - c0 < 16 ? c - c0 : 16;
+        float wt[16 * 16], past[16 * 16], bb[16];  /* taps (k, 16), the state's inputs (k, 16); k <= 16 */
+        for (i64 j = 0; j < w16; j++) {
+            bb[j] = bias ? bias[c0 + j] : 0.0f;
+            for (i64 i = 0; i < k; i++) {
+                wt[i * 16 + j] = w[(c0 + j) * k + i];
+                past[i * 16 + j] = state ? state[(bi * c + c0 + j) * k + i] : 0.0f;
+            }
+        }
+        const float *xb = x + bi * sx_b + c0;
+        float *yb = y + bi * l * c + c0;
+        for (i64 t = 0; t < l; t++) {
+            float acc[16];
+            for (i64 j = 0; j < 16; j++) acc[j] = bb[j];
+            for (i64 i = 0; i < k; i++) {
+                const i64 p = t - (k - 1) + i;  /* the input this tap reads: x[p], or the state's k + p */
+                const float *src = p >= 0 ? xb + p * sx_l : past + (k + p) * 16;
+                if (w16 == 16) {
+                    #pragma omp simd
+                    for (i64 j = 0; j < 16; j++) acc[j] += wt[i * 16 + j] * src[j];
+                } else {
+                    for (i64 j = 0; j < w16; j++) acc[j] += wt[i * 16 + j] * src[j];
+                }
+            }
+            float *yt = yb + t * c;
+            if (silu) {
+                #pragma omp simd
+                for (i64 j = 0; j < 16; j++) acc[j] = fsilu(acc[j]);
+            }
+            for (i64 j = 0; j < w16; j++) yt[j] = acc[j];
+        }
+        if (write_state)
+            for (i64 j = 0; j < w16; j++)
+                for (i64 i = 0; i < k; i++) {
+                    const i64 p = l - k + i;
+                    state[(bi * c + c0 + j) * k + i] = p >= 0 ? xb[p * sx_l + j] : past[(k + p) * 16 + j];
+                }
+    }
+}
+
 void conv_step(i64 b, i64 c, i64 k, const float *x, i64 sx_b, float *state, const float *w,
                const float *bias, int silu, float *y, i64 sy_b) {
     conv_rows(b, c, 0, c, k, x, sx_b, state, w, bias, silu, y, sy_b);

@@ -372,3 +372,37 @@ def test_decode_steps_run_every_projection_through_linear(case, batch, linear_ca
     assert {c[3] for c in linear_calls} == set(names), sorted(set(names.values()) - {names.get(c[3]) for c in linear_calls})
     assert {c[0] for c in linear_calls} == {batch}
     assert len(linear_calls) == 4 * len(names)
+
+
+@pytest.mark.parametrize("b,l,c,k", [(1, 1, 16, 4), (2, 3, 40, 4), (1, 100, 33, 3), (3, 9, 17, 2), (2, 2, 48, 4)])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_conv_seq_matches_torch_conv(b, l, c, k, with_state):
+    """cpu_kernels.conv_seq == the torch causal conv: outputs, and the final state (the last k
+    inputs, some from the old state when l < k); x a row-strided slice as in_proj's output."""
+    from mambakit.ops.conv1d import causal_conv1d as conv_torch
+    g = torch.Generator().manual_seed(b * 1000 + l * 10 + k)
+    x = torch.randn(b, l, c + 7, generator=g)[..., 3:3 + c]  # row stride c + 7
+    w, bias = torch.randn(c, k, generator=g), torch.randn(c, generator=g)
+    state0 = torch.randn(b, c, k, generator=g) if with_state else None
+    for act, bb in (("silu", bias), (None, None)):
+        y_ref, s_ref = conv_torch(x, w, bb, act, initial_state=state0, return_final_state=True)
+        state = state0.clone() if with_state else torch.zeros(b, c, k)
+        y = cpu_kernels.conv_seq(x, w, bb, act == "silu", state=state)
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(state, s_ref, rtol=0, atol=0)
+        if not with_state:  # no state given: zeros before t = 0, nothing written
+            torch.testing.assert_close(cpu_kernels.conv_seq(x, w, bb, act == "silu"), y_ref, rtol=1e-5, atol=1e-6)
+        # the dispatch point takes it for fp32 CPU inference, with the same results
+        with torch.no_grad():
+            y_op, s_op = mambakit.ops.causal_conv1d(x, w, bb, act, initial_state=state0, return_final_state=True)
+        assert torch.equal(y_op, y) and torch.equal(s_op, state)
+    y1 = cpu_kernels.conv_seq(x, w, bias, True, threads=1)
+    assert torch.equal(y1, cpu_kernels.conv_seq(x, w, bias, True, threads=3))  # blocks split over threads
+
+
+def test_conv_seq_rejects_bad_input():
+    x = torch.randn(1, 4, 16)
+    with pytest.raises(ValueError, match="state must be"):
+        cpu_kernels.conv_seq(x, torch.randn(16, 4), state=torch.zeros(1, 16, 3))
+    with pytest.raises(ValueError, match="contiguous last axis"):
+        cpu_kernels.conv_seq(torch.randn(1, 16, 4).transpose(1, 2), torch.randn(16, 4))
