@@ -39,7 +39,7 @@ PACK=${PACK_S:-20}      # seconds kept for merging and packing
 
 if [ "$SMOKE" = 1 ]; then  # CPU, one thread, seconds per run, small variants: every command end to end
     DEV=cpu; PAR=${PAR:-0}; WORKERS=0; [ -z "${TOTAL_S:-}" ] && TOTAL=900
-    TR_S=2; EV_S=10; P1_S=${P1_S:-60}; P2_S=${P2_S:-60}
+    TR_S=2; EV_S=10; P1_S=${P1_S:-60}; P2_S=${P2_S:-60}; P3_S=${P3_S:-60}; SC3_S=${SC3_S:-2}
     SC="--param vocab_size=16 --param num_tokens=4 --param length=64 --batch-size 8 --values 64,128"
     IH_EVAL="--values 64,256,4096 --eval-examples 8 --chunk-len 1024"; IH_BATCH=8
     PB_ENTRIES=6; PB_BATCH=4; PB_EVAL="--values 2,6 --eval-examples 4"
@@ -52,6 +52,7 @@ else
     MQ_S=${MQ_S:-130}    # training seconds per MQAR run (phase 2)
     EV_S=${EV_S:-35}     # evaluation seconds per run
     P1_S=${P1_S:-260}; P2_S=${P2_S:-200}   # hard limits per run: startup + compile + train + eval + margin
+    SC3_S=${SC3_S:-400}; P3_S=${P3_S:-460}   # phase 3: training seconds and hard limit per run
     SC_LEN=${SC_LEN:-1024}   # the paper: 4096; at 4096 no model learned in 175 s (session 3)
     SC="--param vocab_size=16 --param num_tokens=16 --param length=$SC_LEN --batch-size ${SC_BATCH:-64} \
         --values $((SC_LEN / 4)),$((SC_LEN / 2)),$SC_LEN,$((SC_LEN * 2)) --eval-examples 256"
@@ -72,7 +73,7 @@ MQ_S=${MQ_S:-$TR_S}
 # session 3 (phonebook at ln 10, MQAR at 1/pairs); on a CPU, hybrid-tiny at width 128 learned books
 # of 1-4 entries in 460 steps (session 4). Selective copying and induction heads keep the paper's 64.
 TASK_D=${TASK_D:-128}
-PHASES=${PHASES:-"1 2"}   # 1: selective copying, induction heads, phonebook, then NIAH; 2: MQAR
+PHASES=${PHASES:-"1 2"}   # 1: selective copying, induction heads, phonebook, then NIAH; 2: MQAR; 3: SC longer
 COMMON="--device $DEV --threads 1 --steps 1000000 --eval-seconds $EV_S"
 echo "device_tasks: smoke=$SMOKE device=$DEV total=${TOTAL}s out=$T work=$W" | tee "$T/stages.txt"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | head -3
@@ -165,6 +166,17 @@ phase2() {
     wait
 }
 
+# --- phase 3: selective copying trained longer, the two selective models at two learning rates -------
+# Session 5 (phase 1, lr 2e-3, 290 s): Mamba-2 98.6%, Mamba-1 72.9% and still learning; session 6
+# (phase 2, lr 6e-3): 77.8% and 20.6%. Four runs alone on the GPU, SC3_S seconds each.
+phase3() {
+    local P3; P3=$(left); [ "$P3" -gt "$P3_S" ] && P3=$P3_S
+    for lr in ${SC3_LRS:-2e-3 1e-3}; do
+        sc_selective "-long-lr$lr" "$P3" "--task selective_copying $SC --lr $lr --warmup-steps 100 --train-seconds $SC3_S" "-long-lr$lr"
+    done
+    wait
+}
+
 for phase in $PHASES; do "phase$phase"; done
 
 # --- merge each task's runs into one table and plot, then pack ------------------------------------
@@ -173,7 +185,8 @@ import json, sys
 from pathlib import Path
 from mambakit.tasks import report
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
-groups = {"selective_copying": ["sc-s4d", "sc-mamba1", "sc-mamba2", "sc-mamba1-hilr", "sc-mamba2-hilr"],
+groups = {"selective_copying": ["sc-s4d", "sc-mamba1", "sc-mamba2", "sc-mamba1-hilr", "sc-mamba2-hilr"]
+                             + [f"sc-mamba{f}-long-lr{lr}" for lr in ("2e-3", "1e-3") for f in (1, 2)],
           "induction_heads": ["ih-mamba1", "ih-mamba2", "ih-transformer"],
           "phonebook": ["pb-mamba2", "pb-hybrid", "pb-transformer"],
           "mqar": [f"mqar-m{f}-n{n}" for f in (1, 2) for n in (4, 16, 64)]}
