@@ -216,6 +216,8 @@ def main(argv=None) -> int:
         row = measure(family, args)
         row["prefill_floor_tok_s"] = floors["matmul_flop_s"] / row["flops_per_token"]
         row["decode_floor_tok_s"] = floors["matvec_bytes_s"] / row["weight_bytes_per_token"]
+        # the stricter bound: the weights read at the plain streaming rate (no product at all)
+        row["decode_read_floor_tok_s"] = floors["read_bytes_s"] / row["weight_bytes_per_token"]
         rows.append(row)
     context_rows = []
     for preset in args.context_models:
@@ -234,8 +236,8 @@ def main(argv=None) -> int:
 
 def markdown_table(rows) -> str:
     lines = ["| model | prefill tok/s (mambakit / transformers) | ratio | % of matmul floor "
-             "| decode tok/s (mambakit / transformers) | ratio | % of bandwidth floor |",
-             "|---|---|---|---|---|---|---|"]
+             "| decode tok/s (mambakit / transformers) | ratio | % of bandwidth floor | % of plain read |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['family']} ({r['params'] / 1e6:.0f}M) | {r['mambakit_prefill_tok_s']:.1f} / "
@@ -243,7 +245,8 @@ def markdown_table(rows) -> str:
             f"| {100 * r['mambakit_prefill_tok_s'] / r['prefill_floor_tok_s']:.0f}% "
             f"| {r['mambakit_decode_tok_s']:.2f} / {r['transformers_decode_tok_s']:.2f} "
             f"| {r['mambakit_decode_tok_s'] / r['transformers_decode_tok_s']:.2f}x "
-            f"| {100 * r['mambakit_decode_tok_s'] / r['decode_floor_tok_s']:.0f}% |")
+            f"| {100 * r['mambakit_decode_tok_s'] / r['decode_floor_tok_s']:.0f}% "
+            f"| {100 * r['mambakit_decode_tok_s'] / r['decode_read_floor_tok_s']:.0f}% |")
     return "\n".join(lines)
 
 

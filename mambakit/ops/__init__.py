@@ -111,7 +111,7 @@ def _conv_seq_fits(x, weight, bias, activation, initial_state) -> bool:
         return False
     b, _, c = x.shape
     k = weight.shape[1]
-    return (weight.shape[0] == c and k <= 16 and (bias is None or tuple(bias.shape) == (c,))
+    return (weight.shape[0] == c and c > 0 and 1 <= k <= 16 and (bias is None or tuple(bias.shape) == (c,))
             and (initial_state is None or tuple(initial_state.shape) == (b, c, k))
             and cpu_kernels.usable(x, weight, bias, initial_state))
 

@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 
 import torch
+import torch.nn.modules.module as _module_globals
 
 from .cpu_kernels_src import SOURCE as _SOURCE
 
@@ -37,6 +38,7 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trap
 _lock = threading.Lock()
 _lib = None
 _tried = False
+_openmp = False  # whether the library was built with OpenMP (else its loops run on one thread)
 _P, _I, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 
 
@@ -102,6 +104,7 @@ def _build():
     lib.add_rms_norm.argtypes = [_I, _I, _P, _I, _P, _I, _P, _F, _P, _I]
     lib.mamba1_step.argtypes = [_I] * 5 + [_P, _I] + [_P] * 10 + [_INT]
     lib.conv_seq.argtypes = [_I] * 7 + [_P, _INT, _P, _P, _INT, _P, _INT]
+    lib.built_with_openmp.argtypes, lib.built_with_openmp.restype = [], ctypes.c_int
     lib.linear_rows.argtypes = [_I, _I, _I, _P, _I, _P, _P, _P, _I, _INT]
     lib.mamba2_step.argtypes = [_I] * 6 + [_P, _I, _P, _P, _P, _P, _F, _F, _P, _P, _INT, _P, _P, _F, _I, _INT, _P, _P, _INT]
     for fn in (lib.scan1, lib.conv_step, lib.ssd_step, lib.add_rms_norm, lib.mamba1_step, lib.mamba2_step,
@@ -112,7 +115,7 @@ def _build():
 
 def available() -> bool:
     """Whether the kernels are on (env MAMBAKIT_CPU_KERNELS is not off) and built (once per process)."""
-    global _lib, _tried
+    global _lib, _tried, _openmp
     if os.environ.get("MAMBAKIT_CPU_KERNELS", "on").lower() in ("0", "off", "false", "no"):
         return False
     if not _tried:
@@ -120,6 +123,7 @@ def available() -> bool:
             if not _tried:
                 try:
                     _lib = _build()
+                    _openmp = _lib is not None and bool(_lib.built_with_openmp())
                 except Exception as exc:  # a broken compiler: say so once, keep the PyTorch paths
                     logger.warning("mambakit: building the CPU kernels failed (%s); using PyTorch paths", exc)
                     _lib = None
@@ -127,13 +131,37 @@ def available() -> bool:
     return _lib is not None
 
 
+def _tracing_or_transformed() -> bool:
+    """Whether torch is tracing or transforming the call (torch.compile, jit.trace, a dispatch mode
+    such as FakeTensorMode or FlopCounterMode, vmap/grad, forward-mode AD): a ctypes call on raw
+    pointers is invisible to all of them (wrong traces, fake tensors without memory)."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing() or _dispatch_modes() > 0
+            or _functorch_active() or getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0)
+
+
+# private torch hooks (present in torch 2.x); a torch without them reports nothing active
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def usable(*tensors) -> bool:
-    """available(), and every tensor given (None skipped) is an fp32 CPU tensor needing no gradient."""
+    """available(), and every tensor given (None skipped) is a plain fp32 CPU tensor needing no
+    gradient (no subclass: a wrapper such as a quantized weight or DTensor has no plain memory), and
+    nothing traces or transforms the call."""
     grad = torch.is_grad_enabled()
     for t in tensors:  # is_cpu, not device.type: this runs a few times per layer and token
-        if t is not None and (t.dtype != torch.float32 or not t.is_cpu or (grad and t.requires_grad)):
+        if t is not None and (t.dtype != torch.float32 or not t.is_cpu or (grad and t.requires_grad)
+                              or type(t) not in _PLAIN):
             return False
-    return available()
+    return available() and not _tracing_or_transformed()
+
+
+def _empty(*shape) -> torch.Tensor:
+    """An fp32 CPU buffer whatever the default dtype and device (a kernel writes it through its pointer)."""
+    return torch.empty(*shape, dtype=torch.float32, device="cpu")
 
 
 def _ptr(t):
@@ -169,7 +197,7 @@ def selective_scan(u, delta, A, B, C, h, D=None, z=None, delta_bias=None, delta_
         A, D, delta_bias = (None if t is None else t.float().contiguous() for t in (A, D, delta_bias))
         if not (h.is_contiguous() and tuple(h.shape) == (b, e, n) and h.dtype == torch.float32):
             raise ValueError(f"cpu_kernels: the state must be fp32 contiguous {(b, e, n)}, got {h.dtype} {tuple(h.shape)}")
-    y = torch.empty(b, l, e, dtype=torch.float32) if out is None else out
+    y = _empty(b, l, e) if out is None else out
     nthreads = threads or (torch.get_num_threads() if l > 1 else 1)
     _lib.scan1(b, l, e, n, _ptr(u), *_rows(u, b, l), _ptr(delta), *_rows(delta, b, l), _ptr(A), _ptr(delta_bias),
                int(bool(delta_softplus)), _ptr(D), _ptr(B), *_rows(B, b, l), _ptr(C), *_rows(C, b, l),
@@ -187,7 +215,7 @@ def conv_step(x, state, weight, bias=None, silu: bool = True, out=None, check: b
             raise ValueError(f"cpu_kernels: conv state must be fp32 contiguous, got {state.dtype} {state.stride()}")
         weight = weight.reshape(c, k).contiguous()
         bias = None if bias is None else bias.contiguous()
-    y = torch.empty(b, c, dtype=torch.float32) if out is None else out
+    y = _empty(b, c) if out is None else out
     _lib.conv_step(b, c, k, _ptr(x), x.stride(0), _ptr(state), _ptr(weight), _ptr(bias), int(silu), _ptr(y),
                    y.stride(0))
     return y
@@ -209,7 +237,7 @@ def conv_seq(x, weight, bias=None, silu: bool = True, state=None, threads: int |
         raise ValueError(f"cpu_kernels.conv_seq: state must be fp32 contiguous {(b, c, k)}, got "
                          f"{state.dtype} {tuple(state.shape)} strides {state.stride()}")
     bias = None if bias is None else bias.contiguous()
-    y = torch.empty(b, l, c, dtype=torch.float32)
+    y = _empty(b, l, c)
     _lib.conv_seq(b, l, c, k, _ptr(x), x.stride(0), x.stride(1), _ptr(state), int(state is not None), _ptr(weight),
                   _ptr(bias), int(silu), _ptr(y), threads or torch.get_num_threads())
     return y
@@ -230,7 +258,7 @@ def ssd_step(x, dt, A, B, C, state, D=None, dt_bias=None, dt_softplus=True, dt_l
             raise ValueError(f"cpu_kernels: SSD state must be fp32 contiguous, got {state.dtype} {state.stride()}")
         A, D, dt_bias = (None if t is None else t.float().contiguous() for t in (A, D, dt_bias))
     bias = dt_bias
-    y = torch.empty(b, h * p, dtype=torch.float32) if out is None else out
+    y = _empty(b, h * p) if out is None else out
     _lib.ssd_step(b, h, p, n, g, _ptr(x), x.stride(0), _ptr(dt), dt.stride(0), _ptr(bias), int(bool(dt_softplus)),
                   float(dt_limit[0]), float(dt_limit[1]), _ptr(A), _ptr(B), B.stride(0), _ptr(C), C.stride(0),
                   _ptr(D), int(D is not None and D.dim() == 2), _ptr(state), _ptr(y), y.stride(0))
@@ -261,19 +289,21 @@ def rms_norm(x, weight, eps: float, residual=None, out=None, check: bool = True)
 LINEAR_MAX_ROWS = 4
 
 
-def linear(x, weight, bias=None, threads: int | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias) for decoding: x (..., in) with at most LINEAR_MAX_ROWS rows runs the
-    C loop (weight (out, in) read once at the machine's streaming rate, see linear_rows); anything
-    else (more rows, autograd, another dtype or device, a non-contiguous weight) runs F.linear."""
+def linear(x, weight, bias=None, threads: int | None = None, max_rows: int = LINEAR_MAX_ROWS) -> torch.Tensor:
+    """F.linear(x, weight, bias) for decoding: x (..., in) with at most max_rows rows runs the C loop
+    (weight (out, in) read once at the machine's streaming rate, see linear_rows); anything else
+    (more rows, autograd, another dtype or device, a non-contiguous weight, a bias of another shape,
+    more than one thread asked of a build without OpenMP) runs F.linear."""
     rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
-    if (not 0 < rows <= LINEAR_MAX_ROWS or weight.dim() != 2 or weight.shape[1] != x.shape[-1]
-            or not weight.is_contiguous() or (bias is not None and not bias.is_contiguous())
-            or not usable(x, weight, bias)):
+    if (not 0 < rows <= max_rows or weight.dim() != 2 or weight.shape[1] != x.shape[-1]
+            or not weight.is_contiguous()
+            or (bias is not None and (bias.shape != weight.shape[:1] or not bias.is_contiguous()))
+            or not usable(x, weight, bias) or (not _openmp and (threads or torch.get_num_threads()) > 1)):
         return torch.nn.functional.linear(x, weight, bias)
     x2 = x.reshape(rows, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    y = torch.empty(*x.shape[:-1], weight.shape[0], dtype=torch.float32)  # not the default dtype: it may be float64
+    y = _empty(*x.shape[:-1], weight.shape[0])
     _lib.linear_rows(rows, weight.shape[0], weight.shape[1], _ptr(x2), x2.stride(0), _ptr(weight), _ptr(bias),
                      _ptr(y), weight.shape[0], threads or torch.get_num_threads())
     return y
@@ -281,8 +311,10 @@ def linear(x, weight, bias=None, threads: int | None = None) -> torch.Tensor:
 
 def linear_module(module, x) -> torch.Tensor:
     """module(x) for an nn.Linear through linear() (the C loop when decoding); any other module, or
-    one with forward hooks (adapters, probes), is called as it is."""
-    if type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks):
+    one with forward hooks (adapters, probes, global hooks) or a patched forward, is called as it is."""
+    if (type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+            and "forward" not in module.__dict__  # a forward patched on the instance (offloading hooks)
+            and not (_module_globals._global_forward_hooks or _module_globals._global_forward_pre_hooks)):
         return linear(x, module.weight, module.bias)
     return module(x)
 
@@ -298,7 +330,7 @@ def mamba1_step(xz, conv_state, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A,
     No checks (a layer's decode step passes its own parameters; each check costs microseconds)."""
     b, e, n = h.shape
     r = dt_proj_w.shape[1]
-    y = torch.empty(b, e, dtype=torch.float32) if out is None else out
+    y = _empty(b, e) if out is None else out
     _lib.mamba1_step(b, e, n, r, conv_state.shape[2], _ptr(xz), xz.stride(0), _ptr(conv_state), _ptr(conv_w),
                      _ptr(conv_b), _ptr(x_proj_w), _ptr(dt_proj_w), _ptr(dt_bias), _ptr(A), _ptr(D), _ptr(h), _ptr(y),
                      threads or torch.get_num_threads())
@@ -314,8 +346,8 @@ def mamba2_step(zxbcdt, conv_state, conv_w, conv_b, dt_bias, dt_limit, A, D, sta
     threads: as mamba1_step."""
     b, h, p, n = state.shape
     e = h * p
-    xbc = torch.empty(b, e + 2 * ngroups * n, dtype=torch.float32)  # (b, c): the conv's output, read by the SSD step
-    y = torch.empty(b, e, dtype=torch.float32) if out is None else out
+    xbc = _empty(b, e + 2 * ngroups * n)  # (b, c): the conv's output, read by the SSD step
+    y = _empty(b, e) if out is None else out
     _lib.mamba2_step(b, h, p, n, ngroups, conv_state.shape[2], _ptr(zxbcdt), zxbcdt.stride(0), _ptr(conv_state),
                      _ptr(conv_w), _ptr(conv_b), _ptr(dt_bias), float(dt_limit[0]), float(dt_limit[1]), _ptr(A),
                      _ptr(D), int(D is not None and D.dim() == 2), _ptr(state), _ptr(norm_w), float(eps), group_size,

@@ -236,11 +236,12 @@ static void conv_rows(i64 b, i64 c, i64 c0, i64 c1, i64 k, const float *x, i64 s
    of 16; per block the taps are kept transposed (k, 16) so each output row is k vector fmas. ---- */
 void conv_seq(i64 b, i64 l, i64 c, i64 k, const float *x, i64 sx_b, i64 sx_l, float *state, int write_state,
               const float *w, const float *bias, int silu, float *y, int nthreads) {
+    if (k < 1 || k > 16) return;  /* the local arrays hold 16 taps (the Python side checks first) */
     const i64 nblocks = (c + 15) / 16;
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (i64 blk = 0; blk < b * nblocks; blk++) {
         const i64 bi = blk / nblocks, c0 = (blk % nblocks) * 16, w16 = c - c0 < 16 ? c - c0 : 16;
-        float wt[16 * 16], past[16 * 16], bb[16];  /* taps (k, 16), the state's inputs (k, 16); k <= 16 */
+        float wt[16 * 16] = {0}, past[16 * 16] = {0}, bb[16] = {0};  /* taps (k, 16), the state's inputs (k, 16) */
         for (i64 j = 0; j < w16; j++) {
             bb[j] = bias ? bias[c0 + j] : 0.0f;
             for (i64 i = 0; i < k; i++) {
@@ -343,6 +344,14 @@ void add_rms_norm(i64 rows, i64 d, float *x, i64 sx, const float *y, i64 sy, con
         #pragma omp simd
         for (i64 j = 0; j < d; j++) o[j] = (xr[j] * rs) * w[j];
     }
+}
+
+int built_with_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 /* a . b, not inlined: inlined into the loops of mamba1_step, gcc left the reduction scalar (one

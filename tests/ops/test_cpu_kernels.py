@@ -4,6 +4,7 @@ Letters: b batch, l length, e inner width, n state dim, h heads, p head dim, g g
 k conv width.
 """
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -406,3 +407,94 @@ def test_conv_seq_rejects_bad_input():
         cpu_kernels.conv_seq(x, torch.randn(16, 4), state=torch.zeros(1, 16, 3))
     with pytest.raises(ValueError, match="contiguous last axis"):
         cpu_kernels.conv_seq(torch.randn(1, 16, 4).transpose(1, 2), torch.randn(16, 4))
+
+
+class _Wrapped(torch.Tensor):
+    """A tensor subclass, as quantized weights or DTensor are: no plain memory behind data_ptr()."""
+
+
+def _forward_ad_linear(x, w):
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.ones_like(x))
+        primal, tangent = fwAD.unpack_dual(cpu_kernels.linear(dual, w))
+        assert tangent is not None and torch.allclose(tangent, F.linear(torch.ones_like(x), w), atol=1e-5)
+        return primal
+
+
+@pytest.mark.parametrize("case", ["fake", "vmap", "forward_ad", "jit_trace", "subclass", "flop_counter"])
+def test_linear_leaves_traced_and_transformed_calls_to_torch(case, linear_calls):
+    """Tracing, dispatch modes and functorch transforms see through F.linear, not through a ctypes
+    call on raw pointers (FakeTensorMode had segfaulted, jit.trace recorded only the empty buffer)."""
+    g = torch.Generator().manual_seed(11)
+    x, w = torch.randn(2, 24, generator=g), torch.randn(9, 24, generator=g)
+    with torch.no_grad():
+        if case == "fake":
+            from torch._subclasses.fake_tensor import FakeTensorMode
+            with FakeTensorMode():
+                assert cpu_kernels.linear(torch.empty(2, 24), torch.empty(9, 24)).shape == (2, 9)
+        elif case == "vmap":
+            y = torch.func.vmap(lambda r: cpu_kernels.linear(r, w))(x)
+            torch.testing.assert_close(y, F.linear(x, w))
+        elif case == "forward_ad":
+            torch.testing.assert_close(_forward_ad_linear(x, w), F.linear(x, w))
+        elif case == "jit_trace":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # deprecation, and the shape checks as constants
+                traced = torch.jit.trace(lambda a: cpu_kernels.linear(a, w), (x,))
+            x2 = torch.randn(2, 24, generator=g)
+            torch.testing.assert_close(traced(x2), F.linear(x2, w))
+        elif case == "subclass":
+            y = cpu_kernels.linear(x, w.as_subclass(_Wrapped))
+            torch.testing.assert_close(y.as_subclass(torch.Tensor), F.linear(x, w))
+        elif case == "flop_counter":
+            from torch.utils.flop_counter import FlopCounterMode
+            with FlopCounterMode(display=False) as counter:
+                cpu_kernels.linear(x, w)
+            assert counter.get_total_flops() == 2 * 2 * 24 * 9
+    if case != "jit_trace":  # jit.trace's own check runs the plain function once more, untraced
+        assert not linear_calls
+
+
+def test_linear_broadcast_bias_and_default_device(linear_calls):
+    """A bias that F.linear broadcasts ((1,) or a scalar) is F.linear's; under a meta default
+    device the CPU inputs still give CPU outputs (the buffers are allocated on the CPU)."""
+    g = torch.Generator().manual_seed(12)
+    x, w = torch.randn(1, 16, generator=g), torch.randn(5, 16, generator=g)
+    with torch.no_grad():
+        for bias in (torch.ones(1), torch.tensor(2.0)):
+            torch.testing.assert_close(cpu_kernels.linear(x, w, bias), F.linear(x, w, bias))
+        assert not linear_calls
+        with torch.device("meta"):
+            y = cpu_kernels.linear(x, w)
+        assert y.device.type == "cpu" and linear_calls
+        torch.testing.assert_close(y, F.linear(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_module_calls_patched_forward_and_global_hooks(linear_calls):
+    lin = torch.nn.Linear(8, 3)
+    x = torch.randn(1, 8)
+    seen = []
+    lin.forward = lambda inp: seen.append("patched") or F.linear(inp, lin.weight, lin.bias)
+    with torch.no_grad():
+        cpu_kernels.linear_module(lin, x)
+    assert seen == ["patched"] and not linear_calls
+    del lin.forward
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append("global"))
+    try:
+        with torch.no_grad():
+            cpu_kernels.linear_module(lin, x)
+    finally:
+        handle.remove()
+    assert seen == ["patched", "global"] and not linear_calls
+    with torch.no_grad():
+        cpu_kernels.linear_module(lin, x)
+    assert len(linear_calls) == 1  # neither left: the C loop again
+
+
+def test_causal_conv1d_edge_shapes_keep_the_torch_behaviour():
+    """No channels: empty outputs (as the torch op); no taps: the torch op's error, not silu(bias)."""
+    with torch.no_grad():
+        assert mambakit.ops.causal_conv1d(torch.randn(1, 4, 0), torch.randn(0, 4), None, "silu").shape == (1, 4, 0)
+        with pytest.raises((ValueError, RuntimeError)):
+            mambakit.ops.causal_conv1d(torch.randn(1, 4, 16), torch.randn(16, 0), torch.randn(16), "silu")
