@@ -1,11 +1,12 @@
-"""Optional compiled CPU kernels: the SSM recurrences, the conv step, whole decode steps and RMSNorm
-of inference, fused.
+"""Optional compiled CPU kernels: the SSM recurrences, the causal conv (a step or a sequence), whole
+decode steps, RMSNorm, and a matrix-vector loop for the weight projections of decoding.
 
 Letters: b batch, l length, d model width, e inner width, n state dim, r dt rank, h heads,
 p head dim, g groups, c conv channels, k conv width.
 
-Eager PyTorch spends a decode step mostly on the fixed cost of ~30 small ops per layer, and a
-Mamba-1 prefill on its time loop (one op per token). These few C functions do that work in one
+Eager PyTorch spends a decode step mostly on the fixed cost of ~30 small ops per layer and on
+reading the weights at about half the machine's streaming rate (its batch-1 BLAS), and a Mamba-1
+prefill on its time loop (one op per token). These few C functions do that work in one
 pass each. Nothing is built at install: the first call compiles the C source (cpu_kernels_src.py) with the
 system's C compiler (well under a second) into a cache folder, and loads it through ctypes
 (which releases the GIL during a call). Without a compiler, or with MAMBAKIT_CPU_KERNELS=off,
@@ -285,7 +286,8 @@ def rms_norm(x, weight, eps: float, residual=None, out=None, check: bool = True)
 
 
 # Rows of x up to which linear() runs the C loop: with more, the BLAS behind F.linear reuses each
-# weight better than the loop's 4-row blocks (measured here at 1 and 2 threads: 8 rows about even).
+# weight better than the loop's 4-row blocks (benchmarks/cpu_matvec.py: at 8 rows the loop was
+# 1.02x F.linear with 1 thread, 1.59x with 2; at 16 rows 0.75x and 1.24x).
 LINEAR_MAX_ROWS = 4
 
 
