@@ -18,6 +18,7 @@ from torch import nn
 from .. import ops
 from ..cache import neg_exp_cached
 from ..ops import cpu_kernels
+from ..ops.cpu_kernels import linear_module
 from .init import dt_bias_init
 
 
@@ -89,9 +90,10 @@ class Mamba1Mixer(nn.Module):
             return self._step_triton(hidden, state)
         if which == "chunked" and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log):
             return self._step_cpu_kernels(hidden, state)
-        # F.linear on the weights directly and in-place ops: at batch 1 the step is bound by the
-        # weights' bandwidth, and each extra op or module call adds its fixed cost 24 times a token.
-        x, z = F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias).chunk(2, dim=-1)  # (b, e)
+        # In-place ops: at batch 1 the step is bound by the weights' bandwidth, and each extra op
+        # adds its fixed cost 24 times a token. The projections go through linear_module, so that an
+        # adapter or hook on them (as the prefill's module calls see) applies here too.
+        x, z = linear_module(self.in_proj, hidden.squeeze(1)).chunk(2, dim=-1)  # (b, e)
         x = ops.causal_conv1d_update(x, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
         dt, B, C = torch.split(F.linear(x, self.x_proj.weight), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(F.linear(dt, self.dt_proj.weight, self.dt_proj.bias).float())  # (b, e)
@@ -101,7 +103,7 @@ class Mamba1Mixer(nn.Module):
         ssm.mul_(dA).addcmul_((dt * x).unsqueeze(-1), B.float().unsqueeze(1))  # += dt x B: (b, e, n)
         y = torch.bmm(ssm, C.float().unsqueeze(-1)).squeeze(-1).addcmul_(self.D.float(), x)  # (b, e)
         y = y.mul_(F.silu(z.float())).to(hidden.dtype)
-        return F.linear(y, self.out_proj.weight, self.out_proj.bias).unsqueeze(1)
+        return linear_module(self.out_proj, y).unsqueeze(1)
 
     def _cpu_kernels(self, hidden: torch.Tensor, seq_idx=None) -> bool:
         """Whether the compiled CPU kernels (ops/cpu_kernels.py) run: fp32 CPU inference, no document ids."""
@@ -116,18 +118,16 @@ class Mamba1Mixer(nn.Module):
         a microsecond here, and a step made ~25 of them (a parametrized weight is not in the dict:
         the general path below takes it)."""
         m = self._modules
-        ip, cv, xp, dp, op = (m["in_proj"]._parameters, m["conv1d"]._parameters, m["x_proj"]._parameters,
-                              m["dt_proj"]._parameters, m["out_proj"]._parameters)
+        cv, xp, dp = m["conv1d"]._parameters, m["x_proj"]._parameters, m["dt_proj"]._parameters
         conv_w, xp_w, dp_w = cv.get("weight"), xp.get("weight"), dp.get("weight")
-        if conv_w is None or xp_w is None or dp_w is None or "weight" not in ip or "weight" not in op or not (
+        xz = linear_module(m["in_proj"], hidden.squeeze(1))  # (b, 2e)
+        if conv_w is None or xp_w is None or dp_w is None or not (
                 conv_w.is_contiguous() and xp_w.is_contiguous() and dp_w.is_contiguous()):
             # a parametrized weight, or a transposed view loaded from a checkpoint
-            xz = cpu_kernels.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)  # (b, 2e)
             return self._step_cpu_kernels_split(xz, state).unsqueeze(1)
-        xz = cpu_kernels.linear(hidden.squeeze(1), ip["weight"], ip.get("bias"))  # (b, 2e)
         y = cpu_kernels.mamba1_step(xz, state["conv"], conv_w, cv.get("bias"), xp_w, dp_w, dp.get("bias"),
                                     neg_exp_cached(self), self._parameters["D"], state["ssm"])  # (b, e)
-        return cpu_kernels.linear(y, op["weight"], op.get("bias")).unsqueeze(1)  # (b, 1, d)
+        return linear_module(m["out_proj"], y).unsqueeze(1)  # (b, 1, d)
 
     def _step_cpu_kernels_split(self, xz: torch.Tensor, state: dict) -> torch.Tensor:
         """The step after in_proj with the projections in torch: any weight layout."""
@@ -139,7 +139,7 @@ class Mamba1Mixer(nn.Module):
         y = cpu_kernels.selective_scan(x1, dt.unsqueeze(1), neg_exp_cached(self), xdbl[:, None, r:r + n],
                                        xdbl[:, None, r + n:], state["ssm"], D=self.D, z=xz[:, None, e:],
                                        delta_bias=self.dt_proj.bias, delta_softplus=True, out=x1)  # (b, 1, e)
-        return cpu_kernels.linear(y.squeeze(1), self.out_proj.weight, self.out_proj.bias)  # (b, d)
+        return linear_module(self.out_proj, y.squeeze(1))  # (b, d)
 
     def _step_triton(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as two fused kernels (conv shift + conv + SiLU + x_proj; dt_proj + softplus + SSM

@@ -15,6 +15,7 @@ from torch import nn
 from .. import ops
 from ..cache import neg_exp_cached
 from ..ops import cpu_kernels
+from ..ops.cpu_kernels import linear_module
 from .init import dt_bias_init
 
 
@@ -62,7 +63,7 @@ class Mamba2Mixer(nn.Module):
     def _gate_norm_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         y = ops.gated_rms_norm(y, z, self.norm.weight, self.eps, group_size=self.d_inner // self.ngroups,
                                norm_before_gate=self.norm_before_gate)
-        return cpu_kernels.linear(y, self.out_proj.weight, self.out_proj.bias)  # no module call: its overhead
+        return linear_module(self.out_proj, y)  # an nn.Linear without the module call's overhead
 
     def forward(self, hidden: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
         state = cache.layers[self.layer_idx] if cache is not None else None
@@ -97,9 +98,10 @@ class Mamba2Mixer(nn.Module):
         b = hidden.shape[0]
         e, h, p, g, n = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
         rep = h // g
-        # F.linear on the weights directly, in-place ops and views instead of copies: at batch 1 the
-        # step is bound by the weights' bandwidth, and each extra op adds its fixed cost per layer.
-        zxbcdt = F.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)
+        # In-place ops and views instead of copies: at batch 1 the step is bound by the weights'
+        # bandwidth, and each extra op adds its fixed cost per layer. The projections go through
+        # linear_module, so that an adapter or hook on them applies here as in the prefill.
+        zxbcdt = linear_module(self.in_proj, hidden.squeeze(1))
         z, xBC, dt = self._split(zxbcdt)  # (b, e), (b, c), (b, h)
         xBC = ops.causal_conv1d_update(xBC, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
         x, B, C = torch.split(xBC, [e, g * n, g * n], dim=-1)
@@ -121,11 +123,11 @@ class Mamba2Mixer(nn.Module):
         norm; states in place) and out_proj: three calls instead of ~30 small ops. The parameters
         are read from the modules' dicts, as in Mamba1Mixer._step_cpu_kernels (why: there)."""
         m, own = self._modules, self._parameters
-        ip, cv, op = m["in_proj"]._parameters, m["conv1d"]._parameters, m["out_proj"]._parameters
+        cv = m["conv1d"]._parameters
         conv_w, norm_w = cv.get("weight"), m["norm"]._parameters.get("weight")
-        if (conv_w is None or norm_w is None or "weight" not in ip or "weight" not in op
-                or not conv_w.is_contiguous()):  # parametrized, or a transposed view from a checkpoint
-            zxbcdt = cpu_kernels.linear(hidden.squeeze(1), self.in_proj.weight, self.in_proj.bias)
+        zxbcdt = linear_module(m["in_proj"], hidden.squeeze(1))  # (b, 2e + 2gn + h)
+        if conv_w is None or norm_w is None or not conv_w.is_contiguous():
+            # parametrized, or a transposed view from a checkpoint
             z, xBC, dt = self._split(zxbcdt)
             xBC = cpu_kernels.conv_step(xBC, state["conv"], self.conv1d.weight, self.conv1d.bias)
             e, gn = self.d_inner, self.ngroups * self.d_state
@@ -133,11 +135,10 @@ class Mamba2Mixer(nn.Module):
                                      state["ssm"], D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
                                      dt_limit=self.dt_limit)  # (b, e)
             return self._gate_norm_out(y, z).unsqueeze(1)
-        zxbcdt = cpu_kernels.linear(hidden.squeeze(1), ip["weight"], ip.get("bias"))  # (b, 2e + 2gn + h)
         y = cpu_kernels.mamba2_step(zxbcdt, state["conv"], conv_w, cv.get("bias"), own["dt_bias"], self.dt_limit,
                                     neg_exp_cached(self), own["D"], state["ssm"], self.ngroups, norm_w, self.eps,
                                     self.d_inner // self.ngroups, self.norm_before_gate)  # (b, e)
-        return cpu_kernels.linear(y, op["weight"], op.get("bias")).unsqueeze(1)  # (b, 1, d)
+        return linear_module(m["out_proj"], y).unsqueeze(1)  # (b, 1, d)
 
     def _step_triton(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as one fused kernel (conv shift + conv + SiLU + SSM update + y, states in place),

@@ -498,3 +498,46 @@ def test_causal_conv1d_edge_shapes_keep_the_torch_behaviour():
         assert mambakit.ops.causal_conv1d(torch.randn(1, 4, 0), torch.randn(0, 4), None, "silu").shape == (1, 4, 0)
         with pytest.raises((ValueError, RuntimeError)):
             mambakit.ops.causal_conv1d(torch.randn(1, 4, 16), torch.randn(16, 0), torch.randn(16), "silu")
+
+
+class _LowRankAdapter(torch.nn.Module):
+    """A LoRA-like wrapper: base(x) + (x A^T) B^T. Not an nn.Linear, but it has .weight and .bias
+    (the base layer's, as peft's wrappers expose them): a step reading those would drop the delta."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int = 2):
+        super().__init__()
+        self.base = base
+        self.A = torch.nn.Parameter(torch.randn(rank, base.in_features) * 0.3)
+        self.B = torch.nn.Parameter(torch.randn(base.out_features, rank) * 0.3)
+
+    @property
+    def weight(self):
+        return self.base.weight
+
+    @property
+    def bias(self):
+        return self.base.bias
+
+    def forward(self, x):
+        return self.base(x) + F.linear(F.linear(x, self.A), self.B)
+
+
+@pytest.mark.parametrize("case", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("kernels", ["on", "off"])
+def test_decode_steps_apply_adapters_on_the_projections(case, kernels, monkeypatch):
+    """in_proj and out_proj wrapped by an adapter: prefill + steps equal the full forward (the
+    prefill calls the modules; the steps must not read the base weights around them)."""
+    if kernels == "off":
+        monkeypatch.setenv("MAMBAKIT_CPU_KERNELS", "off")
+    name, overrides = DECODE_CASES[case]
+    torch.manual_seed(3)
+    model = mambakit.LM(mambakit.ModelConfig.from_preset(name, **overrides)).eval()
+    for block in model.layers:
+        mixer = block.mixer
+        mixer.in_proj, mixer.out_proj = _LowRankAdapter(mixer.in_proj), _LowRankAdapter(mixer.out_proj)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    with torch.inference_mode():
+        cache = model.allocate_cache(2)
+        steps = [model(ids[:, :6], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(6, 9)]
+        full = model(ids)
+    assert (torch.cat(steps, 1) - full).abs().max() < 1e-4
