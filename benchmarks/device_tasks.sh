@@ -17,7 +17,9 @@
 #            the three phonebook models
 #   phase 2 (8 runs, ~P2_S s): MQAR Mamba-1 and Mamba-2 at width TASK_D and 3 state sizes each
 #            (vocabulary 128, 2..32 pairs); selective copying Mamba-1 and Mamba-2 at lr SC_HI_LR
-# PHASES="1 2" (the default) runs both; one phase alone gives its runs a longer TR_S in one command.
+#   phase 3 (4 runs, ~P3_S s): selective copying Mamba-1 and Mamba-2 at lr 2e-3 and 1e-3 (SC3_LRS),
+#            SC3_S s of training each (session 6: PHASES=3 SC3_S=400 P3_S=460 TOTAL_S=500)
+# PHASES="1 2" (the default) runs 1 and 2; one phase alone gives its runs a longer slot in one command.
 # Each run writes $OUT/tasks/<run>/{results.json,*.png,log.txt}; merged tables/plots go to
 # $OUT/tasks/{selective_copying,induction_heads,phonebook,mqar,niah}/; stages.txt has rc and
 # seconds per run. Everything is packed into $OUT/tasks.tgz (with the small models) and, since
