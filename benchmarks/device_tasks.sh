@@ -100,7 +100,7 @@ bg() { if [ "$PAR" = 1 ]; then stage "$@" & else stage "$@"; fi; }
 # the echoed words are split again by the caller: no argument may hold a space
 task() { echo $PY -m mambakit.cli task train $COMMON "$@"; }
 
-# the two selective models of selective copying (phase 1, and phase 2 at another lr):
+# the two selective models of selective copying (phase 1; phases 2 and 3 at other lrs and slots):
 # sc_selective RUN_SUFFIX LIMIT "TASK_ARGS" [NAME_SUFFIX]
 sc_selective() {
     bg "sc-mamba1$1" "$2" $(task $3 --model mamba-tiny --set mamba1.d_state=16 --name "Mamba-1${4:-}" --out "$W/sc-mamba1$1")

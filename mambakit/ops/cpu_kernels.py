@@ -297,24 +297,26 @@ def linear(x, weight, bias=None, threads: int | None = None, max_rows: int = LIN
     (more rows, autograd, another dtype or device, a non-contiguous weight, a bias of another shape,
     more than one thread asked of a build without OpenMP) runs F.linear."""
     rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
-    if (not 0 < rows <= max_rows or weight.dim() != 2 or weight.shape[1] != x.shape[-1]
+    threads = threads or torch.get_num_threads()
+    if (not x.is_cpu or not 0 < rows <= max_rows or weight.dim() != 2 or weight.shape[1] != x.shape[-1]
             or not weight.is_contiguous()
             or (bias is not None and (bias.shape != weight.shape[:1] or not bias.is_contiguous()))
-            or not usable(x, weight, bias) or (not _openmp and (threads or torch.get_num_threads()) > 1)):
+            or not usable(x, weight, bias) or (not _openmp and threads > 1)):
         return torch.nn.functional.linear(x, weight, bias)
     x2 = x.reshape(rows, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     y = _empty(*x.shape[:-1], weight.shape[0])
     _lib.linear_rows(rows, weight.shape[0], weight.shape[1], _ptr(x2), x2.stride(0), _ptr(weight), _ptr(bias),
-                     _ptr(y), weight.shape[0], threads or torch.get_num_threads())
+                     _ptr(y), weight.shape[0], threads)
     return y
 
 
 def linear_module(module, x) -> torch.Tensor:
     """module(x) for an nn.Linear through linear() (the C loop when decoding); any other module, or
-    one with forward hooks (adapters, probes, global hooks) or a patched forward, is called as it is."""
-    if (type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+    one with forward hooks (adapters, probes, global hooks) or a patched forward, is called as it is,
+    and so is every call on another device (the GPU's training and decoding keep their module call)."""
+    if (x.is_cpu and type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
             and "forward" not in module.__dict__  # a forward patched on the instance (offloading hooks)
             and not (_module_globals._global_forward_hooks or _module_globals._global_forward_pre_hooks)):
         return linear(x, module.weight, module.bias)
