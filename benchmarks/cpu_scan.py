@@ -1,12 +1,15 @@
-"""The Mamba-1 selective scan on the CPU: the compiled kernel (mambakit/ops/cpu_kernels.py) against
-the chunked PyTorch tier, one layer of a mamba-130m-shaped model, fp32 inference.
+"""The Mamba-1 selective scan and the causal conv on the CPU: the compiled kernels
+(mambakit/ops/cpu_kernels.py) against the PyTorch paths, one layer of a mamba-130m-shaped model,
+fp32 inference.
 
 Letters: b batch, l length, e inner width, n state dim.
 
     python benchmarks/cpu_scan.py [--threads 2] [--length 1024] [--repeats 7]
 
 Times ops.selective_scan_fn(backend="chunked") and cpu_kernels.selective_scan (softplus, scan,
-D skip, gate) on the same inputs, best of --repeats, after checking that they agree. Writes
+D skip, gate) on the same inputs, best of --repeats, after checking that they agree; and the causal
+conv + SiLU over x as a slice of in_proj's (b, l, 2e) output, the torch op (ops/conv1d.py) against
+cpu_kernels.conv_seq, with an initial state and the final state returned (as a prefill). Writes
 cpu_scan-<machine>-<date>.json to benchmarks/results (or --out).
 """
 from __future__ import annotations
@@ -22,6 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import best_of, machine_info, write_result  # noqa: E402
 from mambakit import ops  # noqa: E402
 from mambakit.ops import cpu_kernels  # noqa: E402
+
+
+def conv_times(b: int, l: int, e: int, repeats: int) -> dict:
+    """Causal conv (k 4) + SiLU with state in and out: torch op against cpu_kernels.conv_seq, ms."""
+    from mambakit.ops.conv1d import causal_conv1d as conv_torch
+    x = torch.randn(b, l, 2 * e)[..., :e]  # x as in_proj's output holds it: rows of stride 2e
+    w, bias, state = torch.randn(e, 4), torch.randn(e), torch.randn(b, e, 4)
+    y_torch, _ = conv_torch(x, w, bias, "silu", initial_state=state, return_final_state=True)
+    y_kernel = cpu_kernels.conv_seq(x, w, bias, True, state=state.clone())
+    torch.testing.assert_close(y_kernel, y_torch, rtol=1e-5, atol=1e-5)
+    t_torch = best_of(lambda: conv_torch(x, w, bias, "silu", initial_state=state, return_final_state=True), repeats)
+    t_kernel = best_of(lambda: cpu_kernels.conv_seq(x, w, bias, True, state=state.clone()), repeats)
+    return {"conv_torch_ms": t_torch * 1e3, "conv_kernel_ms": t_kernel * 1e3}
 
 
 def main(argv=None) -> int:
@@ -60,10 +76,12 @@ def main(argv=None) -> int:
             print(f"the kernel disagrees with the chunked tier: relative error {rel:.2e}")
             return 1
         t_torch, t_kernel = best_of(torch_tier, a.repeats), best_of(kernel, a.repeats)
+        conv = conv_times(b, l, e, a.repeats)
     row = {"batch": b, "length": l, "inner": e, "state": n, "threads": a.threads, "rel_error": rel,
-           "chunked_ms": t_torch * 1e3, "kernel_ms": t_kernel * 1e3, "speedup": t_torch / t_kernel}
+           "chunked_ms": t_torch * 1e3, "kernel_ms": t_kernel * 1e3, "speedup": t_torch / t_kernel, **conv}
     print(f"b {b} l {l} e {e} n {n}, {a.threads} thread(s): chunked {row['chunked_ms']:.1f} ms, "
-          f"kernel {row['kernel_ms']:.1f} ms ({row['speedup']:.1f}x), rel. error {rel:.1e}")
+          f"kernel {row['kernel_ms']:.1f} ms ({row['speedup']:.1f}x), rel. error {rel:.1e}; conv: torch "
+          f"{conv['conv_torch_ms']:.2f} ms, kernel {conv['conv_kernel_ms']:.2f} ms")
     path = write_result("cpu_scan", {"machine": machine_info(), "args": vars(a), "rows": [row]}, a.out)
     print(f"results: {path}")
     return 0
