@@ -36,27 +36,36 @@ sys.path.insert(0, ROOT)
 SHAPES = {"b4_l2048_e1536_n16": (4, 2048, 1536, 16), "b4_l8192_e1536_n64": (4, 8192, 1536, 64)}
 
 
-def cfg(bt, be, bn, vec, warps, atomic=None):
+def cfg(bt, be, bn, vec, warps, atomic=None, slots=None, maxnreg=None):
     c = dict(BLOCK_T=bt, BLOCK_E=be, BLOCK_N=bn, VEC=vec, num_warps=warps)
     if atomic is not None:  # backward only: the dB/dC reduction (True: the old atomics)
         c["DBC_ATOMIC"] = atomic
+    if slots:  # backward only: programs per SM of the persistent grid
+        c["SLOTS_PER_SM"] = slots
+    if maxnreg:  # a register cap (more programs fit an SM, some values spill)
+        c["MAXNREG"] = maxnreg
     return c
 
 
 # (forward configs, backward configs) per n; the first of each is the library default, the
-# second backward one the old (atomic dB/dC) path at the same tiles; at n 64 the third and
-# fourth are the two configs that ptxas (triton 3.9, sm_90a) compiles without spills, the
-# fourth also with half the dB/dC partials (E 16); --quick keeps the first four
+# second backward one the old (atomic dB/dC) path at the same tiles; then (session 7, the
+# persistent backward) the default tiles with 3 or 4 programs an SM, with and without a
+# register cap (ptxas, triton 3.9, sm_90a: 181 registers uncapped, 2 programs of 4 warps an
+# SM; 168: 3 an SM, 56 bytes of stack; 128: 4 an SM, 96 bytes); --quick keeps those. At n 64
+# the next two are the configs that compile without spills, the second also with half the
+# dB/dC partials (E 16)
 SWEEP = {
     16: ([cfg(16, 16, 16, 2, 4), cfg(32, 16, 16, 2, 4), cfg(16, 32, 16, 4, 4), cfg(8, 16, 16, 2, 4)],
-         [cfg(8, 16, 16, 2, 4, False), cfg(8, 16, 16, 2, 4, True), cfg(8, 32, 16, 4, 4, False),
-          cfg(4, 32, 16, 4, 4, False), cfg(16, 16, 16, 2, 4, False)]),
+         [cfg(8, 16, 16, 2, 4, False), cfg(8, 16, 16, 2, 4, True), cfg(8, 16, 16, 2, 4, False, slots=4),
+          cfg(8, 16, 16, 2, 4, False, slots=3, maxnreg=168), cfg(8, 16, 16, 2, 4, False, slots=4, maxnreg=128),
+          cfg(8, 32, 16, 4, 4, False), cfg(4, 32, 16, 4, 4, False), cfg(16, 16, 16, 2, 4, False)]),
     64: ([cfg(16, 8, 64, 4, 4), cfg(16, 16, 64, 4, 8), cfg(8, 8, 64, 4, 4)],
-         [cfg(4, 8, 64, 4, 4, False), cfg(4, 8, 64, 4, 4, True), cfg(4, 8, 64, 2, 8, False),
-          cfg(2, 16, 64, 2, 8, False), cfg(4, 16, 64, 4, 8, False), cfg(2, 16, 64, 4, 4, False),
-          cfg(8, 8, 64, 4, 4, False)]),
+         [cfg(4, 8, 64, 4, 4, False), cfg(4, 8, 64, 4, 4, True), cfg(4, 8, 64, 4, 4, False, slots=4),
+          cfg(4, 8, 64, 4, 4, False, slots=3, maxnreg=168), cfg(4, 8, 64, 4, 4, False, slots=4, maxnreg=128),
+          cfg(4, 8, 64, 2, 8, False), cfg(2, 16, 64, 2, 8, False), cfg(4, 16, 64, 4, 8, False),
+          cfg(2, 16, 64, 4, 4, False), cfg(8, 8, 64, 4, 4, False)]),
 }
-QUICK_BWD = 2  # how many of each backward list --quick times (the default and the old atomic path)
+QUICK_BWD = 5  # how many of each backward list --quick times (see SWEEP)
 
 
 def seg(bt, be, sc, maxnreg=None, warps=1):
@@ -78,7 +87,7 @@ SEG_SWEEP = {
     64: [seg(8, 64, 8), seg(4, 64, 8, 168), seg(8, 64, 4)],
 }
 for _n, (_f, _b) in SWEEP.items():
-    _b[QUICK_BWD:QUICK_BWD] = SEG_SWEEP[_n]  # right after the default and the atomic path
+    _b[QUICK_BWD:QUICK_BWD] = SEG_SWEEP[_n]  # after the ones --quick keeps of the chunk backward
 
 
 def make_inputs(b, l, e, n, dtype, requires_grad=False, seed=0):
@@ -286,6 +295,8 @@ def main():
         else:
             cs = f"T{c['BLOCK_T']} E{c['BLOCK_E']} V{c['VEC']} w{c['num_warps']}"
         cs += " atomic-dBC" if c and c.get("DBC_ATOMIC") else ""
+        cs += f" slots{c['SLOTS_PER_SM']}" if c and c.get("SLOTS_PER_SM") else ""
+        cs += f" r{c['MAXNREG']}" if c and c.get("MAXNREG") and c.get("VARIANT") != "seg" else ""
         ms = f"{r['ms']:9.3f}" if "ms" in r else f"{'-':>9}"
         print(f"{r['shape']:24} {r['dtype']:9} {r['impl']:8} {r['pass']:8} {ms} {r.get('gbs', 0):7.0f} "
               f"{r.get('floor_ms', 0):7.3f}  {cs}{' *' if r.get('default') and c else ''} {r.get('note', '')}")
