@@ -36,7 +36,7 @@ sys.path.insert(0, ROOT)
 SHAPES = {"b4_l2048_e1536_n16": (4, 2048, 1536, 16), "b4_l8192_e1536_n64": (4, 8192, 1536, 64)}
 
 
-def cfg(bt, be, bn, vec, warps, atomic=None, slots=None, maxnreg=None):
+def cfg(bt, be, bn, vec, warps, atomic=None, slots=None, maxnreg=None, flip=None):
     c = dict(BLOCK_T=bt, BLOCK_E=be, BLOCK_N=bn, VEC=vec, num_warps=warps)
     if atomic is not None:  # backward only: the dB/dC reduction (True: the old atomics)
         c["DBC_ATOMIC"] = atomic
@@ -44,24 +44,28 @@ def cfg(bt, be, bn, vec, warps, atomic=None, slots=None, maxnreg=None):
         c["SLOTS_PER_SM"] = slots
     if maxnreg:  # a register cap (more programs fit an SM, some values spill)
         c["MAXNREG"] = maxnreg
+    if flip is not None:  # backward only: False re-reads the chunk in reversed order for the adjoint
+        c["FLIP"] = flip
     return c
 
 
-# (forward configs, backward configs) per n; the first of each is the library default, the
-# second backward one the old (atomic dB/dC) path at the same tiles; then (session 7, the
-# persistent backward) the default tiles with 3 or 4 programs an SM, with and without a
-# register cap (ptxas, triton 3.9, sm_90a: 181 registers uncapped, 2 programs of 4 warps an
-# SM; 168: 3 an SM, 56 bytes of stack; 128: 4 an SM, 96 bytes); --quick keeps those. At n 64
-# the next two are the configs that compile without spills, the second also with half the
-# dB/dC partials (E 16)
+# (forward configs, backward configs) per n; the first of each is the library default. Then
+# (session 7, the persistent backward) the same tiles with the adjoint on a re-read chunk
+# (FLIP=False, the session 2-6 way), and with 3 or 4 programs an SM under a register cap
+# (ptxas, triton 3.9, sm_90a, n 16: 246 registers uncapped, 2 programs of 4 warps an SM;
+# 168: 3, 32 bytes of stack; 128: 4, 96 bytes); --quick keeps those. Then the old atomic
+# dB/dC; at n 64 the next two are configs that compiled without spills before session 7,
+# the second also with half the dB/dC partials (E 16)
 SWEEP = {
     16: ([cfg(16, 16, 16, 2, 4), cfg(32, 16, 16, 2, 4), cfg(16, 32, 16, 4, 4), cfg(8, 16, 16, 2, 4)],
-         [cfg(8, 16, 16, 2, 4, False), cfg(8, 16, 16, 2, 4, True), cfg(8, 16, 16, 2, 4, False, slots=4),
+         [cfg(8, 16, 16, 2, 4, False), cfg(8, 16, 16, 2, 4, False, flip=False),
           cfg(8, 16, 16, 2, 4, False, slots=3, maxnreg=168), cfg(8, 16, 16, 2, 4, False, slots=4, maxnreg=128),
+          cfg(8, 16, 16, 2, 4, False, slots=3, maxnreg=168, flip=False), cfg(8, 16, 16, 2, 4, True),
           cfg(8, 32, 16, 4, 4, False), cfg(4, 32, 16, 4, 4, False), cfg(16, 16, 16, 2, 4, False)]),
     64: ([cfg(16, 8, 64, 4, 4), cfg(16, 16, 64, 4, 8), cfg(8, 8, 64, 4, 4)],
-         [cfg(4, 8, 64, 4, 4, False), cfg(4, 8, 64, 4, 4, True), cfg(4, 8, 64, 4, 4, False, slots=4),
+         [cfg(4, 8, 64, 4, 4, False), cfg(4, 8, 64, 4, 4, False, flip=False),
           cfg(4, 8, 64, 4, 4, False, slots=3, maxnreg=168), cfg(4, 8, 64, 4, 4, False, slots=4, maxnreg=128),
+          cfg(4, 8, 64, 4, 4, False, slots=3, maxnreg=168, flip=False), cfg(4, 8, 64, 4, 4, True),
           cfg(4, 8, 64, 2, 8, False), cfg(2, 16, 64, 2, 8, False), cfg(4, 16, 64, 4, 8, False),
           cfg(2, 16, 64, 4, 4, False), cfg(8, 8, 64, 4, 4, False)]),
 }
@@ -253,7 +257,7 @@ def main():
         have_mambapy = True
     except ImportError:
         have_mambapy = False
-    sweep = {n: ([c[0][0]], c[1][:QUICK_BWD + len(SEG_SWEEP[n])]) if args.quick else c for n, c in SWEEP.items()}
+    sweep = {n: ([c[0][0]], c[1][:QUICK_BWD + 1]) if args.quick else c for n, c in SWEEP.items()}  # + the seg default
     jobs = []
     for n, (fwd_cfgs, bwd_cfgs) in sweep.items():
         for dtype in ("float32", "bfloat16"):
@@ -297,6 +301,7 @@ def main():
         cs += " atomic-dBC" if c and c.get("DBC_ATOMIC") else ""
         cs += f" slots{c['SLOTS_PER_SM']}" if c and c.get("SLOTS_PER_SM") else ""
         cs += f" r{c['MAXNREG']}" if c and c.get("MAXNREG") and c.get("VARIANT") != "seg" else ""
+        cs += " reread" if c and c.get("FLIP") is False else ""
         ms = f"{r['ms']:9.3f}" if "ms" in r else f"{'-':>9}"
         print(f"{r['shape']:24} {r['dtype']:9} {r['impl']:8} {r['pass']:8} {ms} {r.get('gbs', 0):7.0f} "
               f"{r.get('floor_ms', 0):7.3f}  {cs}{' *' if r.get('default') and c else ''} {r.get('note', '')}")

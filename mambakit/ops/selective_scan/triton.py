@@ -239,7 +239,8 @@ class SelectiveScanTriton(torch.autograd.Function):
             C.stride(0), C.stride(1), zz.stride(0), zz.stride(1), seq.stride(0), seq.stride(1),
             dy.stride(0), dy.stride(1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-            HAS_SEQ=seq_idx is not None, HAS_DHT=dhT is not None, DBC_ATOMIC=atomic, **tiles,
+            HAS_SEQ=seq_idx is not None, HAS_DHT=dhT is not None, DBC_ATOMIC=atomic,
+            FLIP=bool(cb.get("FLIP", True)), **tiles,
             **({"maxnreg": cb["MAXNREG"]} if cb.get("MAXNREG") else {}),
         )
         if not atomic:

@@ -25,7 +25,7 @@ half idle for the second wave.
 import triton
 import triton.language as tl
 
-from .triton_kernels import (LOG2E, _adjoint_combine, _discretize, _last_row, _load_chunk, _load_chunk_dout,
+from .triton_kernels import (LOG2E, _adjoint_combine, _discretize, _first_row, _last_row, _load_chunk, _load_chunk_dout,
                              _softplus, _state_combine, _state_offsets)
 
 
@@ -109,7 +109,7 @@ def selective_scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_DHT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
-    VEC: tl.constexpr, DBC_ATOMIC: tl.constexpr,
+    VEC: tl.constexpr, DBC_ATOMIC: tl.constexpr, FLIP: tl.constexpr,
 ):
     """Gradients. du, ddt, dz: (b, l, e) like the inputs; dB, dC: fp32, this e-block's
     share of the sum over e, stored into (b, n_eblk, l, n) partials that the caller sums
@@ -244,59 +244,94 @@ def selective_scan_bwd_kernel(
             dA_acc += tl.sum(X * Pdt[:, :, None], axis=0)
             Xn = tl.sum(X * A3, axis=2)  # (c, e)
             Xsuf = tl.sum(Xn, axis=0)[None, :] - tl.cumsum(Xn, axis=0) + Xn  # sum over s >= t
-            # park Xsuf, to be read back in reversed row order below
-            tl.store(flip + rows[:, None] * BLOCK_E + tl.arange(0, BLOCK_E)[None, :], Xsuf)
-            # -- reversed row order: the adjoint g, dB, du, ddelta
-            tr = c * BLOCK_T + (BLOCK_T - 1) - rows
-            tr_mask = tr < L
-            ter_mask = tr_mask[:, None] & e_mask[None, :]
-            tnr_mask = tr_mask[:, None] & n_mask[None, :]
-            tr64 = tr.to(tl.int64)
-            ur, dtr_raw, zr, Br, Cr, resetr = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, tr,
-                                                          offs_e, offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l,
-                                                          sseq_l, HAS_Z, HAS_SEQ)
-            doutr = tl.load(do_base + tr64[:, None] * sdo_l + offs_e[None, :], mask=ter_mask,
-                            other=0.0).to(tl.float32)
-            dtr_pre, dtr, dtur, dAr, dBur = _discretize(ur, dtr_raw, Br, resetr, tr, L, A2, bias, HAS_BIAS,
-                                                        SOFTPLUS, HAS_SEQ)
-            if HAS_Z:
-                dyr = doutr * (zr * tl.sigmoid(zr))
+            if FLIP:
+                # the adjoint as a forward scan over tl.flip-ped rows: time sits in each
+                # thread's registers, so the flips move no data (checked in the sm_90 SASS:
+                # no shuffles), and the chunk is neither re-read nor discretized again
+                ones = tl.full([BLOCK_T, BLOCK_E, BLOCK_N], 1.0, tl.float32)
+                fa, p, gl = tl.associative_scan((tl.flip(dA, 0), ones, tl.flip(dy[:, :, None] * Ct[:, None, :], 0)),
+                                                axis=0, combine_fn=_adjoint_combine)
+                g = tl.flip(gl + p * W[None, :, :], 0)  # dL/dh_t, (c, e, n)
+                K = W * h_last  # the W h_{c-1} term of the identity, (e, n)
+                W = _first_row(dA * g, rows)  # a g at the chunk's first step: into the previous chunk
+                Y = g * dBu  # g_s dt_s u_s B_s
+                Yn = tl.sum(Y * A3, axis=2)  # (c, e)
+                Ysuf = tl.sum(Yn, axis=0)[None, :] - tl.cumsum(Yn, axis=0) + Yn  # sum over s >= t
+                dA_acc += K * tl.sum(dt, axis=0)[:, None] - tl.sum(Y * Pdt[:, :, None], axis=0)
+                dBt = tl.sum(g * dtu[:, :, None], axis=1)  # (c, n)
+                if DBC_ATOMIC:
+                    tl.atomic_add(dB_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dBt, mask=tn_mask,
+                                  sem="relaxed")
+                else:
+                    tl.store(dB_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dBt, mask=tn_mask)
+                gB = tl.sum(g * Bt[:, None, :], axis=2)  # (c, e)
+                kA = tl.sum(K[None, :, :] * A3, axis=2)  # (1, e)
+                ddt = (Xsuf - Ysuf + kA) + u * gB
+                du = dt * gB
+                if HAS_D:
+                    du += dy * Dv[None, :]
+                if SOFTPLUS:
+                    ddt = ddt * tl.sigmoid(dt_pre)
+                ddt = tl.where(te_mask, ddt, 0.0)
+                dbias_acc += tl.sum(ddt, axis=0)
+                tl.store(du_ptr + out_base + t64[:, None] * E + offs_e[None, :],
+                         du.to(du_ptr.dtype.element_ty), mask=te_mask)
+                tl.store(ddt_ptr + out_base + t64[:, None] * E + offs_e[None, :],
+                         ddt.to(ddt_ptr.dtype.element_ty), mask=te_mask)
             else:
-                dyr = doutr
-            ones = tl.full([BLOCK_T, BLOCK_E, BLOCK_N], 1.0, tl.float32)
-            fa, p, gl = tl.associative_scan((dAr, ones, dyr[:, :, None] * Cr[:, None, :]), axis=0,
-                                            combine_fn=_adjoint_combine)
-            g = gl + p * W[None, :, :]  # dL/dh at time tr, (c, e, n)
-            K = W * h_last  # the W h_{c-1} term of the identity, (e, n)
-            W = _last_row(dAr * g, rows, BLOCK_T)  # a g at the chunk's first step: into the previous chunk
-            Y = g * dBur  # g_s dt_s u_s B_s
-            Yn = tl.sum(Y * A3, axis=2)  # (c, e)
-            Ysuf = tl.cumsum(Yn, axis=0)  # sum over s >= tr (rows before r are later times)
-            Prev = tl.sum(dtr, axis=0)[None, :] - tl.cumsum(dtr, axis=0) + dtr  # sum_{t' <= tr} dt
-            dA_acc += K * tl.sum(dtr, axis=0)[:, None] - tl.sum(Y * Prev[:, :, None], axis=0)
-            dBt = tl.sum(g * dtur[:, :, None], axis=1)  # (c, n)
-            if DBC_ATOMIC:
-                tl.atomic_add(dB_ptr + dBC_base + tr64[:, None] * N + offs_n[None, :], dBt, mask=tnr_mask,
-                              sem="relaxed")
-            else:
-                tl.store(dB_ptr + dBC_base + tr64[:, None] * N + offs_n[None, :], dBt, mask=tnr_mask)
-            gB = tl.sum(g * Br[:, None, :], axis=2)  # (c, e)
-            kA = tl.sum(K[None, :, :] * A3, axis=2)  # (1, e)
-            tl.debug_barrier()  # Xsuf parked by other threads
-            Xsuf_r = tl.load(flip + ((BLOCK_T - 1) - rows)[:, None] * BLOCK_E + tl.arange(0, BLOCK_E)[None, :])
-            tl.debug_barrier()  # read before the next chunk overwrites it
-            ddt = (Xsuf_r - Ysuf + kA) + ur * gB
-            du = dtr * gB
-            if HAS_D:
-                du += dyr * Dv[None, :]
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(dtr_pre)
-            ddt = tl.where(ter_mask, ddt, 0.0)
-            dbias_acc += tl.sum(ddt, axis=0)
-            tl.store(du_ptr + out_base + tr64[:, None] * E + offs_e[None, :],
-                     du.to(du_ptr.dtype.element_ty), mask=ter_mask)
-            tl.store(ddt_ptr + out_base + tr64[:, None] * E + offs_e[None, :],
-                     ddt.to(ddt_ptr.dtype.element_ty), mask=ter_mask)
+                # park Xsuf, to be read back in reversed row order below
+                tl.store(flip + rows[:, None] * BLOCK_E + tl.arange(0, BLOCK_E)[None, :], Xsuf)
+                # -- reversed row order: the adjoint g, dB, du, ddelta
+                tr = c * BLOCK_T + (BLOCK_T - 1) - rows
+                tr_mask = tr < L
+                ter_mask = tr_mask[:, None] & e_mask[None, :]
+                tnr_mask = tr_mask[:, None] & n_mask[None, :]
+                tr64 = tr.to(tl.int64)
+                ur, dtr_raw, zr, Br, Cr, resetr = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, tr,
+                                                              offs_e, offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l,
+                                                              sseq_l, HAS_Z, HAS_SEQ)
+                doutr = tl.load(do_base + tr64[:, None] * sdo_l + offs_e[None, :], mask=ter_mask,
+                                other=0.0).to(tl.float32)
+                dtr_pre, dtr, dtur, dAr, dBur = _discretize(ur, dtr_raw, Br, resetr, tr, L, A2, bias, HAS_BIAS,
+                                                            SOFTPLUS, HAS_SEQ)
+                if HAS_Z:
+                    dyr = doutr * (zr * tl.sigmoid(zr))
+                else:
+                    dyr = doutr
+                ones = tl.full([BLOCK_T, BLOCK_E, BLOCK_N], 1.0, tl.float32)
+                fa, p, gl = tl.associative_scan((dAr, ones, dyr[:, :, None] * Cr[:, None, :]), axis=0,
+                                                combine_fn=_adjoint_combine)
+                g = gl + p * W[None, :, :]  # dL/dh at time tr, (c, e, n)
+                K = W * h_last  # the W h_{c-1} term of the identity, (e, n)
+                W = _last_row(dAr * g, rows, BLOCK_T)  # a g at the chunk's first step: into the previous chunk
+                Y = g * dBur  # g_s dt_s u_s B_s
+                Yn = tl.sum(Y * A3, axis=2)  # (c, e)
+                Ysuf = tl.cumsum(Yn, axis=0)  # sum over s >= tr (rows before r are later times)
+                Prev = tl.sum(dtr, axis=0)[None, :] - tl.cumsum(dtr, axis=0) + dtr  # sum_{t' <= tr} dt
+                dA_acc += K * tl.sum(dtr, axis=0)[:, None] - tl.sum(Y * Prev[:, :, None], axis=0)
+                dBt = tl.sum(g * dtur[:, :, None], axis=1)  # (c, n)
+                if DBC_ATOMIC:
+                    tl.atomic_add(dB_ptr + dBC_base + tr64[:, None] * N + offs_n[None, :], dBt, mask=tnr_mask,
+                                  sem="relaxed")
+                else:
+                    tl.store(dB_ptr + dBC_base + tr64[:, None] * N + offs_n[None, :], dBt, mask=tnr_mask)
+                gB = tl.sum(g * Br[:, None, :], axis=2)  # (c, e)
+                kA = tl.sum(K[None, :, :] * A3, axis=2)  # (1, e)
+                tl.debug_barrier()  # Xsuf parked by other threads
+                Xsuf_r = tl.load(flip + ((BLOCK_T - 1) - rows)[:, None] * BLOCK_E + tl.arange(0, BLOCK_E)[None, :])
+                tl.debug_barrier()  # read before the next chunk overwrites it
+                ddt = (Xsuf_r - Ysuf + kA) + ur * gB
+                du = dtr * gB
+                if HAS_D:
+                    du += dyr * Dv[None, :]
+                if SOFTPLUS:
+                    ddt = ddt * tl.sigmoid(dtr_pre)
+                ddt = tl.where(ter_mask, ddt, 0.0)
+                dbias_acc += tl.sum(ddt, axis=0)
+                tl.store(du_ptr + out_base + tr64[:, None] * E + offs_e[None, :],
+                         du.to(du_ptr.dtype.element_ty), mask=ter_mask)
+                tl.store(ddt_ptr + out_base + tr64[:, None] * E + offs_e[None, :],
+                         ddt.to(ddt_ptr.dtype.element_ty), mask=ter_mask)
         tl.debug_barrier()  # the next item's pass 1 overwrites the scratch
         part = (bid * n_seg + seg) * E
         tl.store(dA_ptr + part * N + en_off, dA_acc, mask=en_mask)
