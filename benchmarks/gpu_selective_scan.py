@@ -10,8 +10,8 @@ and the bandwidth floor from a device-to-device copy measured in the same run. m
 configs are swept and every one is reported; kernels are compiled in parallel first.
 Backward configs with DBC_ATOMIC=True time the old backward (dB, dC by fp32 atomics into one
 (b, l, n) buffer) next to the default (per-channel-block partials summed by torch); --quick
-times the default configs of both and the configs of the segment-parallel backward
-("seg", triton_bwd_seg.py): fp32 all of them, bf16 the defaults of both.
+times the first QUICK_BWD backward configs of SWEEP and the default of the segment-parallel
+backward ("seg", triton_bwd_seg.py): fp32 all of them, bf16 the defaults of both.
 Also times one fused decode step against the same step in eager PyTorch.
 
     python benchmarks/gpu_selective_scan.py --out benchmarks/results [--quick]
@@ -36,40 +36,31 @@ sys.path.insert(0, ROOT)
 SHAPES = {"b4_l2048_e1536_n16": (4, 2048, 1536, 16), "b4_l8192_e1536_n64": (4, 8192, 1536, 64)}
 
 
-def cfg(bt, be, bn, vec, warps, atomic=None, slots=None, maxnreg=None, flip=None):
+def cfg(bt, be, bn, vec, warps, atomic=None, maxnreg=None):
     c = dict(BLOCK_T=bt, BLOCK_E=be, BLOCK_N=bn, VEC=vec, num_warps=warps)
     if atomic is not None:  # backward only: the dB/dC reduction (True: the old atomics)
         c["DBC_ATOMIC"] = atomic
-    if slots:  # backward only: programs per SM of the persistent grid
-        c["SLOTS_PER_SM"] = slots
-    if maxnreg:  # a register cap (more programs fit an SM, some values spill)
+    if maxnreg:  # backward only: a register cap (more programs fit an SM, some values spill)
         c["MAXNREG"] = maxnreg
-    if flip is not None:  # backward only: False re-reads the chunk in reversed order for the adjoint
-        c["FLIP"] = flip
     return c
 
 
-# (forward configs, backward configs) per n; the first of each is the library default. Then
-# (session 7, the persistent backward) the same tiles with the adjoint on a re-read chunk
-# (FLIP=False, the session 2-6 way), and with 3 or 4 programs an SM under a register cap
-# (ptxas, triton 3.9, sm_90a, n 16: 246 registers uncapped, 2 programs of 4 warps an SM;
-# 168: 3, 32 bytes of stack; 128: 4, 96 bytes); --quick keeps those. Then the old atomic
-# dB/dC; at n 64 the next two are configs that compiled without spills before session 7,
-# the second also with half the dB/dC partials (E 16)
+# (forward configs, backward configs) per n; the first of each is the library default, then
+# (session 7) the default tiles under a register cap: ptxas (triton 3.9, sm_90a) gives the
+# n 16 backward 219 registers, 2 programs of 4 warps an SM (264 of the 384 programs at b 4,
+# e 1536 on an H100 at once); 168: 3 an SM (all 384), 64 bytes of stack; 128: 4, 224 bytes.
+# --quick keeps those three. Then the old atomic dB/dC path and other tiles.
 SWEEP = {
     16: ([cfg(16, 16, 16, 2, 4), cfg(32, 16, 16, 2, 4), cfg(16, 32, 16, 4, 4), cfg(8, 16, 16, 2, 4)],
-         [cfg(8, 16, 16, 2, 4, False), cfg(8, 16, 16, 2, 4, False, flip=False),
-          cfg(8, 16, 16, 2, 4, False, slots=3, maxnreg=168), cfg(8, 16, 16, 2, 4, False, slots=4, maxnreg=128),
-          cfg(8, 16, 16, 2, 4, False, slots=3, maxnreg=168, flip=False), cfg(8, 16, 16, 2, 4, True),
+         [cfg(8, 16, 16, 2, 4, False), cfg(8, 16, 16, 2, 4, False, maxnreg=168),
+          cfg(8, 16, 16, 2, 4, False, maxnreg=128), cfg(8, 16, 16, 2, 4, True),
           cfg(8, 32, 16, 4, 4, False), cfg(4, 32, 16, 4, 4, False), cfg(16, 16, 16, 2, 4, False)]),
     64: ([cfg(16, 8, 64, 4, 4), cfg(16, 16, 64, 4, 8), cfg(8, 8, 64, 4, 4)],
-         [cfg(4, 8, 64, 4, 4, False), cfg(4, 8, 64, 4, 4, False, flip=False),
-          cfg(4, 8, 64, 4, 4, False, slots=3, maxnreg=168), cfg(4, 8, 64, 4, 4, False, slots=4, maxnreg=128),
-          cfg(4, 8, 64, 4, 4, False, slots=3, maxnreg=168, flip=False), cfg(4, 8, 64, 4, 4, True),
-          cfg(4, 8, 64, 2, 8, False), cfg(2, 16, 64, 2, 8, False), cfg(4, 16, 64, 4, 8, False),
-          cfg(2, 16, 64, 4, 4, False), cfg(8, 8, 64, 4, 4, False)]),
+         [cfg(4, 8, 64, 4, 4, False), cfg(2, 8, 64, 4, 4, False), cfg(4, 8, 64, 2, 8, False),
+          cfg(4, 8, 64, 4, 4, True), cfg(2, 16, 64, 2, 8, False), cfg(4, 16, 64, 4, 8, False),
+          cfg(8, 8, 64, 4, 4, False)]),
 }
-QUICK_BWD = 5  # how many of each backward list --quick times (see SWEEP)
+QUICK_BWD = 3  # how many of each backward list --quick times (see SWEEP)
 
 
 def seg(bt, be, sc, maxnreg=None, warps=1):
@@ -299,9 +290,7 @@ def main():
         else:
             cs = f"T{c['BLOCK_T']} E{c['BLOCK_E']} V{c['VEC']} w{c['num_warps']}"
         cs += " atomic-dBC" if c and c.get("DBC_ATOMIC") else ""
-        cs += f" slots{c['SLOTS_PER_SM']}" if c and c.get("SLOTS_PER_SM") else ""
         cs += f" r{c['MAXNREG']}" if c and c.get("MAXNREG") and c.get("VARIANT") != "seg" else ""
-        cs += " reread" if c and c.get("FLIP") is False else ""
         ms = f"{r['ms']:9.3f}" if "ms" in r else f"{'-':>9}"
         print(f"{r['shape']:24} {r['dtype']:9} {r['impl']:8} {r['pass']:8} {ms} {r.get('gbs', 0):7.0f} "
               f"{r.get('floor_ms', 0):7.3f}  {cs}{' *' if r.get('default') and c else ''} {r.get('note', '')}")

@@ -11,10 +11,8 @@ delta_t B_t u_t (h reset to zero where seq_idx changes); y_t = C_t . h_t + D u_t
 y *= silu(z). The forward kernel is in triton_kernels.py; this file checks inputs, picks
 tile sizes and launches. Two backward kernels (BWD_VARIANTS), picked by `_config_bwd`
 ["VARIANT"] or the env var MAMBAKIT_SS_BWD, "chunk" the default until timed (issue 7):
-  chunk  triton_bwd_chunk.py: items (segment, b, e-block) over a persistent grid, (e, n)
-         over the threads, the adjoint entering each segment from a pre-pass (session 7;
-         before, one program per (b, e-block) walked the whole length). dB and dC as one
-         fp32 (b, l, n) partial per channel block,
+  chunk  triton_bwd_chunk.py: one program per (b, e-block) walks the whole length, (e, n)
+         over the threads. dB and dC as one fp32 (b, l, n) partial per channel block,
          (b, e / BLOCK_E, l, n), summed here by torch (deterministic); DBC_ATOMIC=True
          selects the old path (fp32 atomics into one (b, l, n) buffer).
   seg    triton_bwd_seg.py: programs over (b, e-block, group of segments), n a loop, time in
@@ -27,7 +25,7 @@ import os
 
 import torch
 
-from .triton_bwd_chunk import selective_scan_bwd_carry_kernel, selective_scan_bwd_kernel
+from .triton_bwd_chunk import selective_scan_bwd_kernel
 from .triton_kernels import selective_scan_fwd_kernel
 
 BWD_VARIANTS = ("chunk", "seg")  # the default first; "seg": triton_bwd_seg.py (issue 7)
@@ -194,13 +192,9 @@ class SelectiveScanTriton(torch.autograd.Function):
             from .triton_bwd_seg import seg_backward
             grads = seg_backward(u, delta, A, B, C, D, z, delta_bias, seq_idx, ckpt, dy, dhT, softplus, n_seg, cb)
             return _select_grads(ctx, grads, u, A, B, C, D, z, delta_bias, initial_state)
-        n_eblk = triton_cdiv(e, cb["BLOCK_E"])
+        grid = (triton_cdiv(e, cb["BLOCK_E"]), b)
         cps = seg_len // cb["BLOCK_T"]
-        n_items = n_eblk * b * n_seg
-        slots = min(n_items, _backward_slots(dev, cb))
-        # per program (slot): the chunk start states of one segment and one flipped (c, e) tile
-        scratch = torch.empty((slots, cps, cb["BLOCK_E"] * cb["BLOCK_N"]), device=dev, dtype=torch.float32)
-        flip = torch.empty((slots, cb["BLOCK_T"] * cb["BLOCK_E"]), device=dev, dtype=torch.float32)
+        scratch = torch.empty((b, grid[0], cps, cb["BLOCK_E"] * cb["BLOCK_N"]), device=dev, dtype=torch.float32)
         du = torch.empty((b, l, e), device=dev, dtype=u.dtype)
         ddelta = torch.empty((b, l, e), device=dev, dtype=delta.dtype)
         dz = torch.empty((b, l, e), device=dev, dtype=z.dtype) if z is not None else du
@@ -209,44 +203,34 @@ class SelectiveScanTriton(torch.autograd.Function):
             dB = torch.zeros((b, l, n), device=dev, dtype=torch.float32)
             dC = torch.zeros((b, l, n), device=dev, dtype=torch.float32)
         else:  # every (b, block, t < l, n) slot is written by its one program
-            dB = torch.empty((b, n_eblk, l, n), device=dev, dtype=torch.float32)  # (b, e / BLOCK_E, l, n)
-            dC = torch.empty((b, n_eblk, l, n), device=dev, dtype=torch.float32)
-        dA = torch.empty((b, n_seg, e, n), device=dev, dtype=torch.float32)
-        dD = torch.empty((b, n_seg, e), device=dev, dtype=torch.float32)
-        dbias = torch.empty((b, n_seg, e), device=dev, dtype=torch.float32)
+            dB = torch.empty((b, grid[0], l, n), device=dev, dtype=torch.float32)  # (b, e / BLOCK_E, l, n)
+            dC = torch.empty((b, grid[0], l, n), device=dev, dtype=torch.float32)
+        dA = torch.empty((b, e, n), device=dev, dtype=torch.float32)
+        dD = torch.empty((b, e), device=dev, dtype=torch.float32)
+        dbias = torch.empty((b, e), device=dev, dtype=torch.float32)
         dh0 = torch.empty((b, e, n), device=dev, dtype=torch.float32)
-        wloc = torch.empty((b, n_seg, e, n), device=dev, dtype=torch.float32)
-        wdecay = torch.empty_like(wloc)
         dummy = u
         zz = z if z is not None else dummy
         seq = seq_idx if seq_idx is not None else dummy
-        bias = delta_bias if delta_bias is not None else dummy
-        tiles = dict(BLOCK_T=cb["BLOCK_T"], BLOCK_E=cb["BLOCK_E"], BLOCK_N=cb["BLOCK_N"], EVEN_N=n == cb["BLOCK_N"],
-                     VEC=cb["VEC"], num_warps=cb["num_warps"])
-        if n_seg > 1:  # the last segment's pair is never read
-            selective_scan_bwd_carry_kernel[(n_items,)](
-                delta, A, C, zz, bias, seq, dy, wloc, wdecay, l, e, n, b, cps, n_seg,
-                delta.stride(0), delta.stride(1), C.stride(0), C.stride(1), zz.stride(0), zz.stride(1),
-                seq.stride(0), seq.stride(1), dy.stride(0), dy.stride(1),
-                HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-                HAS_SEQ=seq_idx is not None, **tiles)
-        selective_scan_bwd_kernel[(slots,)](
-            u, delta, A, B, C, D if D is not None else dummy, zz, bias, seq, ckpt, dy,
-            dhT if dhT is not None else dummy, wloc, wdecay, scratch, flip,
+        selective_scan_bwd_kernel[grid](
+            u, delta, A, B, C, D if D is not None else dummy, zz,
+            delta_bias if delta_bias is not None else dummy, seq, ckpt, dy,
+            dhT if dhT is not None else dummy, scratch,
             du, ddelta, dz, dB, dC, dA, dD, dbias, dh0,
-            l, e, n, b, cps, n_seg, n_items,
+            l, e, n, cps, n_seg,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
             C.stride(0), C.stride(1), zz.stride(0), zz.stride(1), seq.stride(0), seq.stride(1),
             dy.stride(0), dy.stride(1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-            HAS_SEQ=seq_idx is not None, HAS_DHT=dhT is not None, DBC_ATOMIC=atomic,
-            FLIP=bool(cb.get("FLIP", True)), **tiles,
-            **({"maxnreg": cb["MAXNREG"]} if cb.get("MAXNREG") else {}),
+            HAS_SEQ=seq_idx is not None, HAS_DHT=dhT is not None,
+            BLOCK_T=cb["BLOCK_T"], BLOCK_E=cb["BLOCK_E"], BLOCK_N=cb["BLOCK_N"],
+            EVEN_N=n == cb["BLOCK_N"], VEC=cb["VEC"], DBC_ATOMIC=atomic, num_warps=cb["num_warps"],
+            **({"maxnreg": cb["MAXNREG"]} if cb.get("MAXNREG") else {}),  # a register cap: more programs an SM
         )
         if not atomic:
             dB = dB.sum(1) if ctx.needs_input_grad[3] else None  # (b, l, n)
             dC = dC.sum(1) if ctx.needs_input_grad[4] else None
-        return _select_grads(ctx, (du, ddelta, dA.sum((0, 1)), dB, dC, dD.sum((0, 1)), dz, dbias.sum((0, 1)), dh0),
+        return _select_grads(ctx, (du, ddelta, dA.sum(0), dB, dC, dD.sum(0), dz, dbias.sum(0), dh0),
                              u, A, B, C, D, z, delta_bias, initial_state)
 
 
@@ -266,16 +250,6 @@ def _select_grads(ctx, grads, u, A, B, C, D, z, delta_bias, initial_state):
         dh0.to(initial_state.dtype) if initial_state is not None and need[8] else None,
         None, None, None, None,
     )
-
-
-def _backward_slots(dev: torch.device, cb: dict) -> int:
-    """Programs of the persistent backward: SLOTS_PER_SM per SM (2 fit at ~180 registers a
-    thread and 4 warps); without a GPU (the interpreter) a few, so items share programs."""
-    if cb.get("SLOTS"):
-        return int(cb["SLOTS"])
-    if dev.type != "cuda":
-        return 3
-    return torch.cuda.get_device_properties(dev).multi_processor_count * int(cb.get("SLOTS_PER_SM", 2))
 
 
 def triton_cdiv(a: int, b: int) -> int:

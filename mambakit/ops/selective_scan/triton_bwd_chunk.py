@@ -1,54 +1,42 @@
-"""The default backward of the Mamba-1 selective scan ("chunk" variant), as Triton kernels.
+"""The default backward of the Mamba-1 selective scan ("chunk" variant), as a Triton kernel.
 
-Letters: b batch, l length, e inner width, n state dim, c chunk length (BLOCK_T),
-s segment (seg_len steps; the forward stores the state at every segment start).
+Letters: b batch, l length, e inner width, n state dim, c chunk length (BLOCK_T).
 
-Same layout as the forward (triton_kernels.py): (e, n) spread over the threads, time in
-registers. The work is split into items (segment, batch row, BLOCK_E channels), all
-independent, run by a persistent grid of a few programs per SM (so the per-program
-scratch stays small). Two kernels:
-  * `selective_scan_bwd_carry_kernel`, one program an item: with g = 0 entering the
-    segment's end, the adjoint it passes to the step before its start,
-    wloc = sum_t (prod_{s=t0..t} a_s) C_t dy_t, and its total decay prod_s a_s, both
-    (b, s, e, n). Forward order: prod_{s=t0..t} a_s = exp(A cumsum(dt)), no scan.
-  * `selective_scan_bwd_kernel`: an item folds the later segments' pairs into the
-    adjoint W entering its end (W <- wdecay W + wloc, from the last segment down); then
-    pass 1 re-runs the segment forward from its checkpoint and parks each chunk's start
-    state in the program's scratch (it stays in L2); pass 2 walks the segment's chunks
-    last to first, recomputes the chunk's states from its parked start state and runs the
-    adjoint recursion g_t = C_t dy_t + a_{t+1} g_{t+1} on the chunk read in reversed
-    order (see the comment there for why no reverse scan).
-Before session 7 one program walked a whole (b, e-block) row: 384 programs at b 4, e 1536,
-n 16, about 1.5 waves of the 2 that fit an SM (181 registers a thread), so the GPU sat
-half idle for the second wave.
+Same layout as the forward (triton_kernels.py): one program owns (one batch row,
+BLOCK_E channels), (e, n) spread over the threads, time in registers. The forward stores
+the state at the start of every segment of `seg_len` steps (b, l / seg_len, e, n); the
+backward walks the segments last to first: pass 1 re-runs the segment forward and parks
+each chunk's start state in a small per-program scratch (it stays in L2); pass 2 walks
+the segment's chunks last to first, recomputes the chunk's states from its parked start
+state and runs the adjoint recursion g_t = C_t dy_t + a_{t+1} g_{t+1} as a forward scan
+over the chunk's tiles flipped along time (see the comment there for why no reverse scan).
 """
 import triton
 import triton.language as tl
 
 from .triton_kernels import (LOG2E, _adjoint_combine, _discretize, _first_row, _last_row, _load_chunk, _load_chunk_dout,
-                             _softplus, _state_combine, _state_offsets)
+                             _state_combine, _state_offsets)
 
 
-@triton.jit
-def _item(item, E, B_SZ, BLOCK_E: tl.constexpr):
-    """Item -> (channel block, batch row, segment); the segment varies slowest."""
-    n_eblk = tl.cdiv(E, BLOCK_E)
-    pid_e = item % n_eblk
-    rest = item // n_eblk
-    return pid_e, (rest % B_SZ).to(tl.int64), rest // B_SZ
-
-
-@triton.jit(do_not_specialize=["L", "B_SZ", "chunks_per_seg", "n_seg"])
-def selective_scan_bwd_carry_kernel(
-    dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, seq_ptr, dout_ptr, wloc_ptr, wdecay_ptr,
-    L, E, N, B_SZ, chunks_per_seg, n_seg,
-    sdt_b, sdt_l, sC_b, sC_l, sz_b, sz_l, sseq_b, sseq_l, sdo_b, sdo_l,
-    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr,
+@triton.jit(do_not_specialize=["L", "chunks_per_seg", "n_seg"])
+def selective_scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, ckpt_ptr, dout_ptr, dhT_ptr,
+    scratch_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    L, E, N, chunks_per_seg, n_seg,
+    su_b, su_l, sdt_b, sdt_l, sB_b, sB_l, sC_b, sC_l, sz_b, sz_l, sseq_b, sseq_l, sdo_b, sdo_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_DHT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
-    VEC: tl.constexpr,
+    VEC: tl.constexpr, DBC_ATOMIC: tl.constexpr,
 ):
-    """One item: wloc and wdecay of its segment, fp32 (b, s, e, n) (see the module docstring)."""
-    pid_e, bid, seg = _item(tl.program_id(0), E, B_SZ, BLOCK_E)
+    """Gradients. du, ddt, dz: (b, l, e) like the inputs; dB, dC: fp32, this e-block's
+    share of the sum over e, stored into (b, n_eblk, l, n) partials that the caller sums
+    (DBC_ATOMIC: atomically added into (b, l, n) instead, the old path); dA: fp32 (b, e, n)
+    and dD, dbias: fp32 (b, e), summed over b by the caller; dh0: fp32 (b, e, n)."""
+    pid_e = tl.program_id(0)
+    bid = tl.program_id(1).to(tl.int64)
+    n_eblk = tl.num_programs(0)
     offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
     offs_n = _state_offsets(BLOCK_N, VEC, 128 // A_ptr.dtype.element_ty.primitive_bitwidth)
     rows = tl.arange(0, BLOCK_T)
@@ -56,119 +44,46 @@ def selective_scan_bwd_carry_kernel(
     n_mask = offs_n < N
     en_mask = e_mask[:, None] & n_mask[None, :]
     en_off = offs_e[:, None] * N + offs_n[None, :]
-    if EVEN_N:
-        A2 = tl.load(A_ptr + en_off[None, :, :], mask=e_mask[None, :, None], other=0.0).to(tl.float32) * LOG2E
+    loc = tl.arange(0, BLOCK_E)[:, None] * BLOCK_N + offs_n[None, :]  # scratch slot layout
+
+    if EVEN_N:  # a mask along n would stop the load (and the layout) from vectorizing
+        A3 = tl.load(A_ptr + en_off[None, :, :], mask=e_mask[None, :, None], other=0.0).to(tl.float32)
     else:
-        A2 = tl.load(A_ptr + en_off[None, :, :], mask=en_mask[None, :, :], other=0.0).to(tl.float32) * LOG2E
+        A3 = tl.load(A_ptr + en_off[None, :, :], mask=en_mask[None, :, :], other=0.0).to(tl.float32)
+    A2 = A3 * LOG2E
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_e, mask=e_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_e, mask=e_mask, other=0.0).to(tl.float32)
-    decay = tl.full([BLOCK_E, BLOCK_N], 1.0, tl.float32)  # prod of a from the segment start
-    acc = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
-    c_lo = seg * chunks_per_seg
-    c_hi = tl.minimum(c_lo + chunks_per_seg, tl.cdiv(L, BLOCK_T))
-    for c in range(c_lo, c_hi):
-        t = c * BLOCK_T + rows
-        t_mask = t < L
-        te_mask = t_mask[:, None] & e_mask[None, :]
-        t64 = t.to(tl.int64)
-        dt = tl.load(dt_ptr + bid * sdt_b + t64[:, None] * sdt_l + offs_e[None, :], mask=te_mask,
-                     other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt = dt + bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(te_mask, dt, 0.0)  # padded rows: a = 1
-        dy = tl.load(dout_ptr + bid * sdo_b + t64[:, None] * sdo_l + offs_e[None, :], mask=te_mask,
-                     other=0.0).to(tl.float32)
-        if HAS_Z:
-            z = tl.load(z_ptr + bid * sz_b + t64[:, None] * sz_l + offs_e[None, :], mask=te_mask,
-                        other=0.0).to(tl.float32)
-            dy = dy * (z * tl.sigmoid(z))
-        Ct = tl.load(C_ptr + bid * sC_b + t64[:, None] * sC_l + offs_n[None, :],
-                     mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
-        p = decay[None, :, :] * tl.exp2(tl.cumsum(dt, axis=0)[:, :, None] * A2)  # (c, e, n)
-        if HAS_SEQ:  # a = 0 at a document start: nothing flows back across it
-            s_cur = tl.load(seq_ptr + bid * sseq_b + t64 * sseq_l, mask=t_mask, other=0)
-            s_prev = tl.load(seq_ptr + bid * sseq_b + (t64 - 1) * sseq_l, mask=t_mask & (t > 0), other=0)
-            reset = ((s_cur != s_prev) & (t > 0) & t_mask).to(tl.int32)
-            p = tl.where((tl.cumsum(reset, axis=0) > 0)[:, None, None], 0.0, p)
-        acc += tl.sum(p * (dy[:, :, None] * Ct[:, None, :]), axis=0)
-        decay = _last_row(p, rows, BLOCK_T)
-    out = (bid * n_seg + seg) * E * N + en_off
-    tl.store(wloc_ptr + out, acc, mask=en_mask)
-    tl.store(wdecay_ptr + out, decay, mask=en_mask)
+    else:
+        bias = tl.zeros([BLOCK_E], dtype=tl.float32)
+    # W: the gradient flowing into the last step of the current chunk from later steps
+    if HAS_DHT:
+        W = tl.load(dhT_ptr + bid * E * N + en_off, mask=en_mask, other=0.0).to(tl.float32)
+    else:
+        W = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
+    dA_acc = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_E], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_E], dtype=tl.float32)
 
+    u_base = u_ptr + bid * su_b
+    dt_base = dt_ptr + bid * sdt_b
+    z_base = z_ptr + bid * sz_b
+    B_base = B_ptr + bid * sB_b
+    C_base = C_ptr + bid * sC_b
+    seq_base = seq_ptr + bid * sseq_b
+    do_base = dout_ptr + bid * sdo_b
+    # outputs du, ddt, dz are fresh contiguous (b, l, e); dB, dC fresh contiguous (b, l, n)
+    out_base = bid * L * E
+    if DBC_ATOMIC:
+        dBC_base = bid * L * N
+    else:
+        dBC_base = (bid * n_eblk + pid_e) * L * N  # this program's own (l, n) slab
+    scratch = scratch_ptr + ((bid * n_eblk + pid_e) * chunks_per_seg) * (BLOCK_E * BLOCK_N)
 
-@triton.jit(do_not_specialize=["L", "B_SZ", "chunks_per_seg", "n_seg", "n_items"])
-def selective_scan_bwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, ckpt_ptr, dout_ptr, dhT_ptr,
-    wloc_ptr, wdecay_ptr, scratch_ptr, flip_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    L, E, N, B_SZ, chunks_per_seg, n_seg, n_items,
-    su_b, su_l, sdt_b, sdt_l, sB_b, sB_l, sC_b, sC_l, sz_b, sz_l, sseq_b, sseq_l, sdo_b, sdo_l,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_SEQ: tl.constexpr, HAS_DHT: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
-    VEC: tl.constexpr, DBC_ATOMIC: tl.constexpr, FLIP: tl.constexpr,
-):
-    """Gradients. du, ddt, dz: (b, l, e) like the inputs; dB, dC: fp32, this e-block's
-    share of the sum over e, stored into (b, n_eblk, l, n) partials that the caller sums
-    (DBC_ATOMIC: atomically added into (b, l, n) instead, the old path); dA: fp32
-    (b, s, e, n) and dD, dbias: fp32 (b, s, e), summed over (b, s) by the caller; dh0:
-    fp32 (b, e, n), written by the items of segment 0."""
-    n_eblk = tl.cdiv(E, BLOCK_E)
-    slot = tl.program_id(0)
-    scratch = scratch_ptr + slot.to(tl.int64) * chunks_per_seg * (BLOCK_E * BLOCK_N)
-    flip = flip_ptr + slot.to(tl.int64) * (BLOCK_T * BLOCK_E)
-    offs_n = _state_offsets(BLOCK_N, VEC, 128 // A_ptr.dtype.element_ty.primitive_bitwidth)
-    rows = tl.arange(0, BLOCK_T)
-    n_mask = offs_n < N
-    loc = tl.arange(0, BLOCK_E)[:, None] * BLOCK_N + offs_n[None, :]  # scratch slot layout
     n_chunks = tl.cdiv(L, BLOCK_T)
-    for item in range(slot, n_items, tl.num_programs(0)):
-        pid_e, bid, seg = _item(item, E, B_SZ, BLOCK_E)
-        offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-        e_mask = offs_e < E
-        en_mask = e_mask[:, None] & n_mask[None, :]
-        en_off = offs_e[:, None] * N + offs_n[None, :]
-        if EVEN_N:  # a mask along n would stop the load (and the layout) from vectorizing
-            A3 = tl.load(A_ptr + en_off[None, :, :], mask=e_mask[None, :, None], other=0.0).to(tl.float32)
-        else:
-            A3 = tl.load(A_ptr + en_off[None, :, :], mask=en_mask[None, :, :], other=0.0).to(tl.float32)
-        A2 = A3 * LOG2E
-        if HAS_D:
-            Dv = tl.load(D_ptr + offs_e, mask=e_mask, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + offs_e, mask=e_mask, other=0.0).to(tl.float32)
-        else:
-            bias = tl.zeros([BLOCK_E], dtype=tl.float32)
-        # W: the gradient flowing into the last step of the current chunk from later steps;
-        # at the segment's end, the later segments' (wdecay, wloc) folded from the last one down
-        if HAS_DHT:
-            W = tl.load(dhT_ptr + bid * E * N + en_off, mask=en_mask, other=0.0).to(tl.float32)
-        else:
-            W = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
-        for j in range(0, n_seg - 1 - seg):
-            pair = (bid * n_seg + (n_seg - 1 - j)) * E * N + en_off
-            W = tl.load(wdecay_ptr + pair, mask=en_mask, other=0.0) * W + tl.load(wloc_ptr + pair, mask=en_mask,
-                                                                                 other=0.0)
-        dA_acc = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
-        dD_acc = tl.zeros([BLOCK_E], dtype=tl.float32)
-        dbias_acc = tl.zeros([BLOCK_E], dtype=tl.float32)
-
-        u_base = u_ptr + bid * su_b
-        dt_base = dt_ptr + bid * sdt_b
-        z_base = z_ptr + bid * sz_b
-        B_base = B_ptr + bid * sB_b
-        C_base = C_ptr + bid * sC_b
-        seq_base = seq_ptr + bid * sseq_b
-        do_base = dout_ptr + bid * sdo_b
-        # outputs du, ddt, dz are fresh contiguous (b, l, e); dB, dC fresh contiguous (b, l, n)
-        out_base = bid * L * E
-        if DBC_ATOMIC:
-            dBC_base = bid * L * N
-        else:
-            dBC_base = (bid * n_eblk + pid_e) * L * N  # this e-block's own (l, n) slab
+    for s in range(0, n_seg):
+        seg = n_seg - 1 - s
         c_lo = seg * chunks_per_seg
         c_hi = tl.minimum(c_lo + chunks_per_seg, n_chunks)
         # pass 1: chunk start states of this segment, from its checkpoint
@@ -190,14 +105,15 @@ def selective_scan_bwd_kernel(
             acum, hloc = tl.associative_scan((dA, dBu), axis=0, combine_fn=_state_combine)
             h = _last_row(acum * h[None, :, :] + hloc, rows, BLOCK_T)
         tl.debug_barrier()  # scratch written by some threads is read by others below
-        # pass 2: the segment's chunks, last to first. The chunk is read twice (the second
-        # time from L1/L2): in time order for the states h (forward scan) and in reversed
-        # row order for the adjoint g (again a forward scan: row r is time t0 + c - 1 - r).
-        # Triton's reverse scan would cost ~10 lane shuffles a value on triton 3.6. The
-        # term g_t a_t h_{t-1}, which needs both, comes from the identity (W the gradient
-        # entering the chunk's last step from later chunks)
-        #   g_t a_t h_{t-1} = sum_{s=t..c-1} (C_s dy_s h_s - g_s dt_s u_s B_s) + W h_{c-1},
-        # whose two sums each live in one row order.
+        # pass 2: the segment's chunks, last to first, each read once: the states h by a
+        # forward scan, the adjoint g by a forward scan over the tiles flipped along time
+        # (Triton's reverse scan would cost ~10 lane shuffles a value on triton 3.6; time
+        # sits in each thread's registers, so tl.flip moves nothing: no SHFL in the sm_90
+        # SASS). Until session 7 the chunk was re-read in reversed row order instead, with
+        # its discretization done twice: 13% (n 16) to 17% (n 64) slower on an H100. The
+        # term g_t a_t h_{t-1} comes from the identity (W the gradient entering the chunk's
+        # last step from later chunks)
+        #   g_t a_t h_{t-1} = sum_{s=t..c-1} (C_s dy_s h_s - g_s dt_s u_s B_s) + W h_{c-1}.
         nu, ndt, nz, nB, nC, nreset, ndout = _load_chunk_dout(
             u_base, dt_base, z_base, B_base, C_base, seq_base, do_base, (c_hi - 1) * BLOCK_T + rows, offs_e,
             offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l, sseq_l, sdo_l, HAS_Z, HAS_SEQ)
@@ -244,98 +160,38 @@ def selective_scan_bwd_kernel(
             dA_acc += tl.sum(X * Pdt[:, :, None], axis=0)
             Xn = tl.sum(X * A3, axis=2)  # (c, e)
             Xsuf = tl.sum(Xn, axis=0)[None, :] - tl.cumsum(Xn, axis=0) + Xn  # sum over s >= t
-            if FLIP:
-                # the adjoint as a forward scan over tl.flip-ped rows: time sits in each
-                # thread's registers, so the flips move no data (checked in the sm_90 SASS:
-                # no shuffles), and the chunk is neither re-read nor discretized again
-                ones = tl.full([BLOCK_T, BLOCK_E, BLOCK_N], 1.0, tl.float32)
-                fa, p, gl = tl.associative_scan((tl.flip(dA, 0), ones, tl.flip(dy[:, :, None] * Ct[:, None, :], 0)),
-                                                axis=0, combine_fn=_adjoint_combine)
-                g = tl.flip(gl + p * W[None, :, :], 0)  # dL/dh_t, (c, e, n)
-                K = W * h_last  # the W h_{c-1} term of the identity, (e, n)
-                W = _first_row(dA * g, rows)  # a g at the chunk's first step: into the previous chunk
-                Y = g * dBu  # g_s dt_s u_s B_s
-                Yn = tl.sum(Y * A3, axis=2)  # (c, e)
-                Ysuf = tl.sum(Yn, axis=0)[None, :] - tl.cumsum(Yn, axis=0) + Yn  # sum over s >= t
-                dA_acc += K * tl.sum(dt, axis=0)[:, None] - tl.sum(Y * Pdt[:, :, None], axis=0)
-                dBt = tl.sum(g * dtu[:, :, None], axis=1)  # (c, n)
-                if DBC_ATOMIC:
-                    tl.atomic_add(dB_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dBt, mask=tn_mask,
-                                  sem="relaxed")
-                else:
-                    tl.store(dB_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dBt, mask=tn_mask)
-                gB = tl.sum(g * Bt[:, None, :], axis=2)  # (c, e)
-                kA = tl.sum(K[None, :, :] * A3, axis=2)  # (1, e)
-                ddt = (Xsuf - Ysuf + kA) + u * gB
-                du = dt * gB
-                if HAS_D:
-                    du += dy * Dv[None, :]
-                if SOFTPLUS:
-                    ddt = ddt * tl.sigmoid(dt_pre)
-                ddt = tl.where(te_mask, ddt, 0.0)
-                dbias_acc += tl.sum(ddt, axis=0)
-                tl.store(du_ptr + out_base + t64[:, None] * E + offs_e[None, :],
-                         du.to(du_ptr.dtype.element_ty), mask=te_mask)
-                tl.store(ddt_ptr + out_base + t64[:, None] * E + offs_e[None, :],
-                         ddt.to(ddt_ptr.dtype.element_ty), mask=te_mask)
+            ones = tl.full([BLOCK_T, BLOCK_E, BLOCK_N], 1.0, tl.float32)
+            fa, p, gl = tl.associative_scan((tl.flip(dA, 0), ones, tl.flip(dy[:, :, None] * Ct[:, None, :], 0)),
+                                            axis=0, combine_fn=_adjoint_combine)
+            g = tl.flip(gl + p * W[None, :, :], 0)  # dL/dh_t, (c, e, n)
+            K = W * h_last  # the W h_{c-1} term of the identity, (e, n)
+            W = _first_row(dA * g, rows)  # a g at the chunk's first step: into the previous chunk
+            Y = g * dBu  # g_s dt_s u_s B_s
+            Yn = tl.sum(Y * A3, axis=2)  # (c, e)
+            Ysuf = tl.sum(Yn, axis=0)[None, :] - tl.cumsum(Yn, axis=0) + Yn  # sum over s >= t
+            dA_acc += K * tl.sum(dt, axis=0)[:, None] - tl.sum(Y * Pdt[:, :, None], axis=0)
+            dBt = tl.sum(g * dtu[:, :, None], axis=1)  # (c, n)
+            if DBC_ATOMIC:
+                tl.atomic_add(dB_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dBt, mask=tn_mask,
+                              sem="relaxed")
             else:
-                # park Xsuf, to be read back in reversed row order below
-                tl.store(flip + rows[:, None] * BLOCK_E + tl.arange(0, BLOCK_E)[None, :], Xsuf)
-                # -- reversed row order: the adjoint g, dB, du, ddelta
-                tr = c * BLOCK_T + (BLOCK_T - 1) - rows
-                tr_mask = tr < L
-                ter_mask = tr_mask[:, None] & e_mask[None, :]
-                tnr_mask = tr_mask[:, None] & n_mask[None, :]
-                tr64 = tr.to(tl.int64)
-                ur, dtr_raw, zr, Br, Cr, resetr = _load_chunk(u_base, dt_base, z_base, B_base, C_base, seq_base, tr,
-                                                              offs_e, offs_n, E, N, L, su_l, sdt_l, sz_l, sB_l, sC_l,
-                                                              sseq_l, HAS_Z, HAS_SEQ)
-                doutr = tl.load(do_base + tr64[:, None] * sdo_l + offs_e[None, :], mask=ter_mask,
-                                other=0.0).to(tl.float32)
-                dtr_pre, dtr, dtur, dAr, dBur = _discretize(ur, dtr_raw, Br, resetr, tr, L, A2, bias, HAS_BIAS,
-                                                            SOFTPLUS, HAS_SEQ)
-                if HAS_Z:
-                    dyr = doutr * (zr * tl.sigmoid(zr))
-                else:
-                    dyr = doutr
-                ones = tl.full([BLOCK_T, BLOCK_E, BLOCK_N], 1.0, tl.float32)
-                fa, p, gl = tl.associative_scan((dAr, ones, dyr[:, :, None] * Cr[:, None, :]), axis=0,
-                                                combine_fn=_adjoint_combine)
-                g = gl + p * W[None, :, :]  # dL/dh at time tr, (c, e, n)
-                K = W * h_last  # the W h_{c-1} term of the identity, (e, n)
-                W = _last_row(dAr * g, rows, BLOCK_T)  # a g at the chunk's first step: into the previous chunk
-                Y = g * dBur  # g_s dt_s u_s B_s
-                Yn = tl.sum(Y * A3, axis=2)  # (c, e)
-                Ysuf = tl.cumsum(Yn, axis=0)  # sum over s >= tr (rows before r are later times)
-                Prev = tl.sum(dtr, axis=0)[None, :] - tl.cumsum(dtr, axis=0) + dtr  # sum_{t' <= tr} dt
-                dA_acc += K * tl.sum(dtr, axis=0)[:, None] - tl.sum(Y * Prev[:, :, None], axis=0)
-                dBt = tl.sum(g * dtur[:, :, None], axis=1)  # (c, n)
-                if DBC_ATOMIC:
-                    tl.atomic_add(dB_ptr + dBC_base + tr64[:, None] * N + offs_n[None, :], dBt, mask=tnr_mask,
-                                  sem="relaxed")
-                else:
-                    tl.store(dB_ptr + dBC_base + tr64[:, None] * N + offs_n[None, :], dBt, mask=tnr_mask)
-                gB = tl.sum(g * Br[:, None, :], axis=2)  # (c, e)
-                kA = tl.sum(K[None, :, :] * A3, axis=2)  # (1, e)
-                tl.debug_barrier()  # Xsuf parked by other threads
-                Xsuf_r = tl.load(flip + ((BLOCK_T - 1) - rows)[:, None] * BLOCK_E + tl.arange(0, BLOCK_E)[None, :])
-                tl.debug_barrier()  # read before the next chunk overwrites it
-                ddt = (Xsuf_r - Ysuf + kA) + ur * gB
-                du = dtr * gB
-                if HAS_D:
-                    du += dyr * Dv[None, :]
-                if SOFTPLUS:
-                    ddt = ddt * tl.sigmoid(dtr_pre)
-                ddt = tl.where(ter_mask, ddt, 0.0)
-                dbias_acc += tl.sum(ddt, axis=0)
-                tl.store(du_ptr + out_base + tr64[:, None] * E + offs_e[None, :],
-                         du.to(du_ptr.dtype.element_ty), mask=ter_mask)
-                tl.store(ddt_ptr + out_base + tr64[:, None] * E + offs_e[None, :],
-                         ddt.to(ddt_ptr.dtype.element_ty), mask=ter_mask)
-        tl.debug_barrier()  # the next item's pass 1 overwrites the scratch
-        part = (bid * n_seg + seg) * E
-        tl.store(dA_ptr + part * N + en_off, dA_acc, mask=en_mask)
-        tl.store(dD_ptr + part + offs_e, dD_acc, mask=e_mask)
-        tl.store(dbias_ptr + part + offs_e, dbias_acc, mask=e_mask)
-        if seg == 0:
-            tl.store(dh0_ptr + bid * E * N + en_off, W, mask=en_mask)
+                tl.store(dB_ptr + dBC_base + t64[:, None] * N + offs_n[None, :], dBt, mask=tn_mask)
+            gB = tl.sum(g * Bt[:, None, :], axis=2)  # (c, e)
+            kA = tl.sum(K[None, :, :] * A3, axis=2)  # (1, e)
+            ddt = (Xsuf - Ysuf + kA) + u * gB
+            du = dt * gB
+            if HAS_D:
+                du += dy * Dv[None, :]
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(dt_pre)
+            ddt = tl.where(te_mask, ddt, 0.0)
+            dbias_acc += tl.sum(ddt, axis=0)
+            tl.store(du_ptr + out_base + t64[:, None] * E + offs_e[None, :],
+                     du.to(du_ptr.dtype.element_ty), mask=te_mask)
+            tl.store(ddt_ptr + out_base + t64[:, None] * E + offs_e[None, :],
+                     ddt.to(ddt_ptr.dtype.element_ty), mask=te_mask)
+        tl.debug_barrier()  # the next segment's pass 1 overwrites the scratch
+    tl.store(dA_ptr + bid * E * N + en_off, dA_acc, mask=en_mask)
+    tl.store(dh0_ptr + bid * E * N + en_off, W, mask=en_mask)
+    tl.store(dD_ptr + bid * E + offs_e, dD_acc, mask=e_mask)
+    tl.store(dbias_ptr + bid * E + offs_e, dbias_acc, mask=e_mask)
