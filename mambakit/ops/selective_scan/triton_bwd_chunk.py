@@ -14,8 +14,8 @@ over the chunk's tiles flipped along time (see the comment there for why no reve
 import triton
 import triton.language as tl
 
-from .triton_kernels import (LOG2E, _adjoint_combine, _discretize, _first_row, _last_row, _load_chunk, _load_chunk_dout,
-                             _state_combine, _state_offsets)
+from .triton_kernels import (LOG2E, _adjoint_combine, _discretize, _first_row, _last_row, _load_chunk,
+                             _load_chunk_dout, _state_combine, _state_offsets)
 
 
 @triton.jit(do_not_specialize=["L", "chunks_per_seg", "n_seg"])
@@ -108,9 +108,10 @@ def selective_scan_bwd_kernel(
         # pass 2: the segment's chunks, last to first, each read once: the states h by a
         # forward scan, the adjoint g by a forward scan over the tiles flipped along time
         # (Triton's reverse scan would cost ~10 lane shuffles a value on triton 3.6; time
-        # sits in each thread's registers, so tl.flip moves nothing: no SHFL in the sm_90
-        # SASS). Until session 7 the chunk was re-read in reversed row order instead, with
-        # its discretization done twice: 13% (n 16) to 17% (n 64) slower on an H100. The
+        # sits in each thread's registers, so tl.flip moves nothing: the sm_90 SASS has no
+        # more shuffles than without it). Until session 7 the chunk was re-read in reversed
+        # row order instead, its discretization done twice: 13% (n 16) to 17% (n 64) slower
+        # on an H100, as measured in the persistent variant tried then (docs/benchmarks.md). The
         # term g_t a_t h_{t-1} comes from the identity (W the gradient entering the chunk's
         # last step from later chunks)
         #   g_t a_t h_{t-1} = sum_{s=t..c-1} (C_s dy_s h_s - g_s dt_s u_s B_s) + W h_{c-1}.
