@@ -2,7 +2,8 @@
 # One device-machine session: the CUDA tests and the GPU benchmarks, each under its own time
 # limit, logs and JSON results packed into $OUT/results.tgz (the device tool returns few files).
 #   bash benchmarks/device_run.sh "tests kernels scan"      # stages, in order
-#   stages: tests kernels scan profile train generation decodeprofile
+#   stages: tests scantests kernels scan profile train generation decodeprofile
+#   (scantests: only tests/gpu/test_selective_scan_triton.py, for a change to the Mamba-1 kernels)
 # Measured on an H100 (session 2): the whole CUDA suite needs more than 210 s (compiles included),
 # kernels --sweep --warm ~235 s, scan --quick ~30 s, train (3 models x 2 backends) over 180 s.
 # Each device command may run 10 minutes: split the stages over two or three commands.
@@ -24,6 +25,7 @@ stage() {  # name, seconds, command...
 for s in ${1:-tests kernels scan}; do
     case $s in
         tests) stage tests "${TESTS_S:-420}" python -m pytest -q -m cuda tests -p no:cacheprovider -rfE --durations=15 ;;
+        scantests) stage scantests "${TESTS_S:-300}" python -m pytest -q tests/gpu/test_selective_scan_triton.py -p no:cacheprovider -rfE ;;
         kernels) stage kernels "${KERNELS_S:-240}" python benchmarks/gpu_kernels.py --sweep --warm --out "$R" ;;
         scan) stage scan "${SCAN_S:-120}" python benchmarks/gpu_selective_scan.py --quick --out "$R" ;;
         train) stage train "${TRAIN_S:-200}" python benchmarks/gpu_training_step.py --out "$R" ;;
