@@ -218,6 +218,28 @@ def decode_step_torch(x, z, conv_state, h, cw, cb, xw, dtw, dtb, A, D, r):
     return y * F.silu(z)
 
 
+def compiled_kernel_stats(kernels=None) -> list:
+    """Registers and spill bytes of every compiled variant of the scan kernels in this process
+    (what ptxas gave, on this triton; occupancy is 65536 / (regs * 32 * warps) programs an SM)."""
+    if kernels is None:
+        from mambakit.ops.selective_scan import triton_bwd_chunk, triton_kernels
+        kernels = (triton_kernels.selective_scan_fwd_kernel, triton_bwd_chunk.selective_scan_bwd_kernel)
+    rows = []
+    for fn in kernels:
+        name = getattr(getattr(fn, "fn", fn), "__name__", "?")
+        try:  # triton's cache layout is internal: device -> (kernel_cache, ...), key -> CompiledKernel
+            for caches in fn.device_caches.values():
+                for k in caches[0].values():
+                    k._init_handles()
+                    meta = k.metadata
+                    rows.append(dict(kernel=name, n_regs=k.n_regs, n_spills=k.n_spills, num_warps=meta.num_warps,
+                                     maxnreg=getattr(meta, "maxnreg", None),
+                                     constants=str(getattr(k.src, "constants", ""))[:400]))
+        except Exception as ex:  # diagnostics only: never fail the benchmark over them
+            rows.append(dict(kernel=name, error=repr(ex)))
+    return rows
+
+
 def run_decode(results):
     from mambakit.ops.decode_mamba1_triton import mamba1_decode_step_triton
     e, n, k, r = 2048, 16, 4, 64  # mamba-370m's mixer
@@ -270,6 +292,9 @@ def main():
         if have_mambapy:
             info[f"rel_err_triton_vs_mambapy_{name}"] = check_against_mambapy(shape, torch.float32)
     run_decode(results)
+    info["compiled_kernels"] = compiled_kernel_stats()
+    for row in info["compiled_kernels"]:
+        print("compiled", json.dumps(row))
 
     for r in results:
         r["pass"] = r.pop("pass_")
