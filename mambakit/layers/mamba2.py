@@ -63,7 +63,7 @@ class Mamba2Mixer(nn.Module):
     def _gate_norm_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         y = ops.gated_rms_norm(y, z, self.norm.weight, self.eps, group_size=self.d_inner // self.ngroups,
                                norm_before_gate=self.norm_before_gate)
-        return linear_module(self.out_proj, y)  # an nn.Linear without the module call's overhead
+        return linear_module(self.out_proj, y)  # on the CPU the C loop when decoding; elsewhere the module call
 
     def forward(self, hidden: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
         state = cache.layers[self.layer_idx] if cache is not None else None

@@ -127,7 +127,7 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, seq
         # layer with 2 threads: benchmarks/cpu_scan.py)
         state = None
         if initial_state is not None:
-            state = initial_state.contiguous().clone()
+            state = initial_state.clone(memory_format=torch.contiguous_format)  # one copy, replaced in place
         elif return_final_state:
             state = x.new_zeros(x.shape[0], x.shape[2], weight.shape[1])
         y = cpu_kernels.conv_seq(x, weight, bias, activation is not None, state=state)
