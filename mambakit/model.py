@@ -45,6 +45,12 @@ class Block(nn.Module):
         self.residual_in_fp32 = config.residual_in_fp32
 
     def forward(self, x: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
+        if cache is not None and seq_idx is None and x.shape[1] == 1:
+            fused_step = getattr(self.mixer, "fused_step", None)
+            # a decode step: the norm, projections and residual add fused (layers/fused_decode.py)
+            out = fused_step(x, self.norm, cache) if fused_step is not None else None
+            if out is not None:
+                return out
         h = self.norm.normalize_residual(x)
         y = self.mixer(h, cache=cache, seq_idx=seq_idx)
         if y.dtype == x.dtype and y.shape == x.shape and not (torch.is_grad_enabled() and y.requires_grad):

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.cpu_kernels import linear_module
+from . import fused_decode
 
 _SDPA_HAS_GQA = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
@@ -158,18 +159,36 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
         """x (b, l, d) -> (b, l, d). With a cache: attend to the cached tokens too, then append."""
-        b, l, _ = x.shape
+        q, k, v = (linear_module(m, x) for m in (self.q_proj, self.k_proj, self.v_proj))
+        return linear_module(self.o_proj, self._attend(q, k, v, cache, seq_idx))
+
+    def fused_step(self, x: torch.Tensor, norm, cache) -> torch.Tensor | None:
+        """x + self(norm(x)) for one token, in place in the residual x (b, 1, d): q, k and v each
+        with the block's norm before it, attention, o_proj with the residual add after it
+        (layers/fused_decode.py). None when this layer cannot take that path."""
+        if not fused_decode.ready(x, norm, self.q_proj, self.k_proj, self.v_proj, self.o_proj):
+            return None
+        from ..ops.gemv_triton import fused_gemv
+        b = x.shape[0]
+        xr = x.view(b, -1)  # (b, d)
+        q, k, v = (fused_gemv(xr, m.weight, m.bias, norm=fused_decode.norm_arg(norm)).view(b, 1, -1)
+                   for m in (self.q_proj, self.k_proj, self.v_proj))
+        fused_gemv(self._attend(q, k, v, cache, None).view(b, -1), self.o_proj.weight, self.o_proj.bias,
+                   residual=xr)
+        return x
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache, seq_idx) -> torch.Tensor:
+        """q (b, l, h hd), k, v (b, l, kvh hd), the projections of the new tokens -> (b, l, h hd)."""
+        b, l, _ = q.shape
         h, kvh, hd = self.n_heads, self.n_kv_heads, self.head_dim
         past = cache.seqlen_offset if cache is not None else 0
         if self.max_seqlen is not None and past + l > self.max_seqlen:
             raise ValueError(f"attention: {past + l} tokens exceed this model's limit of {self.max_seqlen}")
-        q = linear_module(self.q_proj, x).view(b, l, h, hd)
-        k = linear_module(self.k_proj, x).view(b, l, kvh, hd)
-        v = linear_module(self.v_proj, x).view(b, l, kvh, hd)
+        q, k, v = q.view(b, l, h, hd), k.view(b, l, kvh, hd), v.view(b, l, kvh, hd)
         if cache is not None and "k_static" in cache.layers[self.layer_idx]:
-            return linear_module(self.o_proj, static_attention(self, q, k, v, cache, seq_idx))  # (b, l, d)
+            return static_attention(self, q, k, v, cache, seq_idx)  # (b, l, h hd)
         if self.rotary_dim:
-            cos, sin, swap = rope_tables(past + l, hd, self.rotary_dim, self.rope_theta, x.device, q.dtype)
+            cos, sin, swap = rope_tables(past + l, hd, self.rotary_dim, self.rope_theta, q.device, q.dtype)
             cos, sin = cos[past:past + l], sin[past:past + l]  # (l, 1, hd)
             q, k = apply_rope_table(q, cos, sin, swap), apply_rope_table(k, cos, sin, swap)
         if cache is not None:
@@ -178,7 +197,7 @@ class Attention(nn.Module):
                 raise ValueError(f"attention layer {self.layer_idx}: the cache holds {state['k'].shape[1]} "
                                  f"tokens but cache.seqlen_offset is {past}; use one cache per sequence")
             k, v = _append_kv(state, "k", k, past), _append_kv(state, "v", v, past)  # (b, t, kvh, hd)
-        mask, is_causal = self._mask(b, l, k.shape[1], seq_idx, x.device)
+        mask, is_causal = self._mask(b, l, k.shape[1], seq_idx, q.device)
         pad_lengths = getattr(cache, "pad_lengths", None)
         if pad_lengths is not None:
             mask, is_causal = _mask_left_padding(mask, pad_lengths, l, k.shape[1]), False
@@ -196,8 +215,7 @@ class Attention(nn.Module):
                 k, v = k.repeat_interleave(h // kvh, dim=1), v.repeat_interleave(h // kvh, dim=1)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         # (b, h, l, hd) -> (b, l, h hd); with l = 1 both orders are one, so no transpose (a view)
-        y = y.reshape(b, l, h * hd) if l == 1 else y.transpose(1, 2).reshape(b, l, h * hd)
-        return linear_module(self.o_proj, y)
+        return y.reshape(b, l, h * hd) if l == 1 else y.transpose(1, 2).reshape(b, l, h * hd)
 
     @staticmethod
     def _mask(b: int, l: int, t: int, seq_idx, device):

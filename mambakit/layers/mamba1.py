@@ -19,6 +19,7 @@ from .. import ops
 from ..cache import neg_exp_cached
 from ..ops import cpu_kernels
 from ..ops.cpu_kernels import linear_module
+from . import fused_decode
 from .init import dt_bias_init
 
 
@@ -149,6 +150,25 @@ class Mamba1Mixer(nn.Module):
                                    self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
                                    self.A_log, self.D, self.dt_rank, a_is_log=True)  # (b, e)
         return self.out_proj(y).unsqueeze(1)
+
+
+    def fused_step(self, x: torch.Tensor, norm, cache) -> torch.Tensor | None:
+        """x + self(norm(x)) for one token, in place in the residual x (b, 1, d): in_proj with the
+        block's norm before it, the fused step, out_proj with the residual add after it
+        (layers/fused_decode.py). None when this layer cannot take that path."""
+        if not fused_decode.ready(x, norm, self.in_proj, self.out_proj):
+            return None
+        from ..ops.gemv_triton import fused_gemv
+        state = cache.layers[self.layer_idx]
+        b = x.shape[0]
+        xr = x.view(b, -1)  # (b, d)
+        xz = fused_gemv(xr, self.in_proj.weight, self.in_proj.bias, norm=fused_decode.norm_arg(norm))
+        xs, z = xz.chunk(2, dim=-1)  # (b, e)
+        y = ops.mamba1_decode_step(xs, z, state["conv"], state["ssm"], self.conv1d.weight, self.conv1d.bias,
+                                   self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+                                   self.A_log, self.D, self.dt_rank, a_is_log=True)  # (b, e)
+        fused_gemv(y, self.out_proj.weight, self.out_proj.bias, residual=xr)
+        return x
 
 
 def rescale_out_proj_(module: nn.Module, n_layer: int) -> None:

@@ -16,6 +16,7 @@ from .. import ops
 from ..cache import neg_exp_cached
 from ..ops import cpu_kernels
 from ..ops.cpu_kernels import linear_module
+from . import fused_decode
 from .init import dt_bias_init
 
 
@@ -148,6 +149,31 @@ class Mamba2Mixer(nn.Module):
                                    self.A_log, self.D, self.dt_bias, True, self.dt_limit, self.ngroups,
                                    self.headdim, a_is_log=True)  # (b, h, p) in xBC's dtype
         return self._gate_norm_out(y.reshape(hidden.shape[0], self.d_inner), z).unsqueeze(1)
+
+
+    def fused_step(self, x: torch.Tensor, norm, cache) -> torch.Tensor | None:
+        """x + self(norm(x)) for one token, in place in the residual x (b, 1, d), as three kernels:
+        in_proj with the block's norm before it and the conv after it, the SSM step, out_proj with
+        the gated norm before it and the residual add after it (layers/fused_decode.py). None when
+        this layer cannot take that path."""
+        conv_w = self.conv1d.weight.squeeze(1)  # (c, k)
+        gs = self.d_inner // self.ngroups
+        if not (fused_decode.ready(x, norm, self.in_proj, self.out_proj) and conv_w.is_contiguous()
+                and self.norm.weight.dtype == norm.weight.dtype and gs % 16 == 0):
+            return None
+        from ..ops.gemv_triton import fused_gemv
+        state = cache.layers[self.layer_idx]
+        b, e = x.shape[0], self.d_inner
+        xr = x.view(b, -1)  # (b, d)
+        zxbcdt = fused_gemv(xr, self.in_proj.weight, self.in_proj.bias, norm=fused_decode.norm_arg(norm),
+                            conv=(e, state["conv"], conv_w, self.conv1d.bias))  # xBC already convolved
+        z, xBC, dt = self._split(zxbcdt)  # (b, e), (b, c), (b, h)
+        y = ops.mamba2_decode_step(xBC, dt, state["conv"], state["ssm"], conv_w, self.conv1d.bias, self.A_log,
+                                   self.D, self.dt_bias, True, self.dt_limit, self.ngroups, self.headdim,
+                                   a_is_log=True, conv_done=True)  # (b, h, p)
+        fused_gemv(y.view(b, e), self.out_proj.weight, self.out_proj.bias, residual=xr,
+                   norm=(self.norm.weight, self.eps), gate=(z, gs, self.norm_before_gate))
+        return x
 
 
 class _GatedNormWeight(nn.Module):

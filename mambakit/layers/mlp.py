@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.cpu_kernels import linear_module
+from . import fused_decode
 
 ACTIVATIONS = ("gelu", "relu2", "swiglu")
 
@@ -47,6 +48,20 @@ class MLP(nn.Module):
         else:
             h = F.gelu(h)
         return linear_module(self.down_proj, h)
+
+    def fused_step(self, x: torch.Tensor, norm, cache) -> torch.Tensor | None:
+        """x + self(norm(x)) for one token, in place in the residual x (b, 1, d), as two kernels:
+        up_proj with the block's norm before it and the activation after it, down_proj with the
+        residual add after it (layers/fused_decode.py). swiglu (two products into one
+        activation) and any layer that cannot take that path: None."""
+        if self.activation == "swiglu" or not fused_decode.ready(x, norm, self.up_proj, self.down_proj):
+            return None
+        from ..ops.gemv_triton import fused_gemv
+        xr = x.view(x.shape[0], -1)  # (b, d)
+        h = fused_gemv(xr, self.up_proj.weight, self.up_proj.bias, norm=fused_decode.norm_arg(norm),
+                       activation=self.activation)  # (b, f)
+        fused_gemv(h, self.down_proj.weight, self.down_proj.bias, residual=xr)
+        return x
 
     def allocate_state(self, batch_size: int, dtype=None, device=None) -> dict:
         return {}

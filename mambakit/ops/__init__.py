@@ -174,14 +174,16 @@ def gated_rms_norm(x, z, weight, eps=1e-5, group_size=None, norm_before_gate=Fal
 
 
 def mamba2_decode_step(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias, dt_softplus,
-                       dt_limit, ngroups, headdim, z=None, a_is_log=False):
+                       dt_limit, ngroups, headdim, z=None, a_is_log=False, conv_done=False):
     """The fused Triton decode step of Mamba-2 (ops/decode_triton.py): conv_state (b, c, k) and
     ssm_state (b, h, p, n) fp32 updated in place, returns y (b, h, p). Layers call it when
     resolve_backend(...) gives "triton"; the torch tier of the step is Mamba2Mixer.step itself.
+    conv_done: xBC is the conv's output already (ops/gemv_triton.py's conv epilogue).
     """
     from .decode_triton import mamba2_decode_step_triton
     return mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias,
-                                     dt_softplus, dt_limit, ngroups, headdim, z=z, a_is_log=a_is_log)
+                                     dt_softplus, dt_limit, ngroups, headdim, z=z, a_is_log=a_is_log,
+                                     conv_done=conv_done)
 
 
 def mamba1_decode_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,

@@ -316,11 +316,18 @@ def linear_module(module, x) -> torch.Tensor:
     """module(x) for an nn.Linear through linear() (the C loop when decoding); any other module, or
     one with forward hooks (adapters, probes, global hooks) or a patched forward, is called as it is,
     and so is every call on another device (the GPU's training and decoding keep their module call)."""
-    if (x.is_cpu and type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
-            and "forward" not in module.__dict__  # a forward patched on the instance (offloading hooks)
-            and not (_module_globals._global_forward_hooks or _module_globals._global_forward_pre_hooks)):
+    if x.is_cpu and is_plain_linear(module):
         return linear(x, module.weight, module.bias)
     return module(x)
+
+
+def is_plain_linear(module) -> bool:
+    """An nn.Linear whose call is F.linear and nothing else: no forward hooks of its own or global
+    ones (adapters, probes), no forward patched on the instance (offloading hooks). Only such a
+    module may be bypassed by a kernel that reads its weight directly."""
+    return (type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+            and "forward" not in module.__dict__
+            and not (_module_globals._global_forward_hooks or _module_globals._global_forward_pre_hooks))
 
 
 def mamba1_step(xz, conv_state, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, h, out=None,

@@ -73,10 +73,12 @@ def _mamba2_decode_kernel(
     C_CH, K, H, G, P, N, lo, hi,
     KP: tl.constexpr, PB: tl.constexpr, NP: tl.constexpr,
     HAS_CBIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_DTB: tl.constexpr,
-    DT_SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr = False,
+    DT_SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr = False, CONV: tl.constexpr = True,
 ):
     """Per (sequence and head, block of PB of the head dim): conv + SiLU of x (and the shift of
-    its conv state), the SSM state update and y. B and C come from _mamba2_decode_bc_kernel."""
+    its conv state), the SSM state update and y. B and C come from _mamba2_decode_bc_kernel.
+    Without CONV, xBC is the conv's output already (ops/gemv_triton.py's conv epilogue made it):
+    x, B and C are read from it and the conv state is not touched."""
     pid_bh = tl.program_id(0).to(tl.int64)
     pid_b = pid_bh // H
     hh = pid_bh % H
@@ -88,12 +90,17 @@ def _mamba2_decode_kernel(
     nmask = offs_n < N
     state_b = conv_ptr + pid_b * C_CH * K
     xbc_b = xbc_ptr + pid_b * C_CH
-    bc = bc_ptr + (pid_b * G + gi) * 2 * N
-    bv = tl.load(bc + offs_n, mask=nmask, other=0.0)
-    cv = tl.load(bc + N + offs_n, mask=nmask, other=0.0)
     ch_x = (hh * P + offs_p)[:, None]  # (PB, 1)
-    win_x, xv = _conv_window(state_b, xbc_b, w_ptr, cbias_ptr, ch_x, pmask[:, None], offs_k[None, :], K,
-                             HAS_CBIAS)  # xv (PB,)
+    if CONV:
+        bc = bc_ptr + (pid_b * G + gi) * 2 * N
+        bv = tl.load(bc + offs_n, mask=nmask, other=0.0)
+        cv = tl.load(bc + N + offs_n, mask=nmask, other=0.0)
+        win_x, xv = _conv_window(state_b, xbc_b, w_ptr, cbias_ptr, ch_x, pmask[:, None], offs_k[None, :], K,
+                                 HAS_CBIAS)  # xv (PB,)
+    else:
+        bv = tl.load(xbc_b + H * P + gi * N + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        cv = tl.load(xbc_b + H * P + (G + gi) * N + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        xv = tl.load(xbc_b + hh * P + offs_p, mask=pmask, other=0.0).to(tl.float32)
     a = tl.load(a_ptr + hh).to(tl.float32)
     if A_IS_LOG:  # A = -exp(A_log) here, not as two more kernels (and casts) per layer and token
         a = -tl.exp(a)
@@ -119,9 +126,10 @@ def _mamba2_decode_kernel(
     if HAS_Z:
         zz = tl.load(z_ptr + yo, mask=pmask, other=0.0).to(tl.float32)
         y = y * zz * tl.sigmoid(zz)
-    tl.debug_barrier()  # the x window was read by every thread before the shifted one is stored
-    tl.store(state_b + ch_x * K + offs_k[None, :], win_x.to(conv_ptr.dtype.element_ty),
-             mask=pmask[:, None] & (offs_k[None, :] < K))
+    if CONV:
+        tl.debug_barrier()  # the x window was read by every thread before the shifted one is stored
+        tl.store(state_b + ch_x * K + offs_k[None, :], win_x.to(conv_ptr.dtype.element_ty),
+                 mask=pmask[:, None] & (offs_k[None, :] < K))
     tl.store(y_ptr + yo, y.to(y_ptr.dtype.element_ty), mask=pmask)
 
 
@@ -131,7 +139,7 @@ def _check(name, t, shape):
 
 
 def mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias,
-                              dt_softplus, dt_limit, ngroups, headdim, z=None, a_is_log=False):
+                              dt_softplus, dt_limit, ngroups, headdim, z=None, a_is_log=False, conv_done=False):
     """One decode step for a batch (see the module docstring). Updates conv_state and
     ssm_state in place and returns y (b, h, p) in xBC's dtype.
 
@@ -140,6 +148,8 @@ def mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_
     or None; dt_bias (h,) or None; dt_limit (min, max); z (b, h, p), (b, h*p) or None.
     a_is_log: A holds A_log (A = -exp(A_log) is computed in the kernel). A, D and dt_bias may be in
     any float dtype (the parameters as they are): the kernel reads them in fp32.
+    conv_done: xBC is already silu(conv(...)) of the new token and conv_state already shifted (the
+    in_proj's fused conv epilogue did both): only the SSM part runs (one launch).
     """
     if xBC.dim() != 2:
         raise ValueError(f"mamba2_decode_step_triton: xBC must be (b, c), got {tuple(xBC.shape)}")
@@ -176,9 +186,11 @@ def mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_
     wc = w.contiguous()
     cb = conv_bias if conv_bias is not None else A
     kp, np_ = triton.next_power_of_2(k), triton.next_power_of_2(n)
-    bc = torch.empty(b, g, 2, n, device=xBC.device, dtype=torch.float32)
-    _mamba2_decode_bc_kernel[(b, g)](xc, conv_state, wc, cb, bc, c, k, h, g, p, n,
-                                     KP=kp, NP=np_, HAS_CBIAS=conv_bias is not None, num_warps=4)
+    bc = ssm_state  # unread without the conv
+    if not conv_done:
+        bc = torch.empty(b, g, 2, n, device=xBC.device, dtype=torch.float32)
+        _mamba2_decode_bc_kernel[(b, g)](xc, conv_state, wc, cb, bc, c, k, h, g, p, n,
+                                         KP=kp, NP=np_, HAS_CBIAS=conv_bias is not None, num_warps=4)
     # Head dim blocks of 32: at batch 1 a 64-head layer still fills 128 programs, and each
     # program's (PB, n) slice of the fp32 state streams through once.
     pb = min(32, triton.next_power_of_2(p))
@@ -190,7 +202,7 @@ def mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_
         KP=kp, PB=pb, NP=np_,
         HAS_CBIAS=conv_bias is not None, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_DTB=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), HAS_Z=z is not None,
-        A_IS_LOG=bool(a_is_log), num_warps=4)
+        A_IS_LOG=bool(a_is_log), CONV=not conv_done, num_warps=4)
     return y
 
 

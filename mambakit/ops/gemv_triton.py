@@ -1,0 +1,236 @@
+"""Fused matrix-vector products for the decode step: a block's norm, projection and the small op
+after it in one Triton kernel (inference on CUDA, a few rows).
+
+Letters: m rows (the decode batch, m <= MAX_ROWS), k input width, o output width, g norm groups,
+c conv channels, w conv width.
+
+    out = epilogue(round(prologue(x) @ W^T + bias))        round: to W's dtype, as F.linear does
+
+prologue   None: x as it is (W's dtype)
+           norm=(weight, eps): weight * rmsnorm(x.to(W.dtype)), as RMSNorm.normalize_residual
+               (x: a block's residual stream, fp32 or the model's dtype)
+           norm + gate=(z, group_size, before_gate): Mamba-2's gated norm of x with z, per group
+epilogue   store; residual=r: r += out in place (the block's residual add; r (m, o));
+           conv=(c0, state (m, c, w), weight (c, w), bias): columns c0..c0+c-1 feed a causal
+               depthwise conv: their conv state is shifted in place and silu(conv) is stored;
+           activation "gelu" (erf) or "relu2" (relu squared)
+
+Why. At batch 1 a decode step reads each weight once and does little else, so its time is the
+weight bytes over the bandwidth plus every kernel's fixed cost. A Mamba-2 layer was 8 kernels a
+token (norm, in_proj, B/C conv, SSM, gated norm, out_proj as cuBLAS split-K + its reduction, the
+residual add: benchmarks/results/gpu_profile_decode-*session3*); with these it is 3 (in_proj with
+the norm before and the conv after, the SSM step, out_proj with the gated norm before and the
+residual add after). Every rounding of the unfused path is kept, so the results differ from it
+only by the order of the sums.
+
+Each program owns BO outputs of every row and streams their (BO, k) slab of W in (BO, BK)
+tiles, summing in fp32; each weight byte is read once. The norm's statistics are a first pass
+over x (a few KB, from L2) in every program. A conv column's state has one owner, the program of
+that column, so the in-place shift races no reader.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_ROWS = 4  # beyond this the batch's rows share each weight read better as a matmul: cuBLAS
+_ACTIVATIONS = {None: 0, "gelu": 1, "relu2": 2}
+_EPI_STORE, _EPI_RESIDUAL, _EPI_CONV = 0, 1, 2
+
+
+@triton.jit
+def _input_chunk(x_ptr, z_ptr, offs_m, offs_k, mask, stride_xm, stride_zm, PRO: tl.constexpr,
+                 BEFORE_GATE: tl.constexpr, WDT: tl.constexpr):
+    """(MP, BK) fp32: x as the norm sees it (cast to W's dtype; times silu(z) for the gated norm)."""
+    u = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask, other=0.0)
+    u = u.to(WDT).to(tl.float32)
+    if PRO == 2:
+        if not BEFORE_GATE:
+            zz = tl.load(z_ptr + offs_m[:, None] * stride_zm + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
+            u = u * zz * tl.sigmoid(zz)
+    return u
+
+
+@triton.jit
+def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr, cw_ptr, cb_ptr,
+                       O, K, GS, C0, NCH, CW, eps, stride_xm, stride_zm,
+                       M: tl.constexpr, MP: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr,
+                       GP: tl.constexpr, WP: tl.constexpr, PRO: tl.constexpr, BEFORE_GATE: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, EPI: tl.constexpr, ACT: tl.constexpr, HAS_CB: tl.constexpr):
+    WDT = w_ptr.dtype.element_ty
+    offs_o = tl.program_id(0) * BO + tl.arange(0, BO)
+    omask = offs_o < O
+    offs_m = tl.arange(0, MP)
+    mmask = offs_m < M
+    offs_g = tl.arange(0, GP)
+    if PRO != 0:  # first pass: the sum of squares of every row and group (GS is a multiple of BK)
+        ss = tl.zeros((MP, GP), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            offs_k = k0 + tl.arange(0, BK)
+            u = _input_chunk(x_ptr, z_ptr, offs_m, offs_k, mmask[:, None] & (offs_k < K)[None, :],
+                             stride_xm, stride_zm, PRO, BEFORE_GATE, WDT)
+            ss += tl.where(offs_g[None, :] == k0 // GS, tl.sum(u * u, 1)[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(ss / GS + eps)  # (MP, GP)
+    if MP == 1:
+        acc2 = tl.zeros((BO, BK), dtype=tl.float32)  # summed over k once, after the loop
+    else:
+        acc = tl.zeros((MP, BO), dtype=tl.float32)
+    w_rows = w_ptr + offs_o.to(tl.int64)[:, None] * K
+    for k0 in range(0, K, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        kmask = offs_k < K
+        w = tl.load(w_rows + offs_k[None, :], mask=omask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+        xm = mmask[:, None] & kmask[None, :]
+        if PRO == 0:
+            xk = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=xm, other=0.0)
+            xk = xk.to(WDT).to(tl.float32)
+        else:  # the norm's output, rounded where the unfused kernels round it
+            u = _input_chunk(x_ptr, z_ptr, offs_m, offs_k, xm, stride_xm, stride_zm, PRO, BEFORE_GATE, WDT)
+            r = tl.sum(tl.where(offs_g[None, :] == k0 // GS, rstd, 0.0), 1)  # (MP,)
+            v = u * r[:, None]
+            if PRO == 2:
+                if BEFORE_GATE:
+                    zz = tl.load(z_ptr + offs_m[:, None] * stride_zm + offs_k[None, :], mask=xm,
+                                 other=0.0).to(tl.float32)
+                    v = v * zz * tl.sigmoid(zz)
+            nw = tl.load(nw_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)
+            xk = (v.to(WDT).to(tl.float32) * nw[None, :]).to(WDT).to(tl.float32)
+        if MP == 1:
+            acc2 += w * xk
+        else:
+            acc += tl.sum(w[None, :, :] * xk[:, None, :], 2)
+    if MP == 1:
+        acc = tl.sum(acc2, 1)[None, :]  # (1, BO)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_o, mask=omask, other=0.0).to(tl.float32)[None, :]
+    out = acc.to(WDT).to(tl.float32)  # (MP, BO): F.linear's output
+    om = mmask[:, None] & omask[None, :]
+    if EPI == 1:  # the residual add, in the residual's dtype
+        r_ptrs = r_ptr + offs_m[:, None] * O + offs_o[None, :]
+        res = tl.load(r_ptrs, mask=om, other=0.0).to(tl.float32)
+        tl.store(r_ptrs, (res + out).to(r_ptr.dtype.element_ty), mask=om)
+    else:
+        if ACT == 1:
+            out = (0.5 * out * (1.0 + tl.erf(out * 0.7071067811865476))).to(WDT).to(tl.float32)
+        if ACT == 2:
+            out = tl.maximum(out, 0.0)
+            out = (out * out).to(WDT).to(tl.float32)
+        if EPI == 2:  # columns C0.. are conv inputs: shift their state, store silu(conv) instead
+            ch = offs_o - C0
+            is_ch = (ch >= 0) & (ch < NCH) & omask
+            offs_w = tl.arange(0, WP)
+            cm = (mmask[:, None] & is_ch[None, :])[:, :, None]  # (MP, BO, 1)
+            s_ptrs = cs_ptr + (offs_m[:, None, None] * NCH + ch[None, :, None]) * CW + offs_w[None, None, :]
+            old = tl.load(s_ptrs + 1, mask=cm & (offs_w < CW - 1)[None, None, :], other=0.0).to(tl.float32)
+            new = out.to(cs_ptr.dtype.element_ty).to(tl.float32)
+            win = tl.where((offs_w == CW - 1)[None, None, :], new[:, :, None], old)  # (MP, BO, WP)
+            cwt = tl.load(cw_ptr + ch[:, None] * CW + offs_w[None, :], mask=is_ch[:, None] & (offs_w < CW)[None, :],
+                          other=0.0).to(tl.float32)
+            cv = tl.sum(win * cwt[None, :, :], 2)  # (MP, BO)
+            if HAS_CB:
+                cv += tl.load(cb_ptr + ch, mask=is_ch, other=0.0).to(tl.float32)[None, :]
+            cv = cv * tl.sigmoid(cv)
+            out = tl.where(is_ch[None, :], cv, out)
+            tl.debug_barrier()  # every thread has read the old window before a shifted one is stored
+            tl.store(s_ptrs, win.to(cs_ptr.dtype.element_ty), mask=cm & (offs_w < CW)[None, None, :])
+        tl.store(y_ptr + offs_m[:, None] * O + offs_o[None, :], out.to(y_ptr.dtype.element_ty), mask=om)
+
+
+def default_config(o: int, k: int, m: int) -> tuple[int, int, int]:
+    """(BO, BK, warps): tiles of 4096 weights per 4 warps (8 KB in bf16, 64 B a thread), and BO
+    small enough that the grid has about four programs per SM of an H100 (132 SMs), so that
+    enough loads are in flight to keep its memory busy."""
+    mp = triton.next_power_of_2(m)
+    elems = 4096 // mp  # the (MP, BO, BK) product of several rows stays within the registers
+    bo = 16
+    while bo > 1 and triton.cdiv(o, bo) < 528:
+        bo //= 2
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        bo = 32  # the interpreter runs programs one after another: few and large
+    bk = max(16, min(triton.next_power_of_2(k), elems // bo))
+    return bo, bk, 4
+
+
+def _bk_for_groups(bk: int, gs: int) -> int:
+    while bk > 16 and gs % bk:
+        bk //= 2
+    return bk
+
+
+def fusable(x: torch.Tensor, weight: torch.Tensor, group_size: int | None = None) -> bool:
+    """Whether fused_gemv takes x (m, k) and weight: at most MAX_ROWS rows, one float dtype of
+    weight, contiguous rows, and norm groups that a power-of-two tile of at least 16 divides."""
+    return (x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS and weight.dim() == 2 and weight.is_contiguous()
+            and weight.dtype in (torch.float32, torch.bfloat16, torch.float16) and x.stride(-1) == 1
+            and (group_size is None or group_size % 16 == 0))
+
+
+def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, conv=None, activation=None,
+               config=None) -> torch.Tensor:
+    """See the module docstring. x (m, k) with unit stride along k; weight (o, k); bias (o,).
+
+    norm (norm_weight (k,), eps); gate (z (m, k), group_size, before_gate), with norm;
+    residual (m, o), updated in place and returned; conv (c0, conv_state (m, c, w) contiguous,
+    conv_weight (c, w), conv_bias (c,) or None); activation None, "gelu" or "relu2".
+    config (BO, BK, warps) overrides default_config (benchmarks sweep it).
+    Returns (m, o) in weight's dtype, or residual.
+    """
+    m, k = x.shape
+    o = weight.shape[0]
+    if not fusable(x, weight) or weight.shape[1] != k:
+        raise ValueError(f"fused_gemv: x must be (m <= {MAX_ROWS}, k) with unit stride and weight a contiguous "
+                         f"float (o, {k}) matrix; got x {tuple(x.shape)} and weight {tuple(weight.shape)} "
+                         f"{weight.dtype}")
+    if bias is not None and tuple(bias.shape) != (o,):
+        raise ValueError(f"fused_gemv: bias must be ({o},), got {tuple(bias.shape)}")
+    if gate is not None and norm is None:
+        raise ValueError("fused_gemv: gate needs norm (the gated norm is a norm)")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"fused_gemv: activation must be one of {list(_ACTIVATIONS)}, got {activation!r}")
+    if sum(v is not None for v in (residual, conv, activation)) > 1:
+        raise ValueError("fused_gemv: residual, conv and activation are exclusive epilogues")
+    bo, bk, warps = config or default_config(o, k, m)
+    pro, gs, gp, z, stride_z, before_gate = 0, k, 1, x, 0, False
+    nw, eps = x, 0.0
+    if norm is not None:
+        nw, eps = norm
+        if tuple(nw.shape) != (k,):
+            raise ValueError(f"fused_gemv: the norm's weight must be ({k},), got {tuple(nw.shape)}")
+        pro = 1
+        if gate is not None:
+            z, gs, before_gate = gate
+            if z.shape != x.shape or z.stride(-1) != 1 or k % gs or gs % 16:
+                raise ValueError(f"fused_gemv: z must have x's shape {tuple(x.shape)} with unit stride, and the "
+                                 f"group size ({gs}) divide {k} and be a multiple of 16")
+            pro, stride_z = 2, z.stride(0)
+            gp = triton.next_power_of_2(k // gs)
+        bk = _bk_for_groups(bk, gs)
+    epi, r, cs, cw, cb, c0, nch, cwid = _EPI_STORE, x, x, x, None, 0, 0, 1
+    if residual is not None:
+        if tuple(residual.shape) != (m, o) or not residual.is_contiguous():
+            raise ValueError(f"fused_gemv: residual must be a contiguous ({m}, {o}) tensor, got "
+                             f"{tuple(residual.shape)}")
+        epi, r = _EPI_RESIDUAL, residual
+    if conv is not None:
+        c0, cs, cw, cb = conv
+        nch, cwid = cs.shape[1], cs.shape[2]
+        if cs.dim() != 3 or cs.shape[0] != m or not cs.is_contiguous() or c0 + nch > o \
+                or tuple(cw.shape) != (nch, cwid) or not cw.is_contiguous():
+            raise ValueError(f"fused_gemv: conv state must be a contiguous (m={m}, c, w) tensor with c0 + c <= {o} "
+                             f"and the conv weight (c, w) contiguous; got c0 {c0}, state {tuple(cs.shape)}, "
+                             f"weight {tuple(cw.shape)}")
+        epi = _EPI_CONV
+    y = residual if residual is not None else torch.empty(m, o, device=x.device, dtype=weight.dtype)
+    _fused_gemv_kernel[(triton.cdiv(o, bo),)](
+        x, z, nw, weight, bias if bias is not None else weight, y, r, cs, cw, cb if cb is not None else cw,
+        o, k, gs, c0, nch, cwid, float(eps), x.stride(0), stride_z,
+        M=m, MP=triton.next_power_of_2(m), BO=bo, BK=bk, GP=gp, WP=triton.next_power_of_2(cwid), PRO=pro,
+        BEFORE_GATE=bool(before_gate), HAS_BIAS=bias is not None, EPI=epi, ACT=_ACTIVATIONS[activation],
+        HAS_CB=cb is not None, num_warps=warps)
+    return y
+
+
+__all__ = ["fused_gemv", "fusable", "default_config", "MAX_ROWS"]

@@ -1,0 +1,124 @@
+"""The fused decode GEMV (ops/gemv_triton.py) under TRITON_INTERPRET=1 on the CPU, against the torch
+ops it fuses: F.linear after rms_norm / gated_rms_norm, then the residual add, the causal conv's
+update step or the MLP activation.
+
+Letters: m rows, k input width, o output width, c conv channels, w conv width.
+
+fp32 is compared tightly (only the order of the sums differs). The interpreter rounds to bf16 by
+truncation (numpy has no bf16), so bf16 is allowed a few of its units.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_SCRIPT = textwrap.dedent(r'''
+import json
+import torch
+import torch.nn.functional as F
+from mambakit.ops.conv1d import causal_conv1d_update
+from mambakit.ops.gemv_triton import fused_gemv
+from mambakit.ops.norm import gated_rms_norm, rms_norm
+
+gen = torch.Generator().manual_seed(5)
+rnd = lambda *s, dt=torch.float32: torch.randn(*s, generator=gen).to(dt)
+out = {}
+
+def record(name, got, want):
+    out[name] = {"max_abs": (got.float() - want.float()).abs().max().item(),
+                 "scale": want.float().abs().max().item(), "same_dtype": got.dtype == want.dtype}
+
+for dname, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for m in (1, 3):
+        o, k = 37, 96  # o not a multiple of any tile; k not a power of two
+        W, b, x, nw = rnd(o, k, dt=dt), rnd(o, dt=dt), rnd(m, k, dt=dt), rnd(k, dt=dt)
+        lin = lambda h, bias=None: F.linear(h.float(), W.float(), None if bias is None else bias.float()).to(dt)
+        tag = f"{dname}_m{m}"
+        record(f"plain_{tag}", fused_gemv(x, W, b, config=(8, 16, 4)), lin(x, b))
+        res = rnd(m, k) * 3  # a block's fp32 residual stream
+        record(f"rms_{tag}", fused_gemv(res, W, None, norm=(nw, 1e-5), config=(16, 32, 4)),
+               lin(rms_norm(res.to(dt), nw, 1e-5)))
+        for gs in (96, 32):
+            for before in (False, True):
+                zx = rnd(m, 2 * k, dt=dt)
+                z = zx[:, k:]  # a strided view, as z is of in_proj's output
+                r0 = rnd(m, o)
+                r = r0.clone()
+                got = fused_gemv(x, W, b, norm=(nw, 1e-5), gate=(z, gs, before), residual=r, config=(4, 64, 4))
+                want = r0 + lin(gated_rms_norm(x, z, nw, 1e-5, group_size=gs, norm_before_gate=before), b)
+                record(f"gated_g{k // gs}_{'before' if before else 'after'}_{tag}", got, want)
+                out[f"gated_g{k // gs}_{'before' if before else 'after'}_{tag}"]["in_place"] = got is r
+        for act in ("gelu", "relu2"):
+            h = lin(x, b)
+            want = F.gelu(h) if act == "gelu" else torch.square(F.relu(h))
+            record(f"{act}_{tag}", fused_gemv(x, W, b, activation=act, config=(8, 32, 4)), want)
+        c0, c, w = 5, 20, 4  # conv columns 5..24 of 37
+        cw, cb = rnd(c, w, dt=dt), rnd(c, dt=dt)
+        state = rnd(m, c, w, dt=dt)
+        ref_state = state.clone()
+        ys, wants = [], []
+        for step in range(3):  # three tokens: the shifted state is read back each time
+            xs = rnd(m, k, dt=dt)
+            ys.append(fused_gemv(xs, W, b, conv=(c0, state, cw, cb), config=(8, 32, 4)))
+            h = lin(xs, b)
+            h[:, c0:c0 + c] = causal_conv1d_update(h[:, c0:c0 + c].contiguous(), ref_state, cw, cb, "silu")
+            wants.append(h)
+        record(f"conv_{tag}", torch.stack(ys), torch.stack(wants))
+        record(f"conv_state_{tag}", state, ref_state)
+
+errors = {}
+W = torch.randn(8, 32)
+for name, call in [("rows", lambda: fused_gemv(torch.randn(5, 32), W)),
+                   ("width", lambda: fused_gemv(torch.randn(1, 31), W)),
+                   ("gate_without_norm", lambda: fused_gemv(torch.randn(1, 32), W, gate=(torch.randn(1, 32), 32, False))),
+                   ("group", lambda: fused_gemv(torch.randn(1, 32), W, norm=(torch.ones(32), 1e-5),
+                                                gate=(torch.randn(1, 32), 24, False))),
+                   ("activation", lambda: fused_gemv(torch.randn(1, 32), W, activation="tanh")),
+                   ("residual", lambda: fused_gemv(torch.randn(1, 32), W, residual=torch.zeros(1, 9)))]:
+    try:
+        call()
+        errors[name] = None
+    except ValueError as err:
+        errors[name] = str(err)
+out["errors"] = errors
+print(json.dumps(out))
+''')
+
+
+@pytest.fixture(scope="module")
+def results():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _cases():
+    kinds = ["plain", "rms", "gated_g1_after", "gated_g1_before", "gated_g3_after", "gated_g3_before", "gelu",
+             "relu2", "conv", "conv_state"]
+    return [f"{kind}_{dt}_m{m}" for kind in kinds for dt in ("fp32", "bf16") for m in (1, 3)]
+
+
+@pytest.mark.parametrize("case", _cases())
+def test_fused_gemv_matches_torch(results, case):
+    r = results[case]
+    assert r["same_dtype"]
+    assert r.get("in_place", True)
+    # fp32: the sums' order only. bf16: the interpreter truncates where the GPU rounds, at each of
+    # up to three roundings (norm, product, epilogue): a few units of bf16's 2^-8
+    tol = 2e-6 if "fp32" in case else 2 ** -5
+    assert r["max_abs"] <= tol * max(r["scale"], 1.0), r
+
+
+@pytest.mark.parametrize("name,words", [("rows", "m <= 4"), ("width", "weight"), ("gate_without_norm", "gate needs norm"),
+                                        ("group", "group size (24)"), ("activation", "activation must be"),
+                                        ("residual", "residual must be")])
+def test_fused_gemv_rejects_bad_input(results, name, words):
+    assert results["errors"][name] is not None and words in results["errors"][name], results["errors"][name]
