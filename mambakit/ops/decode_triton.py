@@ -191,9 +191,12 @@ def mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_
         bc = torch.empty(b, g, 2, n, device=xBC.device, dtype=torch.float32)
         _mamba2_decode_bc_kernel[(b, g)](xc, conv_state, wc, cb, bc, c, k, h, g, p, n,
                                          KP=kp, NP=np_, HAS_CBIAS=conv_bias is not None, num_warps=4)
-    # Head dim blocks of 32: at batch 1 a 64-head layer still fills 128 programs, and each
-    # program's (PB, n) slice of the fp32 state streams through once.
+    # Head dim blocks of 32, or smaller (down to 8) until there are ~4 programs per SM of an H100:
+    # at batch 1 a 64-head layer then runs 512 programs, not 128 (one per SM, each waiting on
+    # its own 16 KB of state). Each program's (PB, n) slice of the fp32 state streams through once.
     pb = min(32, triton.next_power_of_2(p))
+    while pb > 8 and b * h * triton.cdiv(p, pb) < 512:
+        pb //= 2
     _mamba2_decode_kernel[(b * h, triton.cdiv(p, pb))](
         xc, dtc, conv_state, ssm_state, wc, cb,
         A.contiguous(), D.contiguous() if D is not None else A, dt_bias if dt_bias is not None else A,
