@@ -46,7 +46,6 @@ def _train_one(name: str, plan: dict, seed: int, report_step=None) -> dict:
     """Build, train and score one model (runs in a worker process, or inline for --quick)."""
     import torch
 
-    from ..tasks import get_task
     from ..tasks.runner import TrainSettings, build_model, evaluate, train
 
     torch.set_num_threads(1)

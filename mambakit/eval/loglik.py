@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..cache import KV_NAMES, InferenceCache
+from ..cache import InferenceCache
 from ..generation import prefill
 
 Request = tuple[Sequence[int], Sequence[int]]

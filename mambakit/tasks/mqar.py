@@ -49,7 +49,7 @@ class MQAR(Task):
         check_int("mqar num_pairs", self.num_pairs, 1, self.vocab_size // 2 - 1,
                   why=" (keys are distinct ids of the lower half of the vocabulary, 0 excluded)")
         check_int("mqar length", self.length, 4 * self.num_pairs,
-                  why=f" (2 tokens per pair, and a query region of 2 tokens per query: 4 x num_pairs)")
+                  why=" (2 tokens per pair, and a query region of 2 tokens per query: 4 x num_pairs)")
         if not 0.0 < self.power_a <= 1.0:
             raise ValueError(f"mqar power_a must be in (0, 1], got {self.power_a!r}")
         if self.min_pairs is not None:
