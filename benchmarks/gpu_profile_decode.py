@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import mambakit  # noqa: E402
 import mambakit.cuda_graphs  # noqa: E402
 import mambakit.generation  # noqa: E402
-from gpu_generation import mambakit_config, parse_args as generation_args, weight_bytes  # noqa: E402
+from gpu_generation import mambakit_config, nominal_peak, parse_args as generation_args, weight_bytes  # noqa: E402
 
 
 def _sync() -> None:
@@ -90,7 +90,10 @@ def profile_model(family: str, a, gen_args) -> dict:
             out[f"{name}_kernels_per_step"] = sum(r["calls_per_step"] for r in rows)
     if decoder is not None:
         decoder.busy = False
-    out["weight_floor_ms"] = out["weight_bytes"] / 3.35e12 * 1e3  # H100 SXM nominal HBM3 peak
+    out["peak_bandwidth_nominal"] = peak = nominal_peak(gen_args.device) or 3.35e12  # else: H100 SXM's
+    out["weight_floor_ms"] = out["weight_bytes"] / peak * 1e3
+    if "graphs_wall_ms" in out:
+        out["graphs_fraction_of_peak"] = out["weight_floor_ms"] / out["graphs_wall_ms"]
     del model, decoder
     torch.cuda.empty_cache()
     return out
@@ -110,7 +113,8 @@ def main(argv=None) -> int:
         r = profile_model(family, a, gen_args)
         results.append(r)
         print(f"\n== {family} b{a.batch} context {a.context}: {r['parameters'] / 1e9:.2f}B params, "
-              f"weight floor {r['weight_floor_ms']:.3f} ms/step")
+              f"weight floor {r['weight_floor_ms']:.3f} ms/step at {r['peak_bandwidth_nominal'] / 1e12:.2f} TB/s, "
+              f"graphed step at {100 * r.get('graphs_fraction_of_peak', float('nan')):.0f}% of it")
         for name in [k for k in ("eager", "graphs") if f"{k}_wall_ms" in r]:
             print(f"{name}: wall {r[f'{name}_wall_ms']:.3f} ms/step, kernels sum {r[f'{name}_kernel_sum_ms']:.3f} ms, "
                   f"{r[f'{name}_kernels_per_step']:.0f} kernels/step")
