@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .gemv_triton import gdc_launch_dependents, gdc_wait, pdl_enabled
+
 
 @triton.jit
 def _conv_window(state_ptr, xbc_ptr, w_ptr, bias_ptr, ch, ch_mask, offs_k, K,
@@ -74,11 +76,15 @@ def _mamba2_decode_kernel(
     KP: tl.constexpr, PB: tl.constexpr, NP: tl.constexpr,
     HAS_CBIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_DTB: tl.constexpr,
     DT_SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr = False, CONV: tl.constexpr = True,
+    PDL: tl.constexpr = False,
 ):
     """Per (sequence and head, block of PB of the head dim): conv + SiLU of x (and the shift of
     its conv state), the SSM state update and y. B and C come from _mamba2_decode_bc_kernel.
     Without CONV, xBC is the conv's output already (ops/gemv_triton.py's conv epilogue made it):
     x, B and C are read from it and the conv state is not touched."""
+    if PDL:  # programmatic dependent launch (ops/gemv_triton.py): the next kernel may start and
+        gdc_launch_dependents()  # prefetch its weights; the inputs are read after the wait
+        gdc_wait()
     pid_bh = tl.program_id(0).to(tl.int64)
     pid_b = pid_bh // H
     hh = pid_bh % H
@@ -187,6 +193,8 @@ def mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_
     cb = conv_bias if conv_bias is not None else A
     kp, np_ = triton.next_power_of_2(k), triton.next_power_of_2(n)
     bc = ssm_state  # unread without the conv
+    # PDL only where the kernel before is a fused GEMV (the conv_done path); the B/C kernel has none
+    pdl = conv_done and pdl_enabled(xBC)
     if not conv_done:
         bc = torch.empty(b, g, 2, n, device=xBC.device, dtype=torch.float32)
         _mamba2_decode_bc_kernel[(b, g)](xc, conv_state, wc, cb, bc, c, k, h, g, p, n,
@@ -205,7 +213,7 @@ def mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_
         KP=kp, PB=pb, NP=np_,
         HAS_CBIAS=conv_bias is not None, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_DTB=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), HAS_Z=z is not None,
-        A_IS_LOG=bool(a_is_log), CONV=not conv_done, num_warps=4)
+        A_IS_LOG=bool(a_is_log), CONV=not conv_done, PDL=pdl, num_warps=4, **({"launch_pdl": True} if pdl else {}))
     return y
 
 

@@ -20,21 +20,43 @@ weight bytes over the bandwidth plus every kernel's fixed cost. A Mamba-2 layer 
 token (norm, in_proj, B/C conv, SSM, gated norm, out_proj as cuBLAS split-K + its reduction, the
 residual add: benchmarks/results/gpu_profile_decode-*session3*); with these it is 3 (in_proj with
 the norm before and the conv after, the SSM step, out_proj with the gated norm before and the
-residual add after). Every rounding of the unfused path is kept, so the results differ from it
-only by the order of the sums.
+residual add after).
 
-Each program owns BO outputs of every row and streams their (BO, k) slab of W in (BO, BK)
-tiles, summing in fp32; each weight byte is read once. The norm's statistics are a first pass
-over x (a few KB, from L2) in every program. A conv column's state has one owner, the program of
-that column, so the in-place shift races no reader.
+How. Each program owns BO outputs of every row and streams their (BO, k) slab of W in (BO, BK)
+tiles, each loaded one tile ahead of its use, summing in fp32; each weight byte is read once.
+The norm is a factor per row (and group), 1/rms(x), so it is applied to the sums at the end and
+its statistics are gathered in the same loop: no pass over x before the weights start streaming
+(a first pass cost ~5 us a call: benchmarks/results/gpu_gemv-*session8*). So the norm's output
+is not rounded to W's dtype before the product as the unfused kernels round it; every other
+rounding (the product to W's dtype, the conv state, the activation, the residual) is theirs.
+A conv column's state has one owner, the program of that column, so its in-place shift races no
+reader. On sm_90+ the kernels launch with programmatic dependent launch (PDL): each lets the next
+kernel start at once, and that one loads its first weight tile before it waits for this one's
+outputs (griddepcontrol.wait), hiding a kernel's ramp-up behind the previous one's tail.
+MAMBAKIT_PDL=0 turns that off.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+try:  # triton >= 3.3
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    _HAS_GDC = True
+except ImportError:  # pragma: no cover - older triton: launched without PDL, these never run
+    _HAS_GDC = False
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
+
+    @triton.jit
+    def gdc_wait():
+        pass
 
 MAX_ROWS = 4  # beyond this the batch's rows share each weight read better as a matmul: cuBLAS
 _ACTIVATIONS = {None: 0, "gelu": 1, "relu2": 2}
@@ -42,16 +64,24 @@ _EPI_STORE, _EPI_RESIDUAL, _EPI_CONV = 0, 1, 2
 
 
 @triton.jit
-def _input_chunk(x_ptr, z_ptr, offs_m, offs_k, mask, stride_xm, stride_zm, PRO: tl.constexpr,
+def _input_chunk(x_ptr, z_ptr, nw_ptr, offs_m, offs_k, kmask, mask, stride_xm, stride_zm, PRO: tl.constexpr,
                  BEFORE_GATE: tl.constexpr, WDT: tl.constexpr):
-    """(MP, BK) fp32: x as the norm sees it (cast to W's dtype; times silu(z) for the gated norm)."""
+    """-> (u, v), each (MP, BK) fp32: u what the norm measures (x cast to W's dtype, times silu(z)
+    for the gated norm), v what the product takes before the per-row 1/rms (u times the norm's
+    weight, and silu(z) when the gate follows the norm)."""
     u = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask, other=0.0)
     u = u.to(WDT).to(tl.float32)
-    if PRO == 2:
-        if not BEFORE_GATE:
+    v = u
+    if PRO != 0:
+        if PRO == 2:
             zz = tl.load(z_ptr + offs_m[:, None] * stride_zm + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
-            u = u * zz * tl.sigmoid(zz)
-    return u
+            if BEFORE_GATE:
+                v = u * zz * tl.sigmoid(zz)
+            else:
+                u = u * zz * tl.sigmoid(zz)
+                v = u
+        v = v * tl.load(nw_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)[None, :]
+    return u, v
 
 
 @triton.jit
@@ -59,51 +89,54 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
                        O, K, GS, C0, NCH, CW, eps, stride_xm, stride_zm,
                        M: tl.constexpr, MP: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr,
                        GP: tl.constexpr, WP: tl.constexpr, PRO: tl.constexpr, BEFORE_GATE: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, EPI: tl.constexpr, ACT: tl.constexpr, HAS_CB: tl.constexpr):
+                       HAS_BIAS: tl.constexpr, EPI: tl.constexpr, ACT: tl.constexpr, HAS_CB: tl.constexpr,
+                       PDL: tl.constexpr):
     WDT = w_ptr.dtype.element_ty
+    if PDL:  # let the next kernel start now: it only prefetches its weights until we are done
+        gdc_launch_dependents()
     offs_o = tl.program_id(0) * BO + tl.arange(0, BO)
     omask = offs_o < O
     offs_m = tl.arange(0, MP)
     mmask = offs_m < M
     offs_g = tl.arange(0, GP)
-    if PRO != 0:  # first pass: the sum of squares of every row and group (GS is a multiple of BK)
-        ss = tl.zeros((MP, GP), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            offs_k = k0 + tl.arange(0, BK)
-            u = _input_chunk(x_ptr, z_ptr, offs_m, offs_k, mmask[:, None] & (offs_k < K)[None, :],
-                             stride_xm, stride_zm, PRO, BEFORE_GATE, WDT)
-            ss += tl.where(offs_g[None, :] == k0 // GS, tl.sum(u * u, 1)[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(ss / GS + eps)  # (MP, GP)
-    if MP == 1:
+    w_rows = w_ptr + offs_o.to(tl.int64)[:, None] * K
+    # Weight tiles are loaded one ahead of their use (a hand-made two-stage pipeline); the first
+    # before waiting on the previous kernel, since weights are never written while decoding.
+    offs_k = tl.arange(0, BK)
+    w_next = tl.load(w_rows + offs_k[None, :], mask=omask[:, None] & (offs_k < K)[None, :], other=0.0)
+    if PDL:
+        gdc_wait()  # the previous kernel's outputs (x, z, the residual, conv states) are ready
+    ss = tl.zeros((MP, GP), dtype=tl.float32)  # the norm's sums of squares, per row and group
+    if MP == 1 and GP == 1:
         acc2 = tl.zeros((BO, BK), dtype=tl.float32)  # summed over k once, after the loop
     else:
-        acc = tl.zeros((MP, BO), dtype=tl.float32)
-    w_rows = w_ptr + offs_o.to(tl.int64)[:, None] * K
+        accg = tl.zeros((MP, GP, BO), dtype=tl.float32)
     for k0 in range(0, K, BK):
+        w = w_next.to(tl.float32)
         offs_k = k0 + tl.arange(0, BK)
         kmask = offs_k < K
-        w = tl.load(w_rows + offs_k[None, :], mask=omask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
-        xm = mmask[:, None] & kmask[None, :]
-        if PRO == 0:
-            xk = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=xm, other=0.0)
-            xk = xk.to(WDT).to(tl.float32)
-        else:  # the norm's output, rounded where the unfused kernels round it
-            u = _input_chunk(x_ptr, z_ptr, offs_m, offs_k, xm, stride_xm, stride_zm, PRO, BEFORE_GATE, WDT)
-            r = tl.sum(tl.where(offs_g[None, :] == k0 // GS, rstd, 0.0), 1)  # (MP,)
-            v = u * r[:, None]
-            if PRO == 2:
-                if BEFORE_GATE:
-                    zz = tl.load(z_ptr + offs_m[:, None] * stride_zm + offs_k[None, :], mask=xm,
-                                 other=0.0).to(tl.float32)
-                    v = v * zz * tl.sigmoid(zz)
-            nw = tl.load(nw_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)
-            xk = (v.to(WDT).to(tl.float32) * nw[None, :]).to(WDT).to(tl.float32)
-        if MP == 1:
-            acc2 += w * xk
+        offs_n = offs_k + BK
+        w_next = tl.load(w_rows + offs_n[None, :], mask=omask[:, None] & (offs_n < K)[None, :], other=0.0)
+        u, v = _input_chunk(x_ptr, z_ptr, nw_ptr, offs_m, offs_k, kmask, mmask[:, None] & kmask[None, :],
+                            stride_xm, stride_zm, PRO, BEFORE_GATE, WDT)
+        in_g = offs_g[None, :] == k0 // GS  # (1, GP): this tile's group (GS is a multiple of BK)
+        if PRO != 0:
+            ss += tl.where(in_g, tl.sum(u * u, 1)[:, None], 0.0)
+        if MP == 1 and GP == 1:
+            acc2 += w * v
         else:
-            acc += tl.sum(w[None, :, :] * xk[:, None, :], 2)
-    if MP == 1:
-        acc = tl.sum(acc2, 1)[None, :]  # (1, BO)
+            part = tl.sum(w[None, :, :] * v[:, None, :], 2)  # (MP, BO)
+            accg += tl.where(in_g[:, :, None], part[:, None, :], 0.0)
+    # The norm is a factor per row and group, 1/rms, applied to the sums: the norm's output is
+    # not rounded to W's dtype before the product as the unfused kernels round it (closer to exact)
+    if PRO != 0:
+        rstd = 1.0 / tl.sqrt(ss / GS + eps)  # (MP, GP)
+    else:
+        rstd = tl.full((MP, GP), 1.0, tl.float32)
+    if MP == 1 and GP == 1:
+        acc = tl.sum(acc2, 1)[None, :] * rstd  # (1, BO)
+    else:
+        acc = tl.sum(accg * rstd[:, :, None], 1)  # (MP, BO)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_o, mask=omask, other=0.0).to(tl.float32)[None, :]
     out = acc.to(WDT).to(tl.float32)  # (MP, BO): F.linear's output
@@ -140,18 +173,26 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
 
 
 def default_config(o: int, k: int, m: int) -> tuple[int, int, int]:
-    """(BO, BK, warps): tiles of 4096 weights per 4 warps (8 KB in bf16, 64 B a thread), and BO
-    small enough that the grid has about four programs per SM of an H100 (132 SMs), so that
-    enough loads are in flight to keep its memory busy."""
-    mp = triton.next_power_of_2(m)
-    elems = 4096 // mp  # the (MP, BO, BK) product of several rows stays within the registers
-    bo = 16
-    while bo > 1 and triton.cdiv(o, bo) < 528:
-        bo //= 2
+    """(BO, BK, warps): tiles of 4096 weights per 4 warps (8 KB in bf16, 64 B a thread): (4, 1024)
+    where there are at least 2048 outputs, else (2, 2048) so that small matrices still spread
+    over the SMs. The best or near it (within 10%) at every projection of the 1.3B models in an
+    H100 sweep of 14 configs (benchmarks/gpu_gemv.py --sweep, session 8)."""
+    bo, bk = (4, 1024) if o >= 2048 else (2, 2048)
     if os.environ.get("TRITON_INTERPRET") == "1":
         bo = 32  # the interpreter runs programs one after another: few and large
-    bk = max(16, min(triton.next_power_of_2(k), elems // bo))
+    bk = max(16, min(triton.next_power_of_2(k), bk // triton.next_power_of_2(m), 4096 // bo))
     return bo, bk, 4
+
+
+@functools.lru_cache(maxsize=None)
+def _pdl_device(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def pdl_enabled(t: torch.Tensor) -> bool:
+    """Launch with programmatic dependent launch: CUDA sm_90+, triton with GDC, not MAMBAKIT_PDL=0."""
+    return (_HAS_GDC and t.is_cuda and os.environ.get("MAMBAKIT_PDL", "1") != "0"
+            and os.environ.get("TRITON_INTERPRET") != "1" and _pdl_device(t.device.index or 0))
 
 
 def _bk_for_groups(bk: int, gs: int) -> int:
@@ -224,13 +265,14 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
                              f"weight {tuple(cw.shape)}")
         epi = _EPI_CONV
     y = residual if residual is not None else torch.empty(m, o, device=x.device, dtype=weight.dtype)
+    pdl = pdl_enabled(x)
     _fused_gemv_kernel[(triton.cdiv(o, bo),)](
         x, z, nw, weight, bias if bias is not None else weight, y, r, cs, cw, cb if cb is not None else cw,
         o, k, gs, c0, nch, cwid, float(eps), x.stride(0), stride_z,
         M=m, MP=triton.next_power_of_2(m), BO=bo, BK=bk, GP=gp, WP=triton.next_power_of_2(cwid), PRO=pro,
         BEFORE_GATE=bool(before_gate), HAS_BIAS=bias is not None, EPI=epi, ACT=_ACTIVATIONS[activation],
-        HAS_CB=cb is not None, num_warps=warps)
+        HAS_CB=cb is not None, PDL=pdl, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
     return y
 
 
-__all__ = ["fused_gemv", "fusable", "default_config", "MAX_ROWS"]
+__all__ = ["fused_gemv", "fusable", "default_config", "pdl_enabled", "gdc_wait", "gdc_launch_dependents", "MAX_ROWS"]
