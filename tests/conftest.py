@@ -1,4 +1,9 @@
-"""Shared fixtures: deterministic seeds, tiny models, and the `cuda` marker's skip."""
+"""Shared fixtures: deterministic seeds, tiny models, the `cuda` marker's skip, and a runner for
+scripts under Triton's interpreter."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -59,3 +64,20 @@ def fake_graphs(monkeypatch):
     monkeypatch.setattr(cuda_graphs, "_capture", capture)
     monkeypatch.setattr(cuda_graphs, "_graph_pool", lambda device: None)
     return captures
+
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+
+
+def run_interpreted(script: str, timeout: int = 600) -> str:
+    """Run a Python script with TRITON_INTERPRET=1 (the Triton kernels on the CPU) and return its
+    stdout. A subprocess, because the interpreter must be on before triton is first imported;
+    the repository and tests/ are on its path, MAMBAKIT_BACKEND is left to the script."""
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([ROOT, TESTS, os.environ.get("PYTHONPATH", "")]))
+    env.pop("MAMBAKIT_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout

@@ -10,16 +10,12 @@ three torch-backend steps: logits and every layer's conv and SSM state. The fuse
 are counted, so that a path silently not taken fails.
 """
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from conftest import run_interpreted
 
 pytest.importorskip("triton")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SCRIPT = textwrap.dedent(r'''
 import copy, json, os
@@ -74,11 +70,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def results():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
-    env.pop("MAMBAKIT_BACKEND", None)
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(run_interpreted(_SCRIPT, timeout=900).strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("name", ["mamba1", "mamba2", "mamba2_g2", "hybrid", "transformer"])

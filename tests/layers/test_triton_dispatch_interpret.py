@@ -11,16 +11,13 @@ The interpreter must be on before triton is imported, so everything runs in one 
 prints one JSON line per case; the tests read those numbers.
 """
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from conftest import run_interpreted
 
 pytest.importorskip("triton")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SCRIPT = textwrap.dedent(r'''
 import importlib
@@ -140,13 +137,7 @@ for kind in ("mamba2", "mamba1"):
 
 @pytest.fixture(scope="module")
 def results():
-    path = os.pathsep.join([ROOT, os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")])  # tests: conftest
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
-    env.pop("MAMBAKIT_BACKEND", None)
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return {r["case"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    return {r["case"]: r for r in map(json.loads, run_interpreted(_SCRIPT, timeout=300).splitlines())}
 
 
 KERNELS = {"mamba2": ["causal_conv1d_triton", "gated_rms_norm_triton", "mamba2_decode_step_triton", "ssd_triton"],

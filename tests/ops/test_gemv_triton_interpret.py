@@ -8,16 +8,12 @@ fp32 is compared tightly (only the order of the sums differs). The interpreter r
 truncation (numpy has no bf16), so bf16 is allowed a few of its units.
 """
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from conftest import run_interpreted
 
 pytest.importorskip("triton")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SCRIPT = textwrap.dedent(r'''
 import json
@@ -94,10 +90,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def results():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(run_interpreted(_SCRIPT, timeout=600).strip().splitlines()[-1])
 
 
 def _cases():

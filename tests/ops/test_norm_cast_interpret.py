@@ -4,16 +4,12 @@ under TRITON_INTERPRET=1 on the CPU, against the torch form it replaces: rms_nor
 Letters: b batch, l length, d width.
 """
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from conftest import run_interpreted
 
 pytest.importorskip("triton")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SCRIPT = textwrap.dedent(r'''
 import json
@@ -44,10 +40,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def results():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(run_interpreted(_SCRIPT, timeout=300).strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("case", ["fp32_to_bf16", "fp32_to_fp32", "bf16_to_bf16"])

@@ -7,17 +7,14 @@ one subprocess that prints a JSON line per case; the tests below check those num
 Oracle: `selective_scan_ref` in float64 (outputs, final state and every gradient).
 """
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from conftest import run_interpreted
 import torch
 
 pytest.importorskip("triton")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SCRIPT = textwrap.dedent(r'''
 import json, sys
@@ -107,16 +104,8 @@ decode_case(5)
 
 @pytest.fixture(scope="module")
 def interpreted():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    cases = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            rec = json.loads(line)
-            cases[rec["case"]] = rec
-    return cases
+    lines = run_interpreted(_SCRIPT, timeout=300).splitlines()
+    return {rec["case"]: rec for rec in (json.loads(line) for line in lines if line.startswith("{"))}
 
 
 @pytest.mark.parametrize("case,tol", [("fp32_full", 1e-5), ("fp32_full_atomic", 1e-5), ("fp32_plain_n3", 1e-5), ("fp32_len1", 1e-5),

@@ -12,16 +12,13 @@ SSD over a whole sequence, one token at a time. The conv1d and gated-RMSNorm ker
 against the torch ops in float64.
 """
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from conftest import run_interpreted
 
 pytest.importorskip("triton")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SCRIPT = textwrap.dedent(r'''
 import json
@@ -175,12 +172,7 @@ print(json.dumps({"case": "bad_input", "errors": errors}), flush=True)
 
 @pytest.fixture(scope="module")
 def results():
-    path = os.pathsep.join([ROOT, os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return {r["case"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
+    return {r["case"]: r for r in map(json.loads, run_interpreted(_SCRIPT, timeout=600).strip().splitlines())}
 
 
 @pytest.mark.parametrize("case", ["fp32_plain", "fp32_packed", "fp32_packed_fused", "fp32_packed_pblocks",
