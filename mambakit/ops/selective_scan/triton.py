@@ -67,7 +67,13 @@ def default_config(n: int, e: int, backward: bool, variant: str | None = None) -
     be = max(1, (32 * warps * vec) // bn)
     if backward:
         bt = 8 if bn < 4 else 16 // vec
-        return dict(BLOCK_T=bt, BLOCK_E=be, BLOCK_N=bn, VEC=vec, num_warps=warps, DBC_ATOMIC=False)
+        cfg = dict(BLOCK_T=bt, BLOCK_E=be, BLOCK_N=bn, VEC=vec, num_warps=warps, DBC_ATOMIC=False)
+        if bn == 16:
+            # ptxas gives the n 16 tile 228 registers (one program of 4 warps an SM's quarter);
+            # capped at 168 (20 spilled) fwd+bwd took 1.539 ms against 2.119 uncapped at b 4,
+            # l 2048, e 1536, fp32, H100 (benchmarks/results/gpu_selective_scan-*-2026-12-07-session8.json)
+            cfg["MAXNREG"] = 168
+        return cfg
     bt = 16 if 4 <= bn <= 64 else 8  # n >= 128 at 16 spills registers
     return dict(BLOCK_T=bt, BLOCK_E=be, BLOCK_N=bn, VEC=vec, num_warps=warps)
 
