@@ -33,7 +33,8 @@ SHAPES = [("mamba2 in_proj (norm, conv)", 8512, 2048, "in_proj"), ("mamba2 out_p
           ("attn q (norm)", 2048, 2048, "q"), ("attn k/v (norm)", 512, 2048, "q"), ("attn o (+res)", 2048, 2048, "down")]
 SWEEP = [(bo, bk, w) for bo, bk, w in [(1, 2048, 4), (2, 1024, 4), (2, 2048, 4), (4, 512, 4), (4, 1024, 4),
                                        (4, 2048, 8), (8, 256, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4),
-                                       (16, 512, 8), (32, 128, 4), (2, 512, 2), (4, 256, 2)]]
+                                       (16, 512, 8), (32, 128, 4), (2, 512, 2), (4, 256, 2), (8, 2048, 8),
+                                       (16, 1024, 8)]]
 
 
 def graph_ms(fn, calls: int = 20, replays: int = 15) -> float:
@@ -104,12 +105,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="1,4")
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--forms", default=None, help="only these forms, e.g. in_proj,up (see SHAPES)")
+    ap.add_argument("--best-out", default=None, help="with --sweep: write {'o,k': best config} here (JSON), "
+                    "for gpu_profile_decode.py --gemv-configs")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     a = ap.parse_args(argv)
     dev, dt = "cuda", torch.bfloat16
     torch.manual_seed(0)
     rows = []
+    best = {}
     for name, o, k, form in SHAPES:
+        if a.forms and form not in a.forms.split(","):
+            continue
         for m in [int(v) for v in a.rows.split(",")]:
             cublas, unfused, fused = cases(form, o, k, m, dev, dt)
             wbytes = o * k * 2
@@ -128,6 +135,7 @@ def main(argv=None) -> int:
                         row["sweep"][str(cfg)] = repr(err)[:200]
                 timed = {c: t for c, t in row["sweep"].items() if isinstance(t, float)}
                 row["best_config"], row["best_ms"] = min(timed.items(), key=lambda kv: kv[1])
+                best[f"{o},{k}"] = list(eval(row["best_config"]))  # a tuple's repr, written by us above
             for key in [k_ for k_ in ("cublas_ms", "unfused_ms", "fused_ms", "fused_nopdl_ms", "best_ms") if k_ in row]:
                 row[key.replace("_ms", "_gb_s")] = wbytes / row[key] / 1e6
             rows.append(row)
@@ -137,6 +145,9 @@ def main(argv=None) -> int:
                   f"({row['fused_gb_s']:5.0f} GB/s) {row['default_config']}, without PDL {row['fused_nopdl_ms'] * 1e3:6.1f} us"
                   f"{best}", flush=True)
     os.makedirs(a.out, exist_ok=True)
+    if a.best_out:
+        with open(a.best_out, "w") as f:
+            json.dump(best, f)
     import triton
     with open(os.path.join(a.out, "gpu_gemv.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,

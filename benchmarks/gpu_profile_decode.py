@@ -99,14 +99,28 @@ def profile_model(family: str, a, gen_args) -> dict:
     return out
 
 
+def use_gemv_configs(path: str) -> None:
+    """Override ops.gemv_triton.default_config for the shapes in the file (a tuning experiment)."""
+    import mambakit.ops.gemv_triton as gemv
+    with open(path) as f:
+        table = {tuple(int(v) for v in key.split(",")): tuple(cfg) for key, cfg in json.load(f).items()}
+    default = gemv.default_config
+    gemv.default_config = lambda o, k, m: table.get((o, k)) if m == 1 and (o, k) in table else default(o, k, m)
+    print(f"fused GEMV configs from {path}: {table}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="mamba2,hybrid")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--gemv-configs", default=None, help="JSON {'o,k': [BO, BK, warps]} from gpu_gemv.py "
+                    "--best-out: these shapes' fused GEMVs use these configs instead of the defaults")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     a, rest = ap.parse_known_args(argv)
+    if a.gemv_configs:
+        use_gemv_configs(a.gemv_configs)
     gen_args = generation_args(rest)  # model size, dtype, device: gpu_generation.py's options
     results = []
     for family in a.models.split(","):
