@@ -3,7 +3,7 @@
 Letters: b batch, d model width.
 
 Block.forward gives one new token per sequence (x (b, 1, d), the residual stream) to its mixer's
-`fused_step(x, norm, state)`, which returns x + mixer(norm(x)) computed in place in x, or None
+`fused_step(x, norm, cache)`, which returns x + mixer(norm(x)) computed in place in x, or None
 when it cannot fuse (then the unfused step runs). A mixer may fuse when `ready` says so: the
 triton backend (CUDA, or the interpreter when forced), no autograd, at most MAX_ROWS sequences,
 and projections that are plain nn.Linear (an adapter's or a hook's call must not be skipped) with

@@ -151,7 +151,6 @@ class Mamba1Mixer(nn.Module):
                                    self.A_log, self.D, self.dt_rank, a_is_log=True)  # (b, e)
         return self.out_proj(y).unsqueeze(1)
 
-
     def fused_step(self, x: torch.Tensor, norm, cache) -> torch.Tensor | None:
         """x + self(norm(x)) for one token, in place in the residual x (b, 1, d): in_proj with the
         block's norm before it, the fused step, out_proj with the residual add after it

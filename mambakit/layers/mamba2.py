@@ -150,7 +150,6 @@ class Mamba2Mixer(nn.Module):
                                    self.headdim, a_is_log=True)  # (b, h, p) in xBC's dtype
         return self._gate_norm_out(y.reshape(hidden.shape[0], self.d_inner), z).unsqueeze(1)
 
-
     def fused_step(self, x: torch.Tensor, norm, cache) -> torch.Tensor | None:
         """x + self(norm(x)) for one token, in place in the residual x (b, 1, d), as three kernels:
         in_proj with the block's norm before it and the conv after it, the SSM step, out_proj with

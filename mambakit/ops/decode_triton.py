@@ -18,6 +18,8 @@ so the in-place shifts never race with a reader. The step is memory-bound (the f
 is read and written once). The first design, one program per (sequence, group) walking all its
 heads, left most of the GPU idle at batch 1: 0.06 ms for 32 heads on an H100, and ~8 ms per
 token for a 48-layer 1.3B model with CUDA graphs (benchmarks/results/gpu_generation-*.json).
+With conv_done (a block's fused decode step: ops/gemv_triton.py's conv epilogue already made the
+conv's output and shifted its state) only the second launch runs, without the conv.
 """
 from __future__ import annotations
 
