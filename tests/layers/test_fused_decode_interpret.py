@@ -7,7 +7,8 @@ Tiny fp32 models of every mixer that fuses (Mamba-1, Mamba-2 with 1 and 2 groups
 attention and GeLU MLP, the Transformer's RoPE attention and squared-ReLU MLP): a torch-backend
 prefill of b = 2 prompts, then three one-token steps with MAMBAKIT_BACKEND=triton, compared with
 three torch-backend steps: logits and every layer's conv and SSM state. The fused kernel's calls
-are counted, so that a path silently not taken fails.
+are counted, so that a path silently not taken fails; a forward hook on a projection turns its
+block back to the unfused step (the hook is called).
 """
 import json
 import textwrap
@@ -64,6 +65,19 @@ for name, preset, extra in [("mamba1", "mamba-tiny", {}), ("mamba2", "mamba2-tin
                     state_err = max(state_err, (a[key].float() - b[key].float()).abs().max().item())
     out[name] = {"logit_rel_err": max(errs), "state_err": state_err, "fused_calls": calls[0],
                  "layers": len(model.layers)}
+# a forward hook on a projection (an adapter, a probe) must see its call: that block runs unfused
+model = build("mamba2-tiny")
+seen = []
+model.layers[0].mixer.in_proj.register_forward_hook(lambda mod, args, res: seen.append(1))
+with torch.inference_mode():
+    os.environ["MAMBAKIT_BACKEND"] = "triton"
+    cache = model.allocate_cache(1)
+    os.environ["MAMBAKIT_BACKEND"] = "torch"
+    model(torch.tensor([[1, 2, 3]]), cache=cache)
+    os.environ["MAMBAKIT_BACKEND"] = "triton"
+    calls[0], seen[:] = 0, []
+    model(torch.tensor([[4]]), cache=cache)
+out["hooked"] = {"hook_calls": len(seen), "fused_calls": calls[0]}
 print(json.dumps(out))
 ''')
 
@@ -80,3 +94,8 @@ def test_fused_decode_steps_match_torch(results, name):
     assert r["fused_calls"] >= 3 * 2 * r["layers"], r
     assert r["logit_rel_err"] < 1e-5, r
     assert r["state_err"] < 1e-5, r
+
+
+def test_a_hooked_projection_keeps_its_call(results):
+    # layer 0 (hooked in_proj) unfused, layer 1 fused: its two kernels only
+    assert results["hooked"] == {"hook_calls": 1, "fused_calls": 2}
