@@ -50,16 +50,21 @@ class MLP(nn.Module):
         return linear_module(self.down_proj, h)
 
     def fused_step(self, x: torch.Tensor, norm, cache) -> torch.Tensor | None:
-        """x + self(norm(x)) for one token, in place in the residual x (b, 1, d), as two kernels:
-        up_proj with the block's norm before it and the activation after it, down_proj with the
-        residual add after it (layers/fused_decode.py). swiglu (two products into one
-        activation) and any layer that cannot take that path: None."""
-        if self.activation == "swiglu" or not fused_decode.ready(x, norm, self.up_proj, self.down_proj):
+        """x + self(norm(x)) for one token, in place in the residual x (b, 1, d): up_proj with the
+        block's norm before it and the activation after it (swiglu: gate_proj with the norm first,
+        then up_proj with the norm before and silu(gate) * up after), down_proj with the residual add
+        after it (layers/fused_decode.py). None when this layer cannot take that path."""
+        projections = (self.up_proj, self.down_proj) + ((self.gate_proj,) if self.activation == "swiglu" else ())
+        if not fused_decode.ready(x, norm, *projections):
             return None
         from ..ops.gemv_triton import fused_gemv
         xr = x.view(x.shape[0], -1)  # (b, d)
-        h = fused_gemv(xr, self.up_proj.weight, self.up_proj.bias, norm=fused_decode.norm_arg(norm),
-                       activation=self.activation)  # (b, f)
+        normed = fused_decode.norm_arg(norm)
+        glu_gate = None
+        if self.activation == "swiglu":
+            glu_gate = fused_gemv(xr, self.gate_proj.weight, self.gate_proj.bias, norm=normed)  # (b, f)
+        h = fused_gemv(xr, self.up_proj.weight, self.up_proj.bias, norm=normed, activation=self.activation,
+                       glu_gate=glu_gate)  # (b, f)
         fused_gemv(h, self.down_proj.weight, self.down_proj.bias, residual=xr)
         return x
 

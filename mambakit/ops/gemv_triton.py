@@ -13,7 +13,8 @@ prologue   None: x as it is (W's dtype)
 epilogue   store; residual=r: r += out in place (the block's residual add; r (m, o));
            conv=(c0, state (m, c, w), weight (c, w), bias): columns c0..c0+c-1 feed a causal
                depthwise conv: their conv state is shifted in place and silu(conv) is stored;
-           activation "gelu" (erf) or "relu2" (relu squared)
+           activation "gelu" (erf) or "relu2" (relu squared), or "swiglu" with glu_gate=g (m, o):
+               silu(g) * out (the up projection of a SwiGLU MLP, g its gate projection's output)
 
 Why. At batch 1 a decode step reads each weight once and does little else, so its time is the
 weight bytes over the bandwidth plus every kernel's fixed cost. A Mamba-2 layer was 8 kernels a
@@ -59,7 +60,7 @@ except ImportError:  # pragma: no cover - older triton: launched without PDL, th
         pass
 
 MAX_ROWS = 4  # beyond this the batch's rows share each weight read better as a matmul: cuBLAS
-_ACTIVATIONS = {None: 0, "gelu": 1, "relu2": 2}
+_ACTIVATIONS = {None: 0, "gelu": 1, "relu2": 2, "swiglu": 3}
 _EPI_STORE, _EPI_RESIDUAL, _EPI_CONV = 0, 1, 2
 
 
@@ -85,7 +86,7 @@ def _input_chunk(x_ptr, z_ptr, nw_ptr, offs_m, offs_k, kmask, mask, stride_xm, s
 
 
 @triton.jit
-def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr, cw_ptr, cb_ptr,
+def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr, cw_ptr, cb_ptr, g_ptr,
                        O, K, GS, C0, NCH, CW, eps, stride_xm, stride_zm,
                        M: tl.constexpr, MP: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr,
                        GP: tl.constexpr, WP: tl.constexpr, PRO: tl.constexpr, BEFORE_GATE: tl.constexpr,
@@ -151,6 +152,9 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
         if ACT == 2:
             out = tl.maximum(out, 0.0)
             out = (out * out).to(WDT).to(tl.float32)
+        if ACT == 3:  # F.silu(gate) * up, each rounded as the two torch ops round it
+            gv = tl.load(g_ptr + offs_m[:, None] * O + offs_o[None, :], mask=om, other=0.0).to(tl.float32)
+            out = ((gv * tl.sigmoid(gv)).to(WDT).to(tl.float32) * out).to(WDT).to(tl.float32)
         if EPI == 2:  # columns C0.. are conv inputs: shift their state, store silu(conv) instead
             ch = offs_o - C0
             is_ch = (ch >= 0) & (ch < NCH) & omask
@@ -210,12 +214,13 @@ def fusable(x: torch.Tensor, weight: torch.Tensor, group_size: int | None = None
 
 
 def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, conv=None, activation=None,
-               config=None) -> torch.Tensor:
+               glu_gate=None, config=None) -> torch.Tensor:
     """See the module docstring. x (m, k) with unit stride along k; weight (o, k); bias (o,).
 
     norm (norm_weight (k,), eps); gate (z (m, k), group_size, before_gate), with norm;
     residual (m, o), updated in place and returned; conv (c0, conv_state (m, c, w) contiguous,
-    conv_weight (c, w), conv_bias (c,) or None); activation None, "gelu" or "relu2".
+    conv_weight (c, w), conv_bias (c,) or None); activation None, "gelu", "relu2" or "swiglu" (with
+    glu_gate (m, o) contiguous, in weight's dtype).
     config (BO, BK, warps) overrides default_config (benchmarks sweep it).
     Returns (m, o) in weight's dtype, or residual.
     """
@@ -233,6 +238,11 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
         raise ValueError(f"fused_gemv: activation must be one of {list(_ACTIVATIONS)}, got {activation!r}")
     if sum(v is not None for v in (residual, conv, activation)) > 1:
         raise ValueError("fused_gemv: residual, conv and activation are exclusive epilogues")
+    if (activation == "swiglu") != (glu_gate is not None) or (glu_gate is not None and (
+            tuple(glu_gate.shape) != (m, o) or not glu_gate.is_contiguous())):
+        raise ValueError(f"fused_gemv: activation 'swiglu' takes glu_gate, a contiguous ({m}, {o}) tensor (the "
+                         f"gate projection's output), and nothing else does; got activation {activation!r}, glu_gate "
+                         f"{None if glu_gate is None else tuple(glu_gate.shape)}")
     bo, bk, warps = config or default_config(o, k, m)
     pro, gs, gp, z, stride_z, before_gate = 0, k, 1, x, 0, False
     nw, eps = x, 0.0
@@ -268,6 +278,7 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
     pdl = pdl_enabled(x)
     _fused_gemv_kernel[(triton.cdiv(o, bo),)](
         x, z, nw, weight, bias if bias is not None else weight, y, r, cs, cw, cb if cb is not None else cw,
+        glu_gate if glu_gate is not None else x,
         o, k, gs, c0, nch, cwid, float(eps), x.stride(0), stride_z,
         M=m, MP=triton.next_power_of_2(m), BO=bo, BK=bk, GP=gp, WP=triton.next_power_of_2(cwid), PRO=pro,
         BEFORE_GATE=bool(before_gate), HAS_BIAS=bias is not None, EPI=epi, ACT=_ACTIVATIONS[activation],

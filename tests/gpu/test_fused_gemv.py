@@ -40,6 +40,8 @@ def test_fused_gemv_forms_match_unfused(m, dtype, config):
     assert err(r, r0 + lin(gated_rms_norm(x, z, nw, 1e-5, group_size=k // 2))) < tol
     for act, fn in (("gelu", F.gelu), ("relu2", lambda h: torch.square(F.relu(h)))):
         assert err(fused_gemv(x, W, b, activation=act, config=config), fn(lin(x, b))) < tol
+    g = lin(z, b)  # a gate projection's output
+    assert err(fused_gemv(x, W, b, activation="swiglu", glu_gate=g, config=config), F.silu(g) * lin(x, b)) < tol
     cw, cb, state = rnd(c, 4), rnd(c), rnd(m, c, 4)
     ref_state = state.clone()
     got = fused_gemv(x, W, b, conv=(c0, state, cw, cb), config=config)

@@ -4,7 +4,7 @@ TRITON_INTERPRET=1 on the CPU, against the same steps on the torch backend.
 Letters: b batch, l prompt length, v vocabulary.
 
 Tiny fp32 models of every mixer that fuses (Mamba-1, Mamba-2 with 1 and 2 groups, the hybrid's
-attention and GeLU MLP, the Transformer's RoPE attention and squared-ReLU MLP): a torch-backend
+attention and GeLU or SwiGLU MLP, the Transformer's RoPE attention and squared-ReLU MLP): a torch-backend
 prefill of b = 2 prompts, then three one-token steps with MAMBAKIT_BACKEND=triton, compared with
 three torch-backend steps: logits and every layer's conv and SSM state. The fused kernel's calls
 are counted, so that a path silently not taken fails; a forward hook on a projection turns its
@@ -34,16 +34,19 @@ def counted(*a, **k):
     return _orig(*a, **k)
 gemv.fused_gemv = counted
 
-def build(preset, **mamba2):
+def build(preset, mlp=None, **mamba2):
     d = mambakit.PRESETS[preset].to_dict()
     if mamba2:
         d["mamba2"] = {**d["mamba2"], **mamba2}
+    if mlp:
+        d["mlp"] = {**d["mlp"], "activation": mlp}
     torch.manual_seed(0)
     return perturb_norms_(mambakit.LM(ModelConfig.from_dict(d)).eval())
 
 out = {}
 for name, preset, extra in [("mamba1", "mamba-tiny", {}), ("mamba2", "mamba2-tiny", {}),
                             ("mamba2_g2", "mamba2-tiny", {"ngroups": 2}), ("hybrid", "hybrid-tiny", {}),
+                            ("hybrid_swiglu", "hybrid-tiny", {"mlp": "swiglu"}),
                             ("transformer", "transformer-tiny", {})]:
     model = build(preset, **extra)
     ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
@@ -103,7 +106,7 @@ def results():
     return json.loads(run_interpreted(_SCRIPT, timeout=900).strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", ["mamba1", "mamba2", "mamba2_g2", "hybrid", "transformer"])
+@pytest.mark.parametrize("name", ["mamba1", "mamba2", "mamba2_g2", "hybrid", "hybrid_swiglu", "transformer"])
 def test_fused_decode_steps_match_torch(results, name):
     r = results[name]
     # every block fused at each of the 3 steps: 2 kernels a layer at least (4 for attention)

@@ -1,6 +1,6 @@
 """The fused decode GEMV (ops/gemv_triton.py) under TRITON_INTERPRET=1 on the CPU, against the torch
 ops it fuses: F.linear after rms_norm / gated_rms_norm, then the residual add, the causal conv's
-update step or the MLP activation.
+update step or the MLP activation (GeLU, squared ReLU, SwiGLU's silu(gate) * up).
 
 Letters: m rows, k input width, o output width, c conv channels, w conv width.
 
@@ -55,6 +55,9 @@ for dname, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             h = lin(x, b)
             want = F.gelu(h) if act == "gelu" else torch.square(F.relu(h))
             record(f"{act}_{tag}", fused_gemv(x, W, b, activation=act, config=(8, 32, 4)), want)
+        g = lin(rnd(m, k, dt=dt), b)  # a gate projection's output
+        record(f"swiglu_{tag}", fused_gemv(x, W, b, activation="swiglu", glu_gate=g, config=(8, 32, 4)),
+               F.silu(g) * lin(x, b))
         c0, c, w = 5, 20, 4  # conv columns 5..24 of 37
         cw, cb = rnd(c, w, dt=dt), rnd(c, dt=dt)
         state = rnd(m, c, w, dt=dt)
@@ -77,7 +80,8 @@ for name, call in [("rows", lambda: fused_gemv(torch.randn(5, 32), W)),
                    ("group", lambda: fused_gemv(torch.randn(1, 32), W, norm=(torch.ones(32), 1e-5),
                                                 gate=(torch.randn(1, 32), 24, False))),
                    ("activation", lambda: fused_gemv(torch.randn(1, 32), W, activation="tanh")),
-                   ("residual", lambda: fused_gemv(torch.randn(1, 32), W, residual=torch.zeros(1, 9)))]:
+                   ("residual", lambda: fused_gemv(torch.randn(1, 32), W, residual=torch.zeros(1, 9))),
+                   ("swiglu_without_gate", lambda: fused_gemv(torch.randn(1, 32), W, activation="swiglu"))]:
     try:
         call()
         errors[name] = None
@@ -95,7 +99,7 @@ def results():
 
 def _cases():
     kinds = ["plain", "rms", "gated_g1_after", "gated_g1_before", "gated_g3_after", "gated_g3_before", "gelu",
-             "relu2", "conv", "conv_state"]
+             "relu2", "swiglu", "conv", "conv_state"]
     return [f"{kind}_{dt}_m{m}" for kind in kinds for dt in ("fp32", "bf16") for m in (1, 3)]
 
 
@@ -112,6 +116,7 @@ def test_fused_gemv_matches_torch(results, case):
 
 @pytest.mark.parametrize("name,words", [("rows", "m <= 4"), ("width", "weight"), ("gate_without_norm", "gate needs norm"),
                                         ("group", "group size (24)"), ("activation", "activation must be"),
-                                        ("residual", "residual must be")])
+                                        ("residual", "residual must be"),
+                                        ("swiglu_without_gate", "takes glu_gate")])
 def test_fused_gemv_rejects_bad_input(results, name, words):
     assert results["errors"][name] is not None and words in results["errors"][name], results["errors"][name]
