@@ -83,6 +83,21 @@ with torch.inference_mode():
     model(torch.tensor([[4]]), cache=cache)
 out["hooked"] = {"hook_calls": len(seen), "fused_calls": calls[0]}
 
+# more sequences than the fused kernel takes (MAX_ROWS): the unfused steps, the same numbers
+model = build("mamba2-tiny")
+ids = torch.randint(0, 200, (5, 4), generator=torch.Generator().manual_seed(6))
+steps = {}
+with torch.inference_mode():
+    for backend in ("torch", "triton"):
+        os.environ["MAMBAKIT_BACKEND"] = "torch"
+        cache = model.allocate_cache(5)
+        model(ids[:, :3], cache=cache)
+        os.environ["MAMBAKIT_BACKEND"] = backend
+        calls[0] = 0
+        steps[backend] = model(ids[:, 3:], cache=cache)
+out["batch5"] = {"rel_err": ((steps["triton"] - steps["torch"]).abs().max() / steps["torch"].abs().max()).item(),
+                 "fused_calls": calls[0]}
+
 # left-padded batched generation through the fused steps == the torch backend (padding must not
 # reach any state; attention masks it through cache.pad_lengths)
 model = build("hybrid-tiny")
@@ -119,6 +134,10 @@ def test_left_padded_generation_through_fused_steps(results):
     g = results["padded_generate"]
     assert g["triton"] == g["torch"]
     assert g["torch_calls"] == 0 and g["triton_calls"] > 0, g
+
+
+def test_a_batch_beyond_max_rows_runs_unfused(results):
+    assert results["batch5"]["fused_calls"] == 0 and results["batch5"]["rel_err"] < 1e-5, results["batch5"]
 
 
 def test_a_hooked_projection_keeps_its_call(results):
