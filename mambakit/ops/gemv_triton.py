@@ -179,8 +179,9 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
 def default_config(o: int, k: int, m: int) -> tuple[int, int, int]:
     """(BO, BK, warps): tiles of 4096 weights per 4 warps (8 KB in bf16, 64 B a thread): (4, 1024)
     where there are at least 2048 outputs, else (2, 2048) so that small matrices still spread
-    over the SMs. The best or near it (within 10%) at every projection of the 1.3B models in an
-    H100 sweep of 14 configs (benchmarks/gpu_gemv.py --sweep, session 8)."""
+    over the SMs. The best, or within 11% of it (MLP down, attention o), at every projection of the
+    1.3B models in an H100 sweep of 14 configs of this kernel's first version, which normalized in
+    a first pass (benchmarks/results/gpu_gemv-*-session8-1-first-pass-norm-sweep.json)."""
     bo, bk = (4, 1024) if o >= 2048 else (2, 2048)
     if os.environ.get("TRITON_INTERPRET") == "1":
         bo = 32  # the interpreter runs programs one after another: few and large
