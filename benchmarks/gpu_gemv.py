@@ -127,15 +127,14 @@ def main(argv=None) -> int:
             row["fused_nopdl_ms"] = graph_ms(lambda i: fused(i, None))
             os.environ.pop("MAMBAKIT_PDL")
             if a.sweep and m == 1:
-                row["sweep"] = {}
+                timed, row["sweep"] = {}, {}
                 for cfg in SWEEP:
                     try:
-                        row["sweep"][str(cfg)] = graph_ms(lambda i: fused(i, cfg))
+                        timed[cfg] = row["sweep"][str(cfg)] = graph_ms(lambda i: fused(i, cfg))
                     except Exception as err:  # a config the compiler rejects (registers): recorded
                         row["sweep"][str(cfg)] = repr(err)[:200]
-                timed = {c: t for c, t in row["sweep"].items() if isinstance(t, float)}
-                row["best_config"], row["best_ms"] = min(timed.items(), key=lambda kv: kv[1])
-                best[f"{o},{k}"] = list(eval(row["best_config"]))  # a tuple's repr, written by us above
+                cfg, row["best_ms"] = min(timed.items(), key=lambda kv: kv[1])
+                row["best_config"], best[f"{o},{k}"] = str(cfg), list(cfg)
             for key in [k_ for k_ in ("cublas_ms", "unfused_ms", "fused_ms", "fused_nopdl_ms", "best_ms") if k_ in row]:
                 row[key.replace("_ms", "_gb_s")] = wbytes / row[key] / 1e6
             rows.append(row)

@@ -15,6 +15,7 @@ from torch import nn
 
 from .cache import InferenceCache
 from .config import ModelConfig
+from .layers import fused_decode
 from .layers.norm import RMSNorm
 from .ops.cpu_kernels import linear_module
 
@@ -45,7 +46,7 @@ class Block(nn.Module):
         self.residual_in_fp32 = config.residual_in_fp32
 
     def forward(self, x: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
-        if cache is not None and seq_idx is None and x.shape[1] == 1:
+        if cache is not None and seq_idx is None and x.shape[1] == 1 and fused_decode.on_kernel_device(x):
             fused_step = getattr(self.mixer, "fused_step", None)
             # a decode step: the norm, projections and residual add fused (layers/fused_decode.py)
             out = fused_step(x, self.norm, cache) if fused_step is not None else None

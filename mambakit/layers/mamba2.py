@@ -155,10 +155,11 @@ class Mamba2Mixer(nn.Module):
         in_proj with the block's norm before it and the conv after it, the SSM step, out_proj with
         the gated norm before it and the residual add after it (layers/fused_decode.py). None when
         this layer cannot take that path."""
+        if not fused_decode.ready(x, norm, self.in_proj, self.out_proj):
+            return None
         conv_w = self.conv1d.weight.squeeze(1)  # (c, k)
         gs = self.d_inner // self.ngroups
-        if not (fused_decode.ready(x, norm, self.in_proj, self.out_proj) and conv_w.is_contiguous()
-                and self.norm.weight.dtype == norm.weight.dtype and gs % 16 == 0):
+        if not (conv_w.is_contiguous() and self.norm.weight.dtype == norm.weight.dtype and gs % 16 == 0):
             return None
         from ..ops.gemv_triton import fused_gemv
         state = cache.layers[self.layer_idx]

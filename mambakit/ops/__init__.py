@@ -40,6 +40,11 @@ def _warn_once(message: str) -> None:
     logger.warning(message)
 
 
+# Decode batches up to this many rows run a block's step through the fused GEMV (ops/gemv_triton.py,
+# layers/fused_decode.py); beyond it the rows share each weight read better as a matmul: cuBLAS.
+FUSED_GEMV_MAX_ROWS = 4
+
+
 def resolve_backend(backend: str | None, tensor: torch.Tensor, op: str) -> str:
     """Return one of "reference", "chunked", "triton" for this call."""
     choice = (backend or os.environ.get("MAMBAKIT_BACKEND") or "auto").lower()

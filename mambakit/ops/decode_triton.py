@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .gemv_triton import gdc_launch_dependents, gdc_wait, pdl_enabled
+from .gemv_triton import gdc_launch_dependents, gdc_wait, pdl_launch
 
 
 @triton.jit
@@ -196,7 +196,7 @@ def mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_
     kp, np_ = triton.next_power_of_2(k), triton.next_power_of_2(n)
     bc = ssm_state  # unread without the conv
     # PDL only where the kernel before is a fused GEMV (the conv_done path); the B/C kernel has none
-    pdl = conv_done and pdl_enabled(xBC)
+    pdl = pdl_launch(xBC) if conv_done else {"PDL": False}
     if not conv_done:
         bc = torch.empty(b, g, 2, n, device=xBC.device, dtype=torch.float32)
         _mamba2_decode_bc_kernel[(b, g)](xc, conv_state, wc, cb, bc, c, k, h, g, p, n,
@@ -215,7 +215,7 @@ def mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_
         KP=kp, PB=pb, NP=np_,
         HAS_CBIAS=conv_bias is not None, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_DTB=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), HAS_Z=z is not None,
-        A_IS_LOG=bool(a_is_log), CONV=not conv_done, PDL=pdl, num_warps=4, **({"launch_pdl": True} if pdl else {}))
+        A_IS_LOG=bool(a_is_log), CONV=not conv_done, num_warps=4, **pdl)
     return y
 
 

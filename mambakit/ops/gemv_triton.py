@@ -60,7 +60,7 @@ except ImportError:  # pragma: no cover - older triton: launched without PDL, th
     def gdc_wait():
         pass
 
-MAX_ROWS = 4  # beyond this the batch's rows share each weight read better as a matmul: cuBLAS
+from . import FUSED_GEMV_MAX_ROWS as MAX_ROWS
 _ACTIVATIONS = {None: 0, "gelu": 1, "relu2": 2, "swiglu": 3}
 _EPI_STORE, _EPI_RESIDUAL, _EPI_CONV = 0, 1, 2
 
@@ -195,24 +195,19 @@ def _pdl_device(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
-def pdl_enabled(t: torch.Tensor) -> bool:
-    """Launch with programmatic dependent launch: CUDA sm_90+, triton with GDC, not MAMBAKIT_PDL=0."""
-    return (_HAS_GDC and t.is_cuda and os.environ.get("MAMBAKIT_PDL", "1") != "0"
-            and os.environ.get("TRITON_INTERPRET") != "1" and _pdl_device(t.device.index or 0))
+def pdl_launch(t: torch.Tensor) -> dict:
+    """A kernel's launch arguments for programmatic dependent launch: {"PDL": True, "launch_pdl":
+    True} on CUDA sm_90+ with a triton that has GDC, unless MAMBAKIT_PDL=0; else {"PDL": False}.
+    The kernel takes PDL as a constexpr (its gdc_launch_dependents / gdc_wait)."""
+    on = (_HAS_GDC and t.is_cuda and os.environ.get("MAMBAKIT_PDL", "1") != "0"
+          and os.environ.get("TRITON_INTERPRET") != "1" and _pdl_device(t.device.index or 0))
+    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 
 def _bk_for_groups(bk: int, gs: int) -> int:
     while bk > 16 and gs % bk:
         bk //= 2
     return bk
-
-
-def fusable(x: torch.Tensor, weight: torch.Tensor, group_size: int | None = None) -> bool:
-    """Whether fused_gemv takes x (m, k) and weight: at most MAX_ROWS rows, one float dtype of
-    weight, contiguous rows, and norm groups that a power-of-two tile of at least 16 divides."""
-    return (x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS and weight.dim() == 2 and weight.is_contiguous()
-            and weight.dtype in (torch.float32, torch.bfloat16, torch.float16) and x.stride(-1) == 1
-            and (group_size is None or group_size % 16 == 0))
 
 
 def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, conv=None, activation=None,
@@ -226,11 +221,12 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
     config (BO, BK, warps) overrides default_config (benchmarks sweep it).
     Returns (m, o) in weight's dtype, or residual.
     """
-    m, k = x.shape
+    m, k = x.shape if x.dim() == 2 else (0, -1)
     o = weight.shape[0]
-    if not fusable(x, weight) or weight.shape[1] != k:
+    if not (1 <= m <= MAX_ROWS and x.stride(-1) == 1 and weight.dim() == 2 and weight.shape[1] == k
+            and weight.is_contiguous() and weight.dtype in (torch.float32, torch.bfloat16, torch.float16)):
         raise ValueError(f"fused_gemv: x must be (m <= {MAX_ROWS}, k) with unit stride and weight a contiguous "
-                         f"float (o, {k}) matrix; got x {tuple(x.shape)} and weight {tuple(weight.shape)} "
+                         f"float (o, k) matrix; got x {tuple(x.shape)} and weight {tuple(weight.shape)} "
                          f"{weight.dtype}")
     if bias is not None and tuple(bias.shape) != (o,):
         raise ValueError(f"fused_gemv: bias must be ({o},), got {tuple(bias.shape)}")
@@ -277,15 +273,14 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
                              f"weight {tuple(cw.shape)}")
         epi = _EPI_CONV
     y = residual if residual is not None else torch.empty(m, o, device=x.device, dtype=weight.dtype)
-    pdl = pdl_enabled(x)
     _fused_gemv_kernel[(triton.cdiv(o, bo),)](
         x, z, nw, weight, bias if bias is not None else weight, y, r, cs, cw, cb if cb is not None else cw,
         glu_gate if glu_gate is not None else x,
         o, k, gs, c0, nch, cwid, float(eps), x.stride(0), stride_z,
         M=m, MP=triton.next_power_of_2(m), BO=bo, BK=bk, GP=gp, WP=triton.next_power_of_2(cwid), PRO=pro,
         BEFORE_GATE=bool(before_gate), HAS_BIAS=bias is not None, EPI=epi, ACT=_ACTIVATIONS[activation],
-        HAS_CB=cb is not None, PDL=pdl, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
+        HAS_CB=cb is not None, num_warps=warps, **pdl_launch(x))
     return y
 
 
-__all__ = ["fused_gemv", "fusable", "default_config", "pdl_enabled", "gdc_wait", "gdc_launch_dependents", "MAX_ROWS"]
+__all__ = ["fused_gemv", "default_config", "pdl_launch", "gdc_wait", "gdc_launch_dependents", "MAX_ROWS"]

@@ -83,7 +83,7 @@ with torch.inference_mode():
     model(torch.tensor([[4]]), cache=cache)
 out["hooked"] = {"hook_calls": len(seen), "fused_calls": calls[0]}
 
-# more sequences than the fused kernel takes (MAX_ROWS): the unfused steps, the same numbers
+# more sequences than the fused kernel takes (ops.FUSED_GEMV_MAX_ROWS): the unfused steps, the same numbers
 model = build("mamba2-tiny")
 ids = torch.randint(0, 200, (5, 4), generator=torch.Generator().manual_seed(6))
 steps = {}
