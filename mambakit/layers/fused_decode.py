@@ -21,7 +21,7 @@ from ..ops.cpu_kernels import is_plain_linear
 
 def on_kernel_device(x: torch.Tensor) -> bool:
     """Where the fused kernels can run at all: CUDA, or Triton's interpreter. Block.forward asks this
-    first, so that the CPU's decode step (its C loops) pays a fraction of a microsecond a layer."""
+    first, so that the CPU's decode step (its C loops) pays this one check a layer, not ready()."""
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
