@@ -61,6 +61,31 @@ except ImportError:  # pragma: no cover - older triton: launched without PDL, th
         pass
 
 from . import FUSED_GEMV_MAX_ROWS as MAX_ROWS
+
+# Each thread with tid * 4096 < nbytes asks L2 for its 4 KB (or the rest) of [ptr, ptr + nbytes)
+# with one bulk prefetch (sm_90, PTX 8.0): the copy engine fetches it while the thread goes on.
+_L2_PREFETCH_ASM = tl.constexpr("""{
+ .reg .pred p;
+ .reg .u32 t, off, sz;
+ .reg .u64 a;
+ mov.u32 t, %tid.x;
+ shl.b32 off, t, 12;
+ setp.lt.u32 p, off, $2;
+ sub.u32 sz, $2, off;
+ min.u32 sz, sz, 4096;
+ cvt.u64.u32 a, off;
+ add.u64 a, a, $1;
+ @p cp.async.bulk.prefetch.L2.global [a], sz;
+ mov.u32 $0, 0;
+}""")
+
+
+@triton.jit
+def _l2_prefetch(ptr, nbytes):
+    """Brings [ptr, ptr + nbytes) into L2 without waiting for it: ptr 16-byte aligned, nbytes a
+    multiple of 16 and at most 4 KB a thread of the program."""
+    tl.inline_asm_elementwise(_L2_PREFETCH_ASM, "=r,l,r", [ptr.to(tl.int64), nbytes], dtype=tl.int32,
+                              is_pure=False, pack=1)
 _ACTIVATIONS = {None: 0, "gelu": 1, "relu2": 2, "swiglu": 3}
 _EPI_STORE, _EPI_RESIDUAL, _EPI_CONV = 0, 1, 2
 
@@ -92,7 +117,7 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
                        M: tl.constexpr, MP: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr,
                        GP: tl.constexpr, WP: tl.constexpr, PRO: tl.constexpr, BEFORE_GATE: tl.constexpr,
                        HAS_BIAS: tl.constexpr, EPI: tl.constexpr, ACT: tl.constexpr, HAS_CB: tl.constexpr,
-                       PDL: tl.constexpr):
+                       PDL: tl.constexpr, L2PF: tl.constexpr = False):
     WDT = w_ptr.dtype.element_ty
     if PDL:  # let the next kernel start now: it only prefetches its weights until we are done
         gdc_launch_dependents()
@@ -102,6 +127,11 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
     mmask = offs_m < M
     offs_g = tl.arange(0, GP)
     w_rows = w_ptr + offs_o.to(tl.int64)[:, None] * K
+    if L2PF:  # this program's rows are one contiguous slab of W: all of it in flight to L2 at once,
+        # before the wait, so that HBM streams while the previous kernel ends (and deeper than the
+        # one tile ahead below; that loop then reads L2)
+        o0 = tl.program_id(0) * BO
+        _l2_prefetch(w_ptr + o0.to(tl.int64) * K, (tl.minimum(O - o0, BO) * K * WDT.primitive_bitwidth) // 8)
     # Weight tiles are loaded one ahead of their use (a hand-made two-stage pipeline); the first
     # before waiting on the previous kernel, since weights are never written while decoding.
     offs_k = tl.arange(0, BK)
@@ -204,6 +234,14 @@ def pdl_launch(t: torch.Tensor) -> dict:
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 
+def l2_prefetch_on(weight: torch.Tensor, pdl: dict) -> bool:
+    """Whether the kernel prefetches its weight slab into L2 (the L2PF constexpr): where it launches
+    with PDL (sm_90+: the bulk prefetch is sm_90's), the weight 16-byte aligned with rows of a
+    multiple of 16 bytes, unless MAMBAKIT_L2_PREFETCH=0."""
+    return (pdl["PDL"] and os.environ.get("MAMBAKIT_L2_PREFETCH", "1") != "0" and weight.data_ptr() % 16 == 0
+            and (weight.shape[1] * weight.element_size()) % 16 == 0)
+
+
 def _bk_for_groups(bk: int, gs: int) -> int:
     while bk > 16 and gs % bk:
         bk //= 2
@@ -273,14 +311,15 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
                              f"weight {tuple(cw.shape)}")
         epi = _EPI_CONV
     y = residual if residual is not None else torch.empty(m, o, device=x.device, dtype=weight.dtype)
+    pdl = pdl_launch(x)
     _fused_gemv_kernel[(triton.cdiv(o, bo),)](
         x, z, nw, weight, bias if bias is not None else weight, y, r, cs, cw, cb if cb is not None else cw,
         glu_gate if glu_gate is not None else x,
         o, k, gs, c0, nch, cwid, float(eps), x.stride(0), stride_z,
         M=m, MP=triton.next_power_of_2(m), BO=bo, BK=bk, GP=gp, WP=triton.next_power_of_2(cwid), PRO=pro,
         BEFORE_GATE=bool(before_gate), HAS_BIAS=bias is not None, EPI=epi, ACT=_ACTIVATIONS[activation],
-        HAS_CB=cb is not None, num_warps=warps, **pdl_launch(x))
+        HAS_CB=cb is not None, L2PF=l2_prefetch_on(weight, pdl), num_warps=warps, **pdl)
     return y
 
 
-__all__ = ["fused_gemv", "default_config", "pdl_launch", "gdc_wait", "gdc_launch_dependents", "MAX_ROWS"]
+__all__ = ["fused_gemv", "default_config", "pdl_launch", "l2_prefetch_on", "gdc_wait", "gdc_launch_dependents", "MAX_ROWS"]
