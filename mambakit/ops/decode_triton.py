@@ -85,8 +85,7 @@ def _mamba2_decode_kernel(
     Without CONV, xBC is the conv's output already (ops/gemv_triton.py's conv epilogue made it):
     x, B and C are read from it and the conv state is not touched."""
     if PDL:  # programmatic dependent launch (ops/gemv_triton.py): the next kernel may start and
-        gdc_launch_dependents()  # prefetch its weights; the inputs are read after the wait
-        gdc_wait()
+        gdc_launch_dependents()  # prefetch its weights
     pid_bh = tl.program_id(0).to(tl.int64)
     pid_b = pid_bh // H
     hh = pid_bh % H
@@ -99,6 +98,16 @@ def _mamba2_decode_kernel(
     state_b = conv_ptr + pid_b * C_CH * K
     xbc_b = xbc_ptr + pid_b * C_CH
     ch_x = (hh * P + offs_p)[:, None]  # (PB, 1)
+    # The parameters and this program's slice of the SSM state are read before the PDL wait: the
+    # kernel before (in_proj's) writes neither, so the state's 8-32 KB stream in during its tail
+    a = tl.load(a_ptr + hh).to(tl.float32)
+    if A_IS_LOG:  # A = -exp(A_log) here, not as two more kernels (and casts) per layer and token
+        a = -tl.exp(a)
+    smask = pmask[:, None] & nmask[None, :]
+    s_ptrs = ssm_ptr + pid_bh * P * N + offs_p[:, None] * N + offs_n[None, :]
+    st = tl.load(s_ptrs, mask=smask, other=0.0)
+    if PDL:
+        gdc_wait()  # xBC, dt and z (in_proj's outputs) are ready
     if CONV:
         bc = bc_ptr + (pid_b * G + gi) * 2 * N
         bv = tl.load(bc + offs_n, mask=nmask, other=0.0)
@@ -109,9 +118,6 @@ def _mamba2_decode_kernel(
         bv = tl.load(xbc_b + H * P + gi * N + offs_n, mask=nmask, other=0.0).to(tl.float32)
         cv = tl.load(xbc_b + H * P + (G + gi) * N + offs_n, mask=nmask, other=0.0).to(tl.float32)
         xv = tl.load(xbc_b + hh * P + offs_p, mask=pmask, other=0.0).to(tl.float32)
-    a = tl.load(a_ptr + hh).to(tl.float32)
-    if A_IS_LOG:  # A = -exp(A_log) here, not as two more kernels (and casts) per layer and token
-        a = -tl.exp(a)
     dt = tl.load(dt_ptr + pid_b * H + hh).to(tl.float32)
     if HAS_DTB:
         dt += tl.load(dtb_ptr + hh).to(tl.float32)
@@ -119,9 +125,6 @@ def _mamba2_decode_kernel(
         dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
     dt = tl.minimum(tl.maximum(dt, lo), hi)
     da = tl.exp(dt * a)
-    smask = pmask[:, None] & nmask[None, :]
-    s_ptrs = ssm_ptr + pid_bh * P * N + offs_p[:, None] * N + offs_n[None, :]
-    st = tl.load(s_ptrs, mask=smask, other=0.0)
     st = st * da + (dt * xv)[:, None] * bv[None, :]
     tl.store(s_ptrs, st, mask=smask)
     y = tl.sum(st * cv[None, :], 1)  # (PB,)
