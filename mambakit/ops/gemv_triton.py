@@ -35,7 +35,11 @@ A conv column's state has one owner, the program of that column, so its in-place
 reader. On sm_90+ the kernels launch with programmatic dependent launch (PDL): each lets the next
 kernel start at once, and that one loads its first weight tile before it waits for this one's
 outputs (griddepcontrol.wait), hiding a kernel's ramp-up behind the previous one's tail.
-MAMBAKIT_PDL=0 turns that off.
+MAMBAKIT_PDL=0 turns that off. With PDL, each program also asks L2 for its whole weight slab (one
+bulk prefetch, cp.async.bulk.prefetch.L2, per 4 KB and thread) before the wait: the HBM reads of
+the programs already resident start while the kernel before is still running (the Mamba-2 SSM
+step, for out_proj, moves little data), and its tile loop then reads L2.
+MAMBAKIT_L2_PREFETCH=0 turns that off.
 """
 from __future__ import annotations
 
