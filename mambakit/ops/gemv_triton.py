@@ -35,11 +35,11 @@ A conv column's state has one owner, the program of that column, so its in-place
 reader. On sm_90+ the kernels launch with programmatic dependent launch (PDL): each lets the next
 kernel start at once, and that one loads its first weight tile before it waits for this one's
 outputs (griddepcontrol.wait), hiding a kernel's ramp-up behind the previous one's tail.
-MAMBAKIT_PDL=0 turns that off. With PDL, each program also asks L2 for its whole weight slab (one
-bulk prefetch, cp.async.bulk.prefetch.L2, per 4 KB and thread) before the wait: the HBM reads of
-the programs already resident start while the kernel before is still running (the Mamba-2 SSM
-step, for out_proj, moves little data), and its tile loop then reads L2.
-MAMBAKIT_L2_PREFETCH=0 turns that off.
+MAMBAKIT_PDL=0 turns that off. A call may also ask (l2_prefetch=True) that each program bring its
+whole weight slab into L2 before the wait (one bulk prefetch, cp.async.bulk.prefetch.L2, per 4 KB
+and thread), so that HBM streams while the kernel before ends. On every projection of a decode
+step it made the step slower on an H100 (Mamba-2 1.3B, 1K: 1.643 against 1.583 ms without;
+benchmarks/results/gpu_profile_decode-*session9*), so no caller asks for it by default.
 """
 from __future__ import annotations
 
@@ -239,11 +239,10 @@ def pdl_launch(t: torch.Tensor) -> dict:
 
 
 def l2_prefetch_on(weight: torch.Tensor, pdl: dict) -> bool:
-    """Whether the kernel prefetches its weight slab into L2 (the L2PF constexpr): where it launches
-    with PDL (sm_90+: the bulk prefetch is sm_90's), the weight 16-byte aligned with rows of a
-    multiple of 16 bytes, unless MAMBAKIT_L2_PREFETCH=0."""
-    return (pdl["PDL"] and os.environ.get("MAMBAKIT_L2_PREFETCH", "1") != "0" and weight.data_ptr() % 16 == 0
-            and (weight.shape[1] * weight.element_size()) % 16 == 0)
+    """Whether a call asking for it may prefetch its weight slab into L2 (the L2PF constexpr): where
+    it launches with PDL (sm_90+: the bulk prefetch is sm_90's), the weight 16-byte aligned with
+    rows of a multiple of 16 bytes."""
+    return pdl["PDL"] and weight.data_ptr() % 16 == 0 and (weight.shape[1] * weight.element_size()) % 16 == 0
 
 
 def _bk_for_groups(bk: int, gs: int) -> int:
@@ -253,14 +252,15 @@ def _bk_for_groups(bk: int, gs: int) -> int:
 
 
 def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, conv=None, activation=None,
-               glu_gate=None, config=None) -> torch.Tensor:
+               glu_gate=None, config=None, l2_prefetch=False) -> torch.Tensor:
     """See the module docstring. x (m, k) with unit stride along k; weight (o, k); bias (o,).
 
     norm (norm_weight (k,), eps); gate (z (m, k), group_size, before_gate), with norm;
     residual (m, o), updated in place and returned; conv (c0, conv_state (m, c, w) contiguous,
     conv_weight (c, w), conv_bias (c,) or None); activation None, "gelu", "relu2" or "swiglu" (with
     glu_gate (m, o) contiguous, in weight's dtype).
-    config (BO, BK, warps) overrides default_config (benchmarks sweep it).
+    config (BO, BK, warps) overrides default_config (benchmarks sweep it). l2_prefetch: each
+    program bulk-prefetches its weight slab into L2 before the PDL wait (see l2_prefetch_on).
     Returns (m, o) in weight's dtype, or residual.
     """
     m, k = x.shape if x.dim() == 2 else (0, -1)
@@ -322,7 +322,7 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
         o, k, gs, c0, nch, cwid, float(eps), x.stride(0), stride_z,
         M=m, MP=triton.next_power_of_2(m), BO=bo, BK=bk, GP=gp, WP=triton.next_power_of_2(cwid), PRO=pro,
         BEFORE_GATE=bool(before_gate), HAS_BIAS=bias is not None, EPI=epi, ACT=_ACTIVATIONS[activation],
-        HAS_CB=cb is not None, L2PF=l2_prefetch_on(weight, pdl), num_warps=warps, **pdl)
+        HAS_CB=cb is not None, L2PF=bool(l2_prefetch) and l2_prefetch_on(weight, pdl), num_warps=warps, **pdl)
     return y
 
 

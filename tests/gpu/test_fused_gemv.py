@@ -40,8 +40,9 @@ def test_fused_gemv_forms_match_unfused(m, dtype, config):
     assert err(r, r0 + lin(gated_rms_norm(x, z, nw, 1e-5, group_size=k // 2))) < tol
     for act, fn in (("gelu", F.gelu), ("relu2", lambda h: torch.square(F.relu(h)))):
         assert err(fused_gemv(x, W, b, activation=act, config=config), fn(lin(x, b))) < tol
-    g = lin(z, b)  # a gate projection's output
-    assert err(fused_gemv(x, W, b, activation="swiglu", glu_gate=g, config=config), F.silu(g) * lin(x, b)) < tol
+    gate_out = lin(z, b)  # a gate projection's output
+    assert err(fused_gemv(x, W, b, activation="swiglu", glu_gate=gate_out, config=config),
+               F.silu(gate_out) * lin(x, b)) < tol
     cw, cb, state = rnd(c, 4), rnd(c), rnd(m, c, 4)
     ref_state = state.clone()
     got = fused_gemv(x, W, b, conv=(c0, state, cw, cb), config=config)
@@ -53,7 +54,7 @@ def test_fused_gemv_forms_match_unfused(m, dtype, config):
 
 @pytest.mark.parametrize("k", [1536, 1004])  # rows of 3072 bytes: prefetched; of 2008: not (16-byte rule)
 @pytest.mark.parametrize("config", [None, (8, 512, 4), (32, 128, 4)])
-def test_l2_prefetch_changes_no_result(k, config, monkeypatch):
+def test_l2_prefetch_changes_no_result(k, config):
     """The weight slab's L2 prefetch (sm_90, with PDL) is a hint: the outputs and the conv state are
     bitwise those of the same kernel without it, at a partial last slab (o 1000) too."""
     from mambakit.ops.gemv_triton import fused_gemv, l2_prefetch_on, pdl_launch
@@ -64,8 +65,8 @@ def test_l2_prefetch_changes_no_result(k, config, monkeypatch):
     cw, cb, state = rnd(256, 4), rnd(256), rnd(m, 256, 4)
     assert l2_prefetch_on(W, pdl_launch(res)) == (k == 1536 and torch.cuda.get_device_capability()[0] >= 9)
     outs = []
-    for flag in ("1", "0"):
-        monkeypatch.setenv("MAMBAKIT_L2_PREFETCH", flag)
+    for prefetch in (True, False):
         st = state.clone()
-        outs.append((fused_gemv(res, W, b, norm=(nw, 1e-5), conv=(100, st, cw, cb), config=config), st))
+        outs.append((fused_gemv(res, W, b, norm=(nw, 1e-5), conv=(100, st, cw, cb), config=config,
+                                l2_prefetch=prefetch), st))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
