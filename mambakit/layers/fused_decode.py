@@ -23,6 +23,7 @@ from ..ops.cpu_kernels import is_plain_linear
 
 L2_PREFETCH_OUT_PROJ = os.environ.get("MAMBAKIT_L2_PREFETCH_OUT_PROJ", "0") == "1"
 
+
 def on_kernel_device(x: torch.Tensor) -> bool:
     """Where the fused kernels can run at all: CUDA, or Triton's interpreter. Block.forward asks this
     first, so that the CPU's decode step (its C loops) pays this one check a layer, not ready()."""

@@ -90,6 +90,8 @@ def _l2_prefetch(ptr, nbytes):
     multiple of 16 and at most 4 KB a thread of the program."""
     tl.inline_asm_elementwise(_L2_PREFETCH_ASM, "=r,l,r", [ptr.to(tl.int64), nbytes], dtype=tl.int32,
                               is_pure=False, pack=1)
+
+
 _ACTIVATIONS = {None: 0, "gelu": 1, "relu2": 2, "swiglu": 3}
 _EPI_STORE, _EPI_RESIDUAL, _EPI_CONV = 0, 1, 2
 
