@@ -4,8 +4,9 @@
 #   bash benchmarks/device_run.sh "tests kernels scan"      # stages, in order
 #   stages: tests scantests kernels scan profile train generation decodeprofile gemvtune
 #   (scantests: only tests/gpu/test_selective_scan_triton.py, for a change to the Mamba-1 kernels;
-#    gemvtune: sweeps the fused decode GEMV's configs for the wide projections with a norm, then
-#    profiles whole decode steps at 64K and 1K with the best ones: the open question of session 8)
+#    gemvtune: sweeps the fused decode GEMV's configs for the projections of a Mamba-2 and an MLP
+#    layer, then profiles whole decode steps at 1K and 64K with the defaults and with the best
+#    ones: the open question of sessions 8 and 9)
 # Measured on an H100 (session 2): the whole CUDA suite needs more than 210 s (compiles included),
 # kernels --sweep --warm ~235 s, scan --quick ~30 s, train (3 models x 2 backends) over 180 s.
 # Each device command may run 10 minutes: split the stages over two or three commands.
@@ -33,12 +34,15 @@ for s in ${1:-tests kernels scan}; do
         train) stage train "${TRAIN_S:-200}" python benchmarks/gpu_training_step.py --out "$R" ;;
         profile) stage profile "${PROFILE_S:-90}" python benchmarks/gpu_profile_ssd.py --out "$R" ;;
         decodeprofile) PYTHONPATH=. stage decodeprofile "${DPROF_S:-150}" python benchmarks/gpu_profile_decode.py --out "$R" ${DPROF_ARGS:-} ;;
-        gemvtune) stage gemv_sweep "${GEMV_S:-90}" python benchmarks/gpu_gemv.py --rows 1 --sweep --forms in_proj,up \
-                      --best-out "$R/gemv_best.json" --out "$R/gemv"
-                  PYTHONPATH=. stage prof_tuned_64k 60 python benchmarks/gpu_profile_decode.py --out "$R/prof_tuned_64k" \
-                      --models hybrid,transformer --context 65536 --iters 10 --gemv-configs "$R/gemv_best.json"
-                  PYTHONPATH=. stage prof_tuned_1k 40 python benchmarks/gpu_profile_decode.py --out "$R/prof_tuned_1k" \
-                      --models mamba2 --iters 10 --gemv-configs "$R/gemv_best.json" ;;
+        gemvtune) stage gemv_sweep "${GEMV_S:-100}" python benchmarks/gpu_gemv.py --rows 1 --sweep \
+                      --forms in_proj,up,out_proj,down --best-out "$R/gemv_best.json" --out "$R/gemv"
+                  for ctx in 1024 65536; do  # the defaults, then the sweep's best configs, in one run
+                      PYTHONPATH=. stage prof_default_$ctx 45 python benchmarks/gpu_profile_decode.py \
+                          --out "$R/prof_default_$ctx" --models mamba2,hybrid,transformer --context $ctx --iters 10
+                      PYTHONPATH=. stage prof_tuned_$ctx 40 python benchmarks/gpu_profile_decode.py \
+                          --out "$R/prof_tuned_$ctx" --models mamba2,hybrid --context $ctx --iters 10 \
+                          --gemv-configs "$R/gemv_best.json"
+                  done ;;
         generation) PYTHONPATH=. stage generation "${GEN_S:-300}" python benchmarks/gpu_generation.py --out "$R" ${GEN_ARGS:-} ;;
     esac
 done
