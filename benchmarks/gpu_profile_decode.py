@@ -136,7 +136,8 @@ def main(argv=None) -> int:
             print(f"  {row['ms_per_step']:8.4f} ms  x{row['calls_per_step']:5.1f}  {row['kernel']}")
         os.makedirs(a.out, exist_ok=True)
         with open(os.path.join(a.out, "gpu_profile_decode.json"), "w") as f:
-            switches = {v: os.environ.get(v) for v in ("MAMBAKIT_FUSED_DECODE", "MAMBAKIT_PDL", "MAMBAKIT_L2_PREFETCH")}
+            switches = {v: os.environ.get(v) for v in ("MAMBAKIT_FUSED_DECODE", "MAMBAKIT_PDL",
+                                                        "MAMBAKIT_L2_PREFETCH_OUT_PROJ")}
             json.dump({"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                        "torch": torch.__version__, "switches": switches, "gemv_configs": a.gemv_configs,
                        "results": results}, f, indent=1)

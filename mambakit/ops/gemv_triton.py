@@ -127,7 +127,8 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
     WDT = w_ptr.dtype.element_ty
     if PDL:  # let the next kernel start now: it only prefetches its weights until we are done
         gdc_launch_dependents()
-    offs_o = tl.program_id(0) * BO + tl.arange(0, BO)
+    o0 = tl.program_id(0) * BO
+    offs_o = o0 + tl.arange(0, BO)
     omask = offs_o < O
     offs_m = tl.arange(0, MP)
     mmask = offs_m < M
@@ -136,7 +137,6 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
     if L2PF:  # this program's rows are one contiguous slab of W: all of it in flight to L2 at once,
         # before the wait, so that HBM streams while the previous kernel ends (and deeper than the
         # one tile ahead below; that loop then reads L2)
-        o0 = tl.program_id(0) * BO
         _l2_prefetch(w_ptr + o0.to(tl.int64) * K, (tl.minimum(O - o0, BO) * K * WDT.primitive_bitwidth) // 8)
     # Weight tiles are loaded one ahead of their use (a hand-made two-stage pipeline); the first
     # before waiting on the previous kernel, since weights are never written while decoding.
