@@ -145,10 +145,11 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
     if PDL:
         gdc_wait()  # the previous kernel's outputs (x, z, the residual, conv states) are ready
     ss = tl.zeros((MP, GP), dtype=tl.float32)  # the norm's sums of squares, per row and group
-    if MP == 1 and GP == 1:
-        acc2 = tl.zeros((BO, BK), dtype=tl.float32)  # summed over k once, after the loop
-    else:
-        accg = tl.zeros((MP, GP, BO), dtype=tl.float32)
+    # Products summed elementwise and reduced over k once a group (once a call without groups):
+    # a reduction across threads at every tile cost batch 4 three times batch 1's time (H100,
+    # benchmarks/results/gpu_profile_decode-*session10*-64k-b4*)
+    acc3 = tl.zeros((MP, BO, BK), dtype=tl.float32)
+    accg = tl.zeros((MP, GP, BO), dtype=tl.float32)
     for k0 in range(0, K, BK):
         w = w_next.to(tl.float32)
         offs_k = k0 + tl.arange(0, BK)
@@ -160,19 +161,19 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
         in_g = offs_g[None, :] == k0 // GS  # (1, GP): this tile's group (GS is a multiple of BK)
         if PRO != 0:
             ss += tl.where(in_g, tl.sum(u * u, 1)[:, None], 0.0)
-        if MP == 1 and GP == 1:
-            acc2 += w * v
-        else:
-            part = tl.sum(w[None, :, :] * v[:, None, :], 2)  # (MP, BO)
-            accg += tl.where(in_g[:, :, None], part[:, None, :], 0.0)
+        acc3 += w[None, :, :] * v[:, None, :]
+        if GP > 1:
+            if (k0 + BK) % GS == 0:  # the group's last tile: its sums set aside for its own 1/rms
+                accg += tl.where(in_g[:, :, None], tl.sum(acc3, 2)[:, None, :], 0.0)
+                acc3 = tl.zeros((MP, BO, BK), dtype=tl.float32)
     # The norm is a factor per row and group, 1/rms, applied to the sums: the norm's output is
     # not rounded to W's dtype before the product as the unfused kernels round it (closer to exact)
     if PRO != 0:
         rstd = 1.0 / tl.sqrt(ss / GS + eps)  # (MP, GP)
     else:
         rstd = tl.full((MP, GP), 1.0, tl.float32)
-    if MP == 1 and GP == 1:
-        acc = tl.sum(acc2, 1)[None, :] * rstd  # (1, BO)
+    if GP == 1:
+        acc = tl.sum(acc3, 2) * rstd  # (MP, BO)
     else:
         acc = tl.sum(accg * rstd[:, :, None], 1)  # (MP, BO)
     if HAS_BIAS:
@@ -214,16 +215,24 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
 
 
 def default_config(o: int, k: int, m: int) -> tuple[int, int, int]:
-    """(BO, BK, warps): tiles of 4096 weights per 4 warps (8 KB in bf16, 64 B a thread): (4, 1024)
-    where there are at least 2048 outputs, else (2, 2048) so that small matrices still spread
-    over the SMs. The best, or within 11% of it (MLP down, attention o), at every projection of the
-    1.3B models in an H100 sweep of 14 configs of this kernel's first version, which normalized in
-    a first pass (benchmarks/results/gpu_gemv-*-session8-1-first-pass-norm-sweep.json)."""
-    bo, bk = (4, 1024) if o >= 2048 else (2, 2048)
+    """(BO, BK, warps): the best or within 2% of it in an H100 sweep of 16 configs at batch 1
+    (benchmarks/results/gpu_gemv-*-session10-1*): tiles of 1024 weights on 2 warps for the wide
+    projections with k 2048 (Mamba-2's in_proj, the MLP's up: 16.97 and 14.26 us, against 18.23 and 16.76
+    at session 8's (4, 1024, 4)), tiles of 16K weights on 8 warps for 2048 outputs (out_proj, the MLP's
+    down, attention's o: 9.43, 12.73 and 4.41 us against 10.06, 13.25 and 4.88); not swept below 2048
+    outputs: (2, 2048, 4), which spreads attention's k and v (512 outputs) over 256 programs.
+    With m rows, BK shrinks until the products summed elementwise, m x BO x BK, fit 64 fp32 a thread."""
     if os.environ.get("TRITON_INTERPRET") == "1":
-        bo = 32  # the interpreter runs programs one after another: few and large
-    bk = max(16, min(triton.next_power_of_2(k), bk // triton.next_power_of_2(m), 4096 // bo))
-    return bo, bk, 4
+        bo, bk, warps = 32, 128, 4  # the interpreter runs programs one after another: few and large
+    elif o >= 4096:
+        bo, bk, warps = 2, 512, 2
+    elif o >= 2048:
+        bo, bk, warps = 8, 2048, 8
+    else:
+        bo, bk, warps = 2, 2048, 4
+    budget = 64 * 32 * warps  # fp32 products a program keeps
+    bk = max(16, min(triton.next_power_of_2(k), bk, budget // (triton.next_power_of_2(m) * bo)))
+    return bo, bk, warps
 
 
 @functools.lru_cache(maxsize=None)

@@ -41,7 +41,7 @@ for dname, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         res = rnd(m, k) * 3  # a block's fp32 residual stream
         record(f"rms_{tag}", fused_gemv(res, W, None, norm=(nw, 1e-5), config=(16, 32, 4)),
                lin(rms_norm(res.to(dt), nw, 1e-5)))
-        for gs in (96, 32):
+        for gs in (96, 48, 32):  # one group; groups of 3 tiles of 16; one tile a group
             for before in (False, True):
                 zx = rnd(m, 2 * k, dt=dt)
                 z = zx[:, k:]  # a strided view, as z is of in_proj's output
@@ -98,8 +98,8 @@ def results():
 
 
 def _cases():
-    kinds = ["plain", "rms", "gated_g1_after", "gated_g1_before", "gated_g3_after", "gated_g3_before", "gelu",
-             "relu2", "swiglu", "conv", "conv_state"]
+    gated = [f"gated_g{g}_{where}" for g in (1, 2, 3) for where in ("after", "before")]
+    kinds = ["plain", "rms", *gated, "gelu", "relu2", "swiglu", "conv", "conv_state"]
     return [f"{kind}_{dt}_m{m}" for kind in kinds for dt in ("fp32", "bf16") for m in (1, 3)]
 
 
