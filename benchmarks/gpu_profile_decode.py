@@ -94,7 +94,7 @@ def profile_model(family: str, a, gen_args) -> dict:
     out["weight_floor_ms"] = out["weight_bytes"] / peak * 1e3
     if "graphs_wall_ms" in out:
         out["graphs_fraction_of_peak"] = out["weight_floor_ms"] / out["graphs_wall_ms"]
-    del model, decoder
+    model = decoder = steps = cache = None  # freed before the next model (the lambda holds model)
     torch.cuda.empty_cache()
     return out
 
@@ -136,8 +136,7 @@ def main(argv=None) -> int:
             print(f"  {row['ms_per_step']:8.4f} ms  x{row['calls_per_step']:5.1f}  {row['kernel']}")
         os.makedirs(a.out, exist_ok=True)
         with open(os.path.join(a.out, "gpu_profile_decode.json"), "w") as f:
-            switches = {v: os.environ.get(v) for v in ("MAMBAKIT_FUSED_DECODE", "MAMBAKIT_PDL",
-                                                        "MAMBAKIT_L2_PREFETCH_OUT_PROJ")}
+            switches = {v: os.environ.get(v) for v in ("MAMBAKIT_FUSED_DECODE", "MAMBAKIT_PDL")}
             json.dump({"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                        "torch": torch.__version__, "switches": switches, "gemv_configs": a.gemv_configs,
                        "results": results}, f, indent=1)

@@ -9,8 +9,6 @@ triton backend (CUDA, or the interpreter when forced), no autograd, at most ops.
 and projections that are plain nn.Linear (an adapter's or a hook's call must not be skipped) with
 the norm's dtype, since the fused kernel feeds the norm's output to the product directly.
 MAMBAKIT_FUSED_DECODE=0 turns the path off (benchmarks compare the two; a debugging aid).
-MAMBAKIT_L2_PREFETCH_OUT_PROJ=1 (read at import; an experiment, off by default) has Mamba-2's
-out_proj prefetch its weight into L2 while the SSM step, which moves little data, runs.
 """
 from __future__ import annotations
 
@@ -20,9 +18,6 @@ import torch
 
 from .. import ops
 from ..ops.cpu_kernels import is_plain_linear
-
-L2_PREFETCH_OUT_PROJ = os.environ.get("MAMBAKIT_L2_PREFETCH_OUT_PROJ", "0") == "1"
-
 
 def on_kernel_device(x: torch.Tensor) -> bool:
     """Where the fused kernels can run at all: CUDA, or Triton's interpreter. Block.forward asks this

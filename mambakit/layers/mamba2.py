@@ -172,8 +172,7 @@ class Mamba2Mixer(nn.Module):
                                    self.D, self.dt_bias, True, self.dt_limit, self.ngroups, self.headdim,
                                    a_is_log=True, conv_done=True)  # (b, h, p)
         fused_gemv(y.view(b, e), self.out_proj.weight, self.out_proj.bias, residual=xr,
-                   norm=(self.norm.weight, self.eps), gate=(z, gs, self.norm_before_gate),
-                   l2_prefetch=fused_decode.L2_PREFETCH_OUT_PROJ)
+                   norm=(self.norm.weight, self.eps), gate=(z, gs, self.norm_before_gate))
         return x
 
 

@@ -39,7 +39,8 @@ MAMBAKIT_PDL=0 turns that off. A call may also ask (l2_prefetch=True) that each 
 whole weight slab into L2 before the wait (one bulk prefetch, cp.async.bulk.prefetch.L2, per 4 KB
 and thread), so that HBM streams while the kernel before ends. On every projection of a decode
 step it made the step slower on an H100 (Mamba-2 1.3B, 1K: 1.643 against 1.583 ms without;
-benchmarks/results/gpu_profile_decode-*session9*), so no caller asks for it by default.
+benchmarks/results/gpu_profile_decode-*session9*), and so did asking for it on Mamba-2's out_proj
+alone (1.669 against 1.583 ms: *session10-1-l2pf-out-proj-1k*), so no caller asks for it.
 """
 from __future__ import annotations
 
