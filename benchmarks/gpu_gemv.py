@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         for m in [int(v) for v in a.rows.split(",")]:
             cublas, unfused, fused = cases(form, o, k, m, dev, dt)
             wbytes = o * k * 2
-            row = {"name": name, "o": o, "k": k, "m": m, "default_config": default_config(o, k, m),
+            row = {"name": name, "o": o, "k": k, "m": m, "default_config": default_config(o, k),
                    "cublas_ms": graph_ms(cublas), "unfused_ms": graph_ms(unfused),
                    "fused_ms": graph_ms(lambda i: fused(i, None))}
             # the same kernel with the L2 prefetch of its weight slab, and launched without

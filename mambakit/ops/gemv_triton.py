@@ -23,8 +23,9 @@ residual add: benchmarks/results/gpu_profile_decode-*session3*); with these it i
 the norm before and the conv after, the SSM step, out_proj with the gated norm before and the
 residual add after).
 
-How. Each program owns BO outputs of every row and streams their (BO, k) slab of W in (BO, BK)
-tiles, each loaded one tile ahead of its use, summing in fp32; each weight byte is read once.
+How. Each program owns BO outputs of one row and streams their (BO, k) slab of W in (BO, BK)
+tiles, each loaded one tile ahead of its use, summing in fp32. The programs of one slab (one a
+row) sit next to each other on the grid, so HBM serves each weight byte once and L2 the rest.
 The norm is a factor per row (and group), 1/rms(x), so it is applied to the sums at the end and
 its statistics are gathered in the same loop: no pass over x before the weights start streaming
 (with the tiles loaded one ahead, 0.9-3.7 us less a call than a first pass, without PDL, on an
@@ -128,14 +129,14 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
     WDT = w_ptr.dtype.element_ty
     if PDL:  # let the next kernel start now: it only prefetches its weights until we are done
         gdc_launch_dependents()
-    o0 = tl.program_id(0) * BO
+    o0 = tl.program_id(1) * BO
     offs_o = o0 + tl.arange(0, BO)
     omask = offs_o < O
-    offs_m = tl.arange(0, MP)
+    offs_m = tl.program_id(0) + tl.arange(0, MP)  # this program's rows (the launcher's grid: one)
     mmask = offs_m < M
     offs_g = tl.arange(0, GP)
     w_rows = w_ptr + offs_o.to(tl.int64)[:, None] * K
-    if L2PF:  # this program's rows are one contiguous slab of W: all of it in flight to L2 at once,
+    if L2PF and tl.program_id(0) == 0:  # this program's rows are one contiguous slab of W: all of it in flight to L2 at once,
         # before the wait, so that HBM streams while the previous kernel ends (and deeper than the
         # one tile ahead below; that loop then reads L2)
         _l2_prefetch(w_ptr + o0.to(tl.int64) * K, (tl.minimum(O - o0, BO) * K * WDT.primitive_bitwidth) // 8)
@@ -146,11 +147,10 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
     if PDL:
         gdc_wait()  # the previous kernel's outputs (x, z, the residual, conv states) are ready
     ss = tl.zeros((MP, GP), dtype=tl.float32)  # the norm's sums of squares, per row and group
-    # Products summed elementwise and reduced over k once a group (once a call without groups):
-    # a reduction across threads at every tile cost batch 4 three times batch 1's time (H100,
-    # benchmarks/results/gpu_profile_decode-*session10*-64k-b4*)
-    acc3 = tl.zeros((MP, BO, BK), dtype=tl.float32)
-    accg = tl.zeros((MP, GP, BO), dtype=tl.float32)
+    if MP == 1 and GP == 1:
+        acc2 = tl.zeros((BO, BK), dtype=tl.float32)  # summed over k once, after the loop
+    else:
+        accg = tl.zeros((MP, GP, BO), dtype=tl.float32)
     for k0 in range(0, K, BK):
         w = w_next.to(tl.float32)
         offs_k = k0 + tl.arange(0, BK)
@@ -162,19 +162,19 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
         in_g = offs_g[None, :] == k0 // GS  # (1, GP): this tile's group (GS is a multiple of BK)
         if PRO != 0:
             ss += tl.where(in_g, tl.sum(u * u, 1)[:, None], 0.0)
-        acc3 += w[None, :, :] * v[:, None, :]
-        if GP > 1:
-            if (k0 + BK) % GS == 0:  # the group's last tile: its sums set aside for its own 1/rms
-                accg += tl.where(in_g[:, :, None], tl.sum(acc3, 2)[:, None, :], 0.0)
-                acc3 = tl.zeros((MP, BO, BK), dtype=tl.float32)
+        if MP == 1 and GP == 1:
+            acc2 += w * v
+        else:
+            part = tl.sum(w[None, :, :] * v[:, None, :], 2)  # (MP, BO)
+            accg += tl.where(in_g[:, :, None], part[:, None, :], 0.0)
     # The norm is a factor per row and group, 1/rms, applied to the sums: the norm's output is
     # not rounded to W's dtype before the product as the unfused kernels round it (closer to exact)
     if PRO != 0:
         rstd = 1.0 / tl.sqrt(ss / GS + eps)  # (MP, GP)
     else:
         rstd = tl.full((MP, GP), 1.0, tl.float32)
-    if GP == 1:
-        acc = tl.sum(acc3, 2) * rstd  # (MP, BO)
+    if MP == 1 and GP == 1:
+        acc = tl.sum(acc2, 1)[None, :] * rstd  # (1, BO)
     else:
         acc = tl.sum(accg * rstd[:, :, None], 1)  # (MP, BO)
     if HAS_BIAS:
@@ -215,14 +215,14 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
         tl.store(y_ptr + offs_m[:, None] * O + offs_o[None, :], out.to(y_ptr.dtype.element_ty), mask=om)
 
 
-def default_config(o: int, k: int, m: int) -> tuple[int, int, int]:
+def default_config(o: int, k: int) -> tuple[int, int, int]:
     """(BO, BK, warps): the best or within 2% of it in an H100 sweep of 16 configs at batch 1
     (benchmarks/results/gpu_gemv-*-session10-1*): tiles of 1024 weights on 2 warps for the wide
     projections with k 2048 (Mamba-2's in_proj, the MLP's up: 16.97 and 14.26 us, against 18.23 and 16.76
     at session 8's (4, 1024, 4)), tiles of 16K weights on 8 warps for 2048 outputs (out_proj, the MLP's
     down, attention's o: 9.43, 12.73 and 4.41 us against 10.06, 13.25 and 4.88); not swept below 2048
     outputs: (2, 2048, 4), which spreads attention's k and v (512 outputs) over 256 programs.
-    With m rows, BK shrinks until the products summed elementwise, m x BO x BK, fit 64 fp32 a thread."""
+    The same for any number of rows: each program takes one."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         bo, bk, warps = 32, 128, 4  # the interpreter runs programs one after another: few and large
     elif o >= 4096:
@@ -231,8 +231,7 @@ def default_config(o: int, k: int, m: int) -> tuple[int, int, int]:
         bo, bk, warps = 8, 2048, 8
     else:
         bo, bk, warps = 2, 2048, 4
-    budget = 64 * 32 * warps  # fp32 products a program keeps
-    bk = max(16, min(triton.next_power_of_2(k), bk, budget // (triton.next_power_of_2(m) * bo)))
+    bk = max(16, min(triton.next_power_of_2(k), bk))
     return bo, bk, warps
 
 
@@ -295,7 +294,7 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
         raise ValueError(f"fused_gemv: activation 'swiglu' takes glu_gate, a contiguous ({m}, {o}) tensor (the "
                          f"gate projection's output), and nothing else does; got activation {activation!r}, glu_gate "
                          f"{None if glu_gate is None else tuple(glu_gate.shape)}")
-    bo, bk, warps = config or default_config(o, k, m)
+    bo, bk, warps = config or default_config(o, k)
     pro, gs, gp, z, stride_z, before_gate = 0, k, 1, x, 0, False
     nw, eps = x, 0.0
     if norm is not None:
@@ -328,11 +327,15 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
         epi = _EPI_CONV
     y = residual if residual is not None else torch.empty(m, o, device=x.device, dtype=weight.dtype)
     pdl = pdl_launch(x)
-    _fused_gemv_kernel[(triton.cdiv(o, bo),)](
+    # One row a program, rows adjacent on the grid: the m programs of a weight tile run together, so
+    # HBM serves it once and L2 the rest. Several rows in one program summed their products across
+    # threads at every tile (or held m times the sums): batch 4 took 2-3x batch 1's time (H100,
+    # benchmarks/results/gpu_profile_decode-*session10*-b4*)
+    _fused_gemv_kernel[(m, triton.cdiv(o, bo))](
         x, z, nw, weight, bias if bias is not None else weight, y, r, cs, cw, cb if cb is not None else cw,
         glu_gate if glu_gate is not None else x,
         o, k, gs, c0, nch, cwid, float(eps), x.stride(0), stride_z,
-        M=m, MP=triton.next_power_of_2(m), BO=bo, BK=bk, GP=gp, WP=triton.next_power_of_2(cwid), PRO=pro,
+        M=m, MP=1, BO=bo, BK=bk, GP=gp, WP=triton.next_power_of_2(cwid), PRO=pro,
         BEFORE_GATE=bool(before_gate), HAS_BIAS=bias is not None, EPI=epi, ACT=_ACTIVATIONS[activation],
         HAS_CB=cb is not None, L2PF=bool(l2_prefetch) and l2_prefetch_on(weight, pdl), num_warps=warps, **pdl)
     return y
