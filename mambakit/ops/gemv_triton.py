@@ -295,6 +295,7 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
                          f"gate projection's output), and nothing else does; got activation {activation!r}, glu_gate "
                          f"{None if glu_gate is None else tuple(glu_gate.shape)}")
     bo, bk, warps = config or default_config(o, k)
+    bo = max(bo, triton.next_power_of_2(triton.cdiv(o, 65535)))  # the grid's second axis holds 65535 tiles
     pro, gs, gp, z, stride_z, before_gate = 0, k, 1, x, 0, False
     nw, eps = x, 0.0
     if norm is not None:
