@@ -13,8 +13,10 @@ values in preallocated (b, T, kvh, hd) buffers, written at a device-side positio
 attention layer's own step advances, attention over all T keys behind a mask built on the
 device (layers/attention.py). Then the whole step, embedding to head, is one graph, whatever the
 layer pattern. T is the capacity rounded up to a multiple of CAPACITY_ROUND (within the model's
-limit); a later generation that needs more captures a new decoder, at least twice as large; a
-step past T is refused with a ValueError (replaying it would write out of bounds).
+limit); a later generation that needs more captures a new decoder, at least twice as large, and
+one that needs OVERSIZE times less captures a smaller one beside it (attention reads all T keys
+at every step, so a short generation must not run in a long cache); a step past T is refused
+with a ValueError (replaying it would write out of bounds).
 
 Without a capacity (graphed_decoder(..., capacity=None)), or with a layer that has no static
 form, a layer whose step replaces its cache tensors (a growing KV cache) cannot be replayed: the
@@ -22,7 +24,7 @@ check is made on the real step, those layers run eagerly between graphs, and eve
 between them (embedding and head included) is one graph. A pure SSM model is one graph.
 
 The graph, its static cache and its static input/output are kept on the model per batch size
-(`model._mambakit_cuda_graphs`), so later generate calls reuse them; `release(model)` frees them.
+and capacity (`model._mambakit_cuda_graphs`), so later generate calls reuse them; `release(model)` frees them.
 They hold the addresses of the model's weights: in-place updates (load_state_dict) are seen, new
 parameter tensors (model.to(...)) make a new graph.
 """
@@ -37,8 +39,9 @@ from .cache import allocate_static_cache, supports_static_kv
 
 logger = logging.getLogger("mambakit")
 
-_MAX_GRAPHS = 4  # graphs kept per model (one per batch size); the oldest goes first
+_MAX_GRAPHS = 4  # decoders kept per model (per batch size and capacity); the oldest goes first
 CAPACITY_ROUND = 256  # static KV capacities are multiples of this: fewer captures, aligned masks
+OVERSIZE = 4  # a generation needing a quarter of a decoder's static KV cache or less gets its own
 
 
 class CannotCapture(Exception):
@@ -247,13 +250,17 @@ def round_capacity(model, needed: int) -> int:
     return max(needed, min(capacity, limit)) if limit is not None else capacity
 
 
-def _too_small(decoder, model, capacity: int | None) -> bool:
-    """Whether `decoder` cannot serve a generation of `capacity` tokens that a new capture could."""
-    if capacity is None or decoder is None or decoder.busy:
-        return False  # (a busy decoder is left to its generation; the caller decodes eagerly)
-    if decoder.capacity is not None:
-        return decoder.capacity < capacity
-    return decoder.n_eager > 0 and supports_static_kv(model)  # captured without a capacity: segmented
+def _fits(decoder, model, capacity: int | None) -> bool:
+    """Whether `decoder` can serve a generation of `capacity` tokens (None: any) at its speed: its
+    static KV cache holds them, and not more than OVERSIZE times the rounded need, since attention
+    reads the whole cache at every step (a 64K cache made a 1K-token Transformer step as slow as at
+    64K: benchmarks/results/gpu_generation-*session10-2*). A decoder captured without a capacity
+    fits a model with attention (segmented) only where a capacity is not asked for."""
+    if capacity is None:
+        return True
+    if decoder.capacity is None:
+        return not (decoder.n_eager > 0 and supports_static_kv(model))
+    return capacity <= decoder.capacity <= OVERSIZE * round_capacity(model, capacity)
 
 
 def graphed_decoder(model, batch_size: int, device: torch.device,
@@ -273,16 +280,23 @@ def graphed_decoder(model, batch_size: int, device: torch.device,
         raise ValueError(f"capacity must be a positive int (prompt + new tokens) or None, got {capacity!r}")
     graphs = model.__dict__.setdefault("_mambakit_cuda_graphs", {})
     key = _key(model, batch_size, device)
-    if key in graphs:
-        old = graphs[key]
-        if not _too_small(old, model, capacity):
-            return old  # a decoder, or None: capture failed before, do not try again
-        del graphs[key]  # freed before the larger one is allocated
-        if old.capacity is not None:
-            capacity = max(capacity, 2 * old.capacity)
+    mine = {k: d for k, d in graphs.items() if k[:4] == key}
+    if any(d is None for d in mine.values()):
+        return None  # capture failed before for this batch size: do not try again
+    fitting = [d for d in mine.values() if _fits(d, model, capacity)]
+    if fitting:  # a free one first; a busy one tells the caller to decode eagerly
+        return min(fitting, key=lambda d: (d.busy, d.capacity or 0))
+    if not any(capacity is not None and (d.capacity or 0) >= capacity for d in mine.values()):  # a longer generation than any so far: outgrown decoders are freed before the
+        # larger one is allocated, which is at least twice the largest, so that growth recaptures rarely
+        for k, d in mine.items():
+            if not d.busy:
+                del graphs[k]
+        if capacity is not None:
+            capacity = max([capacity] + [2 * d.capacity for d in mine.values() if d.capacity is not None])
+    # else: every decoder that holds it is OVERSIZE times too large; one of this size joins them
     if capacity is not None:
         capacity = round_capacity(model, capacity)
-    for old in [k for k in graphs if k[1:] != key[1:]]:
+    for old in [k for k in graphs if k[1:4] != key[1:]]:
         del graphs[old]  # weights moved or changed dtype: those graphs read stale addresses
     while len(graphs) >= _MAX_GRAPHS:
         del graphs[next(iter(graphs))]
@@ -297,7 +311,7 @@ def graphed_decoder(model, batch_size: int, device: torch.device,
     except RuntimeError as err:  # a capture error from CUDA: report it, do not fail the generation
         _warn_once(f"mambakit: CUDA graph capture failed ({err}); decoding eagerly")
         decoder = None
-    graphs[key] = decoder
+    graphs[key + (None if decoder is None else decoder.capacity,)] = decoder
     return decoder
 
 

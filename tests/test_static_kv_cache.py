@@ -249,6 +249,27 @@ def test_a_longer_generation_captures_a_larger_decoder(fake_graphs, monkeypatch)
         cuda_graphs.release(model)
 
 
+def test_a_much_shorter_generation_gets_a_decoder_of_its_size(fake_graphs, monkeypatch):
+    """Attention reads the whole static cache at every step: a short generation must not run in a
+    cache OVERSIZE times longer than it needs, and the long decoder stays for the next long one."""
+    model = make_model("transformer")
+    cuda_graphs.release(model)
+    monkeypatch.setattr(cuda_graphs, "CAPACITY_ROUND", 8)
+    try:
+        ids = torch.randint(0, 256, (1, 5))
+        long = mambakit.generate(model, ids, 60, cuda_graph=True)  # 65 tokens: capacity 72
+        assert torch.equal(long, mambakit.generate(model, ids, 60))
+        assert [d.capacity for d in model._mambakit_cuda_graphs.values()] == [72] and len(fake_graphs) == 1
+        short = mambakit.generate(model, ids, 3, cuda_graph=True)  # 8 tokens: 72 > 4 x 8
+        assert torch.equal(short, mambakit.generate(model, ids, 3))
+        assert sorted(d.capacity for d in model._mambakit_cuda_graphs.values()) == [8, 72] and len(fake_graphs) == 2
+        mambakit.generate(model, ids, 15, cuda_graph=True)  # 20 tokens: 72 <= 4 x 24, the long one serves
+        mambakit.generate(model, ids, 60, cuda_graph=True)
+        assert len(fake_graphs) == 2
+    finally:
+        cuda_graphs.release(model)
+
+
 def test_graphed_step_past_the_capacity_is_refused(fake_graphs):
     model = make_model("transformer")
     cuda_graphs.release(model)
