@@ -23,9 +23,9 @@ form, a layer whose step replaces its cache tensors (a growing KV cache) cannot 
 check is made on the real step, those layers run eagerly between graphs, and every run of layers
 between them (embedding and head included) is one graph. A pure SSM model is one graph.
 
-The graph, its static cache and its static input/output are kept on the model per batch size
-and capacity (`model._mambakit_cuda_graphs`), so later generate calls reuse them; `release(model)` frees them.
-They hold the addresses of the model's weights: in-place updates (load_state_dict) are seen, new
+The graph, its static cache and its static input/output are kept on the model per batch size and
+capacity (`model._mambakit_cuda_graphs`), so later generate calls reuse them; `release(model)`
+frees them. They hold the addresses of the model's weights: in-place updates (load_state_dict) are seen, new
 parameter tensors (model.to(...)) make a new graph.
 """
 from __future__ import annotations

@@ -136,9 +136,10 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
     mmask = offs_m < M
     offs_g = tl.arange(0, GP)
     w_rows = w_ptr + offs_o.to(tl.int64)[:, None] * K
-    if L2PF and tl.program_id(0) == 0:  # this program's rows are one contiguous slab of W: all of it in flight to L2 at once,
-        # before the wait, so that HBM streams while the previous kernel ends (and deeper than the
-        # one tile ahead below; that loop then reads L2)
+    if L2PF and tl.program_id(0) == 0:  # (the slab's first row's program asks for all rows)
+        # this program's rows are one contiguous slab of W: all of it in flight to L2 at once, before
+        # the wait, so that HBM streams while the previous kernel ends (and deeper than the one tile
+        # ahead below; that loop then reads L2)
         _l2_prefetch(w_ptr + o0.to(tl.int64) * K, (tl.minimum(O - o0, BO) * K * WDT.primitive_bitwidth) // 8)
     # Weight tiles are loaded one ahead of their use (a hand-made two-stage pipeline); the first
     # before waiting on the previous kernel, since weights are never written while decoding.
@@ -216,7 +217,7 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
 
 
 def default_config(o: int, k: int) -> tuple[int, int, int]:
-    """(BO, BK, warps): the best or within 2% of it in an H100 sweep of 16 configs at batch 1
+    """(BO, BK, warps): the best or within 3% of it in an H100 sweep of 16 configs at batch 1
     (benchmarks/results/gpu_gemv-*-session10-1*): tiles of 1024 weights on 2 warps for the wide
     projections with k 2048 (Mamba-2's in_proj, the MLP's up: 16.97 and 14.26 us, against 18.23 and 16.76
     at session 8's (4, 1024, 4)), tiles of 16K weights on 8 warps for 2048 outputs (out_proj, the MLP's
