@@ -10,8 +10,7 @@ Each case is timed as a decode step runs it: 20 calls captured in one CUDA graph
 (> 200 MB) that the weight comes from HBM and not from the 50 MB L2. Per call, median of 15
 replays: cuBLAS F.linear alone; the unfused ops of the block (the norm kernel, F.linear, the
 epilogue op); the fused kernel with its default config: as it runs (on sm_90, with programmatic
-dependent launch), with its weight slab prefetched into L2 (l2_prefetch), and without PDL
-(consecutive calls overlap with it, as a decode step's kernels do); with --sweep, every
+dependent launch) and without PDL (consecutive calls overlap with it, as a decode step's kernels do); with --sweep, every
 config of the sweep and the best. GB/s = weight bytes / time. Writes gpu_gemv.json and prints a table.
 (Session 3 timed a Triton GEMV eagerly with do_bench: its ~50 us were Python launch overhead.)
 """
@@ -64,7 +63,7 @@ def graph_ms(fn, calls: int = 20, replays: int = 15) -> float:
 
 
 def cases(form, o, k, m, dev, dt):
-    """(cuBLAS fn(i), unfused fn(i), fused fn(i, config, l2_prefetch=False)) for one shape over copies of
+    """(cuBLAS fn(i), unfused fn(i), fused fn(i, config)) for one shape over copies of
     its weight."""
     from mambakit.ops.gemv_triton import fused_gemv
     from mambakit.ops.norm_triton import gated_rms_norm_triton, rms_norm_cast_triton
@@ -84,24 +83,22 @@ def cases(form, o, k, m, dev, dt):
         def unfused(i):
             y = F.linear(rms_norm_cast_triton(res_in, nw), w(i))
             causal_conv1d_update(y[:, c0:c0 + nch], cs, cw, cb, "silu")
-        fused = lambda i, cfg, pf=False: fused_gemv(res_in, w(i), norm=(nw, 1e-5), conv=(c0, cs, cw, cb), config=cfg,
-                                                  l2_prefetch=pf)
+        fused = lambda i, cfg: fused_gemv(res_in, w(i), norm=(nw, 1e-5), conv=(c0, cs, cw, cb), config=cfg)
     elif form == "out_proj":
         def unfused(i):
             res_out.add_(F.linear(gated_rms_norm_triton(x, z, nw, 1e-5), w(i)))
-        fused = lambda i, cfg, pf=False: fused_gemv(x, w(i), norm=(nw, 1e-5), gate=(z, k, False), residual=res_out,
-                                                  config=cfg, l2_prefetch=pf)
+        fused = lambda i, cfg: fused_gemv(x, w(i), norm=(nw, 1e-5), gate=(z, k, False), residual=res_out,
+                                          config=cfg)
     elif form in ("up", "q"):
         act = "gelu" if form == "up" else None
         def unfused(i):
             y = F.linear(rms_norm_cast_triton(res_in, nw), w(i))
             return F.gelu(y) if act else y
-        fused = lambda i, cfg, pf=False: fused_gemv(res_in, w(i), norm=(nw, 1e-5), activation=act, config=cfg,
-                                                  l2_prefetch=pf)
+        fused = lambda i, cfg: fused_gemv(res_in, w(i), norm=(nw, 1e-5), activation=act, config=cfg)
     else:
         def unfused(i):
             res_out.add_(F.linear(x, w(i)))
-        fused = lambda i, cfg, pf=False: fused_gemv(x, w(i), residual=res_out, config=cfg, l2_prefetch=pf)
+        fused = lambda i, cfg: fused_gemv(x, w(i), residual=res_out, config=cfg)
     return (lambda i: F.linear(x, w(i))), unfused, fused
 
 
@@ -128,10 +125,7 @@ def main(argv=None) -> int:
             row = {"name": name, "o": o, "k": k, "m": m, "default_config": default_config(o, k),
                    "cublas_ms": graph_ms(cublas), "unfused_ms": graph_ms(unfused),
                    "fused_ms": graph_ms(lambda i: fused(i, None))}
-            # the same kernel with the L2 prefetch of its weight slab, and launched without
-            # programmatic dependent launch
-            row["fused_l2pf_ms"] = graph_ms(lambda i: fused(i, None, True))
-            os.environ["MAMBAKIT_PDL"] = "0"
+            os.environ["MAMBAKIT_PDL"] = "0"  # the same kernel launched without programmatic dependent launch
             row["fused_nopdl_ms"] = graph_ms(lambda i: fused(i, None))
             os.environ.pop("MAMBAKIT_PDL")
             if a.sweep and m == 1:
@@ -143,15 +137,13 @@ def main(argv=None) -> int:
                         row["sweep"][str(cfg)] = repr(err)[:200]
                 cfg, row["best_ms"] = min(timed.items(), key=lambda kv: kv[1])
                 row["best_config"], best[f"{o},{k}"] = str(cfg), list(cfg)
-            for key in [k_ for k_ in ("cublas_ms", "unfused_ms", "fused_ms", "fused_l2pf_ms", "fused_nopdl_ms",
-                                                 "best_ms") if k_ in row]:
+            for key in [k_ for k_ in ("cublas_ms", "unfused_ms", "fused_ms", "fused_nopdl_ms", "best_ms") if k_ in row]:
                 row[key.replace("_ms", "_gb_s")] = wbytes / row[key] / 1e6
             rows.append(row)
             best_text = f" | best {row['best_ms'] * 1e3:6.1f} us {row['best_config']}" if "best_ms" in row else ""
             print(f"{name:36s} m {m}: cuBLAS {row['cublas_ms'] * 1e3:6.1f} us ({row['cublas_gb_s']:5.0f} GB/s) | "
                   f"unfused {row['unfused_ms'] * 1e3:6.1f} us | fused {row['fused_ms'] * 1e3:6.1f} us "
-                  f"({row['fused_gb_s']:5.0f} GB/s) {row['default_config']}, with L2 prefetch "
-                  f"{row['fused_l2pf_ms'] * 1e3:6.1f} us, without PDL {row['fused_nopdl_ms'] * 1e3:6.1f} us"
+                  f"({row['fused_gb_s']:5.0f} GB/s) {row['default_config']}, without PDL {row['fused_nopdl_ms'] * 1e3:6.1f} us"
                   f"{best_text}", flush=True)
     os.makedirs(a.out, exist_ok=True)
     if a.best_out:

@@ -46,7 +46,7 @@ def resources(xdt, pro, epi, act, bo, bk, warps, tmp) -> dict:
            "g_ptr": "*bf16", "O": "i32", "K": "i32", "GS": "i32", "C0": "i32", "NCH": "i32", "CW": "i32",
            "eps": "fp32", "stride_xm": "i32", "stride_zm": "i32"}
     consts = dict(M=1, MP=1, BO=bo, BK=bk, GP=1, WP=4, PRO=pro, BEFORE_GATE=False, HAS_BIAS=False, EPI=epi,
-                  ACT=act, HAS_CB=True, PDL=True, L2PF=False)
+                  ACT=act, HAS_CB=True, PDL=True)
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
              if sig[n].startswith("*") or n in ("O", "K", "GS", "C0", "NCH")}

@@ -5,8 +5,8 @@ Letters: b batch, d model width.
 Block.forward gives one new token per sequence (x (b, 1, d), the residual stream) to its mixer's
 `fused_step(x, norm, cache)`, which returns x + mixer(norm(x)) computed in place in x, or None
 when it cannot fuse (then the unfused step runs). A mixer may fuse when `ready` says so: the
-triton backend (CUDA, or the interpreter when forced), no autograd, at most ops.FUSED_GEMV_MAX_ROWS sequences,
-and projections that are plain nn.Linear (an adapter's or a hook's call must not be skipped) with
+triton backend (CUDA, or the interpreter when forced), no autograd, at most
+ops.FUSED_GEMV_MAX_ROWS sequences, and projections that are plain nn.Linear (an adapter's or a hook's call must not be skipped) with
 the norm's dtype, since the fused kernel feeds the norm's output to the product directly.
 MAMBAKIT_FUSED_DECODE=0 turns the path off (benchmarks compare the two; a debugging aid).
 """

@@ -36,12 +36,11 @@ A conv column's state has one owner, the program of that column, so its in-place
 reader. On sm_90+ the kernels launch with programmatic dependent launch (PDL): each lets the next
 kernel start at once, and that one loads its first weight tile before it waits for this one's
 outputs (griddepcontrol.wait), hiding a kernel's ramp-up behind the previous one's tail.
-MAMBAKIT_PDL=0 turns that off. A call may also ask (l2_prefetch=True) that each program bring its
-whole weight slab into L2 before the wait (one bulk prefetch, cp.async.bulk.prefetch.L2, per 4 KB
-and thread), so that HBM streams while the kernel before ends. On every projection of a decode
-step it made the step slower on an H100 (Mamba-2 1.3B, 1K: 1.643 against 1.583 ms without;
-benchmarks/results/gpu_profile_decode-*session9*), and so did asking for it on Mamba-2's out_proj
-alone (1.669 against 1.583 ms: *session10-1-l2pf-out-proj-1k*), so no caller asks for it.
+MAMBAKIT_PDL=0 turns that off. Tried and removed (commit 44caace has it): each program bringing
+its whole weight slab into L2 before the wait (cp.async.bulk.prefetch.L2). It made every decode
+step slower on an H100 (Mamba-2 1.3B, 1K: 1.643 against 1.583 ms without;
+benchmarks/results/gpu_profile_decode-*session9*), on Mamba-2's out_proj alone too (1.669 against
+1.583 ms: *session10-1-l2pf-out-proj-1k*).
 """
 from __future__ import annotations
 
@@ -67,32 +66,6 @@ except ImportError:  # pragma: no cover - older triton: launched without PDL, th
         pass
 
 from . import FUSED_GEMV_MAX_ROWS as MAX_ROWS
-
-# Each thread with tid * 4096 < nbytes asks L2 for its 4 KB (or the rest) of [ptr, ptr + nbytes)
-# with one bulk prefetch (sm_90, PTX 8.0): the copy engine fetches it while the thread goes on.
-_L2_PREFETCH_ASM = tl.constexpr("""{
- .reg .pred p;
- .reg .u32 t, off, sz;
- .reg .u64 a;
- mov.u32 t, %tid.x;
- shl.b32 off, t, 12;
- setp.lt.u32 p, off, $2;
- sub.u32 sz, $2, off;
- min.u32 sz, sz, 4096;
- cvt.u64.u32 a, off;
- add.u64 a, a, $1;
- @p cp.async.bulk.prefetch.L2.global [a], sz;
- mov.u32 $0, 0;
-}""")
-
-
-@triton.jit
-def _l2_prefetch(ptr, nbytes):
-    """Brings [ptr, ptr + nbytes) into L2 without waiting for it: ptr 16-byte aligned, nbytes a
-    multiple of 16 and at most 4 KB a thread of the program."""
-    tl.inline_asm_elementwise(_L2_PREFETCH_ASM, "=r,l,r", [ptr.to(tl.int64), nbytes], dtype=tl.int32,
-                              is_pure=False, pack=1)
-
 
 _ACTIVATIONS = {None: 0, "gelu": 1, "relu2": 2, "swiglu": 3}
 _EPI_STORE, _EPI_RESIDUAL, _EPI_CONV = 0, 1, 2
@@ -125,7 +98,7 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
                        M: tl.constexpr, MP: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr,
                        GP: tl.constexpr, WP: tl.constexpr, PRO: tl.constexpr, BEFORE_GATE: tl.constexpr,
                        HAS_BIAS: tl.constexpr, EPI: tl.constexpr, ACT: tl.constexpr, HAS_CB: tl.constexpr,
-                       PDL: tl.constexpr, L2PF: tl.constexpr = False):
+                       PDL: tl.constexpr):
     WDT = w_ptr.dtype.element_ty
     if PDL:  # let the next kernel start now: it only prefetches its weights until we are done
         gdc_launch_dependents()
@@ -136,11 +109,6 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
     mmask = offs_m < M
     offs_g = tl.arange(0, GP)
     w_rows = w_ptr + offs_o.to(tl.int64)[:, None] * K
-    if L2PF and tl.program_id(0) == 0:  # (the slab's first row's program asks for all rows)
-        # this program's rows are one contiguous slab of W: all of it in flight to L2 at once, before
-        # the wait, so that HBM streams while the previous kernel ends (and deeper than the one tile
-        # ahead below; that loop then reads L2)
-        _l2_prefetch(w_ptr + o0.to(tl.int64) * K, (tl.minimum(O - o0, BO) * K * WDT.primitive_bitwidth) // 8)
     # Weight tiles are loaded one ahead of their use (a hand-made two-stage pipeline); the first
     # before waiting on the previous kernel, since weights are never written while decoding.
     offs_k = tl.arange(0, BK)
@@ -250,13 +218,6 @@ def pdl_launch(t: torch.Tensor) -> dict:
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 
-def l2_prefetch_on(weight: torch.Tensor, pdl: dict) -> bool:
-    """Whether a call asking for it may prefetch its weight slab into L2 (the L2PF constexpr): where
-    it launches with PDL (sm_90+: the bulk prefetch is sm_90's), the weight 16-byte aligned with
-    rows of a multiple of 16 bytes."""
-    return pdl["PDL"] and weight.data_ptr() % 16 == 0 and (weight.shape[1] * weight.element_size()) % 16 == 0
-
-
 def _bk_for_groups(bk: int, gs: int) -> int:
     while bk > 16 and gs % bk:
         bk //= 2
@@ -264,15 +225,14 @@ def _bk_for_groups(bk: int, gs: int) -> int:
 
 
 def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, conv=None, activation=None,
-               glu_gate=None, config=None, l2_prefetch=False) -> torch.Tensor:
+               glu_gate=None, config=None) -> torch.Tensor:
     """See the module docstring. x (m, k) with unit stride along k; weight (o, k); bias (o,).
 
     norm (norm_weight (k,), eps); gate (z (m, k), group_size, before_gate), with norm;
     residual (m, o), updated in place and returned; conv (c0, conv_state (m, c, w) contiguous,
     conv_weight (c, w), conv_bias (c,) or None); activation None, "gelu", "relu2" or "swiglu" (with
     glu_gate (m, o) contiguous, in weight's dtype).
-    config (BO, BK, warps) overrides default_config (benchmarks sweep it). l2_prefetch: each
-    program bulk-prefetches its weight slab into L2 before the PDL wait (see l2_prefetch_on).
+    config (BO, BK, warps) overrides default_config (benchmarks sweep it).
     Returns (m, o) in weight's dtype, or residual.
     """
     m, k = x.shape if x.dim() == 2 else (0, -1)
@@ -339,8 +299,8 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
         o, k, gs, c0, nch, cwid, float(eps), x.stride(0), stride_z,
         M=m, MP=1, BO=bo, BK=bk, GP=gp, WP=triton.next_power_of_2(cwid), PRO=pro,
         BEFORE_GATE=bool(before_gate), HAS_BIAS=bias is not None, EPI=epi, ACT=_ACTIVATIONS[activation],
-        HAS_CB=cb is not None, L2PF=bool(l2_prefetch) and l2_prefetch_on(weight, pdl), num_warps=warps, **pdl)
+        HAS_CB=cb is not None, num_warps=warps, **pdl)
     return y
 
 
-__all__ = ["fused_gemv", "default_config", "pdl_launch", "l2_prefetch_on", "gdc_wait", "gdc_launch_dependents", "MAX_ROWS"]
+__all__ = ["fused_gemv", "default_config", "pdl_launch", "gdc_wait", "gdc_launch_dependents", "MAX_ROWS"]

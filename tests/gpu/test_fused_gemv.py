@@ -50,23 +50,3 @@ def test_fused_gemv_forms_match_unfused(m, dtype, config):
     want[:, c0:c0 + c] = causal_conv1d_update(want[:, c0:c0 + c].contiguous(), ref_state, cw, cb, "silu")
     assert err(got, want) < tol
     assert err(state, ref_state) < tol
-
-
-@pytest.mark.parametrize("k", [1536, 1004])  # rows of 3072 bytes: prefetched; of 2008: not (16-byte rule)
-@pytest.mark.parametrize("config", [None, (8, 512, 4), (32, 128, 4)])
-def test_l2_prefetch_changes_no_result(k, config):
-    """The weight slab's L2 prefetch (sm_90, with PDL) is a hint: the outputs and the conv state are
-    bitwise those of the same kernel without it, at a partial last slab (o 1000) too."""
-    from mambakit.ops.gemv_triton import fused_gemv, l2_prefetch_on, pdl_launch
-    g = torch.Generator(device=DEV).manual_seed(k)
-    rnd = lambda *s, dt=torch.bfloat16: torch.randn(*s, device=DEV, generator=g).to(dt)
-    o, m = 1000, 1
-    W, b, nw, res = rnd(o, k) / k ** 0.5, rnd(o), rnd(k), rnd(m, k, dt=torch.float32)
-    cw, cb, state = rnd(256, 4), rnd(256), rnd(m, 256, 4)
-    assert l2_prefetch_on(W, pdl_launch(res)) == (k == 1536 and torch.cuda.get_device_capability()[0] >= 9)
-    outs = []
-    for prefetch in (True, False):
-        st = state.clone()
-        outs.append((fused_gemv(res, W, b, norm=(nw, 1e-5), conv=(100, st, cw, cb), config=config,
-                                l2_prefetch=prefetch), st))
-    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
