@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import NamedTuple
 
 import torch
 
@@ -238,9 +239,18 @@ class GraphedDecoder:
         return len(self._graphs)
 
 
-def _key(model, batch_size: int, device: torch.device):
+class _Slot(NamedTuple):
+    """Where a graphed decoder is kept on its model. Graphs replay fixed addresses, so a decoder
+    serves only these weights (device, dtype and address of the first parameter) and this batch
+    size; decoders of several capacities may sit side by side (see _fits)."""
+    batch_size: int
+    weights: tuple  # (device, dtype, data_ptr)
+    capacity: int | None
+
+
+def _weights(model, device: torch.device) -> tuple:
     param = next(model.parameters())
-    return batch_size, str(device), param.dtype, param.data_ptr()
+    return str(device), param.dtype, param.data_ptr()
 
 
 def round_capacity(model, needed: int) -> int:
@@ -279,8 +289,8 @@ def graphed_decoder(model, batch_size: int, device: torch.device,
     if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
         raise ValueError(f"capacity must be a positive int (prompt + new tokens) or None, got {capacity!r}")
     graphs = model.__dict__.setdefault("_mambakit_cuda_graphs", {})
-    key = _key(model, batch_size, device)
-    mine = {k: d for k, d in graphs.items() if k[:4] == key}
+    weights = _weights(model, device)
+    mine = {k: d for k, d in graphs.items() if k.weights == weights and k.batch_size == batch_size}
     if any(d is None for d in mine.values()):
         return None  # capture failed before for this batch size: do not try again
     fitting = [d for d in mine.values() if _fits(d, model, capacity)]
@@ -296,7 +306,7 @@ def graphed_decoder(model, batch_size: int, device: torch.device,
     # else: every decoder that holds it is OVERSIZE times too large; one of this size joins them
     if capacity is not None:
         capacity = round_capacity(model, capacity)
-    for old in [k for k in graphs if k[1:4] != key[1:]]:
+    for old in [k for k in graphs if k.weights != weights]:
         del graphs[old]  # weights moved or changed dtype: those graphs read stale addresses
     while len(graphs) >= _MAX_GRAPHS:
         del graphs[next(iter(graphs))]
@@ -311,7 +321,7 @@ def graphed_decoder(model, batch_size: int, device: torch.device,
     except RuntimeError as err:  # a capture error from CUDA: report it, do not fail the generation
         _warn_once(f"mambakit: CUDA graph capture failed ({err}); decoding eagerly")
         decoder = None
-    graphs[key + (None if decoder is None else decoder.capacity,)] = decoder
+    graphs[_Slot(batch_size, weights, None if decoder is None else decoder.capacity)] = decoder
     return decoder
 
 
