@@ -105,7 +105,7 @@ def use_gemv_configs(path: str) -> None:
     with open(path) as f:
         table = {tuple(int(v) for v in key.split(",")): tuple(cfg) for key, cfg in json.load(f).items()}
     default = gemv.default_config
-    gemv.default_config = lambda o, k, m: table.get((o, k)) if m == 1 and (o, k) in table else default(o, k, m)
+    gemv.default_config = lambda o, k: table.get((o, k)) or default(o, k)
     print(f"fused GEMV configs from {path}: {table}")
 
 
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--gemv-configs", default=None, help="JSON {'o,k': [BO, BK, warps]} from gpu_gemv.py "
+    ap.add_argument("--gemv-configs", default=None, help="JSON {'o,k': [BO, BK, warps(, RB)]} from gpu_gemv.py "
                     "--best-out: these shapes' fused GEMVs use these configs instead of the defaults")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     a, rest = ap.parse_known_args(argv)

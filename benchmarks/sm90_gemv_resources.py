@@ -6,7 +6,7 @@ Letters: o output width (not a constexpr: any), k input width.
     python benchmarks/sm90_gemv_resources.py [--out DIR]
 
 For each form a decode step uses (the prologue and epilogue constexprs) and each (BO, BK, warps)
-tile: registers a thread and stack bytes (spills). Pointer arguments and the sizes are compiled as
+tile (and RB, row blocks a program): registers a thread and stack bytes (spills). Pointer arguments and the sizes are compiled as
 multiples of 16, as triton specializes them at a real call (the vectorized loads depend on it).
 These are the compiler's numbers, not timings: they say how many programs fit an SM. Writes
 sm90_gemv_resources-<date>.json.
@@ -25,18 +25,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-FORMS = {  # name: (x dtype, PRO, EPI, ACT) as fused_gemv passes them
-    "in_proj: rms norm, conv (fp32 residual in)": ("fp32", 1, 2, 0),
-    "up: rms norm, gelu (fp32 residual in)": ("fp32", 1, 0, 1),
-    "up: rms norm, swiglu (fp32 residual in)": ("fp32", 1, 0, 3),
-    "q: rms norm (fp32 residual in)": ("fp32", 1, 0, 0),
-    "out_proj: gated norm, residual (bf16 in)": ("bf16", 2, 1, 0),
-    "down: residual (bf16 in)": ("bf16", 0, 1, 0),
+FORMS = {  # name: (x dtype, PRO, EPI, ACT, k) as fused_gemv passes them, k of the 1.3B models
+    "in_proj: rms norm, conv (fp32 residual in)": ("fp32", 1, 2, 0, 2048),
+    "up: rms norm, gelu (fp32 residual in)": ("fp32", 1, 0, 1, 2048),
+    "up: rms norm, swiglu (fp32 residual in)": ("fp32", 1, 0, 3, 2048),
+    "q: rms norm (fp32 residual in)": ("fp32", 1, 0, 0, 2048),
+    "out_proj: gated norm, residual (bf16 in)": ("bf16", 2, 1, 0, 4096),
+    "down: residual (bf16 in)": ("bf16", 0, 1, 0, 8192),
 }
-TILES = [(2, 512, 2), (8, 2048, 8), (2, 2048, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8)]
+# (BO, BK, warps, RB): RB blocks of BO outputs a program
+TILES = [(2, 512, 2, 1), (8, 2048, 8, 1), (2, 2048, 4, 1), (4, 1024, 4, 1), (8, 512, 4, 1), (8, 1024, 8, 1),
+         (8, 2048, 8, 8), (4, 2048, 4, 8), (8, 1024, 8, 4)]
 
 
-def resources(xdt, pro, epi, act, bo, bk, warps, tmp) -> dict:
+def resources(xdt, pro, epi, act, k, bo, bk, warps, rb, tmp) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -45,7 +47,7 @@ def resources(xdt, pro, epi, act, bo, bk, warps, tmp) -> dict:
            "y_ptr": "*bf16", "r_ptr": "*fp32", "cs_ptr": "*bf16", "cw_ptr": "*bf16", "cb_ptr": "*bf16",
            "g_ptr": "*bf16", "O": "i32", "K": "i32", "GS": "i32", "C0": "i32", "NCH": "i32", "CW": "i32",
            "eps": "fp32", "stride_xm": "i32", "stride_zm": "i32"}
-    consts = dict(M=1, MP=1, BO=bo, BK=bk, GP=1, WP=4, PRO=pro, BEFORE_GATE=False, HAS_BIAS=False, EPI=epi,
+    consts = dict(M=1, MP=1, BO=bo, BK=bk, RB=rb, ONE_TILE=k <= bk, GP=1, WP=4, PRO=pro, BEFORE_GATE=False, HAS_BIAS=False, EPI=epi,
                   ACT=act, HAS_CB=True, PDL=True)
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
             for tile in TILES:
                 r = {"form": name, "tile": list(tile), **resources(*form, *tile, tmp)}
                 rows.append(r)
-                print(f"{name:45s} BO {tile[0]:2d} BK {tile[1]:4d} warps {tile[2]}: {r['registers']:3d} registers, "
+                print(f"{name:45s} BO {tile[0]:2d} BK {tile[1]:4d} warps {tile[2]} RB {tile[3]}: {r['registers']:3d} registers, "
                       f"{r['stack_bytes']} stack bytes", flush=True)
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, f"sm90_gemv_resources-{datetime.date.today().isoformat()}.json")

@@ -95,57 +95,82 @@ def _input_chunk(x_ptr, z_ptr, nw_ptr, offs_m, offs_k, kmask, mask, stride_xm, s
 @triton.jit
 def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr, cw_ptr, cb_ptr, g_ptr,
                        O, K, GS, C0, NCH, CW, eps, stride_xm, stride_zm,
-                       M: tl.constexpr, MP: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr,
-                       GP: tl.constexpr, WP: tl.constexpr, PRO: tl.constexpr, BEFORE_GATE: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, EPI: tl.constexpr, ACT: tl.constexpr, HAS_CB: tl.constexpr,
-                       PDL: tl.constexpr):
+                       M: tl.constexpr, MP: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
+                       ONE_TILE: tl.constexpr, GP: tl.constexpr, WP: tl.constexpr, PRO: tl.constexpr,
+                       BEFORE_GATE: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr, ACT: tl.constexpr,
+                       HAS_CB: tl.constexpr, PDL: tl.constexpr):
     WDT = w_ptr.dtype.element_ty
     if PDL:  # let the next kernel start now: it only prefetches its weights until we are done
         gdc_launch_dependents()
-    o0 = tl.program_id(1) * BO
-    offs_o = o0 + tl.arange(0, BO)
-    omask = offs_o < O
+    o_first = tl.program_id(1) * (BO * RB)  # this program's RB blocks of BO outputs, one after another
+    offs_r = tl.arange(0, BO)
     offs_m = tl.program_id(0) + tl.arange(0, MP)  # this program's rows (the launcher's grid: one)
     mmask = offs_m < M
     offs_g = tl.arange(0, GP)
-    w_rows = w_ptr + offs_o.to(tl.int64)[:, None] * K
-    # Weight tiles are loaded one ahead of their use (a hand-made two-stage pipeline); the first
-    # before waiting on the previous kernel, since weights are never written while decoding.
+    # Weight tiles are loaded one ahead of their use (a hand-made two-stage pipeline, which runs on
+    # across the row blocks); the first before waiting on the previous kernel, since weights are
+    # never written while decoding.
     offs_k = tl.arange(0, BK)
-    w_next = tl.load(w_rows + offs_k[None, :], mask=omask[:, None] & (offs_k < K)[None, :], other=0.0)
+    w_next = tl.load(w_ptr + (o_first + offs_r).to(tl.int64)[:, None] * K + offs_k[None, :],
+                     mask=((o_first + offs_r) < O)[:, None] & (offs_k < K)[None, :], other=0.0)
     if PDL:
         gdc_wait()  # the previous kernel's outputs (x, z, the residual, conv states) are ready
+    if ONE_TILE:  # k fits one tile: the input is read and prepared once for all row blocks
+        u1, v1 = _input_chunk(x_ptr, z_ptr, nw_ptr, offs_m, offs_k, offs_k < K, mmask[:, None] & (offs_k < K)[None, :],
+                              stride_xm, stride_zm, PRO, BEFORE_GATE, WDT)
     ss = tl.zeros((MP, GP), dtype=tl.float32)  # the norm's sums of squares, per row and group
-    if MP == 1 and GP == 1:
-        acc2 = tl.zeros((BO, BK), dtype=tl.float32)  # summed over k once, after the loop
-    else:
-        accg = tl.zeros((MP, GP, BO), dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        w = w_next.to(tl.float32)
-        offs_k = k0 + tl.arange(0, BK)
-        kmask = offs_k < K
-        offs_n = offs_k + BK
-        w_next = tl.load(w_rows + offs_n[None, :], mask=omask[:, None] & (offs_n < K)[None, :], other=0.0)
-        u, v = _input_chunk(x_ptr, z_ptr, nw_ptr, offs_m, offs_k, kmask, mmask[:, None] & kmask[None, :],
-                            stride_xm, stride_zm, PRO, BEFORE_GATE, WDT)
-        in_g = offs_g[None, :] == k0 // GS  # (1, GP): this tile's group (GS is a multiple of BK)
-        if PRO != 0:
-            ss += tl.where(in_g, tl.sum(u * u, 1)[:, None], 0.0)
+    rstd = tl.full((MP, GP), 1.0, tl.float32)
+    for rb in tl.static_range(RB):
+        offs_o = o_first + rb * BO + offs_r
+        omask = offs_o < O
+        w_rows = w_ptr + offs_o.to(tl.int64)[:, None] * K
         if MP == 1 and GP == 1:
-            acc2 += w * v
+            acc2 = tl.zeros((BO, BK), dtype=tl.float32)  # summed over k once, after the loop
         else:
-            part = tl.sum(w[None, :, :] * v[:, None, :], 2)  # (MP, BO)
-            accg += tl.where(in_g[:, :, None], part[:, None, :], 0.0)
-    # The norm is a factor per row and group, 1/rms, applied to the sums: the norm's output is
-    # not rounded to W's dtype before the product as the unfused kernels round it (closer to exact)
-    if PRO != 0:
-        rstd = 1.0 / tl.sqrt(ss / GS + eps)  # (MP, GP)
-    else:
-        rstd = tl.full((MP, GP), 1.0, tl.float32)
-    if MP == 1 and GP == 1:
-        acc = tl.sum(acc2, 1)[None, :] * rstd  # (1, BO)
-    else:
-        acc = tl.sum(accg * rstd[:, :, None], 1)  # (MP, BO)
+            accg = tl.zeros((MP, GP, BO), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            w = w_next.to(tl.float32)
+            offs_k = k0 + tl.arange(0, BK)
+            kmask = offs_k < K
+            if rb == RB - 1:
+                offs_n = offs_k + BK
+                w_next = tl.load(w_rows + offs_n[None, :], mask=omask[:, None] & (offs_n < K)[None, :], other=0.0)
+            else:  # after this block's last tile comes the next block's first
+                wrap = k0 + BK >= K
+                rows_n = offs_o + tl.where(wrap, BO, 0)
+                offs_n = tl.where(wrap, 0, k0 + BK) + tl.arange(0, BK)
+                w_next = tl.load(w_ptr + rows_n.to(tl.int64)[:, None] * K + offs_n[None, :],
+                                 mask=(rows_n < O)[:, None] & (offs_n < K)[None, :], other=0.0)
+            if ONE_TILE:
+                u, v = u1, v1
+            else:
+                u, v = _input_chunk(x_ptr, z_ptr, nw_ptr, offs_m, offs_k, kmask, mmask[:, None] & kmask[None, :],
+                                    stride_xm, stride_zm, PRO, BEFORE_GATE, WDT)
+            in_g = offs_g[None, :] == k0 // GS  # (1, GP): this tile's group (GS is a multiple of BK)
+            if PRO != 0 and rb == 0:  # the norm's statistics are the row's: gathered once
+                ss += tl.where(in_g, tl.sum(u * u, 1)[:, None], 0.0)
+            if MP == 1 and GP == 1:
+                acc2 += w * v
+            else:
+                part = tl.sum(w[None, :, :] * v[:, None, :], 2)  # (MP, BO)
+                accg += tl.where(in_g[:, :, None], part[:, None, :], 0.0)
+        # The norm is a factor per row and group, 1/rms, applied to the sums: the norm's output is
+        # not rounded to W's dtype before the product as the unfused kernels round it (closer to exact)
+        if PRO != 0 and rb == 0:
+            rstd = 1.0 / tl.sqrt(ss / GS + eps)  # (MP, GP)
+        if MP == 1 and GP == 1:
+            acc = tl.sum(acc2, 1)[None, :] * rstd  # (1, BO)
+        else:
+            acc = tl.sum(accg * rstd[:, :, None], 1)  # (MP, BO)
+        _epilogue(acc, offs_m, mmask, offs_o, omask, O, b_ptr, y_ptr, r_ptr, cs_ptr, cw_ptr, cb_ptr, g_ptr,
+                  C0, NCH, CW, MP, WP, HAS_BIAS, EPI, ACT, HAS_CB, WDT)
+
+
+@triton.jit
+def _epilogue(acc, offs_m, mmask, offs_o, omask, O, b_ptr, y_ptr, r_ptr, cs_ptr, cw_ptr, cb_ptr, g_ptr,
+              C0, NCH, CW, MP: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
+              ACT: tl.constexpr, HAS_CB: tl.constexpr, WDT: tl.constexpr):
+    """Bias, rounding to W's dtype, then the epilogue op and the store of one block of outputs."""
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_o, mask=omask, other=0.0).to(tl.float32)[None, :]
     out = acc.to(WDT).to(tl.float32)  # (MP, BO): F.linear's output
@@ -218,6 +243,14 @@ def pdl_launch(t: torch.Tensor) -> dict:
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 
+def _full_config(config) -> tuple[int, int, int, int]:
+    """(BO, BK, warps) or (BO, BK, warps, RB) -> (BO, BK, warps, RB); RB 1 if not given."""
+    if len(config) not in (3, 4) or not all(isinstance(v, int) and v >= 1 for v in config):
+        raise ValueError(f"fused_gemv: config must be (BO, BK, warps) or (BO, BK, warps, RB) of positive ints, "
+                         f"got {config!r}")
+    return tuple(config) + (1,) * (4 - len(config))
+
+
 def _bk_for_groups(bk: int, gs: int) -> int:
     while bk > 16 and gs % bk:
         bk //= 2
@@ -232,7 +265,8 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
     residual (m, o), updated in place and returned; conv (c0, conv_state (m, c, w) contiguous,
     conv_weight (c, w), conv_bias (c,) or None); activation None, "gelu", "relu2" or "swiglu" (with
     glu_gate (m, o) contiguous, in weight's dtype).
-    config (BO, BK, warps) overrides default_config (benchmarks sweep it).
+    config (BO, BK, warps) or (BO, BK, warps, RB) overrides default_config (benchmarks sweep it):
+    BO outputs a block, BK inputs a weight tile, RB blocks a program, streamed one after another.
     Returns (m, o) in weight's dtype, or residual.
     """
     m, k = x.shape if x.dim() == 2 else (0, -1)
@@ -255,8 +289,9 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
         raise ValueError(f"fused_gemv: activation 'swiglu' takes glu_gate, a contiguous ({m}, {o}) tensor (the "
                          f"gate projection's output), and nothing else does; got activation {activation!r}, glu_gate "
                          f"{None if glu_gate is None else tuple(glu_gate.shape)}")
-    bo, bk, warps = config or default_config(o, k)
-    bo = max(bo, triton.next_power_of_2(triton.cdiv(o, 65535)))  # the grid's second axis holds 65535 tiles
+    bo, bk, warps, rb = _full_config(config or default_config(o, k))
+    rb = max(1, min(rb, triton.cdiv(o, bo)))
+    bo = max(bo, triton.next_power_of_2(triton.cdiv(o, 65535 * rb)))  # the grid's second axis holds 65535
     pro, gs, gp, z, stride_z, before_gate = 0, k, 1, x, 0, False
     nw, eps = x, 0.0
     if norm is not None:
@@ -293,11 +328,11 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
     # HBM serves it once and L2 the rest. Several rows in one program summed their products across
     # threads at every tile (or held m times the sums): batch 4 took 2-3x batch 1's time (H100,
     # benchmarks/results/gpu_profile_decode-*session10*-b4*)
-    _fused_gemv_kernel[(m, triton.cdiv(o, bo))](
+    _fused_gemv_kernel[(m, triton.cdiv(o, bo * rb))](
         x, z, nw, weight, bias if bias is not None else weight, y, r, cs, cw, cb if cb is not None else cw,
         glu_gate if glu_gate is not None else x,
         o, k, gs, c0, nch, cwid, float(eps), x.stride(0), stride_z,
-        M=m, MP=1, BO=bo, BK=bk, GP=gp, WP=triton.next_power_of_2(cwid), PRO=pro,
+        M=m, MP=1, BO=bo, BK=bk, RB=rb, ONE_TILE=k <= bk, GP=gp, WP=triton.next_power_of_2(cwid), PRO=pro,
         BEFORE_GATE=bool(before_gate), HAS_BIAS=bias is not None, EPI=epi, ACT=_ACTIVATIONS[activation],
         HAS_CB=cb is not None, num_warps=warps, **pdl)
     return y

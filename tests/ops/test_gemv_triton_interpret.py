@@ -71,6 +71,21 @@ for dname, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             wants.append(h)
         record(f"conv_{tag}", torch.stack(ys), torch.stack(wants))
         record(f"conv_state_{tag}", state, ref_state)
+        # RB row blocks a program, the weight stream running on from one block to the next: k in
+        # several tiles or in one (the input prepared once), the last program's blocks past o
+        record(f"rb_plain_{tag}", fused_gemv(x, W, b, config=(8, 32, 4, 3)), lin(x, b))
+        record(f"rb_rms_{tag}", fused_gemv(res, W, None, norm=(nw, 1e-5), config=(4, 128, 4, 4)),
+               lin(rms_norm(res.to(dt), nw, 1e-5)))
+        z = rnd(m, k, dt=dt)
+        record(f"rb_gated_{tag}", fused_gemv(x, W, b, norm=(nw, 1e-5), gate=(z, 48, False), config=(2, 16, 4, 8)),
+               lin(gated_rms_norm(x, z, nw, 1e-5, group_size=48, norm_before_gate=False), b))
+        state2, ref2 = state.clone(), state.clone()
+        xs = rnd(m, k, dt=dt)
+        got = fused_gemv(xs, W, b, conv=(c0, state2, cw, cb), config=(4, 128, 4, 5))
+        h = lin(xs, b)
+        h[:, c0:c0 + c] = causal_conv1d_update(h[:, c0:c0 + c].contiguous(), ref2, cw, cb, "silu")
+        record(f"rb_conv_{tag}", got, h)
+        record(f"rb_conv_state_{tag}", state2, ref2)
 
 errors = {}
 W = torch.randn(8, 32)
@@ -81,7 +96,8 @@ for name, call in [("rows", lambda: fused_gemv(torch.randn(5, 32), W)),
                                                 gate=(torch.randn(1, 32), 24, False))),
                    ("activation", lambda: fused_gemv(torch.randn(1, 32), W, activation="tanh")),
                    ("residual", lambda: fused_gemv(torch.randn(1, 32), W, residual=torch.zeros(1, 9))),
-                   ("swiglu_without_gate", lambda: fused_gemv(torch.randn(1, 32), W, activation="swiglu"))]:
+                   ("swiglu_without_gate", lambda: fused_gemv(torch.randn(1, 32), W, activation="swiglu")),
+                   ("config", lambda: fused_gemv(torch.randn(1, 32), W, config=(8, 32)))]:
     try:
         call()
         errors[name] = None
@@ -99,7 +115,8 @@ def results():
 
 def _cases():
     gated = [f"gated_g{g}_{where}" for g in (1, 2, 3) for where in ("after", "before")]
-    kinds = ["plain", "rms", *gated, "gelu", "relu2", "swiglu", "conv", "conv_state"]
+    kinds = ["plain", "rms", *gated, "gelu", "relu2", "swiglu", "conv", "conv_state",
+             "rb_plain", "rb_rms", "rb_gated", "rb_conv", "rb_conv_state"]
     return [f"{kind}_{dt}_m{m}" for kind in kinds for dt in ("fp32", "bf16") for m in (1, 3)]
 
 
@@ -117,6 +134,6 @@ def test_fused_gemv_matches_torch(results, case):
 @pytest.mark.parametrize("name,words", [("rows", "m <= 4"), ("width", "weight"), ("gate_without_norm", "gate needs norm"),
                                         ("group", "group size (24)"), ("activation", "activation must be"),
                                         ("residual", "residual must be"),
-                                        ("swiglu_without_gate", "takes glu_gate")])
+                                        ("swiglu_without_gate", "takes glu_gate"), ("config", "config must be")])
 def test_fused_gemv_rejects_bad_input(results, name, words):
     assert results["errors"][name] is not None and words in results["errors"][name], results["errors"][name]
