@@ -1,6 +1,7 @@
 """The fused decode GEMV (ops/gemv_triton.py) on CUDA against the unfused ops it replaces, at a
 mid-sized shape with every prologue and epilogue, rows 1 to 4, fp32 and bf16; the default config
-and a few others (the benchmark's sweep must not pick a wrong one).
+and a few others (the benchmark's sweep must not pick a wrong one), some with several blocks of
+outputs a program (RB).
 
 Letters: m rows, k input width, o output width, c conv channels.
 """
@@ -15,13 +16,14 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 DEV = "cuda"
 
 
-@pytest.mark.parametrize("config", [None, (1, 2048, 4), (4, 512, 4), (16, 256, 4), (8, 1024, 8)])
+@pytest.mark.parametrize("config", [None, (1, 2048, 4), (4, 512, 4), (16, 256, 4), (8, 1024, 8),
+                                    (8, 2048, 8, 4), (4, 1024, 4, 3), (2, 2048, 4, 8)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m", [1, 2, 4])
 def test_fused_gemv_forms_match_unfused(m, dtype, config):
     from mambakit.ops.gemv_triton import fused_gemv
     if config is not None and m > 1:
-        config = (config[0], max(16, config[1] // 4), config[2])  # the registers of several rows
+        config = (config[0], max(16, config[1] // 4)) + config[2:]  # smaller tiles: more of them per row
     g = torch.Generator(device=DEV).manual_seed(m)
     rnd = lambda *s, dt=dtype: torch.randn(*s, device=DEV, generator=g).to(dt)
     o, k, c0, c = 1000, 1536, 300, 640
