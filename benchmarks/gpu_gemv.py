@@ -109,6 +109,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="1,4")
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--sweep-rb-only", action="store_true", help="sweep only the configs with RB > 1, and the "
+                    "shape's default beside them")
     ap.add_argument("--forms", default=None, help="only these forms, e.g. in_proj,up (see SHAPES)")
     ap.add_argument("--best-out", default=None, help="with --sweep: write {'o,k': best config} here (JSON), "
                     "for gpu_profile_decode.py --gemv-configs")
@@ -132,7 +134,9 @@ def main(argv=None) -> int:
             os.environ.pop("MAMBAKIT_PDL")
             if a.sweep and m == 1:
                 timed, row["sweep"] = {}, {}
-                for cfg in SWEEP:
+                configs = SWEEP if not a.sweep_rb_only else [tuple(row["default_config"])] + [
+                    c for c in SWEEP if len(c) == 4]
+                for cfg in configs:
                     try:
                         timed[cfg] = row["sweep"][str(cfg)] = graph_ms(lambda i: fused(i, cfg))
                     except Exception as err:  # a config the compiler rejects (registers): recorded

@@ -23,9 +23,9 @@ residual add: benchmarks/results/gpu_profile_decode-*session3*); with these it i
 the norm before and the conv after, the SSM step, out_proj with the gated norm before and the
 residual add after).
 
-How. Each program owns BO outputs of one row and streams their (BO, k) slab of W in (BO, BK)
-tiles, each loaded one tile ahead of its use, summing in fp32. The programs of one slab (one a
-row) sit next to each other on the grid, so HBM serves each weight byte once and L2 the rest.
+How. Each program owns RB blocks of BO outputs, for every row, and streams their (RB BO, k) slab of
+W in (BO, BK) tiles, each loaded one tile ahead of its use (across the blocks too), summing in fp32:
+each weight byte is read once, whatever the number of rows.
 The norm is a factor per row (and group), 1/rms(x), so it is applied to the sums at the end and
 its statistics are gathered in the same loop: no pass over x before the weights start streaming
 (with the tiles loaded one ahead, 0.9-3.7 us less a call than a first pass, without PDL, on an
@@ -102,9 +102,9 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
     WDT = w_ptr.dtype.element_ty
     if PDL:  # let the next kernel start now: it only prefetches its weights until we are done
         gdc_launch_dependents()
-    o_first = tl.program_id(1) * (BO * RB)  # this program's RB blocks of BO outputs, one after another
+    o_first = tl.program_id(0) * (BO * RB)  # this program's RB blocks of BO outputs, one after another
     offs_r = tl.arange(0, BO)
-    offs_m = tl.program_id(0) + tl.arange(0, MP)  # this program's rows (the launcher's grid: one)
+    offs_m = tl.arange(0, MP)  # the rows: all of them, as every row reads the same weights
     mmask = offs_m < M
     offs_g = tl.arange(0, GP)
     # Weight tiles are loaded one ahead of their use (a hand-made two-stage pipeline, which runs on
@@ -128,6 +128,8 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
             acc2 = tl.zeros((BO, BK), dtype=tl.float32)  # summed over k once, after the loop
         else:
             accg = tl.zeros((MP, GP, BO), dtype=tl.float32)
+            if MP > 1:  # several rows: their products too are summed elementwise, reduced once a group
+                acc3 = tl.zeros((MP, BO, BK), dtype=tl.float32)
         for k0 in range(0, K, BK):
             w = w_next.to(tl.float32)
             offs_k = k0 + tl.arange(0, BK)
@@ -151,15 +153,23 @@ def _fused_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, r_ptr, cs_ptr,
                 ss += tl.where(in_g, tl.sum(u * u, 1)[:, None], 0.0)
             if MP == 1 and GP == 1:
                 acc2 += w * v
-            else:
+            elif MP == 1:
                 part = tl.sum(w[None, :, :] * v[:, None, :], 2)  # (MP, BO)
                 accg += tl.where(in_g[:, :, None], part[:, None, :], 0.0)
+            else:
+                acc3 += w[None, :, :] * v[:, None, :]
+                if GP > 1:
+                    if (k0 + BK) % GS == 0:  # the group's last tile: its sums set aside for its own 1/rms
+                        accg += tl.where(in_g[:, :, None], tl.sum(acc3, 2)[:, None, :], 0.0)
+                        acc3 = tl.zeros((MP, BO, BK), dtype=tl.float32)
         # The norm is a factor per row and group, 1/rms, applied to the sums: the norm's output is
         # not rounded to W's dtype before the product as the unfused kernels round it (closer to exact)
         if PRO != 0 and rb == 0:
             rstd = 1.0 / tl.sqrt(ss / GS + eps)  # (MP, GP)
         if MP == 1 and GP == 1:
             acc = tl.sum(acc2, 1)[None, :] * rstd  # (1, BO)
+        elif GP == 1:
+            acc = tl.sum(acc3, 2) * rstd  # (MP, BO)
         else:
             acc = tl.sum(accg * rstd[:, :, None], 1)  # (MP, BO)
         _epilogue(acc, offs_m, mmask, offs_o, omask, O, b_ptr, y_ptr, r_ptr, cs_ptr, cw_ptr, cb_ptr, g_ptr,
@@ -216,7 +226,7 @@ def default_config(o: int, k: int) -> tuple[int, int, int]:
     at session 8's (4, 1024, 4)), tiles of 16K weights on 8 warps for 2048 outputs (out_proj, the MLP's
     down, attention's o: 9.43, 12.73 and 4.41 us against 10.06, 13.25 and 4.88); not swept below 2048
     outputs: (2, 2048, 4), which spreads attention's k and v (512 outputs) over 256 programs.
-    The same for any number of rows: each program takes one."""
+    With several rows the launcher shrinks BK to keep their sums in registers."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         bo, bk, warps = 32, 128, 4  # the interpreter runs programs one after another: few and large
     elif o >= 4096:
@@ -249,6 +259,20 @@ def _full_config(config) -> tuple[int, int, int, int]:
         raise ValueError(f"fused_gemv: config must be (BO, BK, warps) or (BO, BK, warps, RB) of positive ints, "
                          f"got {config!r}")
     return tuple(config) + (1,) * (4 - len(config))
+
+
+def launch_config(o: int, k: int, m: int, config=None, group_size: int | None = None) -> tuple[int, int, int, int]:
+    """(BO, BK, warps, RB) of a call with m rows: `config` or default_config's, RB at most the blocks
+    there are, and BK shrunk to keep m rows' products (summed elementwise, m x BO x BK) within 64 fp32
+    a thread, then to divide the norm's group size (group_size: k for a plain norm; None: no norm)."""
+    bo, bk, warps, rb = _full_config(config or default_config(o, k))
+    rb = max(1, min(rb, triton.cdiv(o, bo)))
+    mp = triton.next_power_of_2(m)
+    if mp > 1:
+        bk = max(16, min(bk, 64 * 32 * warps // (mp * bo)))
+    if group_size is not None:
+        bk = _bk_for_groups(bk, group_size)
+    return bo, bk, warps, rb
 
 
 def _bk_for_groups(bk: int, gs: int) -> int:
@@ -289,9 +313,6 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
         raise ValueError(f"fused_gemv: activation 'swiglu' takes glu_gate, a contiguous ({m}, {o}) tensor (the "
                          f"gate projection's output), and nothing else does; got activation {activation!r}, glu_gate "
                          f"{None if glu_gate is None else tuple(glu_gate.shape)}")
-    bo, bk, warps, rb = _full_config(config or default_config(o, k))
-    rb = max(1, min(rb, triton.cdiv(o, bo)))
-    bo = max(bo, triton.next_power_of_2(triton.cdiv(o, 65535 * rb)))  # the grid's second axis holds 65535
     pro, gs, gp, z, stride_z, before_gate = 0, k, 1, x, 0, False
     nw, eps = x, 0.0
     if norm is not None:
@@ -306,7 +327,7 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
                                  f"group size ({gs}) divide {k} and be a multiple of 16")
             pro, stride_z = 2, z.stride(0)
             gp = triton.next_power_of_2(k // gs)
-        bk = _bk_for_groups(bk, gs)
+    bo, bk, warps, rb = launch_config(o, k, m, config, gs if norm is not None else None)
     epi, r, cs, cw, cb, c0, nch, cwid = _EPI_STORE, x, x, x, None, 0, 0, 1
     if residual is not None:
         if tuple(residual.shape) != (m, o) or not residual.is_contiguous():
@@ -324,18 +345,18 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
         epi = _EPI_CONV
     y = residual if residual is not None else torch.empty(m, o, device=x.device, dtype=weight.dtype)
     pdl = pdl_launch(x)
-    # One row a program, rows adjacent on the grid: the m programs of a weight tile run together, so
-    # HBM serves it once and L2 the rest. Several rows in one program summed their products across
-    # threads at every tile (or held m times the sums): batch 4 took 2-3x batch 1's time (H100,
-    # benchmarks/results/gpu_profile_decode-*session10*-b4*)
-    _fused_gemv_kernel[(m, triton.cdiv(o, bo * rb))](
+    # Every row in each program, so each weight tile is loaded once and used m times. One program a
+    # row, the programs of a tile adjacent on the grid so that L2 would serve the repeats, took 3x batch
+    # 1's time at batch 4 (H100: benchmarks/results/gpu_gemv-*session11*); summed across threads at
+    # each tile, 2-3x (*session10-1*).
+    _fused_gemv_kernel[(triton.cdiv(o, bo * rb),)](
         x, z, nw, weight, bias if bias is not None else weight, y, r, cs, cw, cb if cb is not None else cw,
         glu_gate if glu_gate is not None else x,
         o, k, gs, c0, nch, cwid, float(eps), x.stride(0), stride_z,
-        M=m, MP=1, BO=bo, BK=bk, RB=rb, ONE_TILE=k <= bk, GP=gp, WP=triton.next_power_of_2(cwid), PRO=pro,
+        M=m, MP=triton.next_power_of_2(m), BO=bo, BK=bk, RB=rb, ONE_TILE=k <= bk, GP=gp, WP=triton.next_power_of_2(cwid), PRO=pro,
         BEFORE_GATE=bool(before_gate), HAS_BIAS=bias is not None, EPI=epi, ACT=_ACTIVATIONS[activation],
         HAS_CB=cb is not None, num_warps=warps, **pdl)
     return y
 
 
-__all__ = ["fused_gemv", "default_config", "pdl_launch", "gdc_wait", "gdc_launch_dependents", "MAX_ROWS"]
+__all__ = ["fused_gemv", "default_config", "launch_config", "pdl_launch", "gdc_wait", "gdc_launch_dependents", "MAX_ROWS"]
