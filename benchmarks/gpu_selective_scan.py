@@ -49,10 +49,11 @@ def cfg(bt, be, bn, vec, warps, atomic=None, maxnreg=None):
 # (session 7) the default tiles under a register cap: ptxas (triton 3.9, sm_90a) gives the
 # n 16 backward 219 registers, 2 programs of 4 warps an SM (264 of the 384 programs at b 4,
 # e 1536 on an H100 at once); 168: 3 an SM (all 384), 64 bytes of stack; 128: 4, 224 bytes.
-# --quick keeps those three. Then the old atomic dB/dC path and other tiles.
+# --quick keeps those three (the capped 168 first: the default since session 8). Then the old
+# atomic dB/dC path and other tiles.
 SWEEP = {
     16: ([cfg(16, 16, 16, 2, 4), cfg(32, 16, 16, 2, 4), cfg(16, 32, 16, 4, 4), cfg(8, 16, 16, 2, 4)],
-         [cfg(8, 16, 16, 2, 4, False), cfg(8, 16, 16, 2, 4, False, maxnreg=168),
+         [cfg(8, 16, 16, 2, 4, False, maxnreg=168), cfg(8, 16, 16, 2, 4, False),
           cfg(8, 16, 16, 2, 4, False, maxnreg=128), cfg(8, 16, 16, 2, 4, True),
           cfg(8, 32, 16, 4, 4, False), cfg(4, 32, 16, 4, 4, False), cfg(16, 16, 16, 2, 4, False)]),
     64: ([cfg(16, 8, 64, 4, 4), cfg(16, 16, 64, 4, 8), cfg(8, 8, 64, 4, 4)],
@@ -61,6 +62,19 @@ SWEEP = {
           cfg(8, 8, 64, 4, 4, False)]),
 }
 QUICK_BWD = 3  # how many of each backward list --quick times (see SWEEP)
+
+
+def check_defaults() -> None:
+    """The first config of each list must be the library's default: the tables mark it so, and bf16
+    runs only it (session 8 capped the n 16 backward's registers and the list kept the uncapped
+    tiles first, so session 11's run labelled those the default)."""
+    from mambakit.ops.selective_scan.triton import default_config
+    for name, (_, _, e, n) in SHAPES.items():
+        for backward, first in ((False, SWEEP[n][0][0]), (True, SWEEP[n][1][0])):
+            lib = default_config(n, e, backward, variant="chunk" if backward else None)
+            if lib != first:
+                raise SystemExit(f"gpu_selective_scan: {name} {'backward' if backward else 'forward'}: the sweep's "
+                                 f"first config {first} is not the library default {lib}")
 
 
 def seg(bt, be, sc, maxnreg=None, warps=1):
@@ -270,6 +284,7 @@ def main():
         have_mambapy = True
     except ImportError:
         have_mambapy = False
+    check_defaults()
     sweep = {n: ([c[0][0]], c[1][:QUICK_BWD + 1]) if args.quick else c for n, c in SWEEP.items()}  # + the seg default
     jobs = []
     for n, (fwd_cfgs, bwd_cfgs) in sweep.items():
