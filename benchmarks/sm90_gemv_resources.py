@@ -6,8 +6,8 @@ Letters: o output width (not a constexpr: any), k input width.
     python benchmarks/sm90_gemv_resources.py [--out DIR]
 
 For each form a decode step uses (the prologue and epilogue constexprs), each (BO, BK, warps, RB)
-tile and each number of rows (BK as the launcher shrinks it for them): registers a thread and stack bytes (spills). Pointer arguments and the sizes are compiled as
-multiples of 16, as triton specializes them at a real call (the vectorized loads depend on it).
+tile and each number of rows (BK as the launcher shrinks it for them): registers a thread and
+stack bytes (spills). Pointer arguments and the sizes are compiled as multiples of 16, as triton specializes them at a real call (the vectorized loads depend on it).
 These are the compiler's numbers, not timings: they say how many programs fit an SM. Writes
 sm90_gemv_resources-<date>.json.
 """
@@ -61,7 +61,8 @@ def resources(xdt, pro, epi, act, k, tile, rows, tmp) -> dict:
         f.write(kernel.asm["cubin"])
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     usage = subprocess.run([str(tool), "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
-    return {"rows": rows, "launched_tile": [bo, bk, warps, rb], "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
+    return {"rows": rows, "launched_tile": [bo, bk, warps, rb],
+            "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
             "stack_bytes": int(re.search(r"STACK:(\d+)", usage).group(1))}
 
 

@@ -353,10 +353,12 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
         x, z, nw, weight, bias if bias is not None else weight, y, r, cs, cw, cb if cb is not None else cw,
         glu_gate if glu_gate is not None else x,
         o, k, gs, c0, nch, cwid, float(eps), x.stride(0), stride_z,
-        M=m, MP=triton.next_power_of_2(m), BO=bo, BK=bk, RB=rb, ONE_TILE=k <= bk, GP=gp, WP=triton.next_power_of_2(cwid), PRO=pro,
+        M=m, MP=triton.next_power_of_2(m), BO=bo, BK=bk, RB=rb, ONE_TILE=k <= bk, GP=gp,
+        WP=triton.next_power_of_2(cwid), PRO=pro,
         BEFORE_GATE=bool(before_gate), HAS_BIAS=bias is not None, EPI=epi, ACT=_ACTIVATIONS[activation],
         HAS_CB=cb is not None, num_warps=warps, **pdl)
     return y
 
 
-__all__ = ["fused_gemv", "default_config", "launch_config", "pdl_launch", "gdc_wait", "gdc_launch_dependents", "MAX_ROWS"]
+__all__ = ["fused_gemv", "default_config", "launch_config", "pdl_launch", "gdc_wait", "gdc_launch_dependents",
+           "MAX_ROWS"]
