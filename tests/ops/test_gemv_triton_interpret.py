@@ -77,8 +77,10 @@ for dname, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         record(f"rb_rms_{tag}", fused_gemv(res, W, None, norm=(nw, 1e-5), config=(4, 128, 4, 4)),
                lin(rms_norm(res.to(dt), nw, 1e-5)))
         z = rnd(m, k, dt=dt)
-        record(f"rb_gated_{tag}", fused_gemv(x, W, b, norm=(nw, 1e-5), gate=(z, 48, False), config=(2, 16, 4, 8)),
-               lin(gated_rms_norm(x, z, nw, 1e-5, group_size=48, norm_before_gate=False), b))
+        r0 = rnd(m, o)
+        record(f"rb_gated_{tag}", fused_gemv(x, W, b, norm=(nw, 1e-5), gate=(z, 48, False), residual=r0.clone(),
+                                             config=(2, 16, 4, 8)),
+               r0 + lin(gated_rms_norm(x, z, nw, 1e-5, group_size=48, norm_before_gate=False), b))
         state2, ref2 = state.clone(), state.clone()
         xs = rnd(m, k, dt=dt)
         got = fused_gemv(xs, W, b, conv=(c0, state2, cw, cb), config=(4, 128, 4, 5))
