@@ -49,12 +49,35 @@ def load(path, dtype=None, device=None):
                               f"mambakit.LM(mambakit.ModelConfig.from_preset({str(path)!r}))")
     raw = read_config(p)
     fmt = detect_format(raw, p)
+    state, sources = read_weights(p)
     try:
-        config, state = fmt.to_mambakit(raw, read_weights(p))
-    except (KeyError, TypeError) as err:
-        raise CheckpointError(f"{p}/config.json: cannot convert this {fmt.NAME} checkpoint: {err}") from err
+        config, converted = fmt.to_mambakit(raw, dict(state))
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError) as err:
+        what = f"missing field {err}" if isinstance(err, KeyError) else str(err)
+        raise CheckpointError(f"{p}/config.json: cannot read this {fmt.NAME} checkpoint: {what}") from err
     assert isinstance(config, ModelConfig)
-    return load_checked(config, state, p, dtype=dtype, device=device)
+    return load_checked(config, converted, p, dtype=dtype, device=device,
+                        where=_tensor_namer(fmt, state, sources, converted))
+
+
+def _tensor_namer(fmt, state: dict, sources: dict, converted: dict):
+    """where(key) for load_checked's messages: a mambakit key as the file stores it, with the file's
+    name. Renaming keeps the tensor objects, so a converted tensor is traced back by identity; a key
+    the file lacks is spelled by the format's file_key (when it has one)."""
+    origin = {id(t): k for k, t in state.items()}  # `state` holds every original: ids stay unique
+    weight_files = sorted(set(sources.values()))
+    file_key = getattr(fmt, "file_key", lambda key: key)
+
+    def where(key: str) -> str:
+        src = origin.get(id(converted[key])) if key in converted else None
+        if src is None:
+            src, files = file_key(key), " or ".join(weight_files)
+        else:
+            files = sources[src]
+        return f"{src!r} ({files}" + (f"; mambakit's {key!r})" if src != key else ")")
+    return where
 
 
 def save(model, path, format: str = "native") -> None:

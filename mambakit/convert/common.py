@@ -35,10 +35,18 @@ def add_backbone(state: dict, embedding_key: str = "embeddings") -> dict:
     return out
 
 
-def pad_vocab(state: dict, padded: int) -> dict:
-    """Zero rows up to the padded vocabulary for the embedding and the head."""
+def backbone_key(key: str, embedding_key: str = "embeddings") -> str:
+    """The name add_backbone gives one mambakit key (a format's file_key, for error messages)."""
+    return next(iter(add_backbone({key: None}, embedding_key)))
+
+
+def pad_vocab(state: dict, config) -> dict:
+    """Zero rows up to the padded vocabulary for the embedding and the head, when a file holds
+    exactly config.vocab_size rows (transformers' layout). Any other row count is left as it is,
+    so the shape check names the tensor instead of padding a short one silently."""
+    padded = config.padded_vocab_size
     for key in ("embedding.weight", "lm_head.weight"):
-        if key in state and state[key].shape[0] < padded:
+        if key in state and state[key].shape[0] == config.vocab_size < padded:
             state[key] = F.pad(state[key], (0, 0, 0, padded - state[key].shape[0]))
     return state
 
@@ -63,6 +71,12 @@ def json_float(v) -> float:
     if isinstance(v, dict) and "__float__" in v:
         v = v["__float__"]
     return float(v)
+
+
+def check_silu(raw: dict) -> None:
+    """transformers' Mamba and Mamba2 mixers apply config.hidden_act; mambakit's apply SiLU."""
+    if raw.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act {raw['hidden_act']!r} is not supported (mambakit's mixers use 'silu')")
 
 
 def has_arch(raw: dict, names: tuple, model_types: tuple) -> bool:

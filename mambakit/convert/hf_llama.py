@@ -77,7 +77,7 @@ def to_mambakit(raw: dict, state: dict):
         new = _rename_in(key)
         if new is not None:
             out[new] = value
-    return config, pad_vocab(out, config.padded_vocab_size)
+    return config, pad_vocab(out, config)
 
 
 def _check_writable(c: ModelConfig) -> int:
@@ -108,6 +108,9 @@ def _rename_out(key: str) -> str:
     if kind == "norm":
         return f"model.layers.{i}.{'post_attention_layernorm' if second else 'input_layernorm'}.{rest}"
     return f"model.layers.{i}.{'mlp' if second else 'self_attn'}.{rest}"
+
+
+file_key = _rename_out  # how this format names a mambakit key (for error messages)
 
 
 def from_mambakit(model):

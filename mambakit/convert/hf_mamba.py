@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from ..config import Mamba1Config, ModelConfig
-from .common import add_backbone, export_state, has_arch, pad_vocab, strip_backbone
+from .common import add_backbone, backbone_key, check_silu, export_state, has_arch, pad_vocab, strip_backbone
 
 NAME = "transformers MambaForCausalLM"
+
+file_key = backbone_key  # how this format names a mambakit key (for error messages)
 
 
 def detect(raw: dict) -> bool:
@@ -12,6 +14,7 @@ def detect(raw: dict) -> bool:
 
 
 def to_mambakit(raw: dict, state: dict):
+    check_silu(raw)
     d = raw["hidden_size"]
     expand = raw.get("expand", 2)
     if raw.get("intermediate_size", expand * d) != expand * d:
@@ -23,7 +26,7 @@ def to_mambakit(raw: dict, state: dict):
         mamba1=Mamba1Config(d_state=raw.get("state_size", 16), d_conv=raw.get("conv_kernel", 4), expand=expand,
                             dt_rank=raw.get("time_step_rank", "auto"), conv_bias=raw.get("use_conv_bias", True),
                             bias=raw.get("use_bias", False)))
-    return config, pad_vocab(strip_backbone(state), config.padded_vocab_size)
+    return config, pad_vocab(strip_backbone(state), config)
 
 
 def from_mambakit(model):

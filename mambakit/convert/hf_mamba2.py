@@ -4,9 +4,11 @@ from __future__ import annotations
 import math
 
 from ..config import Mamba2Config, ModelConfig
-from .common import add_backbone, json_float, export_state, has_arch, pad_vocab, strip_backbone
+from .common import add_backbone, backbone_key, check_silu, export_state, has_arch, json_float, pad_vocab, strip_backbone
 
 NAME = "transformers Mamba2ForCausalLM"
+
+file_key = backbone_key  # how this format names a mambakit key (for error messages)
 
 
 def detect(raw: dict) -> bool:
@@ -14,6 +16,7 @@ def detect(raw: dict) -> bool:
 
 
 def to_mambakit(raw: dict, state: dict):
+    check_silu(raw)
     d = raw["hidden_size"]
     expand = raw.get("expand", 2)
     headdim = raw.get("head_dim", 64)
@@ -26,11 +29,11 @@ def to_mambakit(raw: dict, state: dict):
         tie_embeddings=raw.get("tie_word_embeddings", False), norm_eps=raw.get("layer_norm_epsilon", 1e-5),
         residual_in_fp32=raw.get("residual_in_fp32", True),
         mamba2=Mamba2Config(d_state=raw.get("state_size", 128), d_conv=raw.get("conv_kernel", 4), expand=expand,
-                            headdim=headdim, ngroups=raw.get("n_groups", 1), chunk_size=raw.get("chunk_size", 256),
+                            headdim=headdim, ngroups=raw.get("n_groups", 8), chunk_size=raw.get("chunk_size", 256),
                             dt_limit=limit, conv_bias=raw.get("use_conv_bias", True), bias=raw.get("use_bias", False),
                             dt_min=raw.get("time_step_min", 0.001), dt_max=raw.get("time_step_max", 0.1),
                             dt_init_floor=raw.get("time_step_floor", 1e-4)))
-    return config, pad_vocab(strip_backbone(state), config.padded_vocab_size)
+    return config, pad_vocab(strip_backbone(state), config)
 
 
 def from_mambakit(model):

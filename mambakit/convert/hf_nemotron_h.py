@@ -27,7 +27,7 @@ import math
 import torch
 
 from ..config import AttentionConfig, Mamba2Config, MLPConfig, ModelConfig
-from .common import export_state, has_arch, json_float, pad_vocab
+from .common import backbone_key, export_state, has_arch, json_float, pad_vocab
 
 NAME = "transformers NemotronHForCausalLM"
 
@@ -35,6 +35,8 @@ _BLOCK_TYPES = {"mamba": "M", "linear_attention": "M", "M": "M", "attention": "*
                 "*": "*", "mlp": "-", "-": "-"}
 _WRITE_TYPES = {"M": "mamba", "*": "attention", "-": "mlp"}
 _ACTIVATIONS = {"relu2": "relu2", "gelu": "gelu"}
+
+file_key = backbone_key  # how this format names a mambakit key (for error messages)
 
 
 def detect(raw: dict) -> bool:
@@ -110,7 +112,7 @@ def to_mambakit(raw: dict, state: dict):
                                   head_dim=raw.get("head_dim") or d // n_heads, rotary_fraction=0.0, bias=False),
         mlp=MLPConfig(hidden_size=raw.get("intermediate_size", 21504), activation=_ACTIVATIONS.get(act, "relu2"),
                       bias=raw.get("mlp_bias", False)))
-    return config, pad_vocab(out, config.padded_vocab_size)
+    return config, pad_vocab(out, config)
 
 
 def _check_writable(c: ModelConfig) -> None:

@@ -39,30 +39,55 @@ def _read_safetensors(f: Path) -> dict:
         raise CheckpointError(f"{f}: cannot read safetensors file (truncated or corrupt?): {err}") from err
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of a checkpoint folder and, for each key, the name of the file that holds it."""
     index = path / "model.safetensors.index.json"
     if (path / "model.safetensors").exists():
-        return _read_safetensors(path / "model.safetensors")
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state = {}
+        files = ["model.safetensors"]
+    elif index.exists():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as err:
+            raise CheckpointError(f"{index}: not a shard index (expected JSON with a weight_map): {err}") from err
         for name in files:
-            state.update(_read_safetensors(path / name))
-        return state
-    for name in ("pytorch_model.bin", "model.pt"):
-        f = path / name
-        if f.exists():
-            try:
-                return torch.load(f, map_location="cpu", weights_only=True)
-            except Exception as err:
-                raise CheckpointError(f"{f}: cannot read weights (truncated or corrupt?): {err}") from err
-    raise CheckpointError(f"{path}: no weights found (expected model.safetensors, an index of shards, "
-                          "or pytorch_model.bin)")
+            if not (path / name).exists():
+                raise CheckpointError(f"{path / name}: missing; {index.name} lists it as a shard")
+    else:
+        files = [name for name in ("pytorch_model.bin", "model.pt") if (path / name).exists()][:1]
+        if not files:
+            raise CheckpointError(f"{path}: no weights found (expected model.safetensors, an index of shards, "
+                                  "or pytorch_model.bin)")
+    state, sources = {}, {}
+    for name in files:
+        part = _read_safetensors(path / name) if name.endswith(".safetensors") else _read_torch(path / name)
+        state.update(part)
+        sources.update(dict.fromkeys(part, name))
+    return state, sources
 
 
-def load_checked(config, state: dict, path: Path, dtype=None, device=None):
-    """Build LM(config) and fill it from `state`; any missing, unexpected or misshapen key is an error."""
+def _read_torch(f: Path) -> dict:
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{f}: cannot read weights (truncated or corrupt?): {err}") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{f}: expected a dict of tensors (a state_dict), got {type(state).__name__}")
+    return state
+
+
+def _quoted(keys: list[str], where) -> str:
+    shown = ", ".join(where(k) for k in keys[:5])
+    return shown + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def load_checked(config, state: dict, path: Path, dtype=None, device=None, where=None):
+    """Build LM(config) and fill it from `state`; any missing, unexpected or misshapen key is an error.
+
+    where(key) names a tensor for messages: the file that holds it and its key there (default:
+    the key alone). With `dtype`, every tensor but A_log and D is cast to it: those stay in fp32,
+    as mamba_ssm keeps them, because the decays exp(dt A) are sensitive to A's rounding."""
     from ..model import LM
+    where = where or repr
     with torch.device("meta"):
         model = LM(config)
     expected = {k: v for k, v in model.state_dict().items()}
@@ -74,13 +99,13 @@ def load_checked(config, state: dict, path: Path, dtype=None, device=None):
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+            parts.append(f"missing tensors {_quoted(missing, where)}")
         if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+            parts.append(f"unexpected tensors {_quoted(unexpected, where)}")
         raise CheckpointError(f"{path}: weights do not match config.json: " + "; ".join(parts))
     for key, ref in expected.items():
         if tuple(state[key].shape) != tuple(ref.shape):
-            raise CheckpointError(f"{path}: tensor {key!r} has shape {tuple(state[key].shape)}, "
+            raise CheckpointError(f"{path}: tensor {where(key)} has shape {tuple(state[key].shape)}, "
                                   f"config.json implies {tuple(ref.shape)}")
     model = model.to_empty(device=device or "cpu")
     if config.tie_embeddings:
@@ -90,14 +115,50 @@ def load_checked(config, state: dict, path: Path, dtype=None, device=None):
             if key in state:  # the tied head is filled through the embedding
                 tensor.copy_(state[key].to(tensor.dtype))
     if dtype is not None:
-        model = model.to(dtype)
+        cast_keeping_fp32(model, dtype)
     return model.eval()
 
 
+KEPT_FP32 = ("A_log", "D")  # parameter names that a dtype cast leaves in fp32
+
+
+def cast_keeping_fp32(model, dtype: torch.dtype):
+    """model.to(dtype), except parameters named in KEPT_FP32, which stay fp32 (mamba_ssm's rule)."""
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if param.is_floating_point():
+                param.data = param.data.to(torch.float32 if name in KEPT_FP32 else dtype)
+        for name, buf in module.named_buffers(recurse=False):
+            if buf.is_floating_point():
+                module._buffers[name] = buf.to(dtype)
+    return model
+
+
+# Files that hold a checkpoint's config or weights: a save replaces all of them. Anything else in
+# the folder (a tokenizer, a README, generation settings) is carried into the new folder.
+_CHECKPOINT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                     "model.pt")
+
+
+def _checkpoint_files(path: Path) -> set[str]:
+    names = {n for n in _CHECKPOINT_FILES if (path / n).exists()}
+    index = path / "model.safetensors.index.json"
+    try:
+        names |= set(json.loads(index.read_text())["weight_map"].values()) if index.exists() else set()
+    except (json.JSONDecodeError, KeyError, AttributeError):
+        pass  # a broken index is replaced; its shards, unknown, stay as other files
+    return names
+
+
 def write_folder(path: Path, raw_config: dict, state: dict[str, torch.Tensor]) -> None:
-    """Write config.json + model.safetensors into `path` atomically (temp folder, then rename)."""
+    """Write config.json + model.safetensors into `path` atomically: a temporary folder beside it,
+    then renamed. Over an existing checkpoint folder, its other files (tokenizer, README, ...) are
+    carried over and its old weight files dropped; a crash between the two renames leaves the old
+    folder whole under .NAME.old-PID."""
     from safetensors.torch import save_file
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file; a checkpoint is a folder (pass a new or existing folder path)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -105,6 +166,12 @@ def write_folder(path: Path, raw_config: dict, state: dict[str, torch.Tensor]) -
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
         if path.exists():
+            replaced = _checkpoint_files(path)
+            for item in path.iterdir():
+                if item.name not in replaced:
+                    copy = shutil.copytree if item.is_dir() and not item.is_symlink() else shutil.copy2
+                    copy(item, tmp / item.name, **({"symlinks": True} if copy is shutil.copytree else
+                                                   {"follow_symlinks": False}))
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
             os.replace(tmp, path)

@@ -8,7 +8,7 @@ this reader does not take yet: it says so instead of loading something else.
 from __future__ import annotations
 
 from ..config import Mamba1Config, Mamba2Config, ModelConfig
-from .common import json_float, pad_vocab, strip_backbone
+from .common import backbone_key, json_float, pad_vocab, strip_backbone
 
 NAME = "mamba_ssm"
 
@@ -18,6 +18,15 @@ _M2_KEYS = {"d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size", "
 # Options of mamba_ssm's mixers that do not change the weights or the math.
 _IGNORED = {"layer", "use_fast_path", "dt_scale", "dt_init", "rmsnorm", "d_ssm", "D_has_hdim", "activation",
             "sequence_parallel", "process_group", "use_mem_eff_path", "learnable_init_states"}
+# mamba_ssm's MambaConfig fields (and the model's norm_epsilon), plus metadata other tools add.
+_TOP_KEYS = {"d_model", "d_intermediate", "n_layer", "vocab_size", "ssm_cfg", "attn_layer_idx", "attn_cfg",
+             "rms_norm", "residual_in_fp32", "fused_add_norm", "pad_vocab_size_multiple", "tie_embeddings",
+             "norm_epsilon", "architectures", "model_type", "torch_dtype", "transformers_version"}
+
+
+def file_key(key: str) -> str:
+    """How this format names a mambakit key (for error messages)."""
+    return backbone_key(key, embedding_key="embedding")
 
 
 def detect(raw: dict) -> bool:
@@ -25,6 +34,9 @@ def detect(raw: dict) -> bool:
 
 
 def to_mambakit(raw: dict, state: dict):
+    unknown = sorted(k for k in set(raw) - _TOP_KEYS if not k.startswith("_"))
+    if unknown:
+        raise ValueError(f"fields mambakit does not know: {unknown} (a mamba_ssm config holds {sorted(_TOP_KEYS)})")
     if raw.get("d_intermediate", 0) or raw.get("attn_layer_idx"):
         raise ValueError("mamba_ssm hybrid layouts (d_intermediate > 0 or attn_layer_idx) are not supported yet")
     if not raw.get("rms_norm", True):
@@ -50,5 +62,5 @@ def to_mambakit(raw: dict, state: dict):
         config = ModelConfig(ssm_layer="mamba1", mamba1=Mamba1Config(**sub), **common)
     else:
         config = ModelConfig(ssm_layer="mamba2", mamba2=Mamba2Config(**sub), **common)
-    return config, pad_vocab(strip_backbone(state, embedding_key="embedding"), config.padded_vocab_size)
+    return config, pad_vocab(strip_backbone(state, embedding_key="embedding"), config)
 

@@ -22,16 +22,58 @@ def test_native_round_trip(kind, tmp_path):
         torch.testing.assert_close(back(ids), model(ids), rtol=0, atol=0)
 
 
-def test_save_overwrites_atomically(tmp_path):
+def test_save_overwrites_atomically(tmp_path, monkeypatch):
     model = tiny_model("mamba2")
     model.save(tmp_path / "ckpt")
-    model.save(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "tokenizer.json").write_text("{}")  # not the checkpoint's: kept by a save
+    (tmp_path / "ckpt" / "pytorch_model.bin").write_bytes(b"stale")  # old weights: dropped by a save
+    other = tiny_model("mamba2")
+    other.save(tmp_path / "ckpt")
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["config.json", "model.safetensors", "tokenizer.json"]
+    ids = torch.randint(0, 256, (1, 5))
+    with torch.no_grad():
+        assert torch.equal(mambakit.load(tmp_path / "ckpt")(ids), other(ids))
+
+    # A save that fails half-way leaves the previous checkpoint as it was, and no temporary.
+    import safetensors.torch
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(tmp_path / "ckpt")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    with torch.no_grad():
+        assert torch.equal(mambakit.load(tmp_path / "ckpt")(ids), other(ids))
 
 
-def test_load_dtype(tmp_path):
-    tiny_model("mamba2").save(tmp_path / "c")
-    assert mambakit.load(tmp_path / "c", dtype=torch.bfloat16).embedding.weight.dtype == torch.bfloat16
+def test_save_refuses_a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt is a file; a checkpoint is a folder"):
+        tiny_model("mamba").save(tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+def test_load_dtype_keeps_A_log_and_D_in_fp32(kind, tmp_path):
+    model = tiny_model(kind)
+    model.save(tmp_path / "c")
+    low = mambakit.load(tmp_path / "c", dtype=torch.bfloat16)
+    mixer = low.layers[0].mixer
+    assert low.embedding.weight.dtype == mixer.in_proj.weight.dtype == torch.bfloat16
+    assert mixer.A_log.dtype == mixer.D.dtype == torch.float32
+    assert torch.equal(mixer.A_log, model.layers[0].mixer.A_log)  # not rounded through bf16
+    assert low.lm_head.weight is low.embedding.weight  # still tied
+    ids = torch.randint(0, 256, (1, 9))
+    with torch.no_grad():
+        full = low(ids)
+        cache = low.allocate_cache(1)
+        low(ids[:, :8], cache=cache)
+        step = low(ids[:, 8:], cache=cache)  # the one-token step with fp32 A_log and D beside bf16 weights
+    assert full.dtype == torch.bfloat16 and torch.isfinite(full).all()
+    torch.testing.assert_close(step[:, -1].float(), full[:, -1].float(), rtol=0.05, atol=0.05)
 
 
 def _mamba_ssm_folder(path, model, layer):
@@ -78,25 +120,80 @@ def _corrupt(tmp_path, edit_state=None, edit_config=None):
 
 def test_missing_key(tmp_path):
     path = _corrupt(tmp_path, edit_state=lambda s: s.pop("layers.1.mixer.A_log"))
-    with pytest.raises(CheckpointError, match=r"missing keys \['layers.1.mixer.A_log'\]"):
+    with pytest.raises(CheckpointError, match=r"missing tensors 'layers.1.mixer.A_log' \(model.safetensors\)"):
         mambakit.load(path)
 
 
 def test_unexpected_key(tmp_path):
     path = _corrupt(tmp_path, edit_state=lambda s: s.update(extra=torch.zeros(1)))
-    with pytest.raises(CheckpointError, match="unexpected keys.*extra"):
+    with pytest.raises(CheckpointError, match=r"unexpected tensors 'extra' \(model.safetensors\)"):
         mambakit.load(path)
 
 
 def test_misshapen_tensor(tmp_path):
     path = _corrupt(tmp_path, edit_state=lambda s: s.update({"layers.0.mixer.D": torch.ones(3)}))
-    with pytest.raises(CheckpointError, match=r"layers.0.mixer.D.*shape \(3,\)"):
+    with pytest.raises(CheckpointError, match=r"'layers.0.mixer.D' \(model.safetensors\) has shape \(3,\)"):
+        mambakit.load(path)
+
+
+@pytest.mark.parametrize("kind,layer", [("mamba", "Mamba1"), ("mamba2", "Mamba2")])
+def test_mamba_ssm_errors_name_the_file_and_its_keys(kind, layer, tmp_path):
+    """Errors in a renamed format name the key as the file spells it, and the file."""
+    model = tiny_model(kind)
+    _mamba_ssm_folder(tmp_path / "m", model, layer)
+    f = tmp_path / "m" / "pytorch_model.bin"
+    good = torch.load(f, weights_only=True)
+
+    def load_with(state):
+        torch.save(state, f)
+        return mambakit.load(tmp_path / "m")
+
+    with pytest.raises(CheckpointError, match=r"missing tensors 'backbone.layers.1.mixer.D' \(pytorch_model.bin; "
+                                              r"mambakit's 'layers.1.mixer.D'\)"):
+        load_with({k: v for k, v in good.items() if k != "backbone.layers.1.mixer.D"})
+    with pytest.raises(CheckpointError, match=r"unexpected tensors 'backbone.layers.0.mixer.extra' \(pytorch_model"):
+        load_with({**good, "backbone.layers.0.mixer.extra": torch.zeros(2)})
+    with pytest.raises(CheckpointError, match=r"'backbone.layers.0.mixer.out_proj.weight' \(pytorch_model.bin; "
+                                              r"mambakit's 'layers.0.mixer.out_proj.weight'\) has shape \(3, 3\)"):
+        load_with({**good, "backbone.layers.0.mixer.out_proj.weight": torch.zeros(3, 3)})
+    # A short embedding is not padded into shape: it is reported (padding is for exactly vocab_size rows).
+    short = dict(good)
+    short["backbone.embedding.weight"] = good["backbone.embedding.weight"][:200]
+    with pytest.raises(CheckpointError, match=r"'backbone.embedding.weight' \(pytorch_model.bin.*has shape \(200,"):
+        load_with(short)
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="pytorch_model.bin.*truncated or corrupt"):
+        mambakit.load(tmp_path / "m")
+
+
+def test_mamba_ssm_unknown_config_field(tmp_path):
+    _mamba_ssm_folder(tmp_path / "m", tiny_model("mamba"), "Mamba1")
+    raw = json.loads((tmp_path / "m" / "config.json").read_text())
+    raw["d_modle"] = 3
+    (tmp_path / "m" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match=r"m/config.json: .*fields mambakit does not know: \['d_modle'\]"):
+        mambakit.load(tmp_path / "m")
+
+
+def test_missing_shard(tmp_path):
+    path = tmp_path / "c"
+    tiny_model("mamba2").save(path)
+    (path / "model.safetensors").unlink()
+    (path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"embedding.weight": "model-00001-of-00002.safetensors"}}))
+    with pytest.raises(CheckpointError, match="model-00001-of-00002.safetensors: missing; .*lists it as a shard"):
         mambakit.load(path)
 
 
 def test_unknown_config_field(tmp_path):
     path = _corrupt(tmp_path, edit_config=lambda r: r["model"].update(d_modell=3))
-    with pytest.raises(ValueError, match="d_modell.*did you mean 'd_model'"):
+    with pytest.raises(CheckpointError, match="c/config.json: .*d_modell.*did you mean 'd_model'"):
+        mambakit.load(path)
+
+
+def test_bad_config_value_names_the_file(tmp_path):
+    path = _corrupt(tmp_path, edit_config=lambda r: r["model"]["mamba2"].update(headdim=7))
+    with pytest.raises(CheckpointError, match="c/config.json: .*headdim"):
         mambakit.load(path)
 
 
