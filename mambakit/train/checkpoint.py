@@ -172,5 +172,5 @@ def read(path, rank: int) -> dict:
         rng = torch.load(rng_file, map_location="cpu", weights_only=True) if rng_file.exists() else None
     except Exception as err:  # torch.load raises several types for damaged files
         raise CheckpointError(f"{path}: cannot read the training state ({err})") from err
-    return {"config": raw, "model_state": read_weights(path), "optim_state": optim_state,
+    return {"config": raw, "model_state": read_weights(path)[0], "optim_state": optim_state,
             "trainer": trainer, "rng": rng}
