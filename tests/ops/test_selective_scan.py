@@ -101,9 +101,9 @@ def test_chunked_default_blocks(length):
     assert_close(got, want, rtol=1e-10, atol_scale=1e-10)
 
 
-@pytest.mark.parametrize("length", [7, 200])
-def test_chunked_float32(small_blocks, length):
-    args, sidx = make_inputs(2, length, 3, 5, seq_idx=True)
+@pytest.mark.parametrize("length,opts", [(length, opts) for length in (1, 7, 63, 257) for opts in OPTIONS])
+def test_chunked_float32(small_blocks, length, opts):
+    args, sidx = make_inputs(2, length, 3, 5, **opts)
     want = run(selective_scan_ref, args, sidx, True)               # float64 oracle
     args32 = {k: (v.float() if v is not None else None) for k, v in args.items()}
     got = run(selective_scan_chunked, args32, sidx, True)

@@ -72,11 +72,22 @@ def assert_close(got, want, rtol, atol_scale=None):
         assert err <= rtol * scale, f"{k}: max error {err:.3g} vs scale {scale:.3g}"
 
 
+# Option sets: everything on (initial state, z, D, dt_bias); everything off; documents packed with seq_idx.
+VARIANTS = {"all": {}, "bare": dict(D=None, z=False, dt_bias=False, initial_state=False), "seq_idx": {}}
+
+
+def packed_ids(b, l, seed):
+    """Sorted random document ids (b, l): several documents a row, boundaries at random places."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.sort(torch.randint(0, max(1, l // 5), (b, l), generator=gen), dim=1).values
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("l", [1, 7, 63, 257])
 @pytest.mark.parametrize("h,g", [(4, 1), (4, 4), (6, 3)])
-def test_chunked_matches_reference_float64(l, h, g):
-    args = make_inputs(2, l, h, 3, g, 5, seed=l + 10 * g)
-    kw = dict(dt_softplus=True)
+def test_chunked_matches_reference_float64(l, h, g, variant):
+    args = make_inputs(2, l, h, 3, g, 5, seed=l + 10 * g, **VARIANTS[variant])
+    kw = dict(dt_softplus=True, seq_idx=packed_ids(2, l, l) if variant == "seq_idx" else None)
     want = run(ssd_ref, args, **kw)
     got = run(ssd_chunked, args, chunk_size=16, **kw)
     assert_close(got, want, 1e-10)
@@ -90,12 +101,15 @@ def test_any_chunk_size_and_ragged_last_chunk(chunk_size):
     assert_close(run(ssd_chunked, args, chunk_size=chunk_size, **kw), run(ssd_ref, args, **kw), 1e-10)
 
 
-@pytest.mark.parametrize("g", [1, 2])
-def test_float32_matches_float64_reference(g):
-    args = make_inputs(2, 75, 4, 8, g, 16, seed=7, D="hp")
-    want = run(ssd_ref, args, dt_softplus=True)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("l", [1, 7, 63, 257])
+@pytest.mark.parametrize("h,g", [(4, 1), (4, 4), (4, 2)])
+def test_float32_matches_float64_reference(l, h, g, variant):
+    args = make_inputs(2, l, h, 8, g, 16, seed=7 + l, **{"D": "hp", **VARIANTS[variant]})
+    kw = dict(dt_softplus=True, seq_idx=packed_ids(2, l, l) if variant == "seq_idx" else None)
+    want = run(ssd_ref, args, **kw)
     args32 = {k: (v.float() if v is not None else None) for k, v in args.items()}
-    got = run(ssd_chunked, args32, chunk_size=16, dt_softplus=True)
+    got = run(ssd_chunked, args32, chunk_size=16, **kw)
     assert got["y"].dtype == torch.float32 and got["final_state"].dtype == torch.float32
     assert_close(got, want, 1e-4)
 
