@@ -95,7 +95,7 @@ class LM(nn.Module):
     # --- inference cache ---------------------------------------------------------------------------
     def allocate_cache(self, batch_size: int, dtype=None, device=None) -> InferenceCache:
         """A fresh cache for `batch_size` sequences (states zero, no keys/values yet)."""
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         layers = []
         for block in self.layers:
@@ -108,7 +108,9 @@ class LM(nn.Module):
         if not isinstance(input_ids, torch.Tensor):
             raise ValueError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
         if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise ValueError(f"input_ids must hold integer token ids (torch.long), got dtype {input_ids.dtype}")
+            # int8 holds ids up to 127 only: a vocabulary's ids need a wider type
+            raise ValueError(f"input_ids must hold token ids as torch.long (or int32, int16, uint8), got dtype "
+                             f"{input_ids.dtype}")
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be 2-d (batch, length), got shape {tuple(input_ids.shape)}")
         b, l = input_ids.shape

@@ -54,7 +54,8 @@ def test_logits_have_the_unpadded_vocabulary(kind):
 
 
 @pytest.mark.parametrize("bad,match", [
-    (lambda: torch.rand(1, 4), "integer token ids"),
+    (lambda: torch.rand(1, 4), "token ids as torch.long"),
+    (lambda: torch.zeros(1, 4, dtype=torch.int8), r"token ids as torch.long .*got dtype torch.int8"),
     (lambda: torch.zeros(1, 2, 3, dtype=torch.long), "2-d"),
     (lambda: torch.tensor([[1, -1]]), r"in \[0, 256\)"),
     (lambda: torch.tensor([[1, 256]]), r"in \[0, 256\)"),
@@ -77,6 +78,9 @@ def test_cache_of_another_batch_or_model():
         model(ids, cache=other.allocate_cache(2))
     with pytest.raises(ValueError, match="InferenceCache"):
         model(ids, cache={"not": "a cache"})
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            model.allocate_cache(bad)
 
 
 def test_bad_seq_idx():
