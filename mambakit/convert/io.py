@@ -1,7 +1,6 @@
 """Reading and writing checkpoint folders safely.
 
-Weights are read from model.safetensors, sharded *.safetensors with an index, or
-pytorch_model.bin; a truncated or corrupt file is a CheckpointError naming it. Folders are
+Weights are read from model.safetensors, pytorch_model.bin, or shards of either with an index; a truncated or corrupt file is a CheckpointError naming it. Folders are
 written under a temporary name and renamed, so a crash never leaves a half-written checkpoint.
 """
 from __future__ import annotations
@@ -17,6 +16,9 @@ import torch
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read: missing, corrupt, or not matching its config."""
+
+
+_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")  # shard indexes, in this order
 
 
 def read_config(path: Path) -> dict:
@@ -41,10 +43,11 @@ def _read_safetensors(f: Path) -> dict:
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors of a checkpoint folder and, for each key, the name of the file that holds it."""
-    index = path / "model.safetensors.index.json"
+    indexes = [path / n for n in _INDEXES if (path / n).exists()]
+    index = indexes[0] if indexes else None
     if (path / "model.safetensors").exists():
         files = ["model.safetensors"]
-    elif index.exists():
+    elif index is not None and not (path / "pytorch_model.bin").exists():
         try:
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (json.JSONDecodeError, KeyError, AttributeError) as err:
@@ -55,8 +58,8 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     else:
         files = [name for name in ("pytorch_model.bin", "model.pt") if (path / name).exists()][:1]
         if not files:
-            raise CheckpointError(f"{path}: no weights found (expected model.safetensors, an index of shards, "
-                                  "or pytorch_model.bin)")
+            raise CheckpointError(f"{path}: no weights found (expected model.safetensors, pytorch_model.bin, "
+                                  "or an index of shards)")
     state, sources = {}, {}
     for name in files:
         part = _read_safetensors(path / name) if name.endswith(".safetensors") else _read_torch(path / name)
@@ -136,17 +139,16 @@ def cast_keeping_fp32(model, dtype: torch.dtype):
 
 # Files that hold a checkpoint's config or weights: a save replaces all of them. Anything else in
 # the folder (a tokenizer, a README, generation settings) is carried into the new folder.
-_CHECKPOINT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                     "model.pt")
+_CHECKPOINT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "model.pt") + _INDEXES
 
 
 def _checkpoint_files(path: Path) -> set[str]:
     names = {n for n in _CHECKPOINT_FILES if (path / n).exists()}
-    index = path / "model.safetensors.index.json"
-    try:
-        names |= set(json.loads(index.read_text())["weight_map"].values()) if index.exists() else set()
-    except (json.JSONDecodeError, KeyError, AttributeError):
-        pass  # a broken index is replaced; its shards, unknown, stay as other files
+    for index in _INDEXES:
+        try:
+            names |= set(json.loads((path / index).read_text())["weight_map"].values())
+        except (OSError, json.JSONDecodeError, KeyError, AttributeError):
+            pass  # no index, or a broken one (replaced; its shards, unknown, stay as other files)
     return names
 
 

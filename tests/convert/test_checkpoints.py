@@ -175,14 +175,29 @@ def test_mamba_ssm_unknown_config_field(tmp_path):
         mambakit.load(tmp_path / "m")
 
 
-def test_missing_shard(tmp_path):
-    path = tmp_path / "c"
-    tiny_model("mamba2").save(path)
-    (path / "model.safetensors").unlink()
-    (path / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {"embedding.weight": "model-00001-of-00002.safetensors"}}))
-    with pytest.raises(CheckpointError, match="model-00001-of-00002.safetensors: missing; .*lists it as a shard"):
-        mambakit.load(path)
+@pytest.mark.parametrize("suffix", ["safetensors", "bin"])
+def test_sharded_folder(suffix, tmp_path):
+    """Weights split over two shards with an index, as save_pretrained writes large models."""
+    from safetensors.torch import load_file, save_file
+    model = tiny_model("mamba2")
+    model.save(tmp_path / "c")
+    state = load_file(tmp_path / "c" / "model.safetensors")
+    (tmp_path / "c" / "model.safetensors").unlink()
+    keys = sorted(state)
+    names = [f"model-0000{i}-of-00002.{suffix}" for i in (1, 2)]
+    weight_map = {}
+    for name, part in zip(names, (keys[::2], keys[1::2])):
+        shard = {k: state[k] for k in part}
+        save_file(shard, tmp_path / "c" / name) if suffix == "safetensors" else torch.save(shard, tmp_path / "c" / name)
+        weight_map.update(dict.fromkeys(part, name))
+    index = "model.safetensors.index.json" if suffix == "safetensors" else "pytorch_model.bin.index.json"
+    (tmp_path / "c" / index).write_text(json.dumps({"weight_map": weight_map}))
+    ids = torch.randint(0, 256, (1, 7))
+    with torch.no_grad():
+        assert torch.equal(mambakit.load(tmp_path / "c")(ids), model(ids))
+    (tmp_path / "c" / names[1]).unlink()
+    with pytest.raises(CheckpointError, match=f"{names[1]}: missing; {index} lists it as a shard"):
+        mambakit.load(tmp_path / "c")
 
 
 def test_unknown_config_field(tmp_path):
