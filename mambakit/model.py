@@ -107,10 +107,9 @@ class LM(nn.Module):
     def check_inputs(self, input_ids: torch.Tensor, cache=None, seq_idx=None) -> None:
         if not isinstance(input_ids, torch.Tensor):
             raise ValueError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
-        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            # int8 holds ids up to 127 only: a vocabulary's ids need a wider type
-            raise ValueError(f"input_ids must hold token ids as torch.long (or int32, int16, uint8), got dtype "
-                             f"{input_ids.dtype}")
+        if input_ids.dtype not in (torch.int64, torch.int32):  # the types an embedding lookup takes
+            raise ValueError(f"input_ids must hold token ids as torch.long (or torch.int32), got dtype "
+                             f"{input_ids.dtype}; convert them with input_ids.long()")
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be 2-d (batch, length), got shape {tuple(input_ids.shape)}")
         b, l = input_ids.shape

@@ -54,8 +54,10 @@ class Tokenizer:
             mask[i, span] = 1
         return ids.to(device), mask.to(device)
 
-    def stream_decoder(self, skip_special_tokens: bool = False) -> "StreamDecoder":
-        return StreamDecoder(self, skip_special_tokens)
+    def stream_decoder(self, skip_special_tokens: bool = False, prompt_ids=None) -> "StreamDecoder":
+        """A StreamDecoder for the tokens that follow `prompt_ids` (their last tokens give the first
+        new token its context: a tokenizer that drops a leading space at the start of a text keeps it)."""
+        return StreamDecoder(self, skip_special_tokens, prompt_ids)
 
 
 class StreamDecoder:
@@ -66,12 +68,16 @@ class StreamDecoder:
     mark of an incomplete UTF-8 sequence. flush() emits whatever is left at the end.
     """
 
-    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False):
+    CONTEXT = 5  # prompt tokens kept as context before the first new token
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False, prompt_ids=None):
         self.tokenizer = tokenizer
         self.skip = skip_special_tokens
-        self.tokens: list[int] = []
+        if isinstance(prompt_ids, torch.Tensor):
+            prompt_ids = prompt_ids.flatten().tolist()
+        self.tokens: list[int] = list(prompt_ids or [])[-self.CONTEXT:]
         self.prefix_offset = 0  # start of the context window
-        self.read_offset = 0  # tokens before this are already printed
+        self.read_offset = len(self.tokens)  # tokens before this are already printed (or the prompt's)
 
     def _decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip)

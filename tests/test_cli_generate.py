@@ -50,6 +50,20 @@ def test_checkpoint_folder_uses_its_tokenizer(capsys, tmp_path):
     assert "RANDOM" not in err and "byte tokenizer" not in err and f"prefill {n} tokens" in err
 
 
+def test_preset_with_a_tokenizer_file(capsys, tmp_path):
+    """A preset's random model takes the vocabulary of the tokenizer it is given."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["hello there, general mamba " * 4], trainers.BpeTrainer(
+        vocab_size=297, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    rc, out, err = run(capsys, "--model", "mamba2-tiny", "--tokenizer", str(tmp_path / "tokenizer.json"),
+                       "--prompt", "hello there", "--max-new-tokens", "3", "--device", "cpu")
+    assert rc == 0 and out.startswith("hello there")
+    assert f"vocabulary {tok.get_vocab_size()} to match it" in err
+
+
 def test_folder_without_tokenizer_falls_back_to_bytes(capsys, tmp_path):
     mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny")).save(tmp_path)
     rc, out, err = run(capsys, "--model", str(tmp_path), "--prompt", "ab", "--max-new-tokens", "2",

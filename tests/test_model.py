@@ -56,6 +56,7 @@ def test_logits_have_the_unpadded_vocabulary(kind):
 @pytest.mark.parametrize("bad,match", [
     (lambda: torch.rand(1, 4), "token ids as torch.long"),
     (lambda: torch.zeros(1, 4, dtype=torch.int8), r"token ids as torch.long .*got dtype torch.int8"),
+    (lambda: torch.zeros(1, 4, dtype=torch.uint8), r"got dtype torch.uint8; convert them with input_ids.long\(\)"),
     (lambda: torch.zeros(1, 2, 3, dtype=torch.long), "2-d"),
     (lambda: torch.tensor([[1, -1]]), r"in \[0, 256\)"),
     (lambda: torch.tensor([[1, 256]]), r"in \[0, 256\)"),

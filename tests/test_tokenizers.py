@@ -95,6 +95,23 @@ def test_stream_decoder_flushes_an_unfinished_character():
     assert decoder.flush() == "\ufffd"
 
 
+def test_stream_decoder_keeps_the_space_after_the_prompt(tmp_path):
+    """A SentencePiece-style tokenizer (Metaspace) drops the space of a text's first word when
+    decoding; seeded with the prompt, the stream keeps the space between prompt and continuation."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    raw.decoder = decoders.Metaspace()
+    raw.train_from_iterator(["hello brown world " * 8], trainers.BpeTrainer(vocab_size=60))
+    raw.save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    prompt, rest = tok.encode("hello"), tok.encode("hello brown world")[len(tok.encode("hello")):]
+    assert tok.decode(rest) == "brown world"  # decoded alone, the leading space is gone
+    decoder = tok.stream_decoder(prompt_ids=prompt)
+    streamed = "".join(decoder.push(i) for i in rest) + decoder.flush()
+    assert "hello" + streamed == tok.decode(prompt + rest) == "hello brown world"
+
+
 def test_hf_tokenizer_json(bpe_folder):
     tok = load_tokenizer(bpe_folder)
     assert isinstance(tok, HFTokenizer) and tok.vocab_size > 256

@@ -67,7 +67,7 @@ def run(args) -> int:
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
-    decoder = tokenizer.stream_decoder()
+    decoder = tokenizer.stream_decoder(prompt_ids=ids)
     n, t_first = 0, None
     t0 = time.perf_counter()
     try:

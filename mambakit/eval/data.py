@@ -126,7 +126,8 @@ def load_model(spec, tokenizer=None, device="auto", dtype="auto", seed: int = 0)
     import torch
 
     import mambakit
-    from mambakit.tokenizers import ByteTokenizer, load_tokenizer
+    from mambakit.convert.io import cast_keeping_fp32
+    from mambakit.tokenizers import load_tokenizer
 
     notes = []
     if device == "auto" or device is None:
@@ -154,10 +155,11 @@ def load_model(spec, tokenizer=None, device="auto", dtype="auto", seed: int = 0)
     elif str(spec) in mambakit.PRESETS:
         tok = load_tokenizer(tokenizer)
         overrides = {}
-        if isinstance(tok, ByteTokenizer) and mambakit.PRESETS[str(spec)].vocab_size != tok.vocab_size:
-            overrides["vocab_size"] = tok.vocab_size
+        if mambakit.PRESETS[str(spec)].vocab_size != tok.vocab_size:
+            overrides["vocab_size"] = tok.vocab_size  # random weights: sized to the tokenizer
         torch.manual_seed(seed)
-        model = mambakit.LM(mambakit.ModelConfig.from_preset(str(spec), **overrides)).to(device=device, dtype=dtype)
+        model = mambakit.LM(mambakit.ModelConfig.from_preset(str(spec), **overrides)).to(device=device)
+        model = cast_keeping_fp32(model, dtype)  # as a loaded checkpoint: A_log and D stay fp32
         extra = f", vocabulary {model.config.vocab_size} to match it" if overrides else ""
         notes.append(f"preset {spec!r}: RANDOM weights (seed {seed}, {model.num_parameters() / 1e6:.1f}M "
                      f"parameters) and the {type(tok).__name__}{extra}; its outputs are those of an untrained model")
