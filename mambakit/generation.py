@@ -19,18 +19,26 @@ import torch
 
 
 # --- sampling ---------------------------------------------------------------------------------------
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # True is an int to Python, not to a user
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 def check_sampling(max_new_tokens, temperature, top_k, top_p, min_p=None, repetition_penalty=1.0) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not isinstance(temperature, numbers.Real) or not temperature >= 0:
+    if not _is_real(temperature) or not temperature >= 0:
         raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, numbers.Real) and 0.0 < top_p <= 1.0):
+    if top_p is not None and not (_is_real(top_p) and 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if min_p is not None and not (isinstance(min_p, numbers.Real) and 0.0 <= min_p <= 1.0):
+    if min_p is not None and not (_is_real(min_p) and 0.0 <= min_p <= 1.0):
         raise ValueError(f"min_p must be in [0, 1], got {min_p!r}")
-    if not isinstance(repetition_penalty, numbers.Real) or not repetition_penalty > 0:
+    if not _is_real(repetition_penalty) or not repetition_penalty > 0:
         raise ValueError(f"repetition_penalty must be a number > 0 (1 = no penalty), got {repetition_penalty!r}")
 
 
@@ -159,21 +167,16 @@ def _settings(model, prompt: _Prompt, max_new_tokens, temperature, top_k, top_p,
                              f"create it with torch.Generator(device={device.type!r})")
     vocab = model.config.vocab_size
     eos = _token_list(eos_token_id, "eos_token_id", vocab)
-    stops = []
-    for seq in stop_sequences or []:
-        ids = _token_list(seq, "each stop sequence", vocab)
-        if not ids:
-            raise ValueError("stop sequences must not be empty")
-        stops.append(torch.tensor(ids, dtype=torch.long, device=device))
+    stops = [torch.tensor(ids, dtype=torch.long, device=device) for ids in _stop_lists(stop_sequences, vocab)]
     if pad_token_id is None:
         pad_token_id = eos[0] if eos else 0
-    elif not isinstance(pad_token_id, int) or not 0 <= pad_token_id < vocab:
+    elif not _is_int(pad_token_id) or not 0 <= pad_token_id < vocab:
         raise ValueError(f"pad_token_id must be a token id in [0, {vocab}), got {pad_token_id!r}")
-    if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or prefill_chunk < 1):
+    if prefill_chunk is not None and (not _is_int(prefill_chunk) or prefill_chunk < 1):
         raise ValueError(f"prefill_chunk must be a positive int (tokens per prefill step) or None, got {prefill_chunk!r}")
     l = prompt.ids.shape[1]
     if max_length is not None:
-        if not isinstance(max_length, int) or max_length < 1:
+        if not _is_int(max_length) or max_length < 1:
             raise ValueError(f"max_length must be a positive int (prompt + new tokens) or None, got {max_length!r}")
         if l > max_length:
             raise ValueError(f"the prompt has {l} tokens (padding included), more than max_length={max_length}")
@@ -191,7 +194,7 @@ def _settings(model, prompt: _Prompt, max_new_tokens, temperature, top_k, top_p,
 def _token_list(value, what: str, vocab: int) -> list[int]:
     if value is None:
         return []
-    values = [value] if isinstance(value, int) else value
+    values = [value] if _is_int(value) else value
     if isinstance(values, torch.Tensor):
         values = values.flatten().tolist()
     try:
@@ -202,6 +205,27 @@ def _token_list(value, what: str, vocab: int) -> list[int]:
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vocab:
             raise ValueError(f"{what} must hold token ids in [0, {vocab}), got {value!r}")
     return values
+
+
+def _stop_lists(stop_sequences, vocab: int) -> list[list[int]]:
+    """stop_sequences as lists of ids: a list of id lists, or a 2-d tensor (one sequence a row)."""
+    if stop_sequences is None:
+        return []
+    if isinstance(stop_sequences, torch.Tensor):
+        if stop_sequences.dim() != 2:
+            raise ValueError(f"stop_sequences as a tensor must be 2-d (sequences, length), got shape "
+                             f"{tuple(stop_sequences.shape)}")
+        stop_sequences = stop_sequences.tolist()
+    if isinstance(stop_sequences, (str, bytes)) or not hasattr(stop_sequences, "__iter__"):
+        raise ValueError(f"stop_sequences must be a list of token-id lists, got {stop_sequences!r}")
+    seqs = list(stop_sequences)
+    if any(_is_int(seq) for seq in seqs):
+        raise ValueError(f"stop_sequences must be a list of token-id lists, got the flat list {seqs!r}; "
+                         f"for one sequence write [{seqs!r}], for single tokens eos_token_id")
+    out = [_token_list(seq, "each stop sequence", vocab) for seq in seqs]
+    if any(not ids for ids in out):
+        raise ValueError("stop sequences must not be empty")
+    return out
 
 
 class _Stopping:
@@ -229,6 +253,10 @@ class _Stopping:
     def all_done(self) -> bool:
         return self.active and bool(self.finished.all())  # a host sync
 
+
+# A prompt longer than this is prefilled in pieces of this many tokens by default: the activations
+# of a prefill then stay bounded whatever the prompt's length, and shorter prompts go in one piece.
+DEFAULT_PREFILL_CHUNK = 8192
 
 # generate() asks whether every row has stopped only this often: each ask waits for the GPU, and
 # a step-by-step wait leaves the GPU idle while the host prepares the next step. The extra steps
@@ -335,7 +363,8 @@ _DOC_ARGS = """
     generator: a torch.Generator on the model's device, for reproducible sampling.
     max_length: a cap on prompt + new tokens. A model with a context limit refuses, before any
         work, a prompt + max_new_tokens longer than it.
-    prefill_chunk: prefill the prompt this many tokens at a time (bounded memory, same result).
+    prefill_chunk: prefill the prompt this many tokens at a time (bounded memory, same result up to
+        rounding); None prefills it in one piece.
     cuda_graph: on CUDA, replay the decode step from a CUDA graph (falls back to eager elsewhere).
 """
 
@@ -344,9 +373,14 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
              top_k: int | None = None, top_p: float | None = None, eos_token_id=None,
              generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None,
              min_p: float | None = None, repetition_penalty: float = 1.0, stop_sequences=None,
-             pad_token_id: int | None = None, max_length: int | None = None, prefill_chunk: int | None = None,
+             pad_token_id: int | None = None, max_length: int | None = None,
+             prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
              cuda_graph: bool = False) -> torch.Tensor:
     """Prompt (b, l) -> prompt + new tokens (b, l + t), t <= max_new_tokens (fewer once every row stopped).
+
+    generate checks for "every row stopped" every _STOP_CHECK_EVERY steps (each check waits for the
+    GPU): up to that many steps of padding may run and are dropped from the output. They draw from
+    `generator` when sampling, so its state afterwards may differ from stream()'s; the tokens do not.
     """
     prompt = _normalize_prompt(model, input_ids, attention_mask)
     s = _settings(model, prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
@@ -369,12 +403,14 @@ def stream(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: flo
            top_k: int | None = None, top_p: float | None = None, eos_token_id=None,
            generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None,
            min_p: float | None = None, repetition_penalty: float = 1.0, stop_sequences=None,
-           pad_token_id: int | None = None, max_length: int | None = None, prefill_chunk: int | None = None,
+           pad_token_id: int | None = None, max_length: int | None = None,
+             prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
            cuda_graph: bool = False):
     """Like generate, but yields each step's new tokens, a (b,) tensor, as soon as it is sampled.
 
     Arguments are checked when stream() is called, before the first token is asked for.
-    torch.stack(list(stream(...)), 1) equals generate(...)[:, l:].
+    torch.stack(list(stream(...)), 1) equals the new tokens of generate(...): generate(...)[:, l:]
+    when no row is right-padded (generate moves a right-padded row's padding after its new tokens).
     """
     prompt = _normalize_prompt(model, input_ids, attention_mask)
     s = _settings(model, prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,

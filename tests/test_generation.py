@@ -140,6 +140,28 @@ def test_chunked_prefill_generates_the_same_tokens():
         assert torch.equal(mambakit.generate(model, ids, 4, prefill_chunk=chunk), ref)
 
 
+def test_prefill_goes_in_pieces_of_prefill_chunk():
+    from mambakit import generation
+    model = make_model("hybrid")
+    lengths = []
+    hook = model.register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
+    try:
+        ids = torch.randint(0, 256, (1, 10))
+        mambakit.generate(model, ids, 3, prefill_chunk=4)
+        assert lengths == [4, 4, 2, 1, 1]  # the prompt in three pieces, then two decode steps
+        lengths.clear()
+        mambakit.generate(model, ids, 1, prefill_chunk=None)
+        assert lengths == [10]
+        lengths.clear()
+        model2 = make_model("mamba2")  # the default: a prompt one piece longer than DEFAULT_PREFILL_CHUNK
+        hook2 = model2.register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
+        mambakit.generate(model2, torch.randint(0, 256, (1, generation.DEFAULT_PREFILL_CHUNK + 5)), 1)
+        hook2.remove()
+        assert lengths == [generation.DEFAULT_PREFILL_CHUNK, 5]
+    finally:
+        hook.remove()
+
+
 def test_ssm_cache_does_not_grow_with_generated_tokens(monkeypatch):
     def final_nbytes(model, n):
         caches = []
@@ -149,8 +171,9 @@ def test_ssm_cache_does_not_grow_with_generated_tokens(monkeypatch):
         monkeypatch.undo()
         return caches[-1].nbytes
 
-    ssm = make_model("mamba2")
-    assert final_nbytes(ssm, 2) == final_nbytes(ssm, 15) == ssm.allocate_cache(1).nbytes
+    for kind in ("mamba", "mamba2"):
+        ssm = make_model(kind)
+        assert final_nbytes(ssm, 2) == final_nbytes(ssm, 15) == ssm.allocate_cache(1).nbytes
     hybrid = make_model("hybrid")  # the measure can tell: a KV cache does grow
     assert final_nbytes(hybrid, 15) > final_nbytes(hybrid, 2)
 
@@ -197,25 +220,60 @@ def test_repetition_penalty_stops_repeats():
     assert len(set(plain)) < len(plain)  # without the penalty this model does repeat
 
 
+def test_repetition_penalty_ignores_padding(model, monkeypatch):
+    """The tokens a padded row's penalty sees are its prompt's, never its padding's; and the
+    batch generates what each prompt generates alone."""
+    from mambakit import generation
+    torch.manual_seed(6)
+    ids, mask, prompts = _padded([2, 5], fill=9)
+    alone = [mambakit.generate(model, p[None], 3, repetition_penalty=5.0)[0, len(p):].tolist() for p in prompts]
+    seen_first = []
+    sample = generation.sample_next
+    monkeypatch.setattr(generation, "sample_next", lambda *a, seen=None, **k: (
+        seen_first.append(seen.clone()) if not seen_first else None) or sample(*a, seen=seen, **k))
+    out = mambakit.generate(model, ids, 3, attention_mask=mask, repetition_penalty=5.0)
+    assert out[:, 5:].tolist() == alone
+    for row, p in zip(seen_first[0], prompts):
+        assert set(torch.nonzero(row).flatten().tolist()) == set(p.tolist())
+
+
 # --- stopping ----------------------------------------------------------------------------------------------
 def _first(seq, value):
     return seq.index(value) if value in seq else None
 
 
+def _eos_finishing_rows_apart(free, after=0):
+    """A token whose first occurrences in the rows of `free` (lists of new tokens) differ, the last one
+    after step `after` (or never in some row): rows then stop at different steps."""
+    firsts = {}
+    for tok in sorted({t for row in free for t in row}):
+        steps = [_first(row, tok) for row in free]
+        known = [i for i in steps if i is not None]
+        if len(set(steps)) == len(steps) and (None in steps or max(known) > after):
+            firsts[tok] = steps
+    assert firsts, "no token stops these rows at different steps: change the seed"
+    return min(firsts.items(), key=lambda kv: min(i for i in kv[1] if i is not None))
+
+
 def test_eos_finishes_rows_and_pads_them():
     model = make_model("mamba2")
+    torch.manual_seed(3)
     ids, mask, _ = _padded([3, 6])
     free = mambakit.generate(model, ids, 12, attention_mask=mask)[:, 6:].tolist()
-    eos = free[0][3]
+    eos, steps = _eos_finishing_rows_apart(free)
     out = mambakit.generate(model, ids, 12, attention_mask=mask, eos_token_id=[eos, 255], pad_token_id=7)
     new = out[:, 6:].tolist()
+    padded_rows = 0
     for row, ref in zip(new, free):
         stop = min(i for i in (_first(ref, eos), _first(ref, 255), len(ref) - 1) if i is not None)
         assert row[:stop + 1] == ref[:stop + 1]
         assert row[stop + 1:] == [7] * (len(row) - stop - 1)
+        padded_rows += len(row) - stop - 1 > 0
+    assert padded_rows >= 1  # at least one row stopped early and was padded while another went on
     # one row: generation ends at its eos
-    single = mambakit.generate(model, ids[:1, 3:], 12, eos_token_id=eos)
-    assert single.shape[1] == 3 + _first(free[0], eos) + 1 and single[0, -1] == eos
+    row = 0 if steps[0] is not None else 1
+    single = mambakit.generate(model, ids[row:row + 1, 6 - (3, 6)[row]:], 12, eos_token_id=eos)
+    assert single.shape[1] == (3, 6)[row] + steps[row] + 1 and single[0, -1] == eos
 
 
 def test_generate_stops_where_every_row_stopped_despite_lazy_checks():
@@ -223,25 +281,45 @@ def test_generate_stops_where_every_row_stopped_despite_lazy_checks():
     ends at the step where the last row stopped, as stream (checked every step) does."""
     from mambakit.generation import _STOP_CHECK_EVERY
     model = make_model("mamba2")
+    torch.manual_seed(4)
     ids, mask, _ = _padded([3, 6])
     n = 3 * _STOP_CHECK_EVERY
     free = mambakit.generate(model, ids, n, attention_mask=mask)[:, 6:].tolist()
-    eos = free[1][2]  # row 1 stops at step 2 at the latest; row 0 wherever it meets the same id
+    both = [t for t in set(free[0]) & set(free[1])
+            if max(_first(free[0], t), _first(free[1], t)) > _STOP_CHECK_EVERY
+            and _first(free[0], t) != _first(free[1], t)]
+    assert both, "no token both rows reach late and apart: change the seed"
+    eos = both[0]
+    last = max(_first(free[0], eos), _first(free[1], eos))
     out = mambakit.generate(model, ids, n, attention_mask=mask, eos_token_id=eos)
     streamed = torch.stack(list(mambakit.stream(model, ids, n, attention_mask=mask, eos_token_id=eos)), 1)
     assert torch.equal(out[:, 6:], streamed)
-    last = max(_first(ref, eos) if _first(ref, eos) is not None else n - 1 for ref in free)
-    assert out.shape[1] == 6 + last + 1
+    assert out.shape[1] == 6 + last + 1 < 6 + n  # trimmed to the step where the last row stopped
 
 
 def test_stop_sequences_finish_rows():
     model = make_model("mamba2")
+    torch.manual_seed(5)
     ids = torch.randint(0, 256, (1, 5))
-    free = mambakit.generate(model, ids, 12)[0, 5:].tolist()
-    stop = free[4:6]
-    out = mambakit.generate(model, ids, 12, stop_sequences=[stop, [255, 255, 255]])[0, 5:].tolist()
+    free = mambakit.generate(model, ids, 24)[0, 5:].tolist()
+    # A stop whose last token came earlier after another token: only the whole sequence may stop.
+    j = next(j for j in range(2, len(free))
+             if any(free[i] == free[j] and free[i - 1] != free[j - 1] for i in range(1, j)))
+    stop = free[j - 1:j + 1]
+    out = mambakit.generate(model, ids, 24, stop_sequences=[stop, [255, 255, 255]])[0, 5:].tolist()
     end = next(i for i in range(1, len(free)) if free[i - 1:i + 1] == stop)
-    assert out == free[:end + 1]
+    assert end == j and out == free[:end + 1]
+
+
+@pytest.mark.parametrize("stops,match", [([5, 6], "flat list"), (torch.tensor([5, 6]), "2-d"),
+                                         ("ab", "token-id lists")])
+def test_stop_sequences_must_be_lists_of_lists(stops, match):
+    model = make_model("mamba2")
+    with pytest.raises(ValueError, match=match):
+        mambakit.generate(model, torch.zeros(1, 3, dtype=torch.long), 2, stop_sequences=stops)
+    # a 2-d tensor: one sequence a row
+    assert mambakit.generate(model, torch.zeros(1, 3, dtype=torch.long), 2,
+                             stop_sequences=torch.tensor([[5, 6], [7, 8]])).shape[0] == 1
 
 
 def test_max_length_caps_prompt_plus_new_tokens():
@@ -264,13 +342,24 @@ def test_a_models_context_limit_is_checked_before_any_work(monkeypatch):
 
 
 # --- streaming -------------------------------------------------------------------------------------------------
-def test_stream_yields_what_generate_returns(model):
+@pytest.mark.parametrize("stopping", ["eos", "stop_sequence"])
+def test_stream_yields_what_generate_returns(model, stopping):
     ids, mask, _ = _padded([2, 7])
-    kw = dict(attention_mask=mask, eos_token_id=17, **SAMPLING)
-    whole = mambakit.generate(model, ids, 6, generator=torch.Generator().manual_seed(5), **kw)
-    pieces = list(mambakit.stream(model, ids, 6, generator=torch.Generator().manual_seed(5), **kw))
-    assert all(p.shape == (2,) for p in pieces)
-    assert torch.equal(torch.stack(pieces, 1), whole[:, 7:])
+    kw = dict(attention_mask=mask, **SAMPLING)
+
+    def both(**more):
+        whole = mambakit.generate(model, ids, 8, generator=torch.Generator().manual_seed(5), **kw, **more)
+        pieces = list(mambakit.stream(model, ids, 8, generator=torch.Generator().manual_seed(5), **kw, **more))
+        assert all(p.shape == (2,) for p in pieces)
+        return whole[:, 7:], torch.stack(pieces, 1)
+
+    free, streamed = both()
+    assert torch.equal(streamed, free)
+    row0 = free[0].tolist()  # row 0 stops at step 2, with the same draws as before it
+    more = dict(eos_token_id=row0[2]) if stopping == "eos" else dict(stop_sequences=[row0[1:3]])
+    whole, streamed = both(**more, pad_token_id=3)
+    assert torch.equal(streamed, whole)
+    assert whole[0, :3].tolist() == row0[:3] and set(whole[0, 3:].tolist()) <= {3}
 
 
 def test_stream_checks_its_arguments_when_called():
@@ -293,6 +382,11 @@ BAD = [
     (dict(stop_sequences=[[]]), "stop sequences"),
     (dict(pad_token_id=-1), "pad_token_id"),
     (dict(prefill_chunk=0), "prefill_chunk"),
+    (dict(prefill_chunk=True), "prefill_chunk"),
+    (dict(top_p=True), "top_p"),
+    (dict(max_length=True), "max_length"),
+    (dict(pad_token_id=True), "pad_token_id"),
+    (dict(temperature=True), "temperature"),
     (dict(generator=123), "generator"),
     (dict(attention_mask=torch.ones(2, 5, dtype=torch.long)), "shape of input_ids"),
     (dict(attention_mask=torch.ones(1, 7)), "shape of input_ids"),

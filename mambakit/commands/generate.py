@@ -14,6 +14,7 @@ import sys
 import time
 
 from ..eval.data import DTYPES as _DTYPES
+from ..generation import DEFAULT_PREFILL_CHUNK
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *_DTYPES],
                         help="weights' dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill long prompts this many tokens at a time")
+    parser.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
+                        help=f"prefill long prompts this many tokens at a time (default {DEFAULT_PREFILL_CHUNK}; "
+                             "0: the whole prompt at once)")
     parser.add_argument("--cuda-graph", action="store_true", help="replay the decode step from a CUDA graph")
 
 
@@ -55,6 +58,8 @@ def run(args) -> int:
     import mambakit
 
     model, tokenizer, device = _load(args, torch)
+    if args.temperature == 0 and (args.top_k is not None or args.top_p is not None or args.min_p is not None):
+        _note("--top-k, --top-p and --min-p shape sampling only; at --temperature 0 (greedy) they change nothing")
     ids = tokenizer.encode(args.prompt)
     if not ids:
         raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
@@ -63,7 +68,7 @@ def run(args) -> int:
     tokens = mambakit.stream(model, input_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                              top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                              eos_token_id=tokenizer.eos_token_id, generator=generator,
-                             prefill_chunk=args.prefill_chunk, cuda_graph=args.cuda_graph)
+                             prefill_chunk=args.prefill_chunk or None, cuda_graph=args.cuda_graph)
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
