@@ -1,7 +1,8 @@
 """Reading and writing checkpoint folders safely.
 
-Weights are read from model.safetensors, pytorch_model.bin, or shards of either with an index; a truncated or corrupt file is a CheckpointError naming it. Folders are
-written under a temporary name and renamed, so a crash never leaves a half-written checkpoint.
+Weights are read from model.safetensors, pytorch_model.bin, or shards of either with an index; a
+truncated or corrupt file is a CheckpointError naming it. Folders are written under a temporary
+name and renamed, so a crash never leaves a half-written checkpoint.
 """
 from __future__ import annotations
 
@@ -122,15 +123,16 @@ def load_checked(config, state: dict, path: Path, dtype=None, device=None, where
     return model.eval()
 
 
-KEPT_FP32 = ("A_log", "D")  # parameter names that a dtype cast leaves in fp32
+KEPT_FP32 = ("A_log", "D")  # parameter names that a cast to a 16-bit dtype leaves in fp32
 
 
 def cast_keeping_fp32(model, dtype: torch.dtype):
-    """model.to(dtype), except parameters named in KEPT_FP32, which stay fp32 (mamba_ssm's rule)."""
+    """model.to(dtype), except parameters named in KEPT_FP32, which stay at least fp32 (mamba_ssm's rule)."""
+    keep = dtype if torch.finfo(dtype).bits >= 32 else torch.float32
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if param.is_floating_point():
-                param.data = param.data.to(torch.float32 if name in KEPT_FP32 else dtype)
+                param.data = param.data.to(keep if name in KEPT_FP32 else dtype)
         for name, buf in module.named_buffers(recurse=False):
             if buf.is_floating_point():
                 module._buffers[name] = buf.to(dtype)

@@ -66,6 +66,7 @@ def test_load_dtype_keeps_A_log_and_D_in_fp32(kind, tmp_path):
     assert mixer.A_log.dtype == mixer.D.dtype == torch.float32
     assert torch.equal(mixer.A_log, model.layers[0].mixer.A_log)  # not rounded through bf16
     assert low.lm_head.weight is low.embedding.weight  # still tied
+    assert mambakit.load(tmp_path / "c", dtype=torch.float64).layers[0].mixer.A_log.dtype == torch.float64
     ids = torch.randint(0, 256, (1, 9))
     with torch.no_grad():
         full = low(ids)
