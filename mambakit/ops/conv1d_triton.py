@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .kernel_inputs import check_kernel_tensors
+
 
 @triton.jit
 def _pre(x_ptr, w_ptr, bias_ptr, seq_ptr, rows, offs_c, mc, L, C, K: tl.constexpr,
@@ -144,6 +146,8 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, seq_idx=None):
         raise ValueError(f"causal_conv1d_triton: unknown activation {activation!r}; expected None or 'silu'")
     if seq_idx is not None and tuple(seq_idx.shape) != (b, l):
         raise ValueError(f"causal_conv1d_triton: seq_idx must be ({b}, {l}), got {tuple(seq_idx.shape)}")
+    check_kernel_tensors("causal_conv1d_triton", dict(x=x, weight=weight, bias=bias, seq_idx=seq_idx),
+                         activations=("x", "weight", "bias"))
     seq = seq_idx.to(torch.int32).contiguous() if seq_idx is not None else None
     return _ConvFn.apply(x.contiguous(), weight.contiguous(), bias.contiguous() if bias is not None else None,
                          seq, activation is not None)

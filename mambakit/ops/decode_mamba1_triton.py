@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .kernel_inputs import check_kernel_tensors
+
 
 @triton.jit
 def _conv_xproj_kernel(x_ptr, cs_ptr, cw_ptr, cb_ptr, xw_ptr, xc_ptr, part_ptr,
@@ -144,6 +146,11 @@ def mamba1_decode_step_triton(x, z, conv_state, ssm_state, conv_weight, conv_bia
     for name, t in (("conv_bias", conv_bias), ("dt_proj_bias", dt_proj_bias), ("D", D)):
         if t is not None and tuple(t.shape) != (e,):
             _shape_error(name, t.shape, f"({e},)")
+    check_kernel_tensors("mamba1_decode_step_triton",
+                         dict(x=x, z=z, conv_state=conv_state, ssm_state=ssm_state, conv_weight=conv_weight,
+                              conv_bias=conv_bias, x_proj_weight=x_proj_weight, dt_proj_weight=dt_proj_weight,
+                              dt_proj_bias=dt_proj_bias, A=A, D=D),
+                         activations=("x", "z", "conv_state", "x_proj_weight", "dt_proj_weight"))
     if x.stride(-1) != 1:
         x = x.contiguous()
     if z is not None and z.stride(-1) != 1:

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from .gemv_triton import gdc_launch_dependents, gdc_wait, pdl_launch
+from .kernel_inputs import check_kernel_tensors
 
 
 @triton.jit
@@ -191,6 +192,10 @@ def mamba2_decode_step_triton(xBC, dt, conv_state, ssm_state, conv_weight, conv_
     if z is not None and tuple(z.shape) not in ((b, h, p), (b, h * p)):
         raise ValueError(f"mamba2_decode_step_triton: z must have shape ({b}, {h}, {p}) or ({b}, {h * p}), "
                          f"got {tuple(z.shape)}")
+    check_kernel_tensors("mamba2_decode_step_triton",
+                         dict(xBC=xBC, dt=dt, conv_state=conv_state, ssm_state=ssm_state, conv_weight=w,
+                              conv_bias=conv_bias, A=A, D=D, dt_bias=dt_bias, z=z),
+                         activations=("xBC", "dt", "conv_state", "z"))
     lo, hi = float(dt_limit[0]), float(dt_limit[1])
     y = torch.empty(b, h, p, device=xBC.device, dtype=xBC.dtype)
     xc, dtc = xBC.contiguous(), dt.contiguous()

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .kernel_inputs import check_kernel_tensors
+
 
 @triton.jit
 def _group_tile(M, E, GS, BM: tl.constexpr, BG: tl.constexpr):
@@ -146,6 +148,7 @@ def gated_rms_norm_triton(x, z, weight, eps=1e-5, group_size=None, norm_before_g
         raise ValueError(f"gated_rms_norm_triton: weight must be ({e},), got {tuple(weight.shape)}")
     if z is not None and z.shape != x.shape:
         raise ValueError(f"gated_rms_norm_triton: z must have the shape of x {tuple(x.shape)}, got {tuple(z.shape)}")
+    check_kernel_tensors("gated_rms_norm_triton", dict(x=x, z=z, weight=weight), activations=("x", "z", "weight"))
     return _GatedNormFn.apply(x.contiguous(), z.contiguous() if z is not None else None, weight.contiguous(),
                               float(eps), int(gs), bool(norm_before_gate))
 

@@ -264,17 +264,22 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("fn", ["ref", "chunked"])
+@pytest.mark.parametrize("fn", ["ref", "chunked", "triton"])
 @pytest.mark.parametrize("bad,message", BAD, ids=[m for _, m in BAD])
 def test_bad_input_raises_value_error(fn, bad, message):
+    """The same rules in every tier (the Triton wrapper checks before it looks at the device)."""
     args = dict(x=torch.zeros(2, 5, 4, 3), dt=torch.zeros(2, 5, 4), A=-torch.ones(4),
                 B=torch.zeros(2, 5, 2, 4), C=torch.zeros(2, 5, 2, 4))
     args.update(bad)
     with pytest.raises(ValueError, match=message):
         if fn == "ref":
             ssd_ref(**args)
-        else:
+        elif fn == "chunked":
             ssd_chunked(**args, chunk_size=4)
+        else:
+            pytest.importorskip("triton")
+            from mambakit.ops.ssd.triton import ssd_triton
+            ssd_triton(**args, chunk_size=4)
 
 
 @pytest.mark.parametrize("chunk_size", [0, -3, 2.5, True])

@@ -25,6 +25,7 @@ import os
 
 import torch
 
+from ..kernel_inputs import check_kernel_tensors
 from .triton_bwd_chunk import selective_scan_bwd_kernel
 from .triton_kernels import selective_scan_fwd_kernel
 
@@ -118,10 +119,10 @@ def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx):
         _check("initial_state", initial_state, (b, e, n))
     if seq_idx is not None:
         _check("seq_idx", seq_idx, (b, l), (torch.int32, torch.int64, torch.int16, torch.uint8))
-    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx) if t is not None]
-    if any(t.device != u.device for t in tensors):
-        raise ValueError("selective_scan_triton: all tensors must be on one device, got "
-                         f"{sorted({str(t.device) for t in tensors})}")
+    check_kernel_tensors("selective_scan_triton",
+                         dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                              initial_state=initial_state, seq_idx=seq_idx),
+                         activations=("u", "delta", "B", "C", "z"))
     return b, l, e, n
 
 

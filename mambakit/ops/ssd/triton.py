@@ -26,10 +26,12 @@ parallel, then a light serial pass) or "fused" (the first design: one serial ker
 chunks, triton_state_fused.py, kept for comparison). Both pass the same GPU tests; on an H100 at
 1 x 65536 (g 1, bf16) split took 2.0 / 8.6 ms forward / forward+backward against fused's
 3.1 / 11.9 ms (benchmarks/results/gpu_kernels-*-2026-11-23-run2.json).
-CONFIG["scan_impl"] / ["dx_impl"] "rows" replace the chunk scan (forward step 3) / the dx kernel
-(backward step 4) by triton_rows.py's kernels: one program per (chunk, row block, head), nothing
-carried between row blocks (the recurrent kernels hit 255 registers and spill on sm_90). Not
-timed yet; the defaults stay "recur" until benchmarks/gpu_profile_ssd.py's variants say otherwise.
+CONFIG["scan_impl"] / ["dx_impl"]: "rows" (the default) runs the chunk scan (forward step 3) and
+the dx kernel (backward step 4) as triton_rows.py's kernels, one program per (chunk, row block,
+head), nothing carried between row blocks; "recur" runs the first design, one program per
+(chunk, head) walking its rows (it hits 255 registers and spills on sm_90). On an H100 at
+1 x 65536 rows took 1.35 / 6.5 ms forward / forward+backward against recur's 1.96 / 8.5
+(docs/benchmarks.md, "the rows kernels"). Both stay tested.
 
 Inputs are validated by reference.check_ssd_inputs (same rules as the CPU tiers).
 seq_idx must be non-decreasing (packed documents); cu_seqlens (b == 1) is turned into it.
@@ -45,6 +47,7 @@ import torch
 
 import triton
 
+from ..kernel_inputs import check_kernel_tensors
 from .reference import check_ssd_inputs
 from .triton_bwd import _ssd_bwd_dbdc_kernel, _ssd_bwd_dx_kernel, _ssd_cb_kernel
 from .triton_fwd import _ssd_chunk_state_kernel, _ssd_scan_kernel, _ssd_state_pass_kernel
@@ -377,8 +380,9 @@ def ssd_triton(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_
         seq_idx = _seq_from_cu(cu_seqlens, x.shape[0], x.shape[1])
     check_ssd_inputs(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_limit=dt_limit,
                      initial_state=initial_state, seq_idx=seq_idx, chunk_size=chunk_size)
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"ssd_triton: x must be float32, float16 or bfloat16, got {x.dtype}")
+    check_kernel_tensors("ssd_triton", dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
+                                            initial_state=initial_state, seq_idx=seq_idx),
+                         activations=("x", "dt", "A", "B", "C", "z"))
     l = x.shape[1]
     cs_len = _chunk(chunk_size, l)
     seq = seq_idx.to(torch.int32).contiguous() if seq_idx is not None else None
