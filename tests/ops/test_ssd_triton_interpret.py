@@ -55,6 +55,10 @@ def ssd_case(name, seed, chunk, kw_make, kw_fn):
     tri = run(T.ssd_triton, ins, seq, gy, gs, chunk_size=chunk, **kw_fn)
     out = {"case": name, "err": {k: rel(tri[k], ref[k]) for k in ref},
            "dtypes": {k: str(tri[k].dtype) for k in ("y", "final_state")}}
+    if "dt_limit" in kw_fn:  # how many dt the limits clamp, below and above: both must happen
+        dtv = F.softplus(ins["dt"].double() + (ins["dt_bias"].double() if "dt_bias" in ins else 0.0))
+        lo, hi = kw_fn["dt_limit"]
+        out["clamped"] = [(dtv < lo).double().mean().item(), (dtv > hi).double().mean().item()]
     if ins["x"].dtype == torch.bfloat16:
         chk = run(ssd_chunked, ins, seq, gy, gs, chunk_size=chunk, **kw_fn)
         out["chunked"] = {k: rel(chk[k], ref[k]) for k in ref}
@@ -69,10 +73,15 @@ T.CONFIG["state_impl"] = "fused"  # the first design of the state pass, kept for
 ssd_case("fp32_packed_fused", 2, 32, dict(b=2, l=45, h=4, p=16, g=2, n=16, dtype=torch.float32, D="hp", init=True,
                                           seq=True), dict(dt_softplus=True, dt_limit=(0.05, 0.6)))
 T.CONFIG["state_impl"] = "split"
-T.CONFIG["scan_bp"] = 8  # two blocks of p = 16 in the scan kernel
+# The first design of the scan and dx kernels (recur), with two blocks of p = 16 in the scan, and
+# everything on: documents, z, D per channel, an initial state, dt clamped on both sides.
+T.CONFIG.update(scan_impl="recur", dx_impl="recur", scan_bp=8)
+LIMIT = (0.25, 0.4)  # around softplus(dt + dt_bias) ~ 0.3: a good share clamped at each end
 ssd_case("fp32_packed_pblocks", 2, 32, dict(b=2, l=45, h=4, p=16, g=2, n=16, dtype=torch.float32, D="hp", init=True,
-                                            seq=True, z=True), dict(dt_softplus=True, dt_limit=(0.05, 0.6)))
-T.CONFIG["scan_bp"] = 64
+                                            seq=True, z=True), dict(dt_softplus=True, dt_limit=LIMIT))
+T.CONFIG.update(scan_impl="rows", dx_impl="rows", scan_bp=64)
+ssd_case("fp32_no_dt_bias", 5, 32, dict(b=2, l=45, h=4, p=16, g=2, n=16, dtype=torch.float32, D="h", init=True,
+                                        seq=True, z=True, dt_bias=False), dict(dt_softplus=True, dt_limit=LIMIT))
 # the row-block kernels (triton_rows.py): 16-row blocks, so chunks have 2 to 4 of them and the
 # last chunk has blocks past the end; g < h reads C B^T from the cb kernel (rows_cb), g = 1 recomputes it
 ROWS = dict(scan_impl="rows", dx_impl="rows", rows_bm=16, dx_rows_bm=16, rows_cb=True)
@@ -84,6 +93,8 @@ ssd_case("fp32_plain_rows", 1, 64, dict(b=1, l=37, h=2, p=16, g=1, n=16, dtype=t
 T.CONFIG["rows_bp"] = 8  # two blocks of p in the scan
 ssd_case("bf16_rows", 4, 32, dict(b=1, l=96, h=4, p=16, g=2, n=16, dtype=torch.bfloat16, D="h", init=True, z=True),
          dict(dt_softplus=True))
+ssd_case("bf16_rows_limit", 6, 32, dict(b=1, l=96, h=4, p=16, g=2, n=16, dtype=torch.bfloat16, D="hp", init=True,
+                                        z=True, seq=True), dict(dt_softplus=True, dt_limit=LIMIT))
 T.CONFIG.update(scan_impl="recur", dx_impl="recur", rows_bp=64)
 ssd_case("fp32_len1", 3, 256, dict(b=2, l=1, h=2, p=16, g=2, n=16, dtype=torch.float32, init=True),
          dict(dt_softplus=False))
@@ -94,29 +105,35 @@ ssd_case("bf16", 4, 32, dict(b=1, l=96, h=4, p=16, g=2, n=16, dtype=torch.bfloat
 gen = torch.Generator().manual_seed(7)
 rnd = lambda *s: torch.randn(*s, generator=gen)
 
-def decode_case(name, b, T_, h, p, n, g, k):
+def decode_case(name, b, T_, h, p, n, g, k, D_hp=False, with_z=True, dt_bias=True, conv_bias=True,
+                limit=(0.0, float("inf"))):
     e = h * p
     c = e + 2 * g * n
     xbc = rnd(b, T_, c)
     dt = rnd(b, T_, h)
     w, cb = 0.5 * rnd(c, k), rnd(c)
-    A, D, dtb = -(torch.rand(h, generator=gen) + 0.5), rnd(h), 0.3 * rnd(h)
+    A, D, dtb = -(torch.rand(h, generator=gen) + 0.5), rnd(h, p) if D_hp else rnd(h), 0.3 * rnd(h)
     z = rnd(b, T_, h, p)
+    cb, dtb, z = (cb if conv_bias else None), (dtb if dt_bias else None), (z if with_z else None)
     u = causal_conv1d(xbc, w, cb, activation="silu")
     y_ref, st_ref = ssd_chunked(u[..., :e].reshape(b, T_, h, p), dt, A, u[..., e:e + g * n].reshape(b, T_, g, n),
-                                u[..., e + g * n:].reshape(b, T_, g, n), D=D, z=z, dt_bias=dtb, dt_softplus=True)
+                                u[..., e + g * n:].reshape(b, T_, g, n), D=D, z=z, dt_bias=dtb, dt_softplus=True,
+                                dt_limit=limit)
     conv_state = torch.zeros(b, c, k)
     ssm_state = torch.zeros(b, h, p, n)
     ys = []
     for t in range(T_):
         ys.append(mamba2_decode_step_triton(xbc[:, t], dt[:, t], conv_state, ssm_state, w, cb, A, D, dtb, True,
-                                            (0.0, float("inf")), g, p, z=z[:, t]))
+                                            limit, g, p, z=None if z is None else z[:, t]))
     conv_ref = torch.cat([torch.zeros(b, c, max(0, k - T_)), xbc[:, -k:].transpose(1, 2)], -1)
     print(json.dumps({"case": name, "err": {"y": rel(torch.stack(ys, 1), y_ref), "ssm_state": rel(ssm_state, st_ref),
                                             "conv_state": rel(conv_state, conv_ref)}}), flush=True)
 
 decode_case("decode", 2, 5, 4, 16, 16, 2, 4)
 decode_case("decode_p48", 1, 6, 4, 48, 8, 2, 3)  # two blocks of the head dim, the second masked
+# D per channel, no z, no dt_bias, no conv bias, g = h, dt clamped on both sides (softplus(N(0,1)) ~ 0.3-1.3)
+decode_case("decode_bare", 2, 5, 4, 16, 8, 4, 2, D_hp=True, with_z=False, dt_bias=False, conv_bias=False,
+            limit=(0.5, 0.9))
 
 # conv1d + SiLU and gated RMSNorm kernels against the torch ops (fp64), outputs and gradients
 from mambakit.ops.conv1d_triton import causal_conv1d_triton
@@ -128,18 +145,23 @@ def grads_of(fn, args, gy, **kw):
     y = fn(*leaves, **kw)
     return [y] + list(torch.autograd.grad((y.double() * gy).sum(), leaves))
 
-xc, wc, bc = rnd(2, 50, 24), rnd(24, 4), rnd(24)
+errs = {}
 sc = torch.sort(torch.randint(0, 3, (2, 50), generator=gen), 1).values
-gyc = rnd(2, 50, 24).double()
-ref = grads_of(causal_conv1d, [xc.double(), wc.double(), bc.double()], gyc, activation="silu", seq_idx=sc)
-tri = grads_of(causal_conv1d_triton, [xc, wc, bc], gyc, activation="silu", seq_idx=sc)
+for kw in (4, 3, 2):  # conv widths: mamba's 4, and the narrower ones a config may ask for
+    xc, wc, bc = rnd(2, 50, 24), rnd(24, kw), rnd(24)
+    gyc = rnd(2, 50, 24).double()
+    ref = grads_of(causal_conv1d, [xc.double(), wc.double(), bc.double()], gyc, activation="silu", seq_idx=sc)
+    tri = grads_of(causal_conv1d_triton, [xc, wc, bc], gyc, activation="silu", seq_idx=sc)
+    errs.update({f"conv{kw}_{k}": rel(a, r) for k, a, r in zip(["y", "dx", "dw", "db"], tri, ref)})
 xn, zn, wn = rnd(3, 4, 32), rnd(3, 4, 32), rnd(32)
 gyn = rnd(3, 4, 32).double()
 refn = grads_of(gated_rms_norm, [xn.double(), zn.double(), wn.double()], gyn, group_size=16)
 trin = grads_of(gated_rms_norm_triton, [xn, zn, wn], gyn, group_size=16)
-print(json.dumps({"case": "conv_norm", "err": {**{"conv_" + k: rel(a, r) for k, a, r in zip(["y", "dx", "dw", "db"], tri, ref)},
-                                                **{"norm_" + k: rel(a, r) for k, a, r in zip(["y", "dx", "dz", "dw"], trin, refn)}}}),
-      flush=True)
+errs.update({"norm_" + k: rel(a, r) for k, a, r in zip(["y", "dx", "dz", "dw"], trin, refn)})
+refn = grads_of(lambda x, w: gated_rms_norm(x, None, w, group_size=8), [xn.double(), wn.double()], gyn)
+trin = grads_of(lambda x, w: gated_rms_norm_triton(x, None, w, group_size=8), [xn, wn], gyn)
+errs.update({"norm_noz_" + k: rel(a, r) for k, a, r in zip(["y", "dx", "dw"], trin, refn)})
+print(json.dumps({"case": "conv_norm", "err": errs}), flush=True)
 
 errors = {}
 ins, _ = make(0, 1, 8, 2, 16, 1, 16, torch.float32)
@@ -176,7 +198,7 @@ def results():
 
 
 @pytest.mark.parametrize("case", ["fp32_plain", "fp32_packed", "fp32_packed_fused", "fp32_packed_pblocks",
-                                  "fp32_len1", "fp32_packed_rows", "fp32_plain_rows"])
+                                  "fp32_no_dt_bias", "fp32_len1", "fp32_packed_rows", "fp32_plain_rows"])
 def test_fp32_matches_reference(results, case):
     r = results[case]
     assert r["dtypes"]["final_state"] == "torch.float32"
@@ -184,7 +206,7 @@ def test_fp32_matches_reference(results, case):
         assert err < 1e-4, (case, name, err)
 
 
-@pytest.mark.parametrize("case", ["bf16", "bf16_rows"])
+@pytest.mark.parametrize("case", ["bf16", "bf16_rows", "bf16_rows_limit"])
 def test_bf16_error_within_twice_the_chunked_tier(results, case):
     r = results[case]
     assert r["dtypes"] == {"y": "torch.bfloat16", "final_state": "torch.float32"}
@@ -193,10 +215,16 @@ def test_bf16_error_within_twice_the_chunked_tier(results, case):
         assert err <= bound, (name, err, r["chunked"][name], r["floor"][name])
 
 
-@pytest.mark.parametrize("case", ["decode", "decode_p48"])
+@pytest.mark.parametrize("case", ["decode", "decode_p48", "decode_bare"])
 def test_decode_step_matches_chunked_sequence(results, case):
     for name, err in results[case]["err"].items():
         assert err < 1e-5, (case, name, err)
+
+
+@pytest.mark.parametrize("case", ["fp32_packed_pblocks", "fp32_no_dt_bias", "bf16_rows_limit"])
+def test_dt_limit_cases_clamp_at_both_ends(results, case):
+    below, above = results[case]["clamped"]
+    assert below > 0.05 and above > 0.05, (case, below, above)
 
 
 def test_conv1d_and_gated_norm_match_torch(results):
