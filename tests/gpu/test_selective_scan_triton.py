@@ -54,17 +54,30 @@ def _run(fn, ins, seq_idx, softplus, gy, gh, dtype_cast=None):
     return y, h, dict(zip(leaves, grads))
 
 
-CASES = [  # dtype, n, l, full features + packed sequences
-    (torch.float32, 1, 7, True),
-    (torch.float32, 16, 1, True),
-    (torch.float32, 16, 257, True),
-    (torch.float32, 16, 8192, True),
-    (torch.float32, 64, 1000, True),
-    (torch.float32, 256, 513, True),
-    (torch.float32, 16, 300, False),
-    (torch.bfloat16, 16, 2049, True),
-    (torch.bfloat16, 64, 63, True),
-    (torch.float16, 16, 100, True),
+def _case(dtype, n, l, full, seq=None, e=48):
+    """dtype, n, l; full: z, D, delta_bias, initial state; seq: packed documents (default: as full);
+    e: inner width (48: whole blocks of channels at n >= 16; 200: a partial last block)."""
+    return dtype, n, l, full, full if seq is None else seq, e
+
+
+CASES = [
+    _case(torch.float32, 1, 7, True),
+    _case(torch.float32, 16, 1, True),
+    _case(torch.float32, 16, 257, True),
+    _case(torch.float32, 16, 8192, True),
+    _case(torch.float32, 64, 1000, True),
+    _case(torch.float32, 256, 513, True),
+    _case(torch.float32, 16, 300, False),
+    _case(torch.float32, 64, 777, True, seq=False),  # initial state without documents
+    _case(torch.float32, 16, 333, False, seq=True),  # documents without the other features
+    _case(torch.float32, 16, 129, True, e=200),
+    _case(torch.bfloat16, 16, 2049, True),
+    _case(torch.bfloat16, 64, 63, True),
+    _case(torch.bfloat16, 256, 513, True),
+    _case(torch.bfloat16, 1, 8192, True),
+    _case(torch.bfloat16, 16, 1, True),
+    _case(torch.bfloat16, 16, 300, True, e=200),
+    _case(torch.float16, 16, 100, True),
 ]
 
 
@@ -78,14 +91,14 @@ def _variant_fn(variant, n, e):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("dtype,n,l,full", CASES, ids=[f"{str(c[0])[6:]}-n{c[1]}-l{c[2]}-{'full' if c[3] else 'plain'}"
-                                                      for c in CASES])
-def test_triton_matches_chunked_and_reference(dtype, n, l, full, variant):
+@pytest.mark.parametrize("dtype,n,l,full,seq,e", CASES, ids=[
+    f"{str(c[0])[6:]}-n{c[1]}-l{c[2]}-{'full' if c[3] else 'plain'}{'-seq' if c[4] else ''}-e{c[5]}" for c in CASES])
+def test_triton_matches_chunked_and_reference(dtype, n, l, full, seq, e, variant):
     from mambakit.ops.selective_scan.chunked import selective_scan_chunked
     from mambakit.ops.selective_scan.reference import selective_scan_ref
-    b, e = 2, 48
+    b = 2
     selective_scan_triton = _variant_fn(variant, n, e)
-    ins, seq_idx = _make(b, l, e, n, dtype, full, seq=full, seed=l * 31 + n)
+    ins, seq_idx = _make(b, l, e, n, dtype, full, seq=seq, seed=l * 31 + n)
     g = torch.Generator(device="cuda").manual_seed(7)
     gy = torch.randn(b, l, e, device="cuda", generator=g, dtype=torch.float64)
     gh = torch.randn(b, e, n, device="cuda", generator=g, dtype=torch.float64)

@@ -78,6 +78,9 @@ FP32_CASES = {
     "len1_init": (256, dict(b=3, l=1, h=2, p=64, g=1, n=16, init=True), dict(dt_softplus=True)),
     "long_l2000_g2": (256, dict(b=1, l=2000, h=8, p=64, g=2, n=128, D="h", init=True), dict(dt_softplus=True)),
     "odd_dims_l100": (64, dict(b=1, l=100, h=6, p=24, g=3, n=40, D="h"), dict(dt_softplus=True)),
+    # no dt_bias; dt = softplus(N(-1.5, 0.5)) ~ 0.2, clamped at both ends (about 30% each)
+    "no_bias_limit_l300": (64, dict(b=2, l=300, h=4, p=32, g=2, n=32, D="h", z=True, seq=True, dt_bias=False),
+                           dict(dt_softplus=True, dt_limit=(0.15, 0.25))),
 }
 
 
@@ -96,6 +99,8 @@ LOWP_CASES = {
                            dict(dt_softplus=True)),
     "bf16_l7_gh": (256, dict(b=2, l=7, h=4, p=32, g=4, n=32, D="h"), dict(dt_softplus=True)),
     "fp16_l513_g2": (256, dict(b=1, l=513, h=4, p=64, g=2, n=64, D="h", init=True), dict(dt_softplus=True)),
+    "bf16_limit_no_bias": (128, dict(b=2, l=500, h=4, p=64, g=2, n=64, D="hp", z=True, seq=True, dt_bias=False),
+                           dict(dt_softplus=True, dt_limit=(0.15, 0.25))),
 }
 
 
@@ -196,7 +201,7 @@ def test_state_pass_designs_agree():
     gy = torch.randn(2, 700, 4, 64, device="cuda", dtype=torch.float64)
     gs = torch.randn(2, 4, 64, 64, device="cuda", dtype=torch.float64)
     variants = {"split": {"state_impl": "split"}, "fused": {"state_impl": "fused"},
-                "p_blocks": {"state_impl": "split", "scan_bp": 32}}
+                "p_blocks": {"state_impl": "split", "scan_impl": "recur", "scan_bp": 32}}  # scan_bp: recur's
     outs = {}
     try:
         for name, var in variants.items():
@@ -214,6 +219,8 @@ def test_state_pass_designs_agree():
 # per-kernel settings); each must pass the same checks as the defaults.
 VARIANTS = {
     "rows": dict(scan_impl="rows", dx_impl="rows"),
+    "recur": dict(scan_impl="recur", dx_impl="recur"),
+    "recur_bp32": dict(scan_impl="recur", dx_impl="recur", scan_bp=32),
     "rows_cb_bm32": dict(scan_impl="rows", dx_impl="rows", rows_cb=True, rows_bm=32, rows_stages=3, dx_rows_bm=32,
                          dbdc_stages=1),
     "rows_chunks_first_bp32_w8": dict(scan_impl="rows", dx_impl="rows", rows_heads_first=False, rows_bp=32,
