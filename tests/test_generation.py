@@ -31,12 +31,14 @@ def make_model(kind: str, **attention):
         return tiny_model(kind)
     if kind == "s4d":  # the LTI mixer: same padding machinery (seq_idx, state cleared)
         return tiny_model("mamba2", ssm_layer="s4d", s4d={"d_state": 16, "expand": 2})
-    cfg = _hybrid_config(kind).to_dict()
+    cfg = _hybrid_config("hybrid" if kind == "hybrid_mamba1" else kind).to_dict()
+    if kind == "hybrid_mamba1":  # attention and MLP blocks around Mamba-1 mixers
+        cfg["ssm_layer"] = "mamba1"
     cfg["attention"].update(attention)
     return mambakit.LM(mambakit.ModelConfig.from_dict(cfg)).eval()
 
 
-KINDS = ["mamba", "mamba2", "s4d", "hybrid", "transformer"]
+KINDS = ["mamba", "mamba2", "s4d", "hybrid", "hybrid_mamba1", "transformer"]
 _MODELS = {}
 
 
