@@ -163,7 +163,9 @@ def test_prefill_then_steps_match_torch(monkeypatch, kind, ngroups, precision, p
     tri = _decode(model, ids, N_PROMPT, pads, "triton", precision, monkeypatch)
     step_kernel = [f for _, f in KERNELS[kind] if "decode" in f][0]
     assert calls.n.get(step_kernel, 0) == (L_DEC - N_PROMPT) * model.config.n_layer, calls.n
+    before = dict(calls.n)
     tor = _decode(model, ids, N_PROMPT, pads, "torch", precision, monkeypatch)
+    assert calls.n == before, "MAMBAKIT_BACKEND=torch still ran Triton kernels"
     _check(tri, tor, precision,
            lambda: _decode(copy.deepcopy(model).float(), ids, N_PROMPT, pads, "torch", "fp32", monkeypatch),
            {True: 1e-4, False: 1e-4})
