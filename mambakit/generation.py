@@ -374,13 +374,12 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
              generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None,
              min_p: float | None = None, repetition_penalty: float = 1.0, stop_sequences=None,
              pad_token_id: int | None = None, max_length: int | None = None,
-             prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
-             cuda_graph: bool = False) -> torch.Tensor:
+             prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK, cuda_graph: bool = False) -> torch.Tensor:
     """Prompt (b, l) -> prompt + new tokens (b, l + t), t <= max_new_tokens (fewer once every row stopped).
 
     generate checks for "every row stopped" every _STOP_CHECK_EVERY steps (each check waits for the
     GPU): up to that many steps of padding may run and are dropped from the output. They draw from
-    `generator` when sampling, so its state afterwards may differ from stream()'s; the tokens do not.
+    `generator` when sampling, so its state afterwards may differ from stream()'s; the tokens are the same.
     """
     prompt = _normalize_prompt(model, input_ids, attention_mask)
     s = _settings(model, prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
@@ -404,8 +403,7 @@ def stream(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: flo
            generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None,
            min_p: float | None = None, repetition_penalty: float = 1.0, stop_sequences=None,
            pad_token_id: int | None = None, max_length: int | None = None,
-             prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
-           cuda_graph: bool = False):
+           prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK, cuda_graph: bool = False):
     """Like generate, but yields each step's new tokens, a (b,) tensor, as soon as it is sampled.
 
     Arguments are checked when stream() is called, before the first token is asked for.
