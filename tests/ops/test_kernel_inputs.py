@@ -53,28 +53,22 @@ def no_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
-@pytest.mark.parametrize("op", OPS)
-def test_cpu_tensors_are_refused_with_a_clear_error(op):
-    fn, kw = calls()[op]
-    with pytest.raises(ValueError, match=f"{op}: the Triton kernels take CUDA tensors, got tensors on cpu"):
-        fn(**kw)
+# fault -> (how the first activation is changed, the message expected); {op} and {name} are filled in
+FAULTS = {
+    "cpu": (lambda t: t, "{op}: the Triton kernels take CUDA tensors, got tensors on cpu"),
+    "two_devices": (lambda t: t.to("meta"), "{op}: all tensors must be on one device, got .*{name} on meta"),
+    "float64": (lambda t: t.double(), "{op}: {name} .*float64"),
+}
 
 
+@pytest.mark.parametrize("fault", list(FAULTS))
 @pytest.mark.parametrize("op", OPS)
-def test_tensors_on_two_devices_are_refused(op):
+def test_device_and_dtype_faults_are_clear_errors(op, fault):
     fn, kw = calls()[op]
+    change, message = FAULTS[fault]
     name = FIRST[op]
-    kw[name] = kw[name].to("meta")
-    with pytest.raises(ValueError, match=f"{op}: all tensors must be on one device, got .*{name} on meta"):
-        fn(**kw)
-
-
-@pytest.mark.parametrize("op", OPS)
-def test_float64_activations_are_refused(op):
-    fn, kw = calls()[op]
-    name = FIRST[op]
-    kw[name] = kw[name].double()
-    with pytest.raises(ValueError, match=f"{op}: {name} .*float64"):
+    kw[name] = change(kw[name])
+    with pytest.raises(ValueError, match=message.format(op=op, name=name)):
         fn(**kw)
 
 
