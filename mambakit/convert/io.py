@@ -7,6 +7,7 @@ name and renamed, so a crash never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -97,6 +98,12 @@ def load_checked(config, state: dict, path: Path, dtype=None, device=None, where
     expected = {k: v for k, v in model.state_dict().items()}
     if config.tie_embeddings:
         expected.pop("lm_head.weight", None)
+        head, emb = state.get("lm_head.weight"), state.get("embedding.weight")
+        if head is not None and emb is not None and (head.shape != emb.shape or not torch.equal(head, emb)):
+            # transformers ties such a model too and drops the head; say so rather than drop it silently
+            logging.getLogger("mambakit").warning(
+                "%s: config.json ties the head to the embedding, but the file's lm_head.weight differs from "
+                "it; the head is ignored (set tie_embeddings / tie_word_embeddings false to use it)", path)
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -49,6 +49,16 @@ def test_save_overwrites_atomically(tmp_path, monkeypatch):
         assert torch.equal(mambakit.load(tmp_path / "ckpt")(ids), other(ids))
 
 
+def test_a_tied_checkpoint_whose_head_differs_warns(tmp_path, caplog):
+    model = tiny_model("mamba2")
+    assert model.config.tie_embeddings
+    path = _corrupt(tmp_path, edit_state=lambda s: s.update({"lm_head.weight": s["embedding.weight"] + 1}))
+    with caplog.at_level("WARNING", logger="mambakit"):
+        back = mambakit.load(path)
+    assert "lm_head.weight differs" in caplog.text
+    assert back.lm_head.weight is back.embedding.weight
+
+
 def test_save_refuses_a_file(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="notes.txt is a file; a checkpoint is a folder"):
