@@ -20,7 +20,8 @@ import torch
 
 # --- sampling ---------------------------------------------------------------------------------------
 def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)  # True is an int to Python, not to a user
+    # numpy's integers count; True is an int to Python, not to a user
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _is_real(v) -> bool:
@@ -195,25 +196,25 @@ def _token_list(value, what: str, vocab: int) -> list[int]:
     if value is None:
         return []
     values = [value] if _is_int(value) else value
-    if isinstance(values, torch.Tensor):
-        values = values.flatten().tolist()
+    if hasattr(values, "tolist") and hasattr(values, "ndim"):  # a tensor or a numpy array
+        values = values.tolist() if values.ndim == 1 else [values.tolist()]  # 0-d: one id; 2-d: refused below
     try:
         values = list(values)
     except TypeError:
         raise ValueError(f"{what} must be a token id or a list of token ids, got {value!r}") from None
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vocab:
+        if not _is_int(v) or not 0 <= v < vocab:
             raise ValueError(f"{what} must hold token ids in [0, {vocab}), got {value!r}")
-    return values
+    return [int(v) for v in values]
 
 
 def _stop_lists(stop_sequences, vocab: int) -> list[list[int]]:
     """stop_sequences as lists of ids: a list of id lists, or a 2-d tensor (one sequence a row)."""
     if stop_sequences is None:
         return []
-    if isinstance(stop_sequences, torch.Tensor):
-        if stop_sequences.dim() != 2:
-            raise ValueError(f"stop_sequences as a tensor must be 2-d (sequences, length), got shape "
+    if hasattr(stop_sequences, "tolist") and hasattr(stop_sequences, "ndim"):  # a tensor or a numpy array
+        if stop_sequences.ndim != 2:
+            raise ValueError(f"stop_sequences as an array must be 2-d (sequences, length), got shape "
                              f"{tuple(stop_sequences.shape)}")
         stop_sequences = stop_sequences.tolist()
     if isinstance(stop_sequences, (str, bytes)) or not hasattr(stop_sequences, "__iter__"):

@@ -305,8 +305,9 @@ def test_stop_sequences_finish_rows():
     ids = torch.randint(0, 256, (1, 5))
     free = mambakit.generate(model, ids, 24)[0, 5:].tolist()
     # A stop whose last token came earlier after another token: only the whole sequence may stop.
-    j = next(j for j in range(2, len(free))
-             if any(free[i] == free[j] and free[i - 1] != free[j - 1] for i in range(1, j)))
+    j = next((j for j in range(2, len(free))
+              if any(free[i] == free[j] and free[i - 1] != free[j - 1] for i in range(1, j))), None)
+    assert j is not None, "no stop whose last token came earlier after another token: change the seed"
     stop = free[j - 1:j + 1]
     out = mambakit.generate(model, ids, 24, stop_sequences=[stop, [255, 255, 255]])[0, 5:].tolist()
     end = next(i for i in range(1, len(free)) if free[i - 1:i + 1] == stop)
@@ -319,9 +320,11 @@ def test_stop_sequences_must_be_lists_of_lists(stops, match):
     model = make_model("mamba2")
     with pytest.raises(ValueError, match=match):
         mambakit.generate(model, torch.zeros(1, 3, dtype=torch.long), 2, stop_sequences=stops)
-    # a 2-d tensor: one sequence a row
-    assert mambakit.generate(model, torch.zeros(1, 3, dtype=torch.long), 2,
-                             stop_sequences=torch.tensor([[5, 6], [7, 8]])).shape[0] == 1
+    # a 2-d tensor or numpy array: one sequence a row; numpy integers are ids like Python's
+    import numpy as np
+    for seqs in (torch.tensor([[5, 6], [7, 8]]), np.array([[5, 6], [7, 8]])):
+        assert mambakit.generate(model, torch.zeros(1, 3, dtype=torch.long), 2, stop_sequences=seqs,
+                                 eos_token_id=np.int64(9)).shape[0] == 1
 
 
 def test_max_length_caps_prompt_plus_new_tokens():

@@ -64,19 +64,24 @@ def load(path, dtype=None, device=None):
 
 def _tensor_namer(fmt, state: dict, sources: dict, converted: dict):
     """where(key) for load_checked's messages: a mambakit key as the file stores it, with the file's
-    name. Renaming keeps the tensor objects, so a converted tensor is traced back by identity; a key
-    the file lacks is spelled by the format's file_key (when it has one)."""
-    origin = {id(t): k for k, t in state.items()}  # `state` holds every original: ids stay unique
-    weight_files = sorted(set(sources.values()))
+    name. Renaming keeps the tensor objects, so a converted tensor is traced back by identity (one
+    object may sit under several keys: a pickled tied head); a key the file lacks, or a tensor the
+    conversion made anew, is spelled by the format's file_key (when it has one)."""
+    origin: dict[int, list[str]] = {}  # `state` holds every original, so ids stay unique
+    for k, t in state.items():
+        origin.setdefault(id(t), []).append(k)
+    n_files = len(set(sources.values()))
     file_key = getattr(fmt, "file_key", lambda key: key)
 
     def where(key: str) -> str:
-        src = origin.get(id(converted[key])) if key in converted else None
-        if src is None:
-            src, files = file_key(key), " or ".join(weight_files)
+        spelled = file_key(key)
+        keys = origin.get(id(converted[key]), []) if key in converted else []
+        src = spelled if spelled in keys or not keys else keys[0]
+        if src in sources:
+            place = sources[src]
         else:
-            files = sources[src]
-        return f"{src!r} ({files}" + (f"; mambakit's {key!r})" if src != key else ")")
+            place = next(iter(sources.values())) if n_files == 1 else f"in none of the {n_files} weight files"
+        return f"{src!r} ({place}" + (f"; mambakit's {key!r})" if src != key else ")")
     return where
 
 

@@ -46,17 +46,16 @@ def _read_safetensors(f: Path) -> dict:
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors of a checkpoint folder and, for each key, the name of the file that holds it."""
     indexes = [path / n for n in _INDEXES if (path / n).exists()]
-    index = indexes[0] if indexes else None
     if (path / "model.safetensors").exists():
         files = ["model.safetensors"]
-    elif index is not None and not (path / "pytorch_model.bin").exists():
-        try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as err:
-            raise CheckpointError(f"{index}: not a shard index (expected JSON with a weight_map): {err}") from err
-        for name in files:
-            if not (path / name).exists():
-                raise CheckpointError(f"{path / name}: missing; {index.name} lists it as a shard")
+    elif indexes and not (path / "pytorch_model.bin").exists():
+        # A download of only the .bin shards keeps both indexes: take the first whose shards are all here.
+        shard_lists = [_shards(index) for index in indexes]
+        complete = [names for names in shard_lists if all((path / n).exists() for n in names)]
+        if not complete:
+            missing = next(n for n in shard_lists[0] if not (path / n).exists())
+            raise CheckpointError(f"{path / missing}: missing; {indexes[0].name} lists it as a shard")
+        files = complete[0]
     else:
         files = [name for name in ("pytorch_model.bin", "model.pt") if (path / name).exists()][:1]
         if not files:
@@ -68,6 +67,13 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         state.update(part)
         sources.update(dict.fromkeys(part, name))
     return state, sources
+
+
+def _shards(index: Path) -> list[str]:
+    try:
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, AttributeError) as err:
+        raise CheckpointError(f"{index}: not a shard index (expected JSON with a weight_map): {err}") from err
 
 
 def _read_torch(f: Path) -> dict:
@@ -89,8 +95,7 @@ def load_checked(config, state: dict, path: Path, dtype=None, device=None, where
     """Build LM(config) and fill it from `state`; any missing, unexpected or misshapen key is an error.
 
     where(key) names a tensor for messages: the file that holds it and its key there (default:
-    the key alone). With `dtype`, every tensor but A_log and D is cast to it: those stay in fp32,
-    as mamba_ssm keeps them, because the decays exp(dt A) are sensitive to A's rounding."""
+    the key alone). With `dtype`, every tensor but A_log and D is cast to it (cast_keeping_fp32)."""
     from ..model import LM
     where = where or repr
     with torch.device("meta"):
@@ -118,6 +123,8 @@ def load_checked(config, state: dict, path: Path, dtype=None, device=None, where
         if tuple(state[key].shape) != tuple(ref.shape):
             raise CheckpointError(f"{path}: tensor {where(key)} has shape {tuple(state[key].shape)}, "
                                   f"config.json implies {tuple(ref.shape)}")
+    if dtype is not None:
+        cast_keeping_fp32(model, dtype)  # still on "meta": the weights are allocated once, in their dtype
     model = model.to_empty(device=device or "cpu")
     if config.tie_embeddings:
         model.lm_head.weight = model.embedding.weight
@@ -125,8 +132,6 @@ def load_checked(config, state: dict, path: Path, dtype=None, device=None, where
         for key, tensor in model.state_dict().items():
             if key in state:  # the tied head is filled through the embedding
                 tensor.copy_(state[key].to(tensor.dtype))
-    if dtype is not None:
-        cast_keeping_fp32(model, dtype)
     return model.eval()
 
 
@@ -134,7 +139,9 @@ KEPT_FP32 = ("A_log", "D")  # parameter names that a cast to a 16-bit dtype leav
 
 
 def cast_keeping_fp32(model, dtype: torch.dtype):
-    """model.to(dtype), except parameters named in KEPT_FP32, which stay at least fp32 (mamba_ssm's rule)."""
+    """model.to(dtype), except parameters named in KEPT_FP32, which stay at least fp32: the decays
+    exp(dt A) are sensitive to A's rounding (mamba_ssm keeps Mamba-1's A_log and D, and Mamba-2's D,
+    in fp32). Code that needs one dtype for every parameter (FSDP) calls model.to(dtype) after."""
     keep = dtype if torch.finfo(dtype).bits >= 32 else torch.float32
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
@@ -161,6 +168,16 @@ def _checkpoint_files(path: Path) -> set[str]:
     return names
 
 
+def _link_or_copy(src, dst) -> None:
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(src, dst)
+
+
 def write_folder(path: Path, raw_config: dict, state: dict[str, torch.Tensor]) -> None:
     """Write config.json + model.safetensors into `path` atomically: a temporary folder beside it,
     then renamed. Over an existing checkpoint folder, its other files (tokenizer, README, ...) are
@@ -168,6 +185,8 @@ def write_folder(path: Path, raw_config: dict, state: dict[str, torch.Tensor]) -
     folder whole under .NAME.old-PID."""
     from safetensors.torch import save_file
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()  # a link to a checkpoint folder: the folder it points to is replaced
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file; a checkpoint is a folder (pass a new or existing folder path)")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,11 +197,13 @@ def write_folder(path: Path, raw_config: dict, state: dict[str, torch.Tensor]) -
                   metadata={"format": "pt"})
         if path.exists():
             replaced = _checkpoint_files(path)
-            for item in path.iterdir():
-                if item.name not in replaced:
-                    copy = shutil.copytree if item.is_dir() and not item.is_symlink() else shutil.copy2
-                    copy(item, tmp / item.name, **({"symlinks": True} if copy is shutil.copytree else
-                                                   {"follow_symlinks": False}))
+            for item in path.iterdir():  # hard links (same filesystem): nothing is copied
+                if item.name in replaced:
+                    continue
+                if item.is_dir() and not item.is_symlink():
+                    shutil.copytree(item, tmp / item.name, symlinks=True, copy_function=_link_or_copy)
+                else:
+                    _link_or_copy(item, tmp / item.name)
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
             os.replace(tmp, path)

@@ -158,8 +158,10 @@ def load_model(spec, tokenizer=None, device="auto", dtype="auto", seed: int = 0)
         if mambakit.PRESETS[str(spec)].vocab_size != tok.vocab_size:
             overrides["vocab_size"] = tok.vocab_size  # random weights: sized to the tokenizer
         torch.manual_seed(seed)
-        model = mambakit.LM(mambakit.ModelConfig.from_preset(str(spec), **overrides)).to(device=device)
-        model = cast_keeping_fp32(model, dtype)  # as a loaded checkpoint: A_log and D stay fp32
+        model = mambakit.LM(mambakit.ModelConfig.from_preset(str(spec), **overrides))
+        # cast before the move (the device holds the weights once, in their dtype); A_log and D stay
+        # fp32 as in a loaded checkpoint
+        model = cast_keeping_fp32(model, dtype).to(device=device)
         extra = f", vocabulary {model.config.vocab_size} to match it" if overrides else ""
         notes.append(f"preset {spec!r}: RANDOM weights (seed {seed}, {model.num_parameters() / 1e6:.1f}M "
                      f"parameters) and the {type(tok).__name__}{extra}; its outputs are those of an untrained model")

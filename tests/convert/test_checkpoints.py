@@ -59,6 +59,35 @@ def test_a_tied_checkpoint_whose_head_differs_warns(tmp_path, caplog):
     assert back.lm_head.weight is back.embedding.weight
 
 
+def test_save_through_a_link_replaces_the_folder_it_points_to(tmp_path):
+    model = tiny_model("mamba")
+    model.save(tmp_path / "real")
+    (tmp_path / "real" / "tokenizer.json").write_text("{}")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    other = tiny_model("mamba")
+    other.save(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "tokenizer.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no stray temporary or old folder
+    ids = torch.randint(0, 256, (1, 5))
+    with torch.no_grad():
+        assert torch.equal(mambakit.load(tmp_path / "link")(ids), other(ids))
+
+
+def test_a_tensor_saved_under_two_keys_is_named_by_the_key_that_is_wrong(tmp_path):
+    """torch.save keeps one object for a tied embedding and head; a misshapen embedding is still
+    reported under its own name."""
+    model = tiny_model("mamba")
+    _mamba_ssm_folder(tmp_path / "m", model, "Mamba1")
+    f = tmp_path / "m" / "pytorch_model.bin"
+    state = torch.load(f, weights_only=True)
+    bad = torch.zeros(256, 3)
+    state["backbone.embedding.weight"] = state["lm_head.weight"] = bad
+    torch.save(state, f)
+    with pytest.raises(CheckpointError, match=r"'backbone.embedding.weight' \(pytorch_model.bin; mambakit's "
+                                              r"'embedding.weight'\) has shape \(256, 3\)"):
+        mambakit.load(tmp_path / "m")
+
+
 def test_save_refuses_a_file(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="notes.txt is a file; a checkpoint is a folder"):
@@ -203,11 +232,15 @@ def test_sharded_folder(suffix, tmp_path):
         weight_map.update(dict.fromkeys(part, name))
     index = "model.safetensors.index.json" if suffix == "safetensors" else "pytorch_model.bin.index.json"
     (tmp_path / "c" / index).write_text(json.dumps({"weight_map": weight_map}))
+    if suffix == "bin":  # a download of the .bin shards alone keeps the safetensors index beside them
+        (tmp_path / "c" / "model.safetensors.index.json").write_text(json.dumps(
+            {"weight_map": {k: "model-00001-of-00002.safetensors" for k in keys}}))
     ids = torch.randint(0, 256, (1, 7))
     with torch.no_grad():
         assert torch.equal(mambakit.load(tmp_path / "c")(ids), model(ids))
     (tmp_path / "c" / names[1]).unlink()
-    with pytest.raises(CheckpointError, match=f"{names[1]}: missing; {index} lists it as a shard"):
+    first = "model-00001-of-00002.safetensors" if suffix == "bin" else names[1]  # the first index's gap
+    with pytest.raises(CheckpointError, match=f"{first}: missing; model.safetensors.index.json lists it"):
         mambakit.load(tmp_path / "c")
 
 

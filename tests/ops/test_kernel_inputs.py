@@ -88,9 +88,9 @@ def test_device_and_dtype_faults_are_clear_errors(op, fault):
     ("mamba1_decode_step_triton", "ssm_state", torch.zeros(b, e, n + 1), "ssm_state must be contiguous fp32"),
     ("mamba1_decode_step_triton", "x_proj_weight", torch.zeros(3, e), "x_proj_weight has shape"),
     ("mamba1_decode_step_triton", "D", torch.zeros(e + 1), r"D has shape \(9,\)"),
-    ("selective_scan_triton", "D", torch.zeros(e + 1), "D"),
-    ("selective_scan_triton", "initial_state", torch.zeros(b, e, n + 1), "initial_state"),
-    ("selective_scan_triton", "seq_idx", torch.zeros(b, l), "seq_idx"),
+    ("selective_scan_triton", "D", torch.zeros(e + 1), r"D has shape \(9,\)"),
+    ("selective_scan_triton", "initial_state", torch.zeros(b, e, n + 1), r"initial_state has shape \(2, 8, 5\)"),
+    ("selective_scan_triton", "seq_idx", torch.zeros(b, l), "seq_idx has dtype torch.float32"),
     ("ssd_triton", "cu_seqlens", torch.tensor([0, 2, 5]), "b must be 1"),
 ])
 def test_bad_shapes_are_named(op, name, value, message):
