@@ -1,4 +1,5 @@
-"""Generation: padded batches, sampling, stopping, streaming, chunked prefill, CUDA-graph logic, bad input.
+"""Generation: padded batches, chunked prefill, sampling, bad input, CUDA-graph logic (stopping and
+streaming: test_generation_stopping.py).
 
 Letters: b batch, l prompt length, t new tokens, v vocabulary.
 """
@@ -13,53 +14,9 @@ import torch
 import mambakit
 from mambakit import cuda_graphs
 from mambakit.generation import prefill, sample_next
-from conftest import tiny_model
+from generation_models import SAMPLING, hybrid_config, make_model, model, padded_prompts  # noqa: F401 (model: a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _hybrid_config(kind: str):
-    """The tiny hybrid / Transformer presets (from presets_hybrid until they are merged into PRESETS)."""
-    if f"{kind}-tiny" in mambakit.PRESETS:
-        return mambakit.ModelConfig.from_preset(f"{kind}-tiny")
-    from mambakit.presets_hybrid import HYBRID_PRESETS
-    return mambakit.ModelConfig.from_dict(HYBRID_PRESETS[f"{kind}-tiny"].to_dict())
-
-
-def make_model(kind: str, **attention):
-    if kind in ("mamba", "mamba2"):
-        return tiny_model(kind)
-    if kind == "s4d":  # the LTI mixer: same padding machinery (seq_idx, state cleared)
-        return tiny_model("mamba2", ssm_layer="s4d", s4d={"d_state": 16, "expand": 2})
-    cfg = _hybrid_config("hybrid" if kind == "hybrid_mamba1" else kind).to_dict()
-    if kind == "hybrid_mamba1":  # attention and MLP blocks around Mamba-1 mixers
-        cfg["ssm_layer"] = "mamba1"
-    cfg["attention"].update(attention)
-    return mambakit.LM(mambakit.ModelConfig.from_dict(cfg)).eval()
-
-
-KINDS = ["mamba", "mamba2", "s4d", "hybrid", "hybrid_mamba1", "transformer"]
-_MODELS = {}
-
-
-@pytest.fixture(params=KINDS)
-def model(request):
-    if request.param not in _MODELS:
-        torch.manual_seed(1)
-        _MODELS[request.param] = make_model(request.param)
-    return _MODELS[request.param]
-
-
-def _padded(lengths, side="left", l=None, fill=None):
-    """Random prompts of the given lengths, padded to l with junk ids; -> ids (b, l), mask (b, l), prompts."""
-    l = l or max(lengths)
-    prompts = [torch.randint(0, 256, (n,)) for n in lengths]
-    ids = torch.randint(0, 256, (len(lengths), l)) if fill is None else torch.full((len(lengths), l), fill)
-    mask = torch.zeros(len(lengths), l, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        span = slice(l - len(p), l) if side == "left" else slice(0, len(p))
-        ids[i, span], mask[i, span] = p, 1
-    return ids, mask, prompts
 
 
 # --- padding -----------------------------------------------------------------------------------------
@@ -67,7 +24,7 @@ LENGTHS = [1, 2, 6, 9]  # shorter than the conv window (k = 4), longer, and unpa
 
 
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(model):
-    ids, mask, prompts = _padded(LENGTHS)
+    ids, mask, prompts = padded_prompts(LENGTHS)
     alone = [mambakit.generate(model, p[None], 5)[0, len(p):].tolist() for p in prompts]
     for chunk in (None, 4):  # one-shot prefill, and chunks that end inside the padding
         out = mambakit.generate(model, ids, 5, attention_mask=mask, prefill_chunk=chunk)
@@ -78,7 +35,7 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(model):
 
 
 def test_right_padding_gives_the_same_tokens_after_each_prompt(model):
-    ids, mask, prompts = _padded([1, 6], side="right", fill=255)
+    ids, mask, prompts = padded_prompts([1, 6], side="right", fill=255)
     out = mambakit.generate(model, ids, 4, attention_mask=mask)
     for i, p in enumerate(prompts):
         alone = mambakit.generate(model, p[None], 4)[0]
@@ -89,7 +46,7 @@ def test_right_padding_gives_the_same_tokens_after_each_prompt(model):
 
 def test_padding_values_never_matter():
     model = make_model("hybrid")
-    ids, mask, _ = _padded([2, 7], fill=0)
+    ids, mask, _ = padded_prompts([2, 7], fill=0)
     junk = ids.masked_fill(mask == 0, -100)  # even ids outside the vocabulary
     a = mambakit.generate(model, ids, 5, attention_mask=mask)
     b = mambakit.generate(model, junk, 5, attention_mask=mask)
@@ -181,11 +138,8 @@ def test_ssm_cache_does_not_grow_with_generated_tokens(monkeypatch):
 
 
 # --- sampling ----------------------------------------------------------------------------------------------
-SAMPLING = dict(temperature=1.0, top_k=50, top_p=0.9, min_p=0.02, repetition_penalty=1.3)
-
-
 def test_sampling_with_a_seed_is_reproducible(model):
-    ids, mask, _ = _padded([3, 8])
+    ids, mask, _ = padded_prompts([3, 8])
 
     def sample(seed):
         g = torch.Generator().manual_seed(seed)
@@ -227,7 +181,7 @@ def test_repetition_penalty_ignores_padding(model, monkeypatch):
     batch generates what each prompt generates alone."""
     from mambakit import generation
     torch.manual_seed(6)
-    ids, mask, prompts = _padded([2, 5], fill=9)
+    ids, mask, prompts = padded_prompts([2, 5], fill=9)
     alone = [mambakit.generate(model, p[None], 3, repetition_penalty=5.0)[0, len(p):].tolist() for p in prompts]
     seen_first = []
     sample = generation.sample_next
@@ -237,140 +191,6 @@ def test_repetition_penalty_ignores_padding(model, monkeypatch):
     assert out[:, 5:].tolist() == alone
     for row, p in zip(seen_first[0], prompts):
         assert set(torch.nonzero(row).flatten().tolist()) == set(p.tolist())
-
-
-# --- stopping ----------------------------------------------------------------------------------------------
-def _first(seq, value):
-    return seq.index(value) if value in seq else None
-
-
-def _eos_finishing_rows_apart(free, after=0):
-    """A token whose first occurrences in the rows of `free` (lists of new tokens) differ, the last one
-    after step `after` (or never in some row): rows then stop at different steps."""
-    firsts = {}
-    for tok in sorted({t for row in free for t in row}):
-        steps = [_first(row, tok) for row in free]
-        known = [i for i in steps if i is not None]
-        if len(set(steps)) == len(steps) and (None in steps or max(known) > after):
-            firsts[tok] = steps
-    assert firsts, "no token stops these rows at different steps: change the seed"
-    return min(firsts.items(), key=lambda kv: min(i for i in kv[1] if i is not None))
-
-
-def test_eos_finishes_rows_and_pads_them():
-    model = make_model("mamba2")
-    torch.manual_seed(3)
-    ids, mask, _ = _padded([3, 6])
-    free = mambakit.generate(model, ids, 12, attention_mask=mask)[:, 6:].tolist()
-    eos, steps = _eos_finishing_rows_apart(free)
-    out = mambakit.generate(model, ids, 12, attention_mask=mask, eos_token_id=[eos, 255], pad_token_id=7)
-    new = out[:, 6:].tolist()
-    padded_rows = 0
-    for row, ref in zip(new, free):
-        stop = min(i for i in (_first(ref, eos), _first(ref, 255), len(ref) - 1) if i is not None)
-        assert row[:stop + 1] == ref[:stop + 1]
-        assert row[stop + 1:] == [7] * (len(row) - stop - 1)
-        padded_rows += len(row) - stop - 1 > 0
-    assert padded_rows >= 1  # at least one row stopped early and was padded while another went on
-    # one row: generation ends at its eos
-    row = 0 if steps[0] is not None else 1
-    single = mambakit.generate(model, ids[row:row + 1, 6 - (3, 6)[row]:], 12, eos_token_id=eos)
-    assert single.shape[1] == (3, 6)[row] + steps[row] + 1 and single[0, -1] == eos
-
-
-def test_generate_stops_where_every_row_stopped_despite_lazy_checks():
-    """generate checks for "all rows stopped" on the host only every few steps; its output still
-    ends at the step where the last row stopped, as stream (checked every step) does."""
-    from mambakit.generation import _STOP_CHECK_EVERY
-    model = make_model("mamba2")
-    torch.manual_seed(4)
-    ids, mask, _ = _padded([3, 6])
-    n = 3 * _STOP_CHECK_EVERY
-    free = mambakit.generate(model, ids, n, attention_mask=mask)[:, 6:].tolist()
-    both = [t for t in set(free[0]) & set(free[1])
-            if max(_first(free[0], t), _first(free[1], t)) > _STOP_CHECK_EVERY
-            and _first(free[0], t) != _first(free[1], t)]
-    assert both, "no token both rows reach late and apart: change the seed"
-    eos = both[0]
-    last = max(_first(free[0], eos), _first(free[1], eos))
-    out = mambakit.generate(model, ids, n, attention_mask=mask, eos_token_id=eos)
-    streamed = torch.stack(list(mambakit.stream(model, ids, n, attention_mask=mask, eos_token_id=eos)), 1)
-    assert torch.equal(out[:, 6:], streamed)
-    assert out.shape[1] == 6 + last + 1 < 6 + n  # trimmed to the step where the last row stopped
-
-
-def test_stop_sequences_finish_rows():
-    model = make_model("mamba2")
-    torch.manual_seed(5)
-    ids = torch.randint(0, 256, (1, 5))
-    free = mambakit.generate(model, ids, 24)[0, 5:].tolist()
-    # A stop whose last token came earlier after another token: only the whole sequence may stop.
-    j = next((j for j in range(2, len(free))
-              if any(free[i] == free[j] and free[i - 1] != free[j - 1] for i in range(1, j))), None)
-    assert j is not None, "no stop whose last token came earlier after another token: change the seed"
-    stop = free[j - 1:j + 1]
-    out = mambakit.generate(model, ids, 24, stop_sequences=[stop, [255, 255, 255]])[0, 5:].tolist()
-    end = next(i for i in range(1, len(free)) if free[i - 1:i + 1] == stop)
-    assert end == j and out == free[:end + 1]
-
-
-@pytest.mark.parametrize("stops,match", [([5, 6], "flat list"), (torch.tensor([5, 6]), "2-d"),
-                                         ("ab", "token-id lists")])
-def test_stop_sequences_must_be_lists_of_lists(stops, match):
-    model = make_model("mamba2")
-    with pytest.raises(ValueError, match=match):
-        mambakit.generate(model, torch.zeros(1, 3, dtype=torch.long), 2, stop_sequences=stops)
-    # a 2-d tensor or numpy array: one sequence a row; numpy integers are ids like Python's
-    import numpy as np
-    for seqs in (torch.tensor([[5, 6], [7, 8]]), np.array([[5, 6], [7, 8]])):
-        assert mambakit.generate(model, torch.zeros(1, 3, dtype=torch.long), 2, stop_sequences=seqs,
-                                 eos_token_id=np.int64(9)).shape[0] == 1
-
-
-def test_max_length_caps_prompt_plus_new_tokens():
-    model = make_model("mamba2")
-    ids = torch.randint(0, 256, (1, 5))
-    assert mambakit.generate(model, ids, 20, max_length=8).shape == (1, 8)
-    with pytest.raises(ValueError, match="max_length"):
-        mambakit.generate(model, ids, 2, max_length=4)
-
-
-def test_a_models_context_limit_is_checked_before_any_work(monkeypatch):
-    model = make_model("hybrid", max_seqlen=16)
-    monkeypatch.setattr(model, "allocate_cache", lambda *a, **k: pytest.fail("work started"))
-    with pytest.raises(ValueError, match="limit of 16"):
-        mambakit.generate(model, torch.randint(0, 256, (1, 10)), 7)
-    with pytest.raises(ValueError, match="limit of 16"):
-        mambakit.stream(model, torch.randint(0, 256, (1, 17)), 0)
-    monkeypatch.undo()
-    assert mambakit.generate(model, torch.randint(0, 256, (1, 10)), 6).shape == (1, 16)
-
-
-# --- streaming -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("stopping", ["eos", "stop_sequence"])
-def test_stream_yields_what_generate_returns(model, stopping):
-    ids, mask, _ = _padded([2, 7])
-    kw = dict(attention_mask=mask, **SAMPLING)
-
-    def both(**more):
-        whole = mambakit.generate(model, ids, 8, generator=torch.Generator().manual_seed(5), **kw, **more)
-        pieces = list(mambakit.stream(model, ids, 8, generator=torch.Generator().manual_seed(5), **kw, **more))
-        assert all(p.shape == (2,) for p in pieces)
-        return whole[:, 7:], torch.stack(pieces, 1)
-
-    free, streamed = both()
-    assert torch.equal(streamed, free)
-    row0 = free[0].tolist()  # row 0 stops at step 2, with the same draws as before it
-    more = dict(eos_token_id=row0[2]) if stopping == "eos" else dict(stop_sequences=[row0[1:3]])
-    whole, streamed = both(**more, pad_token_id=3)
-    assert torch.equal(streamed, whole)
-    assert whole[0, :3].tolist() == row0[:3] and set(whole[0, 3:].tolist()) <= {3}
-
-
-def test_stream_checks_its_arguments_when_called():
-    model = make_model("mamba2")
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        mambakit.stream(model, torch.zeros(1, 3, dtype=torch.long), -1)  # no next() needed
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------
@@ -440,7 +260,7 @@ def test_cuda_graph_on_cpu_falls_back_with_a_warning(caplog):
 def test_graphed_decoding_equals_eager_and_reuses_its_graph(fake_graphs):
     model = make_model("mamba2")
     cuda_graphs.release(model)
-    ids, mask, _ = _padded([2, 9, 5])
+    ids, mask, _ = padded_prompts([2, 9, 5])
     kw = dict(attention_mask=mask, generator=torch.Generator().manual_seed(3), **SAMPLING)
     eager = mambakit.generate(model, ids, 7, **kw)
     kw["generator"] = torch.Generator().manual_seed(3)
@@ -476,7 +296,7 @@ def test_attention_models_decode_in_one_graph(fake_graphs, kind, graphs):
     # eager between graphs) is tested in tests/test_static_kv_cache.py
     model = make_model(kind)
     cuda_graphs.release(model)
-    ids, mask, _ = _padded([3, 8])
+    ids, mask, _ = padded_prompts([3, 8])
     eager = mambakit.generate(model, ids, 6, attention_mask=mask)
     assert torch.equal(mambakit.generate(model, ids, 6, attention_mask=mask, cuda_graph=True), eager)
     decoder = next(iter(model._mambakit_cuda_graphs.values()))
@@ -487,7 +307,7 @@ def test_attention_models_decode_in_one_graph(fake_graphs, kind, graphs):
 def test_nothing_to_replay_falls_back_to_eager(fake_graphs, caplog, monkeypatch):
     from mambakit.layers.attention import Attention
     monkeypatch.delattr(Attention, "allocate_static_state")  # no static KV cache: every layer grows
-    cfg = _hybrid_config("transformer").to_dict()
+    cfg = hybrid_config("transformer").to_dict()
     cfg.update(layer_pattern="**", n_layer=2)
     model = mambakit.LM(mambakit.ModelConfig.from_dict(cfg)).eval()
     ids = torch.randint(0, 256, (2, 6))
