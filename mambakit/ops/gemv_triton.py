@@ -333,6 +333,9 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
         if tuple(residual.shape) != (m, o) or not residual.is_contiguous():
             raise ValueError(f"fused_gemv: residual must be a contiguous ({m}, {o}) tensor, got "
                              f"{tuple(residual.shape)}")
+        if residual.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            # programs would read x while others add into it: a race on the GPU (not in the interpreter)
+            raise ValueError("fused_gemv: residual shares memory with x; pass a separate input")
         epi, r = _EPI_RESIDUAL, residual
     if conv is not None:
         c0, cs, cw, cb = conv

@@ -98,6 +98,8 @@ for name, call in [("rows", lambda: fused_gemv(torch.randn(5, 32), W)),
                                                 gate=(torch.randn(1, 32), 24, False))),
                    ("activation", lambda: fused_gemv(torch.randn(1, 32), W, activation="tanh")),
                    ("residual", lambda: fused_gemv(torch.randn(1, 32), W, residual=torch.zeros(1, 9))),
+                   ("residual_aliases_x", lambda: (lambda t: fused_gemv(t[:, :32], torch.randn(8, 32),
+                                                                        residual=t[:, 32:]))(torch.zeros(1, 40))),
                    ("swiglu_without_gate", lambda: fused_gemv(torch.randn(1, 32), W, activation="swiglu")),
                    ("config", lambda: fused_gemv(torch.randn(1, 32), W, config=(8, 32)))]:
     try:
@@ -136,6 +138,7 @@ def test_fused_gemv_matches_torch(results, case):
 @pytest.mark.parametrize("name,words", [("rows", "m <= 4"), ("width", "weight"), ("gate_without_norm", "gate needs norm"),
                                         ("group", "group size (24)"), ("activation", "activation must be"),
                                         ("residual", "residual must be"),
+                                        ("residual_aliases_x", "shares memory with x"),
                                         ("swiglu_without_gate", "takes glu_gate"), ("config", "config must be")])
 def test_fused_gemv_rejects_bad_input(results, name, words):
     assert results["errors"][name] is not None and words in results["errors"][name], results["errors"][name]
