@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 
 from ..config import Mamba2Config, ModelConfig
-from .common import add_backbone, backbone_key, check_silu, export_state, has_arch, json_float, pad_vocab, strip_backbone
+from .common import (add_backbone, backbone_key, check_silu, export_state, has_arch, json_float, pad_vocab,
+                     strip_backbone)
 
 NAME = "transformers Mamba2ForCausalLM"
 
