@@ -51,7 +51,7 @@ def load(path, dtype=None, device=None):
     fmt = detect_format(raw, p)
     state, sources = read_weights(p)
     try:
-        config, converted = fmt.to_mambakit(raw, dict(state))
+        config, converted = fmt.to_mambakit(raw, state)  # formats build new dicts: `state` stays whole
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError) as err:
@@ -64,19 +64,18 @@ def load(path, dtype=None, device=None):
 
 def _tensor_namer(fmt, state: dict, sources: dict, converted: dict):
     """where(key) for load_checked's messages: a mambakit key as the file stores it, with the file's
-    name. Renaming keeps the tensor objects, so a converted tensor is traced back by identity (one
-    object may sit under several keys: a pickled tied head); a key the file lacks, or a tensor the
-    conversion made anew, is spelled by the format's file_key (when it has one)."""
-    origin: dict[int, list[str]] = {}  # `state` holds every original, so ids stay unique
-    for k, t in state.items():
-        origin.setdefault(id(t), []).append(k)
+    name. The format's file_key spells it; where the file spells it otherwise (NemotronH's "model."
+    prefix), the tensor is traced back by identity, since renaming keeps the tensor objects."""
+    origin = {}
+    for k, t in state.items():  # `state` holds every original, so ids stay unique
+        origin.setdefault(id(t), k)
     n_files = len(set(sources.values()))
     file_key = getattr(fmt, "file_key", lambda key: key)
 
     def where(key: str) -> str:
-        spelled = file_key(key)
-        keys = origin.get(id(converted[key]), []) if key in converted else []
-        src = spelled if spelled in keys or not keys else keys[0]
+        src = file_key(key)
+        if src not in sources and key in converted:
+            src = origin.get(id(converted[key]), src)
         if src in sources:
             place = sources[src]
         else:

@@ -121,8 +121,7 @@ def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx):
         _check("seq_idx", seq_idx, (b, l), (torch.int32, torch.int64, torch.int16, torch.uint8))
     check_kernel_tensors("selective_scan_triton",
                          dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-                              initial_state=initial_state, seq_idx=seq_idx),
-                         activations=("u", "delta", "B", "C", "z"))
+                              initial_state=initial_state, seq_idx=seq_idx))  # dtypes: _check above
     return b, l, e, n
 
 
