@@ -161,10 +161,11 @@ _CHECKPOINT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "m
 def _checkpoint_files(path: Path) -> set[str]:
     names = {n for n in _CHECKPOINT_FILES if (path / n).exists()}
     for index in _INDEXES:
-        try:
-            names |= set(json.loads((path / index).read_text())["weight_map"].values())
-        except (OSError, json.JSONDecodeError, KeyError, AttributeError):
-            pass  # no index, or a broken one (replaced; its shards, unknown, stay as other files)
+        if (path / index).exists():
+            try:
+                names |= set(_shards(path / index))
+            except CheckpointError:
+                pass  # a broken index is replaced; its shards, unknown, stay as other files
     return names
 
 
