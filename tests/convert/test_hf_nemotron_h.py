@@ -110,3 +110,21 @@ def test_unsupported_models_are_clear_errors(tmp_path):
     from mambakit.convert import hf_nemotron_h
     with pytest.raises(ValueError, match="moe"):
         hf_nemotron_h.to_mambakit({"hidden_size": 8, "vocab_size": 8, "layers_block_type": ["mamba", "moe"]}, {})
+
+
+def test_errors_spell_keys_as_a_model_prefixed_file_does(tmp_path):
+    """Weights under "model." (transformers' module names) load; a misshapen one is named as the
+    file spells it, not as the format would write it ("backbone.")."""
+    from safetensors.torch import load_file, save_file
+    torch.manual_seed(3)
+    hf = transformers.NemotronHForCausalLM(hf_config()).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    f = tmp_path / "hf" / "model.safetensors"
+    state = {("model." + k[len("backbone."):] if k.startswith("backbone.") else k): v for k, v in load_file(f).items()}
+    save_file(state, f)
+    mambakit.load(tmp_path / "hf")
+    state["model.layers.0.mixer.D"] = torch.ones(3)
+    save_file(state, f)
+    with pytest.raises(mambakit.CheckpointError,
+                       match=r"'model.layers.0.mixer.D' \(model.safetensors; mambakit's 'layers.0.mixer.D'\) has shape"):
+        mambakit.load(tmp_path / "hf")
