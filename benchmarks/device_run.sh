@@ -2,7 +2,7 @@
 # One device-machine session: the CUDA tests and the GPU benchmarks, each under its own time
 # limit, logs and JSON results packed into $OUT/results.tgz (the device tool returns few files).
 #   bash benchmarks/device_run.sh "tests kernels scan"      # stages, in order
-#   stages: tests scantests kernels scan profile train generation decodeprofile gemvtune decodecheck gemvrb
+#   stages: tests scantests kernels scan profile train generation decodeprofile gemvtune decodecheck gemvrb gemvall
 #   (scantests: only tests/gpu/test_selective_scan_triton.py, for a change to the Mamba-1 kernels;
 #    gemvtune: sweeps the fused decode GEMV's configs for the projections of a Mamba-2 and an MLP
 #    layer, then profiles whole decode steps at 1K and 64K with the defaults and with the best
@@ -11,7 +11,9 @@
 #    Mamba-2 at 1K and of hybrid and Transformer at 64K, and generate() at 1K and 64K, all with the
 #    defaults: what session 10 could not run;
 #    gemvrb: session 11's GEMV (several rows summed elementwise; RB blocks a program): batch 1 and 4
-#    calls, its GPU tests, a sweep of the RB configs, then steps with the defaults and the sweep's best)
+#    calls, its GPU tests, a sweep of the RB configs, then steps with the defaults and the sweep's best;
+#    gemvall: decodecheck's tests and rows, gemvrb's sweep, steps default and tuned, generate at 1K and 64K)
+# TESTS_ARGS adds pytest arguments to the tests stage (e.g. --ignore=... after a decodecheck).
 # Measured on an H100 (session 2): the whole CUDA suite needs more than 210 s (compiles included),
 # kernels --sweep --warm ~235 s, scan --quick ~30 s, train (3 models x 2 backends) over 180 s.
 # Each device command may run 10 minutes: split the stages over two or three commands.
@@ -32,7 +34,7 @@ stage() {  # name, seconds, command...
 }
 for s in ${1:-tests kernels scan}; do
     case $s in
-        tests) stage tests "${TESTS_S:-420}" python -m pytest -q -m cuda tests -p no:cacheprovider -rfE --durations=15 ;;
+        tests) stage tests "${TESTS_S:-420}" python -m pytest -q -m cuda tests ${TESTS_ARGS:-} -p no:cacheprovider -rfE --durations=15 ;;
         scantests) stage scantests "${TESTS_S:-300}" python -m pytest -q tests/gpu/test_selective_scan_triton.py -p no:cacheprovider -rfE ;;
         kernels) stage kernels "${KERNELS_S:-240}" python benchmarks/gpu_kernels.py --sweep --warm --out "$R" ;;
         scan) stage scan "${SCAN_S:-120}" python benchmarks/gpu_selective_scan.py --quick --out "$R" ;;
@@ -71,6 +73,22 @@ for s in ${1:-tests kernels scan}; do
                 done
                 PYTHONPATH=. stage prof_64k_tuned 45 python benchmarks/gpu_profile_decode.py --out "$R/prof_64k_tuned" \
                     --models hybrid,transformer --context 65536 --iters 10 --gemv-configs "$R/gemv_best.json" ;;
+        gemvall) stage decode_tests 150 python -m pytest -q -p no:cacheprovider -rfE tests/gpu/test_fused_gemv.py \
+                     tests/gpu/test_graphs_attention.py tests/gpu/test_layers_triton.py::test_cuda_graph_generation_matches_eager
+                 stage gemv_rows 40 python benchmarks/gpu_gemv.py --rows 1,4 --out "$R/gemv_rows"
+                 stage gemv_rb_sweep 100 python benchmarks/gpu_gemv.py --rows 1 --sweep --sweep-rb-only \
+                     --forms in_proj,up,out_proj,down --best-out "$R/gemv_best.json" --out "$R/gemv_rb"
+                 for t in default tuned; do
+                     G=""; [ $t = tuned ] && G="--gemv-configs $R/gemv_best.json"
+                     PYTHONPATH=. stage prof_1k_b1_$t 30 python benchmarks/gpu_profile_decode.py --out "$R/prof_1k_b1_$t" \
+                         --models mamba2 --iters 10 $G
+                     PYTHONPATH=. stage prof_64k_b1_$t 45 python benchmarks/gpu_profile_decode.py --out "$R/prof_64k_b1_$t" \
+                         --models hybrid,transformer --context 65536 --iters 10 $G
+                 done
+                 PYTHONPATH=. stage prof_1k_b4 30 python benchmarks/gpu_profile_decode.py --out "$R/prof_1k_b4" \
+                     --models mamba2 --batch 4 --iters 10
+                 PYTHONPATH=. stage gen_b1 60 python benchmarks/gpu_generation.py --models mamba2,hybrid,transformer \
+                     --batches 1 --prompts 1024,65536 --graphs on --no-hf --new-tokens 64 --out "$R/gen_b1" ;;
         generation) PYTHONPATH=. stage generation "${GEN_S:-300}" python benchmarks/gpu_generation.py --out "$R" ${GEN_ARGS:-} ;;
     esac
 done
