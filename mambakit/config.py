@@ -186,7 +186,7 @@ class ModelConfig:
             if key not in valid:
                 raise _unknown_key_error("ModelConfig", key, valid)
         d = dict(d)
-        if "mamba2" in d and "dt_limit" in d["mamba2"]:
+        if isinstance(d.get("mamba2"), dict) and "dt_limit" in d["mamba2"]:
             d["mamba2"] = dict(d["mamba2"], dt_limit=tuple(float(v) for v in d["mamba2"]["dt_limit"]))
         return cls(**d)
 
@@ -200,7 +200,18 @@ class ModelConfig:
     def from_json(cls, path_or_text: str | Path) -> "ModelConfig":
         p = Path(path_or_text)
         text = p.read_text() if p.suffix == ".json" or p.exists() else str(path_or_text)
-        return cls.from_dict(json.loads(text))
+        raw = json.loads(text)
+        if isinstance(raw, dict) and "mambakit_format" in raw:  # a saved model's config.json
+            if not isinstance(raw.get("model"), dict):
+                raise ValueError("a mambakit config.json holds the ModelConfig under 'model'; this one has none")
+            raw = raw["model"]
+        elif isinstance(raw, dict) and ("model_type" in raw or "ssm_cfg" in raw):
+            kind = raw.get("model_type", "mamba_ssm")
+            raise ValueError(f"this is a {kind!r} config of another library, not a ModelConfig; "
+                             "mambakit.load(folder) converts such checkpoints")
+        if not isinstance(raw, dict):
+            raise ValueError(f"a ModelConfig JSON must be an object, got {type(raw).__name__}")
+        return cls.from_dict(raw)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ModelConfig":
@@ -212,7 +223,17 @@ class ModelConfig:
         base = PRESETS[name].to_dict()
         if "n_layer" in overrides and "layer_pattern" not in overrides and set(base["layer_pattern"]) == {"M"}:
             base["layer_pattern"] = None  # a pure SSM stack follows n_layer
-        return cls.from_dict({**base, **overrides})
+        # A sub-config given as a dict changes only the fields it names (mamba2={"chunk_size": 16}
+        # keeps the preset's d_state); given as a config object it replaces the preset's.
+        return cls.from_dict(deep_merge(base, overrides))
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    """base with extra's entries; where both hold a dict, merged recursively (neither is modified)."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _finite_or_str(v: float):

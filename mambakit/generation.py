@@ -176,16 +176,17 @@ def _settings(model, prompt: _Prompt, max_new_tokens, temperature, top_k, top_p,
     if prefill_chunk is not None and (not _is_int(prefill_chunk) or prefill_chunk < 1):
         raise ValueError(f"prefill_chunk must be a positive int (tokens per prefill step) or None, got {prefill_chunk!r}")
     l = prompt.ids.shape[1]
+    padded = " (padding included)" if prompt.pad_lengths is not None else ""
     if max_length is not None:
         if not _is_int(max_length) or max_length < 1:
             raise ValueError(f"max_length must be a positive int (prompt + new tokens) or None, got {max_length!r}")
         if l > max_length:
-            raise ValueError(f"the prompt has {l} tokens (padding included), more than max_length={max_length}")
+            raise ValueError(f"the prompt has {l} tokens{padded}, more than max_length={max_length}")
         max_new_tokens = min(max_new_tokens, max_length - l)
     limit = model.config.max_seqlen
     if limit is not None and l + max_new_tokens > limit:
         # (a prompt longer than the limit by itself was refused by check_inputs already)
-        raise ValueError(f"prompt of {l} tokens (padding included) + max_new_tokens={max_new_tokens} exceeds this "
+        raise ValueError(f"prompt of {l} tokens{padded} + max_new_tokens={max_new_tokens} exceeds this "
                          f"model's limit of {limit} tokens; ask for at most {limit - l} new tokens")
     eos_t = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
     return _Settings(max_new_tokens, float(temperature), top_k, top_p, min_p, float(repetition_penalty), eos_t,
@@ -290,11 +291,27 @@ def prefill(model, input_ids: torch.Tensor, cache, seq_idx: torch.Tensor | None 
     return logits[:, -1]
 
 
-@torch.inference_mode()
 def _decode(model, prompt: _Prompt, s: _Settings, all_done: list | None = None):
     """Yield one (b,) tensor of new token ids per step. all_done: a list to receive, per step, a 0-d
     device bool "every row has stopped"; the loop then checks it on the host only every
-    _STOP_CHECK_EVERY steps, and the caller drops the steps after the first True (see generate)."""
+    _STOP_CHECK_EVERY steps, and the caller drops the steps after the first True (see generate).
+
+    Each step runs under inference mode and the caller's code between steps does not. This is what
+    @torch.inference_mode() does for a generator, but its finalizer fails ("'NoneType' object has no
+    attribute 'is_scripting'") when a stream left unfinished is collected at interpreter exit."""
+    steps = _decode_steps(model, prompt, s, all_done)
+    try:
+        while True:
+            with torch.inference_mode():
+                token = next(steps, None)
+            if token is None:
+                return
+            yield token
+    finally:
+        steps.close()
+
+
+def _decode_steps(model, prompt: _Prompt, s: _Settings, all_done: list | None):
     if s.max_new_tokens == 0:
         return
     b, device = prompt.ids.shape[0], prompt.ids.device

@@ -33,15 +33,7 @@ def test_sampling_is_reproducible_by_seed(capsys):
 
 
 def test_checkpoint_folder_uses_its_tokenizer(capsys, tmp_path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["hello there, general mamba " * 4], trainers.BpeTrainer(
-        vocab_size=270, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    model = mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny", vocab_size=tok.get_vocab_size()))
-    model.save(tmp_path)
-    tok.save(str(tmp_path / "tokenizer.json"))
+    tok = _bpe_folder(tmp_path)
     rc, out, err = run(capsys, "--model", str(tmp_path), "--prompt", "hello there", "--max-new-tokens", "4",
                        "--device", "cpu")
     assert rc == 0 and out.startswith("hello there")
@@ -87,3 +79,44 @@ def test_bad_arguments_are_clear_errors(capsys, args, match):
     import re
     rc, _, err = run(capsys, *args, "--device", "cpu")
     assert rc == 2 and re.search(match, err), err
+
+
+def _bpe_folder(tmp_path):
+    """A mamba2-tiny folder with a BPE tokenizer.json whose end-of-text token is the eos."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["hello there, general mamba " * 4], trainers.BpeTrainer(
+        vocab_size=270, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny", vocab_size=tok.get_vocab_size())).save(tmp_path)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    return tok
+
+
+def test_eos_ends_the_text_without_being_printed(capsys, tmp_path, monkeypatch):
+    import torch
+    tok = _bpe_folder(tmp_path)
+    eos = tok.token_to_id("<|endoftext|>")
+    word = tok.encode("hello").ids
+    seen = {}
+
+    def fake_stream(model, input_ids, max_new_tokens, **kw):  # the model "writes" hello, then eos
+        seen["eos"] = kw["eos_token_id"]
+        for t in [*word, eos, *word]:
+            yield torch.tensor([t])
+
+    monkeypatch.setattr(mambakit, "stream", fake_stream)
+    rc, out, err = run(capsys, "--model", str(tmp_path), "--prompt", "general ", "--max-new-tokens", "9",
+                       "--device", "cpu")
+    assert rc == 0 and seen["eos"] == eos
+    assert out == "general hello\n", out  # neither "<|endoftext|>" nor what came after it
+
+
+def test_a_model_with_a_context_limit_caps_new_tokens(capsys, tmp_path):
+    config = mambakit.ModelConfig.from_preset("hybrid-tiny", attention={"max_seqlen": 16})
+    mambakit.LM(config).save(tmp_path)
+    rc, out, err = run(capsys, "--model", str(tmp_path), "--prompt", "hello", "--device", "cpu")  # default 64 new
+    assert rc == 0 and "--max-new-tokens 64 capped at 11" in err and "decode 10 tokens" in err, err
+    rc, _, err = run(capsys, "--model", str(tmp_path), "--prompt", "x" * 16, "--device", "cpu")
+    assert rc == 2 and "the prompt is 16 tokens; this model reads at most 16 tokens" in err, err

@@ -56,3 +56,28 @@ def test_invalid_mamba2_shapes():
 def test_invalid_patterns(pattern, msg):
     with pytest.raises(ValueError, match=msg):
         ModelConfig(d_model=64, n_layer=3, layer_pattern=pattern, mamba2={"headdim": 16})
+
+
+def test_preset_override_of_a_sub_config_keeps_its_other_fields():
+    base = ModelConfig.from_preset("mamba2-tiny")
+    c = ModelConfig.from_preset("mamba2-tiny", mamba2={"chunk_size": 16})
+    assert c.mamba2.chunk_size == 16
+    assert (c.mamba2.d_state, c.mamba2.headdim) == (base.mamba2.d_state, base.mamba2.headdim)
+    h = ModelConfig.from_preset("hybrid-tiny", attention={"max_seqlen": 16})
+    assert h.attention.max_seqlen == 16
+    assert h.attention.n_heads == ModelConfig.from_preset("hybrid-tiny").attention.n_heads
+    # A config object replaces the preset's sub-config whole.
+    whole = type(base.mamba2)(chunk_size=16)
+    assert ModelConfig.from_preset("mamba2-tiny", mamba2=whole).mamba2 == whole
+
+
+def test_from_json_reads_a_saved_models_config_and_refuses_foreign_ones(tmp_path):
+    model = mambakit.LM(ModelConfig.from_preset("mamba2-tiny"))
+    model.save(tmp_path / "m")
+    assert ModelConfig.from_json(tmp_path / "m" / "config.json") == model.config
+    (tmp_path / "hf.json").write_text(json.dumps({"model_type": "mamba2", "hidden_size": 64}))
+    with pytest.raises(ValueError, match="'mamba2' config of another library.*mambakit.load"):
+        ModelConfig.from_json(tmp_path / "hf.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"mambakit_format": 1}))
+    with pytest.raises(ValueError, match="under 'model'"):
+        ModelConfig.from_json(tmp_path / "bad.json")

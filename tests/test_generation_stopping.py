@@ -2,6 +2,9 @@
 
 Letters: b batch, l prompt length, t new tokens.
 """
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -141,3 +144,24 @@ def test_stream_checks_its_arguments_when_called():
     model = make_model("mamba2")
     with pytest.raises(ValueError, match="max_new_tokens"):
         mambakit.stream(model, torch.zeros(1, 3, dtype=torch.long), -1)  # no next() needed
+
+
+def test_stream_steps_alone_run_in_inference_mode():
+    model = make_model("mamba2")
+    stream = mambakit.stream(model, torch.zeros(1, 3, dtype=torch.long), 3)
+    modes = []
+    for _ in stream:  # the caller's code between tokens keeps its own grad mode
+        modes.append(torch.is_inference_mode_enabled())
+    assert modes == [False, False, False]
+
+
+def test_a_stream_left_unfinished_at_exit_says_nothing():
+    # @torch.inference_mode() on the generator printed "Exception ignored in: <generator ...>" here
+    code = ("import torch, mambakit\n"
+            "m = mambakit.LM(mambakit.ModelConfig.from_preset('mamba2-tiny'))\n"
+            "s = mambakit.stream(m, torch.tensor([[1, 2, 3]]), max_new_tokens=5)\n"
+            "print(next(s).shape)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "torch.Size([1])"
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-from ..eval.data import DTYPES as _DTYPES
+from ..convert.io import DTYPE_NAMES as _DTYPES
 from ..generation import DEFAULT_PREFILL_CHUNK
 
 
@@ -63,6 +63,14 @@ def run(args) -> int:
     ids = tokenizer.encode(args.prompt)
     if not ids:
         raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
+    limit = model.config.max_seqlen  # attention's context limit, if the model has one
+    if limit is not None and len(ids) >= limit:
+        raise ValueError(f"the prompt is {len(ids)} tokens; this model reads at most {limit} tokens in all "
+                         "(its attention.max_seqlen), prompt and new tokens together")
+    if limit is not None and len(ids) + args.max_new_tokens > limit:
+        _note(f"--max-new-tokens {args.max_new_tokens} capped at {limit - len(ids)}: this model reads at most "
+              f"{limit} tokens in all and the prompt is {len(ids)}")
+        args.max_new_tokens = limit - len(ids)
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     tokens = mambakit.stream(model, input_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -81,10 +89,10 @@ def run(args) -> int:
             if t_first is None:
                 t_first = time.perf_counter()
             n += 1
+            if token_id == tokenizer.eos_token_id:  # the end, not text: "<|endoftext|>" is not printed
+                break
             out.write(decoder.push(token_id))
             out.flush()
-            if token_id == tokenizer.eos_token_id:
-                break
     except KeyboardInterrupt:
         _note("interrupted")
     t_end = time.perf_counter()

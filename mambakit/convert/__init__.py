@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from .io import CheckpointError, load_checked, read_config, read_weights, write_folder
+from .io import CheckpointError, load_checked, read_config, read_weights, resolve_device, resolve_dtype, write_folder
 
 _FORMAT_MODULES = ["native", "hf_mamba", "hf_mamba2", "mamba_ssm", "hf_nemotron_h", "hf_llama"]
 
@@ -43,6 +43,7 @@ def load(path, dtype=None, device=None):
     """Read a checkpoint folder (any supported format) into an LM; every key and shape checked."""
     from ..config import ModelConfig
     from ..presets import PRESETS
+    dtype, device = resolve_dtype(dtype), resolve_device(device)  # before any file is read
     p = Path(path)
     if not p.exists() and str(path) in PRESETS:
         raise CheckpointError(f"{path!r} is a preset name, not a folder; build it with "
@@ -107,7 +108,8 @@ def _hf_writer(config):
     elif config.ssm_layer == "mamba2":
         fmt = importlib.import_module(f"{__name__}.hf_nemotron_h")
     else:
-        raise ValueError(f"no Hugging Face class holds a {config.ssm_layer} hybrid; save with format='native'")
+        what = f"a stack of {config.ssm_layer} layers" if set(pattern) == {"M"} else f"a {config.ssm_layer} hybrid"
+        raise ValueError(f"no Hugging Face class holds {what}; save with format='native'")
     return fmt
 
 

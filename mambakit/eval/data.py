@@ -115,10 +115,6 @@ def load_documents(paths, text_field: str = "text") -> list[tuple[str, str]]:
 
 
 # --- models ------------------------------------------------------------------------------------------
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16"}
-
-
 def load_model(spec, tokenizer=None, device="auto", dtype="auto", seed: int = 0):
     """-> (model in eval mode, tokenizer, notes). spec: a checkpoint folder, a preset name (random
     weights, seeded), or an LM already built. tokenizer: None (the folder's tokenizer.json, else
@@ -126,21 +122,16 @@ def load_model(spec, tokenizer=None, device="auto", dtype="auto", seed: int = 0)
     import torch
 
     import mambakit
-    from mambakit.convert.io import cast_keeping_fp32
+    from mambakit.convert.io import cast_keeping_fp32, resolve_device, resolve_dtype
     from mambakit.tokenizers import load_tokenizer
 
     notes = []
     if device == "auto" or device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device}: no CUDA device is available here; use cpu")
+    device = resolve_device(device)
     if dtype in ("auto", None):
         dtype = "bfloat16" if device.type == "cuda" else "float32"
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)} or auto, got {dtype!r}")
-        dtype = getattr(torch, DTYPES[dtype])
+    dtype = resolve_dtype(dtype)
     if isinstance(spec, mambakit.LM):
         tok = load_tokenizer(tokenizer)
         return spec.eval(), tok, notes

@@ -56,22 +56,12 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
-    merged = dict(base)
-    for k, v in extra.items():
-        merged[k] = _deep_merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return merged
-
-
 def build_model(spec: str, vocab_size: int, overrides: dict | None = None, seed: int = 0) -> LM:
     """A preset name (a fresh model, its vocabulary set to the task's) or a checkpoint folder."""
     from ..presets import PRESETS
     overrides = overrides or {}
     if spec in PRESETS:
-        base = PRESETS[spec].to_dict()
-        if "n_layer" in overrides and "layer_pattern" not in overrides and set(base["layer_pattern"]) == {"M"}:
-            base["layer_pattern"] = None  # a pure SSM stack follows n_layer
-        config = ModelConfig.from_dict(_deep_merge(base, {"vocab_size": vocab_size, **overrides}))
+        config = ModelConfig.from_preset(spec, **{"vocab_size": vocab_size, **overrides})
         torch.manual_seed(seed)
         return LM(config)
     if Path(spec).exists():

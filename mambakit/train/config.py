@@ -166,7 +166,7 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int):
         """The ModelConfig: the preset (if any) with the table's fields merged in; vocab from the tokenizer."""
-        from ..config import ModelConfig
+        from ..config import ModelConfig, deep_merge
         fields = dict(self.model)
         preset = fields.pop("preset", None)
         base = ModelConfig.from_preset(preset).to_dict() if preset else {}
@@ -256,13 +256,6 @@ def set_dotted(d: dict, key: str, value: Any) -> None:
         if not isinstance(d, dict):
             raise ValueError(f"cannot set {key!r}: {part!r} is not a table")
     d[parts[-1]] = value
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def dump_toml(d: dict, prefix: str = "") -> str:

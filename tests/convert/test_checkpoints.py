@@ -116,6 +116,21 @@ def test_load_dtype_keeps_A_log_and_D_in_fp32(kind, tmp_path):
     torch.testing.assert_close(step[:, -1].float(), full[:, -1].float(), rtol=0.05, atol=0.05)
 
 
+def test_load_dtype_by_name_and_bad_dtype_or_device(tmp_path, monkeypatch):
+    tiny_model("mamba2").save(tmp_path / "c")
+    for name in ("bfloat16", "bf16", "torch.bfloat16"):
+        assert mambakit.load(tmp_path / "c", dtype=name).embedding.weight.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype 'bfloat' is not known; expected .*bfloat16"):
+        mambakit.load(tmp_path / "c", dtype="bfloat")
+    with pytest.raises(ValueError, match="floating torch.dtype.*got torch.int8"):
+        mambakit.load(tmp_path / "c", dtype=torch.int8)
+    with pytest.raises(ValueError, match="device 'gpu' is not a device torch knows"):
+        mambakit.load(tmp_path / "c", device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda'.*use device='cpu'"):
+        mambakit.load(tmp_path / "c", device="cuda")
+
+
 def _mamba_ssm_folder(path, model, layer):
     """A folder as mamba_ssm's MambaLMHeadModel.save_pretrained writes it."""
     path.mkdir()
@@ -275,3 +290,13 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "odd" / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(CheckpointError, match="unrecognized checkpoint"):
         mambakit.load(tmp_path / "odd")
+
+
+@pytest.mark.parametrize("ssm_layer,pattern,what", [("s4d", "MM", "a stack of s4d layers"),
+                                                     ("mamba1", "M*", "a mamba1 hybrid")])
+def test_hf_save_of_a_model_no_hf_class_holds(ssm_layer, pattern, what, tmp_path):
+    config = mambakit.ModelConfig(d_model=16, n_layer=2, vocab_size=32, ssm_layer=ssm_layer, layer_pattern=pattern,
+                                  attention={"n_heads": 2})
+    with pytest.raises(ValueError, match=f"no Hugging Face class holds {what}; save with format='native'"):
+        mambakit.LM(config).save(tmp_path / "m", format="hf")
+    assert not (tmp_path / "m").exists()
