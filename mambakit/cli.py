@@ -13,7 +13,7 @@ COMMANDS = {
     "train": "train a model from a TOML config",
     "plot": "plot the loss and learning-rate curves of a training run",
     "task": "train or evaluate on the papers' synthetic tasks",
-    "eval": "evaluate: perplexity, multiple choice, needle in a haystack",
+    "eval": "evaluate: perplexity, multiple choice, needle in a haystack, lm-evaluation-harness tasks",
 }
 
 
