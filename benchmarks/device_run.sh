@@ -31,6 +31,7 @@ stage() {  # name, seconds, command...
     local t0=$SECONDS
     timeout "$limit" "$@" > "$R/$name.log" 2>&1
     echo "$name rc=$? $((SECONDS - t0)) s" | tee -a "$R/stages.txt"
+    tar czf "${OUT:-/tmp/out}/results.tgz" -C "$R" .  # after every stage: a run cut short keeps what it made
 }
 for s in ${1:-tests kernels scan}; do
     case $s in
@@ -76,17 +77,18 @@ for s in ${1:-tests kernels scan}; do
         gemvall) stage decode_tests 150 python -m pytest -q -p no:cacheprovider -rfE tests/gpu/test_fused_gemv.py \
                      tests/gpu/test_graphs_attention.py tests/gpu/test_layers_triton.py::test_cuda_graph_generation_matches_eager
                  stage gemv_rows 40 python benchmarks/gpu_gemv.py --rows 1,4 --out "$R/gemv_rows"
-                 stage gemv_rb_sweep 100 python benchmarks/gpu_gemv.py --rows 1 --sweep --sweep-rb-only \
-                     --forms in_proj,up,out_proj,down --best-out "$R/gemv_best.json" --out "$R/gemv_rb"
-                 for t in default tuned; do
-                     G=""; [ $t = tuned ] && G="--gemv-configs $R/gemv_best.json"
-                     PYTHONPATH=. stage prof_1k_b1_$t 30 python benchmarks/gpu_profile_decode.py --out "$R/prof_1k_b1_$t" \
-                         --models mamba2 --iters 10 $G
-                     PYTHONPATH=. stage prof_64k_b1_$t 45 python benchmarks/gpu_profile_decode.py --out "$R/prof_64k_b1_$t" \
-                         --models hybrid,transformer --context 65536 --iters 10 $G
-                 done
+                 PYTHONPATH=. stage prof_1k_b1_default 30 python benchmarks/gpu_profile_decode.py --out "$R/prof_1k_b1_default" \
+                     --models mamba2 --iters 10
+                 PYTHONPATH=. stage prof_64k_b1_default 45 python benchmarks/gpu_profile_decode.py --out "$R/prof_64k_b1_default" \
+                     --models hybrid,transformer --context 65536 --iters 10
                  PYTHONPATH=. stage prof_1k_b4 30 python benchmarks/gpu_profile_decode.py --out "$R/prof_1k_b4" \
                      --models mamba2 --batch 4 --iters 10
+                 stage gemv_rb_sweep 100 python benchmarks/gpu_gemv.py --rows 1 --sweep --sweep-rb-only \
+                     --forms in_proj,up,out_proj,down --best-out "$R/gemv_best.json" --out "$R/gemv_rb"
+                 PYTHONPATH=. stage prof_1k_b1_tuned 30 python benchmarks/gpu_profile_decode.py --out "$R/prof_1k_b1_tuned" \
+                     --models mamba2 --iters 10 --gemv-configs "$R/gemv_best.json"
+                 PYTHONPATH=. stage prof_64k_b1_tuned 45 python benchmarks/gpu_profile_decode.py --out "$R/prof_64k_b1_tuned" \
+                     --models hybrid,transformer --context 65536 --iters 10 --gemv-configs "$R/gemv_best.json"
                  PYTHONPATH=. stage gen_b1 60 python benchmarks/gpu_generation.py --models mamba2,hybrid,transformer \
                      --batches 1 --prompts 1024,65536 --graphs on --no-hf --new-tokens 64 --out "$R/gen_b1" ;;
         generation) PYTHONPATH=. stage generation "${GEN_S:-300}" python benchmarks/gpu_generation.py --out "$R" ${GEN_ARGS:-} ;;
