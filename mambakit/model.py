@@ -18,6 +18,7 @@ from .config import ModelConfig
 from .layers import fused_decode
 from .layers.norm import RMSNorm
 from .ops.cpu_kernels import linear_module
+from .placement import resolve_device, resolve_dtype
 
 
 def make_mixer(kind: str, config: ModelConfig, layer_idx: int) -> nn.Module:
@@ -97,6 +98,8 @@ class LM(nn.Module):
         """A fresh cache for `batch_size` sequences (states zero, no keys/values yet)."""
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        # A float dtype only: the CPU decode kernels and the states' in-place updates assume one.
+        dtype, device = resolve_dtype(dtype), resolve_device(device)
         layers = []
         for block in self.layers:
             alloc = getattr(block.mixer, "allocate_state", None)

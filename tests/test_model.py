@@ -135,3 +135,23 @@ def test_greedy_generate_extends_the_prompt():
     with torch.no_grad():
         logits = model(out[:, :-1])
     torch.testing.assert_close(logits[:, 4:].argmax(-1), out[:, 5:])
+
+
+@pytest.mark.parametrize("preset", ["mamba-tiny", "mamba2-tiny", "hybrid-tiny"])
+def test_a_cache_of_another_dtype_decodes_right(preset):
+    # The CPU decode kernels read the states through fp32 pointers: a bf16 cache crashed the
+    # process and a float64 one gave NaN, before such caches were sent down torch's path.
+    torch.manual_seed(0)
+    model = mambakit.LM(mambakit.ModelConfig.from_preset(preset)).eval()
+    ids = torch.randint(0, 256, (2, 5))
+    with torch.no_grad():
+        full = model(ids)[:, -1]
+        for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float64, 1e-5), ("float32", 1e-5)):
+            cache = model.allocate_cache(2, dtype=dtype)
+            model(ids[:, :4], cache=cache)
+            step = model(ids[:, 4:], cache=cache)[:, -1]
+            torch.testing.assert_close(step.float(), full, rtol=tol, atol=tol, msg=str(dtype))
+    with pytest.raises(ValueError, match="floating torch.dtype.*torch.int64"):
+        model.allocate_cache(1, dtype=torch.int64)
+    with pytest.raises(ValueError, match="device 'gpu' is not a device torch knows"):
+        model.allocate_cache(1, device="gpu")

@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-from ..convert.io import DTYPE_NAMES as _DTYPES
+from ..placement import DTYPE_NAMES as _DTYPES
 from ..generation import DEFAULT_PREFILL_CHUNK
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from .io import CheckpointError, load_checked, read_config, read_weights, resolve_device, resolve_dtype, write_folder
+from ..placement import resolve_device, resolve_dtype
+from .io import CheckpointError, load_checked, read_config, read_weights, write_folder
 
 _FORMAT_MODULES = ["native", "hf_mamba", "hf_mamba2", "mamba_ssm", "hf_nemotron_h", "hf_llama"]
 

@@ -138,43 +138,6 @@ def load_checked(config, state: dict, path: Path, dtype=None, device=None, where
 KEPT_FP32 = ("A_log", "D")  # parameter names that a cast to a 16-bit dtype leaves in fp32
 
 
-# Names a user may give for a load dtype (the CLI's spellings and torch's).
-DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-               "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-               "float64": torch.float64, "fp64": torch.float64, "double": torch.float64}
-
-
-def resolve_dtype(dtype):
-    """None, a floating torch.dtype, or one of DTYPE_NAMES (also as "torch.bfloat16") -> torch.dtype or None."""
-    if dtype is None:
-        return None
-    if isinstance(dtype, str):
-        name = dtype.strip().lower().removeprefix("torch.")
-        if name not in DTYPE_NAMES:
-            raise ValueError(f"dtype {dtype!r} is not known; expected a floating torch.dtype or one of "
-                             f"{', '.join(DTYPE_NAMES)}")
-        return DTYPE_NAMES[name]
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch.dtype (torch.bfloat16, torch.float32, ...) or its name, "
-                         f"got {dtype!r}")
-    return dtype
-
-
-def resolve_device(device):
-    """None, a torch.device or its spelling -> torch.device or None; CUDA only where torch has a GPU."""
-    if device is None:
-        return None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device {device!r} is not a device torch knows ({err})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        why = "torch here is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise ValueError(f"device {device!r}: {why}; use device='cpu'")
-    return dev
-
-
 def cast_keeping_fp32(model, dtype: torch.dtype):
     """model.to(dtype), except parameters named in KEPT_FP32, which stay at least fp32: the decays
     exp(dt A) are sensitive to A's rounding (mamba_ssm keeps Mamba-1's A_log and D, and Mamba-2's D,

@@ -122,7 +122,8 @@ def load_model(spec, tokenizer=None, device="auto", dtype="auto", seed: int = 0)
     import torch
 
     import mambakit
-    from mambakit.convert.io import cast_keeping_fp32, resolve_device, resolve_dtype
+    from mambakit.convert.io import cast_keeping_fp32
+    from mambakit.placement import resolve_device, resolve_dtype
     from mambakit.tokenizers import load_tokenizer
 
     notes = []

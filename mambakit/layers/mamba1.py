@@ -69,7 +69,7 @@ class Mamba1Mixer(nn.Module):
             state["conv"].copy_(conv_state)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, l, e); the bias goes in as delta_bias, in fp32
-        if self._cpu_kernels(hidden, seq_idx):
+        if self._cpu_kernels(hidden, seq_idx, None if state is None else state["ssm"]):
             # One compiled pass over the sequence (softplus, scan, skip, gate), the state advanced in
             # place and y written over x, which nothing reads after it: no fresh (b, l, e) pages.
             h = state["ssm"] if state is not None else x.new_zeros(x.shape[0], self.d_inner, self.d_state)
@@ -89,7 +89,8 @@ class Mamba1Mixer(nn.Module):
         which = ops.resolve_backend(None, hidden, "mamba1 decode step")
         if which == "triton":
             return self._step_triton(hidden, state)
-        if which == "chunked" and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log):
+        # The kernel reads the states through fp32 pointers: a cache of another dtype takes torch's path.
+        if which == "chunked" and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log, state["conv"], state["ssm"]):
             return self._step_cpu_kernels(hidden, state)
         # In-place ops: at batch 1 the step is bound by the weights' bandwidth, and each extra op
         # adds its fixed cost 24 times a token. The projections go through linear_module, so that an
@@ -106,10 +107,11 @@ class Mamba1Mixer(nn.Module):
         y = y.mul_(F.silu(z.float())).to(hidden.dtype)
         return linear_module(self.out_proj, y).unsqueeze(1)
 
-    def _cpu_kernels(self, hidden: torch.Tensor, seq_idx=None) -> bool:
-        """Whether the compiled CPU kernels (ops/cpu_kernels.py) run: fp32 CPU inference, no document ids."""
+    def _cpu_kernels(self, hidden: torch.Tensor, seq_idx=None, ssm_state=None) -> bool:
+        """Whether the compiled CPU kernels (ops/cpu_kernels.py) run: fp32 CPU inference (the state
+        too: the kernel writes it through an fp32 pointer), no document ids."""
         return (seq_idx is None and ops.resolve_backend(None, hidden, "selective_scan") == "chunked"
-                and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log))
+                and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log, ssm_state))
 
     def _step_cpu_kernels(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """step() as in_proj, one compiled call (conv + SiLU, x_proj, dt_proj, softplus, SSM update,

@@ -94,7 +94,8 @@ class Mamba2Mixer(nn.Module):
         which = ops.resolve_backend(None, hidden, "mamba2 decode step")
         if which == "triton":
             return self._step_triton(hidden, state)
-        if which == "chunked" and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log):
+        # The kernel reads the states through fp32 pointers: a cache of another dtype takes torch's path.
+        if which == "chunked" and cpu_kernels.usable(hidden, self.in_proj.weight, self.A_log, state["conv"], state["ssm"]):
             return self._step_cpu_kernels(hidden, state)
         b = hidden.shape[0]
         e, h, p, g, n = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
