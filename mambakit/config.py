@@ -112,6 +112,9 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, dict):
                 setattr(self, name, _sub_from_dict(cls, value, name))
+            elif not isinstance(value, cls):
+                raise ValueError(f"ModelConfig.{name} must be a {cls.__name__} or a dict of its fields, "
+                                 f"got {type(value).__name__}")
         if isinstance(self.mamba2.dt_limit, list):
             self.mamba2.dt_limit = tuple(self.mamba2.dt_limit)
         if isinstance(self.mamba2.A_init_range, list):
@@ -137,10 +140,9 @@ class ModelConfig:
 
     # --- checks ----------------------------------------------------------------------------------
     def validate(self) -> None:
-        for name in ("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive int, got {v!r}")
+        _check_fields(self, "ModelConfig", skip=_SUB_CONFIGS)
+        if not self.norm_eps > 0:
+            raise ValueError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps!r}")
         if self.ssm_layer not in SSM_LAYERS:
             raise ValueError(f"ModelConfig.ssm_layer must be one of {SSM_LAYERS}, got {self.ssm_layer!r}")
         pattern = self.layer_pattern
@@ -152,8 +154,24 @@ class ModelConfig:
                              "expected 'M' (SSM), '*' (attention) and '-' (MLP)")
         if len(pattern) != self.n_layer:
             raise ValueError(f"ModelConfig.layer_pattern has {len(pattern)} layers but n_layer is {self.n_layer}")
+        # The sub-configs the stack uses: every size a positive int, every rate a number in range.
+        used = ({self.ssm_layer} if "M" in pattern else set()) | {PATTERN_CHARS[ch] for ch in set(pattern) - {"M"}}
+        for name in sorted(used):
+            _check_fields(getattr(self, name), name)
+        if "M" in pattern and self.ssm_layer in ("mamba1", "mamba2", "s4d"):
+            sub = getattr(self, self.ssm_layer)
+            if not 0 < sub.dt_min <= sub.dt_max:
+                raise ValueError(f"{self.ssm_layer}: need 0 < dt_min <= dt_max, got dt_min={sub.dt_min}, "
+                                 f"dt_max={sub.dt_max}")
         if "M" in pattern and self.ssm_layer == "mamba2":
             m2 = self.mamba2
+            lo, hi = m2.dt_limit
+            if not 0 <= lo < hi:
+                raise ValueError(f"mamba2: dt_limit must be (lo, hi) with 0 <= lo < hi, got {m2.dt_limit}")
+            lo, hi = m2.A_init_range
+            if not 0 < lo <= hi:
+                raise ValueError(f"mamba2: A_init_range must be (lo, hi) with 0 < lo <= hi (A = -uniform(lo, hi)), "
+                                 f"got {m2.A_init_range}")
             e = m2.expand * self.d_model
             if e % m2.headdim:
                 raise ValueError(f"mamba2: expand*d_model = {e} is not divisible by headdim {m2.headdim}")
@@ -169,6 +187,8 @@ class ModelConfig:
                 raise ValueError(f"attention: d_model {self.d_model} is not divisible by n_heads {a.n_heads}; set head_dim")
             if not 0.0 <= a.rotary_fraction <= 1.0:
                 raise ValueError(f"attention: rotary_fraction must be in [0, 1], got {a.rotary_fraction}")
+            if not a.rope_theta > 0:
+                raise ValueError(f"attention: rope_theta must be > 0, got {a.rope_theta}")
         if "-" in pattern and self.mlp.activation not in MLP_ACTIVATIONS:
             raise ValueError(f"mlp: activation must be one of {MLP_ACTIVATIONS}, got {self.mlp.activation!r}")
 
@@ -181,6 +201,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"a ModelConfig is built from a dict of its fields, got {type(d).__name__}")
         valid = {f.name for f in dataclasses.fields(cls)}
         for key in d:
             if key not in valid:
@@ -198,8 +220,16 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, path_or_text: str | Path) -> "ModelConfig":
-        p = Path(path_or_text)
-        text = p.read_text() if p.suffix == ".json" or p.exists() else str(path_or_text)
+        """From JSON text, a JSON file, or a checkpoint folder (its config.json, mambakit's own format)."""
+        if isinstance(path_or_text, str) and path_or_text.lstrip().startswith("{"):
+            text = path_or_text
+        else:
+            p = Path(path_or_text)
+            if p.is_dir():
+                p = p / "config.json"
+            if not p.is_file():
+                raise ValueError(f"{p}: no such file; from_json takes JSON text, a JSON file or a checkpoint folder")
+            text = p.read_text(encoding="utf-8")
         raw = json.loads(text)
         if isinstance(raw, dict) and "mambakit_format" in raw:  # a saved model's config.json
             if not isinstance(raw.get("model"), dict):
@@ -216,6 +246,8 @@ class ModelConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ModelConfig":
         from .presets import PRESETS
+        if not isinstance(name, str):
+            raise ValueError(f"a preset is named by a string (known: {', '.join(PRESETS)}), got {type(name).__name__}")
         if name not in PRESETS:
             near = difflib.get_close_matches(name, list(PRESETS), n=3)
             hint = f"; did you mean {', '.join(near)}?" if near else ""
@@ -238,6 +270,35 @@ def deep_merge(base: dict, extra: dict) -> dict:
 
 def _finite_or_str(v: float):
     return v if math.isfinite(v) else ("inf" if v > 0 else "-inf")
+
+
+def _check_fields(obj, where: str, skip=()) -> None:
+    """Each field of a config dataclass against its annotation: ints are positive sizes (bools are
+    not ints here), floats are finite numbers (>= 0 where not a size), bools are bools, "X | None"
+    allows None, "int | str" (dt_rank) allows "auto"."""
+    for f in dataclasses.fields(obj):
+        if f.name in skip:
+            continue
+        v, kind = getattr(obj, f.name), str(f.type)
+        if v is None and "None" in kind:
+            continue
+        if kind.startswith("int | str") and v == "auto":
+            continue
+        if kind.startswith("int"):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{where}.{f.name} must be a positive int, got {v!r}")
+        elif kind.startswith("float"):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{where}.{f.name} must be a finite number >= 0, got {v!r}")
+        elif kind == "bool":
+            if not isinstance(v, bool):
+                raise ValueError(f"{where}.{f.name} must be true or false, got {v!r}")
+        elif kind.startswith("tuple"):
+            if (not isinstance(v, tuple) or len(v) != 2
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+                raise ValueError(f"{where}.{f.name} must be a pair of numbers (lo, hi), got {v!r}")
+        elif kind == "str" and not isinstance(v, str):
+            raise ValueError(f"{where}.{f.name} must be a string, got {v!r}")
 
 
 def _sub_from_dict(cls, d: dict, where: str):

@@ -58,7 +58,10 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
         logits = torch.where(seen, penalized, logits)
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    # Shifted so that the largest logit is 0 before the division: a tiny temperature then sends the
+    # others to -inf (sampling turns greedy) instead of every logit to +-inf and softmax to NaN.
+    logits = logits.float()
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -103,6 +106,9 @@ class _Prompt:
 
 
 def _normalize_prompt(model, input_ids, attention_mask) -> _Prompt:
+    if not callable(getattr(model, "check_inputs", None)) or not hasattr(model, "allocate_cache"):
+        raise ValueError(f"model must be a mambakit.LM (mambakit.load(path) or mambakit.LM(config)), "
+                         f"got {type(model).__name__}")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be a 2-d tensor (batch, length) of token ids, got {shape}")

@@ -11,6 +11,7 @@ spans several tokens).
 from __future__ import annotations
 
 import json
+import operator
 from pathlib import Path
 
 import torch
@@ -18,6 +19,28 @@ import torch
 # Names under which tokenizer.json files commonly hold their end-of-text token, when no
 # tokenizer_config.json says which it is (GPT-NeoX / GPT-2, Llama 3, Llama 2, Gemma).
 _EOS_GUESSES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+
+
+def as_token_ids(ids, what: str = "token ids") -> list[int]:
+    """An id, a list/tuple of ids, or an integer tensor (flattened) or numpy array -> a list of Python
+    ints. Floats, bools, strings, None and nested lists are a ValueError naming what was given."""
+    if isinstance(ids, torch.Tensor):
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"{what} must be integers, got a tensor of {ids.dtype}")
+        return ids.flatten().tolist()
+    if hasattr(ids, "tolist") and hasattr(ids, "dtype"):  # numpy arrays and scalars
+        ids = ids.tolist()
+    if ids is None or isinstance(ids, (str, bytes, float)):
+        raise ValueError(f"{what} must be an int, a list of ints or an integer tensor, got {type(ids).__name__}")
+    out = []
+    for i in ids if isinstance(ids, (list, tuple)) else [ids]:
+        if isinstance(i, bool):
+            raise ValueError(f"{what} must be ints, got the bool {i!r}")
+        try:
+            out.append(operator.index(i))
+        except TypeError:
+            raise ValueError(f"{what} must be ints, got {i!r} ({type(i).__name__})") from None
+    return out
 
 
 class Tokenizer:
@@ -37,6 +60,7 @@ class Tokenizer:
     def batch_encode(self, texts: list[str], padding_side: str = "left", add_special_tokens: bool = True,
                      device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """texts -> input_ids (b, l) long and attention_mask (b, l) long (1 = token, 0 = padding)."""
+        texts = texts if isinstance(texts, str) else list(texts)  # an iterator is read once
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts) or not texts:
             raise ValueError("batch_encode expects a non-empty list of strings")
         if padding_side not in ("left", "right"):
@@ -73,9 +97,8 @@ class StreamDecoder:
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False, prompt_ids=None):
         self.tokenizer = tokenizer
         self.skip = skip_special_tokens
-        if isinstance(prompt_ids, torch.Tensor):
-            prompt_ids = prompt_ids.flatten().tolist()
-        self.tokens: list[int] = list(prompt_ids or [])[-self.CONTEXT:]
+        prompt_ids = [] if prompt_ids is None else as_token_ids(prompt_ids, "prompt_ids")
+        self.tokens: list[int] = prompt_ids[-self.CONTEXT:]
         self.prefix_offset = 0  # start of the context window
         self.read_offset = len(self.tokens)  # tokens before this are already printed (or the prompt's)
 
@@ -84,9 +107,7 @@ class StreamDecoder:
 
     def push(self, ids) -> str:
         """Add token ids (an int, a list or a tensor); return the text they complete ('' if none yet)."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.flatten().tolist()
-        self.tokens.extend([ids] if isinstance(ids, int) else ids)
+        self.tokens.extend(as_token_ids(ids))
         before = self._decode(self.tokens[self.prefix_offset:self.read_offset])
         text = self._decode(self.tokens[self.prefix_offset:])
         if len(text) > len(before) and not text.endswith("\ufffd"):
@@ -116,8 +137,7 @@ class ByteTokenizer(Tokenizer):
         return list(text.encode("utf-8"))
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.flatten().tolist()
+        ids = as_token_ids(ids)
         out, run = [], bytearray()
         for i in ids:
             if 0 <= i < 256:
@@ -178,9 +198,10 @@ class HFTokenizer(Tokenizer):
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.flatten().tolist()
-        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        ids = as_token_ids(ids)
+        if any(i < 0 for i in ids):  # the Rust side would raise an OverflowError
+            raise ValueError(f"token ids must be >= 0, got {min(ids)}")
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def __repr__(self) -> str:
         return f"HFTokenizer(vocab_size={self.vocab_size}, eos_token_id={self.eos_token_id})"
@@ -212,4 +233,6 @@ def load_tokenizer(spec=None) -> Tokenizer:
         return ByteTokenizer()
     if isinstance(spec, Tokenizer):
         return spec
+    if not isinstance(spec, (str, Path)):
+        raise ValueError(f"a tokenizer is None, 'byte', a Tokenizer or a path to tokenizer.json, got {type(spec).__name__}")
     return HFTokenizer.from_file(spec)

@@ -81,3 +81,53 @@ def test_from_json_reads_a_saved_models_config_and_refuses_foreign_ones(tmp_path
     (tmp_path / "bad.json").write_text(json.dumps({"mambakit_format": 1}))
     with pytest.raises(ValueError, match="under 'model'"):
         ModelConfig.from_json(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("preset,override,match", [
+    ("mamba2-tiny", dict(mamba2={"headdim": 0}), "mamba2.headdim must be a positive int, got 0"),
+    ("mamba2-tiny", dict(mamba2={"ngroups": 0}), "mamba2.ngroups must be a positive int"),
+    ("mamba2-tiny", dict(mamba2={"d_state": -4}), "mamba2.d_state must be a positive int"),
+    ("mamba2-tiny", dict(mamba2={"chunk_size": 0}), "mamba2.chunk_size must be a positive int"),
+    ("mamba2-tiny", dict(mamba2={"headdim": "16"}), "mamba2.headdim must be a positive int, got '16'"),
+    ("mamba2-tiny", dict(mamba2={"expand": 1.5}), "mamba2.expand must be a positive int"),
+    ("mamba2-tiny", dict(mamba2={"dt_limit": (1.0, 0.0)}), r"dt_limit must be \(lo, hi\) with 0 <= lo < hi"),
+    ("mamba2-tiny", dict(mamba2={"A_init_range": (-2.0, -1.0)}), "A_init_range must be"),
+    ("mamba2-tiny", dict(mamba2={"conv_bias": "yes"}), "mamba2.conv_bias must be true or false"),
+    ("mamba-tiny", dict(mamba1={"d_conv": 0}), "mamba1.d_conv must be a positive int"),
+    ("mamba-tiny", dict(mamba1={"d_state": 0}), "mamba1.d_state must be a positive int"),
+    ("mamba-tiny", dict(mamba1={"dt_rank": 0}), "mamba1.dt_rank must be a positive int"),
+    ("mamba-tiny", dict(mamba1={"dt_min": 0.5, "dt_max": 0.1}), "need 0 < dt_min <= dt_max"),
+    ("mamba-tiny", dict(mamba1={"dt_min": 0.0}), "need 0 < dt_min <= dt_max"),
+    ("hybrid-tiny", dict(attention={"n_heads": 0}), "attention.n_heads must be a positive int"),
+    ("hybrid-tiny", dict(attention={"n_kv_heads": 0}), "attention.n_kv_heads must be a positive int"),
+    ("hybrid-tiny", dict(attention={"max_seqlen": -5}), "attention.max_seqlen must be a positive int"),
+    ("hybrid-tiny", dict(attention={"rope_theta": 0.0}), "rope_theta must be > 0"),
+    ("hybrid-tiny", dict(attention={"rotary_fraction": "0.5"}), "rotary_fraction must be a finite number"),
+    ("hybrid-tiny", dict(mlp={"hidden_size": 0}), "mlp.hidden_size must be a positive int"),
+    ("mamba2-tiny", dict(vocab_size=True), "ModelConfig.vocab_size must be a positive int, got True"),
+    ("mamba2-tiny", dict(norm_eps=-1.0), "ModelConfig.norm_eps must be a finite number >= 0"),
+    ("mamba2-tiny", dict(norm_eps=0.0), "ModelConfig.norm_eps must be > 0"),
+    ("mamba2-tiny", dict(tie_embeddings="no"), "ModelConfig.tie_embeddings must be true or false"),
+    ("mamba2-tiny", dict(mamba2=5), "ModelConfig.mamba2 must be a Mamba2Config or a dict of its fields, got int"),
+])
+def test_bad_sizes_and_rates_are_named(preset, override, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig.from_preset(preset, **override)
+
+
+def test_unused_sub_configs_are_not_checked():
+    # A Mamba-2 stack does not build attention layers: their sub-config may hold anything.
+    assert ModelConfig.from_preset("mamba2-tiny", attention={"n_heads": 0}).attention.n_heads == 0
+
+
+def test_from_json_takes_text_a_file_or_a_folder_and_names_a_missing_path(tmp_path):
+    config = ModelConfig.from_preset("mamba2-tiny")
+    mambakit.LM(config).save(tmp_path / "m")
+    assert ModelConfig.from_json(tmp_path / "m") == config
+    assert ModelConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="nope/config: no such file"):
+        ModelConfig.from_json(str(tmp_path / "nope" / "config"))
+    with pytest.raises(ValueError, match="built from a dict of its fields, got list"):
+        ModelConfig.from_dict([1, 2])
+    with pytest.raises(ValueError, match="a preset is named by a string"):
+        ModelConfig.from_preset(None)

@@ -355,3 +355,17 @@ def test_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path, fake_graphs):
     run = bench._record("transformer", "transformers", 1, 6, bench.time_transformers(hf, 1, 6, 3, 256, "cpu"),
                         hf, tr, None)
     assert run["prefill_tok_s"] > 0 and run["bytes_per_step"] > bench.weight_bytes(hf)
+
+
+def test_a_tiny_temperature_samples_the_greedy_tokens():
+    # logits / 1e-45 overflowed to inf and softmax gave NaN ("probability tensor contains inf, nan")
+    model = make_model("mamba2")
+    ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(0))
+    greedy = mambakit.generate(model, ids, 5)
+    tiny = mambakit.generate(model, ids, 5, temperature=1e-45, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(tiny, greedy)
+
+
+def test_generate_names_a_model_that_is_not_one():
+    with pytest.raises(ValueError, match="model must be a mambakit.LM.*got object"):
+        mambakit.generate(object(), torch.zeros(1, 3, dtype=torch.long), 2)

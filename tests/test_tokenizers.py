@@ -142,3 +142,33 @@ def test_hf_tokenizer_errors_are_clear(tmp_path, bpe_folder):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<nope>"}))
     with pytest.raises(ValueError, match="eos_token '<nope>'"):
         load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([104.0], "must be ints, got 104.0"), ("hi", "got str"), (None, "got NoneType"),
+    ([[104]], r"must be ints, got \[104\]"), (torch.tensor([1.0]), "integers, got a tensor of torch.float32"),
+    ([True], "got the bool True"),
+])
+def test_decode_names_what_is_not_token_ids(bad, match):
+    with pytest.raises(ValueError, match=match):
+        ByteTokenizer().decode(bad)
+
+
+def test_token_ids_of_every_integer_kind_decode_and_stream():
+    import numpy as np
+    tok = ByteTokenizer()
+    for ids in ([104, 105], (104, 105), torch.tensor([[104, 105]]), np.array([104, 105])):
+        assert tok.decode(ids) == "hi"
+    dec = tok.stream_decoder(prompt_ids=np.array([32]))
+    assert dec.push(np.int64(104)) + dec.push(torch.tensor(105)) + dec.flush() == "hi"
+    with pytest.raises(ValueError, match="prompt_ids must be an int, a list"):
+        tok.stream_decoder(prompt_ids="ab")
+    ids, mask = tok.batch_encode(t for t in ["a", "bc"])  # an iterator, read once
+    assert ids.shape == (2, 2) and mask.tolist() == [[0, 1], [1, 1]]
+    with pytest.raises(ValueError, match="a tokenizer is None, 'byte', a Tokenizer or a path"):
+        load_tokenizer(5)
+
+
+def test_hf_decode_refuses_negative_ids(bpe_folder):
+    with pytest.raises(ValueError, match="token ids must be >= 0, got -1"):
+        HFTokenizer.from_file(bpe_folder).decode([5, -1])

@@ -30,9 +30,12 @@ def read_config(path: Path) -> dict:
     if not cfg.exists():
         raise CheckpointError(f"{cfg}: missing; a checkpoint folder needs config.json")
     try:
-        return json.loads(cfg.read_text())
-    except json.JSONDecodeError as err:
+        raw = json.loads(cfg.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{cfg}: not valid JSON ({err})") from err
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{cfg}: expected a JSON object of config fields, got {type(raw).__name__}")
+    return raw
 
 
 def _read_safetensors(f: Path) -> dict:

@@ -14,6 +14,8 @@ def detect(raw: dict) -> bool:
 def to_mambakit(raw: dict, state: dict):
     if raw["mambakit_format"] != FORMAT_VERSION:
         raise ValueError(f"mambakit_format {raw['mambakit_format']} is not supported (expected {FORMAT_VERSION})")
+    if not isinstance(raw.get("model"), dict):
+        raise ValueError(f"'model' must be an object of ModelConfig fields, got {type(raw.get('model')).__name__}")
     return ModelConfig.from_dict(raw["model"]), state
 
 

@@ -44,12 +44,8 @@ class S4DMixer(nn.Module):
         d = config.d_model
         if c.init not in INITS:
             raise ValueError(f"s4d: init must be one of {INITS}, got {c.init!r}")
-        if not isinstance(c.expand, int) or c.expand < 1:
-            raise ValueError(f"s4d: expand must be a positive int, got {c.expand!r}")
         if c.init == "lin" and c.d_state % 2:
             raise ValueError(f"s4d: S4D-Lin uses complex conjugate pairs, d_state must be even, got {c.d_state}")
-        if not 0 < c.dt_min <= c.dt_max:
-            raise ValueError(f"s4d: need 0 < dt_min <= dt_max, got {c.dt_min}, {c.dt_max}")
         self.layer_idx = layer_idx
         self.d_inner = e = c.expand * d
         self.complex = c.init == "lin"

@@ -300,3 +300,18 @@ def test_hf_save_of_a_model_no_hf_class_holds(ssm_layer, pattern, what, tmp_path
     with pytest.raises(ValueError, match=f"no Hugging Face class holds {what}; save with format='native'"):
         mambakit.LM(config).save(tmp_path / "m", format="hf")
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("text,match", [
+    ("[1, 2]", "expected a JSON object of config fields, got list"),
+    ("null", "expected a JSON object of config fields, got NoneType"),
+    ('{"mambakit_format": 1, "model": "abc"}', "'model' must be an object of ModelConfig fields, got str"),
+    ('{"mambakit_format": 1, "model": {"mamba2": 5}}', "ModelConfig.mamba2 must be a Mamba2Config"),
+    (b"\xff\xfe{", "not valid JSON"),
+])
+def test_a_corrupt_config_json_is_named(text, match, tmp_path):
+    tiny_model("mamba2").save(tmp_path / "m")
+    cfg = tmp_path / "m" / "config.json"
+    cfg.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(CheckpointError, match=match):
+        mambakit.load(tmp_path / "m")
