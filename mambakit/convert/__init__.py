@@ -95,7 +95,7 @@ def save(model, path, format: str = "native") -> None:
     else:
         raise ValueError(f"unknown checkpoint format {format!r}; expected 'native' or 'hf'")
     raw, state = fmt.from_mambakit(model)
-    write_folder(Path(path), raw, state)
+    write_folder(path, raw, state)
 
 
 def _hf_writer(config):

@@ -126,6 +126,10 @@ def load_checked(config, state: dict, path: Path, dtype=None, device=None, where
         if tuple(state[key].shape) != tuple(ref.shape):
             raise CheckpointError(f"{path}: tensor {where(key)} has shape {tuple(state[key].shape)}, "
                                   f"config.json implies {tuple(ref.shape)}")
+        if ref.is_floating_point() and not state[key].is_floating_point():
+            # copy_ would cast integers into the weights without a word: a mislabeled or corrupt file
+            raise CheckpointError(f"{path}: tensor {where(key)} has dtype {state[key].dtype}; "
+                                  "expected floating-point weights")
     if dtype is not None:
         cast_keeping_fp32(model, dtype)  # still on "meta": the weights are allocated once, in their dtype
     model = model.to_empty(device=device or "cpu")
@@ -188,7 +192,12 @@ def write_folder(path: Path, raw_config: dict, state: dict[str, torch.Tensor]) -
     carried over and its old weight files dropped; a crash between the two renames leaves the old
     folder whole under .NAME.old-PID."""
     from safetensors.torch import save_file
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"a checkpoint path is a str or a Path, got {type(path).__name__}")
     path = Path(path)
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"cannot save to {path}: {blocking} is a file, not a folder")
     if path.is_symlink():
         path = path.resolve()  # a link to a checkpoint folder: the folder it points to is replaced
     if path.exists() and not path.is_dir():

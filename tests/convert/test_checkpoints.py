@@ -315,3 +315,23 @@ def test_a_corrupt_config_json_is_named(text, match, tmp_path):
     cfg.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(CheckpointError, match=match):
         mambakit.load(tmp_path / "m")
+
+
+def test_integer_weights_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    tiny_model("mamba2").save(tmp_path / "m")
+    f = tmp_path / "m" / "model.safetensors"
+    state = load_file(str(f))
+    state["norm_f.weight"] = state["norm_f.weight"].long()
+    save_file(state, str(f))
+    with pytest.raises(CheckpointError, match="'norm_f.weight'.*has dtype torch.int64; expected floating-point"):
+        mambakit.load(tmp_path / "m")
+
+
+def test_save_names_a_bad_path(tmp_path):
+    (tmp_path / "file").write_text("x")
+    model = tiny_model("mamba2")
+    with pytest.raises(ValueError, match="file is a file, not a folder"):
+        model.save(tmp_path / "file" / "sub")
+    with pytest.raises(ValueError, match="a checkpoint path is a str or a Path, got NoneType"):
+        model.save(None)
