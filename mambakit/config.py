@@ -274,8 +274,8 @@ def _finite_or_str(v: float):
 
 def _check_fields(obj, where: str, skip=()) -> None:
     """Each field of a config dataclass against its annotation: ints are positive sizes (bools are
-    not ints here), floats are finite numbers (>= 0 where not a size), bools are bools, "X | None"
-    allows None, "int | str" (dt_rank) allows "auto"."""
+    not ints here), floats finite numbers >= 0 (rates, scales; validate adds the stricter bounds),
+    bools are bools, "X | None" allows None, "int | str" (dt_rank) allows "auto"."""
     for f in dataclasses.fields(obj):
         if f.name in skip:
             continue
