@@ -2,7 +2,7 @@
 # One device-machine session: the CUDA tests and the GPU benchmarks, each under its own time
 # limit, logs and JSON results packed into $OUT/results.tgz (the device tool returns few files).
 #   bash benchmarks/device_run.sh "tests kernels scan"      # stages, in order
-#   stages: tests scantests kernels scan profile train generation decodeprofile gemvtune decodecheck gemvrb gemvall
+#   stages: tests scantests kernels scan profile train generation decodeprofile gemvtune decodecheck gemvrb gemvall gemvb4
 #   (scantests: only tests/gpu/test_selective_scan_triton.py, for a change to the Mamba-1 kernels;
 #    gemvtune: sweeps the fused decode GEMV's configs for the projections of a Mamba-2 and an MLP
 #    layer, then profiles whole decode steps at 1K and 64K with the defaults and with the best
@@ -12,7 +12,9 @@
 #    defaults: what session 10 could not run;
 #    gemvrb: session 11's GEMV (several rows summed elementwise; RB blocks a program): batch 1 and 4
 #    calls, its GPU tests, a sweep of the RB configs, then steps with the defaults and the sweep's best;
-#    gemvall: decodecheck's tests and rows, gemvrb's sweep, steps default and tuned, generate at 1K and 64K)
+#    gemvall: decodecheck's tests and rows, gemvrb's sweep, steps default and tuned, generate at 1K and 64K;
+#    gemvb4: the tile sweep at 4 rows (session 13: the (2, 512, 2) tiles of the wide k 2048 forms re-read
+#    x from L2 twice the weights' bytes at 4 rows), then batch-4 steps with the defaults and the sweep's best)
 # TESTS_ARGS adds pytest arguments to the tests stage (e.g. --ignore=... after a decodecheck).
 # Measured on an H100 (session 2): the whole CUDA suite needs more than 210 s (compiles included),
 # kernels --sweep --warm ~235 s, scan --quick ~30 s, train (3 models x 2 backends) over 180 s.
@@ -91,6 +93,15 @@ for s in ${1:-tests kernels scan}; do
                      --models hybrid,transformer --context 65536 --iters 10 --gemv-configs "$R/gemv_best.json"
                  PYTHONPATH=. stage gen_b1 60 python benchmarks/gpu_generation.py --models mamba2,hybrid,transformer \
                      --batches 1 --prompts 1024,65536 --graphs on --no-hf --new-tokens 64 --out "$R/gen_b1" ;;
+        gemvb4) stage gemv_b4_sweep 150 python benchmarks/gpu_gemv.py --rows 4 --sweep \
+                    --forms in_proj,up,out_proj,down --best-out "$R/gemv_best_b4.json" --out "$R/gemv_b4"
+                for t in default tuned; do
+                    G=""; [ $t = tuned ] && G="--gemv-configs $R/gemv_best_b4.json"
+                    PYTHONPATH=. stage prof_1k_b4_$t 30 python benchmarks/gpu_profile_decode.py --out "$R/prof_1k_b4_$t" \
+                        --models mamba2 --batch 4 --iters 10 $G
+                    PYTHONPATH=. stage prof_64k_b4_$t 50 python benchmarks/gpu_profile_decode.py --out "$R/prof_64k_b4_$t" \
+                        --models hybrid,transformer --context 65536 --batch 4 --iters 10 $G
+                done ;;
         generation) PYTHONPATH=. stage generation "${GEN_S:-300}" python benchmarks/gpu_generation.py --out "$R" ${GEN_ARGS:-} ;;
     esac
 done
