@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,13 @@ class TrainConfig:
     # --- checks -------------------------------------------------------------------------------
     def validate(self) -> None:
         t, o, dc, ck = self.train, self.optim, self.data, self.checkpoint
+        _check_types(self, "")
+        for name, section in (("data", dc), ("optim", o), ("train", t), ("checkpoint", ck)):
+            _check_types(section, name + ".")
+        if not o.eps > 0:
+            raise ValueError(f"optim.eps must be > 0, got {o.eps!r}")
+        if Path(self.out_dir).exists() and not Path(self.out_dir).is_dir():
+            raise ValueError(f"out_dir {self.out_dir!r} is a file; expected a folder for the run (new or existing)")
         positive = {"train.steps": t.steps, "train.batch_size": t.batch_size, "train.seq_len": t.seq_len,
                     "train.log_every": t.log_every, "train.eval_rows": t.eval_rows,
                     "checkpoint.keep_last": ck.keep_last}
@@ -205,6 +213,8 @@ def check_keys(d: dict, prefix: str = "") -> None:
         full = f"{prefix}{key}"
         if isinstance(value, dict) and full in tables:
             check_keys(value, full + ".")
+        elif full in tables:  # "model = 5": a table's name given a plain value
+            raise ValueError(f"[{full}] must be a table of keys (e.g. --{full}.KEY VALUE), got {value!r}")
         elif full not in valid:
             raise unknown_key(full, valid + sorted(tables))
 
@@ -256,6 +266,34 @@ def set_dotted(d: dict, key: str, value: Any) -> None:
         if not isinstance(d, dict):
             raise ValueError(f"cannot set {key!r}: {part!r} is not a table")
     d[parts[-1]] = value
+
+
+# What each annotation of the config dataclasses accepts, in words for the error message.
+_TYPE_RULES = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: _is_number(v), "a finite number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "dict": (lambda v: isinstance(v, dict), "a table (e.g. {key = value})"),
+    "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), 'a list of strings (e.g. [".txt"])'),
+    "list[float]": (lambda v: isinstance(v, list) and all(_is_number(x) for x in v), "a list of numbers"),
+    "str | list[str]": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+                        "a string or a list of strings"),
+}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_types(obj, prefix: str) -> None:
+    """Each field of a config dataclass has the kind its annotation names: a command-line "no" for a
+    bool or ".txt" for a list is refused here, not read as true or split into characters."""
+    for f in dataclasses.fields(obj):
+        rule = _TYPE_RULES.get(str(f.type))
+        v = getattr(obj, f.name)
+        if rule is not None and not rule[0](v):
+            raise ValueError(f"{prefix}{f.name} must be {rule[1]}, got {v!r}")
 
 
 def dump_toml(d: dict, prefix: str = "") -> str:

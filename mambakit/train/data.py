@@ -194,15 +194,19 @@ def _tokenize(files, tokenizer, text_field, cache: Path, key: str) -> None:
     order = np.random.default_rng(0).permutation(len(files))
     starts, total = [], 0
     tmp = cache / f".{key}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as out:
-        for i in order:
-            for doc in iter_documents(files[i], text_field):
-                ids = tokenizer.encode_bytes(doc)
-                if len(ids) == 0:
-                    continue
-                starts.append(total)
-                out.write(np.asarray(ids).astype(dtype, copy=False).tobytes())
-                total += len(ids)
+    try:
+        with open(tmp, "wb") as out:
+            for i in order:
+                for doc in iter_documents(files[i], text_field):
+                    ids = tokenizer.encode_bytes(doc)
+                    if len(ids) == 0:
+                        continue
+                    starts.append(total)
+                    out.write(np.asarray(ids).astype(dtype, copy=False).tobytes())
+                    total += len(ids)
+    except BaseException:  # a bad record or Ctrl-C: no orphaned partial file (its name has our pid)
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, cache / f"{key}.bin")
     np.save(cache / f".{key}.docs.tmp.npy", np.asarray(starts, dtype=np.int64))
     os.replace(cache / f".{key}.docs.tmp.npy", cache / f"{key}.docs.npy")

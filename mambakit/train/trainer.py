@@ -123,6 +123,9 @@ class Trainer:
         for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base * fn(self.scheduler.last_epoch)  # the expression LambdaLR itself uses
         self.step, self.samples = int(trainer["step"]), int(trainer["samples"])
+        if self.step >= self.cfg.train.steps:
+            raise ValueError(f"--resume: {path} is at step {self.step} and train.steps is {self.cfg.train.steps}: "
+                             f"nothing to train; set train.steps above {self.step} to go on")
         self.tokens = int(trainer.get("tokens", 0))
         if trainer.get("data_key") != self.data.key:
             logger.warning("resuming on different data than the checkpoint was trained on (%s)", path)

@@ -54,6 +54,18 @@ def test_unknown_key_in_file(tmp_path, corpus, tiny_config):
     (["--train.distributed", "zero"], "train.distributed must be one of"),
     (["--optim.betas", "[0.9]"], "optim.betas"),
     (["--data.val_fraction", "1.5"], "data.val_fraction"),
+    # types: a command-line "no" was read as true, ".txt" split into characters, "abc" a TypeError
+    (["--data.pack", "no"], "data.pack must be true or false, got 'no'"),
+    (["--train.compile", "no"], "train.compile must be true or false"),
+    (["--data.extensions", ".txt"], r"data.extensions must be a list of strings .*got '.txt'"),
+    (["--optim.min_lr_ratio", "abc"], "optim.min_lr_ratio must be a finite number, got 'abc'"),
+    (["--optim.lr", "true"], "optim.lr must be a finite number, got True"),
+    (["--optim.lr", "inf"], "optim.lr must be a finite number"),
+    (["--optim.betas", "0.9"], "optim.betas must be a list of numbers, got 0.9"),
+    (["--optim.eps", "-1"], "optim.eps must be > 0"),
+    (["--data.path", "5"], "data.path must be a string or a list of strings, got 5"),
+    (["--data.task_params", "5"], "data.task_params must be a table"),
+    (["--model", "5"], r"\[model\] must be a table of keys"),
 ])
 def test_bad_values(tmp_path, corpus, tiny_config, override, match):
     with pytest.raises(ValueError, match=match):
@@ -69,3 +81,9 @@ def test_model_vocab_too_small(tmp_path, corpus, tiny_config):
     cfg = TrainConfig.from_toml(tiny_config(tmp_path, corpus), ["--model.vocab_size", "100"])
     with pytest.raises(ValueError, match="smaller than the tokenizer"):
         cfg.model_config(vocab_size=256)
+
+
+def test_out_dir_that_is_a_file(tmp_path, corpus, tiny_config):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="out_dir .*afile' is a file"):
+        TrainConfig.from_toml(tiny_config(tmp_path, corpus), ["--out_dir", str(tmp_path / "afile")])

@@ -164,3 +164,11 @@ def test_hf_datasets_folder(tmp_path, monkeypatch):
     (folder / "state.json").touch()  # new mtime: a new cache key, so the folder is read again
     with pytest.raises(ValueError, match="needs `pip install datasets`"):
         _prepare(tmp_path, folder)
+
+
+def test_a_failed_tokenization_leaves_no_partial_file(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"text": "a good first document"}) + "\nnot json\n")
+    with pytest.raises(ValueError, match=r"d\.jsonl:2"):
+        _prepare(tmp_path, f)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []  # no .tmp left with our pid in its name

@@ -130,3 +130,15 @@ def test_resume_without_checkpoint_and_fresh_run_over_old(tmp_path, corpus, tiny
     train(TrainConfig.from_toml(path))
     with pytest.raises(ValueError, match="already holds checkpoints"):
         Trainer(TrainConfig.from_toml(path))
+
+
+def test_resume_with_no_steps_left_is_an_error(tmp_path, corpus, tiny_config):
+    # it used to exit 0 without training, after rewriting config.toml with the smaller train.steps
+    path = tiny_config(tmp_path, corpus, train={"steps": 2, "eval_every": 0})
+    train(TrainConfig.from_toml(path))
+    run = Path(TrainConfig.from_toml(path).out_dir)
+    before = (run / "config.toml").read_text()
+    for steps in ("2", "1"):
+        with pytest.raises(ValueError, match=f"is at step 2 and train.steps is {steps}: nothing to train"):
+            Trainer(TrainConfig.from_toml(path, ["--train.steps", steps]), resume="latest")
+    assert (run / "config.toml").read_text() == before
