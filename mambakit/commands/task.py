@@ -108,8 +108,14 @@ def run(args) -> int:
         raise ValueError("--set only applies to `task train` (a new model from a preset)")
     if args.eval_token_budget is not None and args.eval_token_budget < 1:
         raise ValueError(f"--eval-token-budget must be a positive int, got {args.eval_token_budget}")
+    for flag in ("eval_examples", "chunk_len", "eval_batch_size"):  # checked now, not after training
+        v = getattr(args, flag, None)
+        if v is not None and v < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive int, got {v}")
     task = _task(args)
     values = _values(args, task)
+    for v in values:
+        task.at(v)  # a value the task refuses fails here, before any training
     specs = [m.strip() for m in args.model.split(",") if m.strip()]
     names = [n.strip() for n in args.name.split(",")] if args.name else [_default_name(s) for s in specs]
     if len(names) != len(specs) or len(set(names)) != len(names):

@@ -20,14 +20,24 @@ QUESTION_FIELDS = ("question", "choices", "answer", "subject")
 LETTERS = string.ascii_uppercase
 
 
+def _lines(f, p: Path):
+    """(line number, line) of a text file, a non-UTF-8 byte named with the file and line."""
+    lineno = 0
+    try:
+        for lineno, line in enumerate(f, start=1):
+            yield lineno, line
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{p}: not UTF-8 text after line {lineno} ({err.reason})") from None
+
+
 def read_jsonl(path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
     """-> [(line number, record)], blank lines skipped. A bad line is a ValueError naming path:line."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no such file: {p}")
     rows = []
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with p.open(encoding="utf-8", errors="strict") as f:
+        for lineno, line in _lines(f, p):
             if not line.strip():
                 continue
             try:
@@ -102,7 +112,10 @@ def load_documents(paths, text_field: str = "text") -> list[tuple[str, str]]:
     for path in paths:
         p = Path(path)
         if p.suffix == ".jsonl":
-            for lineno, r in read_jsonl(p, (text_field,)):
+            records = read_jsonl(p, (text_field,))
+            if not records:
+                raise ValueError(f"{p}: no documents (every line is blank); expected one JSON object a line")
+            for lineno, r in records:
                 if not isinstance(r[text_field], str):
                     raise ValueError(f"{p}:{lineno}: field {text_field!r} must be a string, "
                                      f"got {type(r[text_field]).__name__}")
@@ -110,7 +123,10 @@ def load_documents(paths, text_field: str = "text") -> list[tuple[str, str]]:
         else:
             if not p.is_file():
                 raise FileNotFoundError(f"no such file: {p}")
-            docs.append((str(p), p.read_text(encoding="utf-8")))
+            try:
+                docs.append((str(p), p.read_text(encoding="utf-8")))
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{p}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     return docs
 
 

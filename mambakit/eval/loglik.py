@@ -87,6 +87,9 @@ def score_requests(model, requests: Sequence[Request], batch_size: int = 16, chu
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int (tokens per forward), got {chunk!r}")
+    if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or prefill_chunk < 1):
+        raise ValueError(f"prefill_chunk must be a positive int (context tokens per prefill step) or None, "
+                         f"got {prefill_chunk!r}")
     vocab = model.config.vocab_size
     groups: dict[tuple, list[int]] = {}
     results: list[tuple[float, bool] | None] = [None] * len(requests)

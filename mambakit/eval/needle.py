@@ -174,6 +174,8 @@ def evaluate_needle(model, tokenizer, lengths: list[int], depths: list[float], n
         raise ValueError("give at least one context length and one depth")
     if not isinstance(num_examples, int) or num_examples < 1:
         raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (haystacks per generate call), got {batch_size!r}")
     max_new = 12 if template == "ruler" else 11  # " 1234567." / "0123456789\n", a few tokens spare
     for length in lengths:
         if not isinstance(length, int) or length < 1:

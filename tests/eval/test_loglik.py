@@ -64,6 +64,9 @@ def test_bad_requests():
         score_requests(model, [([1, 300], [2])])
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         score_requests(model, [([1], [2])], batch_size=0)
+    for bad in (0, -3):  # -3 crashed inside prefill, 0 ran as "the whole context"
+        with pytest.raises(ValueError, match=f"prefill_chunk must be a positive int .*got {bad}"):
+            score_requests(model, [([1], [2])], prefill_chunk=bad)
     limited = limited_model(32)
     score_requests(limited, [(list(range(20)), list(range(13)))])  # 32 positions: fits
     with pytest.raises(ValueError, match="request 0 .* needs 33 tokens, more than this model's context limit of 32"):

@@ -80,3 +80,5 @@ def test_bad_settings():
     with pytest.raises(ValueError, match="a 64-token haystack with 12 generated tokens needs 76 tokens, "
                                          "more than this model's context limit of 64"):
         evaluate_needle(limited_model(64), TOK, [64], [0.5], num_examples=1)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        evaluate_needle(limited_model(64), TOK, [40], [0.5], num_examples=1, batch_size=0)

@@ -90,3 +90,16 @@ def test_skips_and_limits():
     assert r.tokens == len(TEXT) - 1
     with pytest.raises(ValueError, match="context=64 needs 64 tokens, more than this model's context limit of 32"):
         perplexity(limited, tok, [("d", TEXT)], context=64)
+
+
+def test_documents_that_are_empty_or_not_text_are_named(tmp_path):
+    from mambakit.eval.data import load_documents
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(ValueError, match="empty.jsonl: no documents"):
+        load_documents([tmp_path / "empty.jsonl"])
+    (tmp_path / "bin.txt").write_bytes(b"ok\xff\xfe")
+    with pytest.raises(ValueError, match="bin.txt: not UTF-8 text"):
+        load_documents([tmp_path / "bin.txt"])
+    (tmp_path / "bin.jsonl").write_bytes(b'{"text": "a"}\n\xff\n')
+    with pytest.raises(ValueError, match="bin.jsonl: not UTF-8 text after line"):
+        load_documents([tmp_path / "bin.jsonl"])

@@ -60,6 +60,14 @@ def test_task_train_then_eval_commands(tmp_path, capsys):
     assert "| num_pairs |" in capsys.readouterr().out
     assert main(["task", "train", "--task", "mqar", "--model", "mamba2-tiny", "--param", "pairs=3",
                  "--out", str(tmp_path / "bad")]) == 2  # a bad parameter is an error message, not a traceback
+    # refused before training (they failed after it, with no results.json): a sweep value the task
+    # refuses, and evaluation settings of zero
+    for bad in (["--values", "0"], ["--eval-examples", "0"], ["--chunk-len", "0"]):
+        args = common[:-4] + ["--values", "2", "--eval-examples", "4"] + bad
+        assert main(["task", "train", "--model", "mamba2-tiny", "--out", str(tmp_path / "late")] + args) == 2
+        assert not (tmp_path / "late").exists(), bad
+    err = capsys.readouterr().err
+    assert "num_pairs" in err and "--eval-examples must be a positive int" in err and "--chunk-len must be" in err
 
 
 def test_demo_quick(tmp_path, capsys):
