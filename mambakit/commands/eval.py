@@ -110,9 +110,8 @@ def _meta(args, model) -> dict:
 
 
 def _write(payload: dict, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    from ..tasks.report import write_json
+    path = write_json(payload, path)
     print(f"results written to {path}")
     return path
 

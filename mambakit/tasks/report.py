@@ -56,7 +56,12 @@ def write_json(payload: dict, path: str | os.PathLike) -> Path:
     text = json.dumps(payload, indent=2, default=_jsonable)
     # lists of numbers (training curves) on one line each: readable, and a tenth of the size
     text = _NUMBER_LIST.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
-    path.write_text(text + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written whole, then renamed: never half a file
+    try:
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -88,10 +88,12 @@ def final_dir(run_dir, step: int) -> Path:
 
 
 def begin(run_dir, step: int) -> Path:
-    """Rank 0: a fresh, empty temporary folder for this step (a stale one from a crash is removed)."""
+    """Rank 0: a fresh, empty temporary folder for this step; stale ones a crash left (any step) are removed."""
     tmp = tmp_dir(run_dir, step)
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    root = checkpoints_root(run_dir)
+    if root.is_dir():
+        for stale in root.glob(".tmp-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
 

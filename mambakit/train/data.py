@@ -80,6 +80,10 @@ def collect_files(paths, extensions, exclude=()) -> list[Path]:
         elif p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix in exts or f.suffix == ".jsonl")
                            and not any(fnmatch(part, pat) for part in f.relative_to(p).parts for pat in exclude))
+            # A training run's own folder (config.toml + metrics.jsonl) inside the data is not data: an
+            # out_dir under data.path would otherwise have the next run train on its metrics.
+            runs = {f.parent for f in found if f.name == "metrics.jsonl" and (f.parent / "config.toml").is_file()}
+            found = [f for f in found if not any(r == f.parent or r in f.parents for r in runs)]
             if not found:
                 raise ValueError(f"data.path {str(entry)!r} is a folder without files ending in "
                                  f"{sorted(exts | {'.jsonl'})} (data.extensions)")

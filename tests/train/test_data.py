@@ -172,3 +172,13 @@ def test_a_failed_tokenization_leaves_no_partial_file(tmp_path):
     with pytest.raises(ValueError, match=r"d\.jsonl:2"):
         _prepare(tmp_path, f)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == []  # no .tmp left with our pid in its name
+
+
+def test_a_run_folder_inside_the_data_is_not_data(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("some text to train on")
+    run = tmp_path / "data" / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text("seed = 0\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"text": "step 1 loss 3.2"}) + "\n")
+    assert D.collect_files(tmp_path / "data", [".txt"]) == [tmp_path / "data" / "a.txt"]

@@ -142,3 +142,12 @@ def test_resume_with_no_steps_left_is_an_error(tmp_path, corpus, tiny_config):
         with pytest.raises(ValueError, match=f"is at step 2 and train.steps is {steps}: nothing to train"):
             Trainer(TrainConfig.from_toml(path, ["--train.steps", steps]), resume="latest")
     assert (run / "config.toml").read_text() == before
+
+
+def test_a_save_removes_stale_temporary_folders_of_any_step(tmp_path):
+    root = ckpt.checkpoints_root(tmp_path)
+    (root / ".tmp-step-0000003").mkdir(parents=True)  # left by a crash at step 3
+    (root / ".tmp-step-0000003" / "model.safetensors").write_bytes(b"half")
+    tmp = ckpt.begin(tmp_path, 5)
+    assert tmp.is_dir() and not any(tmp.iterdir())
+    assert sorted(p.name for p in root.iterdir()) == [".tmp-step-0000005"]
