@@ -143,8 +143,8 @@ def _perplexity(args) -> int:
     if result.skipped:
         print(f"skipped {len(result.skipped)} document(s) with no token to score: {', '.join(result.skipped[:5])}")
     if args.out:
-        _write({"kind": "perplexity", **_meta(args, model), "data": args.data, "context": args.context,
-                "stride": args.stride, "prefix": args.prefix, "tokenizer": repr(tokenizer), "total": total,
+        _write({"kind": "perplexity", **_meta(args, model), "data": args.data, "context": result.context,
+                "stride": result.stride, "prefix": args.prefix, "tokenizer": repr(tokenizer), "total": total,
                 "files": rows, "skipped": result.skipped}, args.out)
     return 0
 
@@ -195,7 +195,15 @@ def _needle(args) -> int:
     if args.plot_from:
         if not args.out:
             raise ValueError("--plot-from needs --out, the PNG to write")
-        results = [json.loads(Path(p).read_text()) for p in args.plot_from]
+        results = []
+        for p in args.plot_from:
+            try:
+                r = json.loads(Path(p).read_text())
+            except (OSError, ValueError) as err:
+                raise ValueError(f"--plot-from {p}: cannot read it as JSON ({err})") from None
+            if not isinstance(r, dict) or not {"lengths", "depths", "accuracy"} <= set(r):
+                raise ValueError(f"--plot-from {p}: not a needle result (`mambakit eval needle --out` writes one)")
+            results.append(r)
         print(f"heatmap written to {plot_heatmaps(results, args.out)}")
         return 0
     if not args.model:

@@ -182,6 +182,11 @@ def evaluate_needle(model, tokenizer, lengths: list[int], depths: list[float], n
             raise ValueError(f"context lengths must be positive ints, got {length!r}")
         check_fits(model, length + max_new, f"a {length}-token haystack with {max_new} generated tokens")
     sentences = haystack_sentences(haystack) if haystack else None
+    # Every cell's settings checked before the first generation (a bad depth or a length too short
+    # for the template failed after the good cells had run): one throwaway example each.
+    for length in lengths:
+        for depth in depths:
+            make_example(tokenizer, length, float(depth), np.random.default_rng(0), template, num_needles, sentences)
     device = model_device(model)
     cells = []
     bar = None

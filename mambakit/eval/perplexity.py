@@ -62,6 +62,8 @@ class DocScore:
 class PerplexityResult:
     documents: list[DocScore] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # documents with no token to score
+    context: int | None = None  # the window length used (None: each document whole)
+    stride: int | None = None
 
     @property
     def nll(self) -> float:
@@ -110,16 +112,16 @@ def perplexity(model, tokenizer, documents: list[tuple[str, str]], context: int 
     """documents [(name, text)] -> PerplexityResult. context None and a model with a context limit:
     windows of the limit. stride defaults to context // 2 (the HF guide's 1024 / 512)."""
     limit = model.config.max_seqlen
-    if context is None and stride is not None:
-        raise ValueError("stride needs a context (the window length); give --context too")
     if context is None and limit is not None:
         context = limit
+    if context is None and stride is not None:
+        raise ValueError("stride needs a context (the window length); give --context too")
     if context is not None:
         check_fits(model, context, f"a window of context={context}")
         if stride is None:
             stride = max(1, context // 2)
     prefix_id = resolve_prefix(tokenizer, prefix)
-    result = PerplexityResult()
+    result = PerplexityResult(context=context, stride=stride)
     requests, owners = [], []
     for name, text in documents:
         ids = tokenizer.encode(text, add_special_tokens=False)

@@ -55,6 +55,11 @@ def test_needle_command_and_plot(capsys, tmp_path):
     rc, out, _ = run(capsys, "needle", "--plot-from", str(tmp_path / "n" / "needle.json"),
                      str(tmp_path / "n" / "needle.json"), "--out", str(tmp_path / "two.png"))
     assert rc == 0 and (tmp_path / "two.png").is_file()
+    (tmp_path / "other.json").write_text('{"kind": "perplexity"}')
+    (tmp_path / "notjson.json").write_text("nope")
+    for f, match in (("other.json", "not a needle result"), ("notjson.json", "cannot read it as JSON")):
+        rc, _, err = run(capsys, "needle", "--plot-from", str(tmp_path / f), "--out", str(tmp_path / "x.png"))
+        assert rc == 2 and f in err and match in err, err
 
 
 def test_errors(capsys, tmp_path):

@@ -82,3 +82,10 @@ def test_bad_settings():
         evaluate_needle(limited_model(64), TOK, [64], [0.5], num_examples=1)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         evaluate_needle(limited_model(64), TOK, [40], [0.5], num_examples=1, batch_size=0)
+    ran = []  # bad cells are refused before any generation
+    model = tiny_model("mamba2")
+    model.register_forward_hook(lambda *a: ran.append(1))
+    for lengths, depths, match in (([400, 10], [0.5], "too short"), ([400], [0.0, 2.0], "depth must be in")):
+        with pytest.raises(ValueError, match=match):
+            evaluate_needle(model, TOK, lengths, depths, num_examples=1)
+    assert ran == []

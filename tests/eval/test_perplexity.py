@@ -87,7 +87,9 @@ def test_skips_and_limits():
         perplexity(model, tok, [("d", TEXT)], context=8, stride=9)
     limited = limited_model(32)
     r = perplexity(limited, tok, [("d", TEXT)])  # windows of the model's limit by default
-    assert r.tokens == len(TEXT) - 1
+    assert r.tokens == len(TEXT) - 1 and (r.context, r.stride) == (32, 16)  # what was used, for --out
+    r = perplexity(limited, tok, [("d", TEXT)], stride=8)  # a stride alone: windows of the limit
+    assert (r.context, r.stride) == (32, 8) and r.tokens == len(TEXT) - 1
     with pytest.raises(ValueError, match="context=64 needs 64 tokens, more than this model's context limit of 32"):
         perplexity(limited, tok, [("d", TEXT)], context=64)
 
