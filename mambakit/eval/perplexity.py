@@ -121,6 +121,8 @@ def perplexity(model, tokenizer, documents: list[tuple[str, str]], context: int 
         if stride is None:
             stride = max(1, context // 2)
     prefix_id = resolve_prefix(tokenizer, prefix)
+    if prefix_id is not None and prefix_id >= model.config.vocab_size:
+        raise ValueError(f"prefix token {prefix_id} is outside this model's vocabulary [0, {model.config.vocab_size})")
     result = PerplexityResult(context=context, stride=stride)
     requests, owners = [], []
     for name, text in documents:

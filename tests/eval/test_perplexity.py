@@ -81,6 +81,8 @@ def test_skips_and_limits():
     model, tok = tiny_model("mamba2"), ByteTokenizer()
     result = perplexity(model, tok, [("one byte", "x"), ("empty", ""), ("ok", "xy")])
     assert result.skipped == ["one byte", "empty"] and result.tokens == 1
+    with pytest.raises(ValueError, match=r"prefix token 999 is outside this model's vocabulary \[0, 256\)"):
+        perplexity(model, tok, [("d", TEXT)], prefix=999)
     with pytest.raises(ValueError, match="stride needs a context"):
         perplexity(model, tok, [("d", TEXT)], stride=4)
     with pytest.raises(ValueError, match=r"stride must be an int in \[1, context=8\]"):
