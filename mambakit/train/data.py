@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 IGNORE_INDEX = -100
 FORMAT_VERSION = 1
@@ -198,6 +199,9 @@ def _tokenize(files, tokenizer, text_field, cache: Path, key: str) -> None:
     order = np.random.default_rng(0).permutation(len(files))
     starts, total = [], 0
     tmp = cache / f".{key}.{os.getpid()}.tmp"
+    # Files (with rate and ETA) and tokens as they go: a large corpus takes minutes once, later runs
+    # read the cache. disable=None: shown on a terminal, silent in logs and tests.
+    bar = tqdm(total=len(files), desc="tokenizing", unit=" files", disable=None, dynamic_ncols=True)
     try:
         with open(tmp, "wb") as out:
             for i in order:
@@ -208,9 +212,13 @@ def _tokenize(files, tokenizer, text_field, cache: Path, key: str) -> None:
                     starts.append(total)
                     out.write(np.asarray(ids).astype(dtype, copy=False).tobytes())
                     total += len(ids)
+                bar.set_postfix(tokens=total, refresh=False)
+                bar.update(1)
     except BaseException:  # a bad record or Ctrl-C: no orphaned partial file (its name has our pid)
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        bar.close()
     os.replace(tmp, cache / f"{key}.bin")
     np.save(cache / f".{key}.docs.tmp.npy", np.asarray(starts, dtype=np.int64))
     os.replace(cache / f".{key}.docs.tmp.npy", cache / f"{key}.docs.npy")
