@@ -2,20 +2,18 @@
 # One device-machine session: the CUDA tests and the GPU benchmarks, each under its own time
 # limit, logs and JSON results packed into $OUT/results.tgz (the device tool returns few files).
 #   bash benchmarks/device_run.sh "tests kernels scan"      # stages, in order
-#   stages: tests scantests kernels scan profile train generation decodeprofile gemvtune decodecheck gemvrb gemvall gemvb4
+#   stages: tests scantests kernels scan profile train generation decodeprofile gemvtune gemvall gemvb4
 #   (scantests: only tests/gpu/test_selective_scan_triton.py, for a change to the Mamba-1 kernels;
 #    gemvtune: sweeps the fused decode GEMV's configs for the projections of a Mamba-2 and an MLP
 #    layer, then profiles whole decode steps at 1K and 64K with the defaults and with the best
 #    ones: the open question of sessions 8 and 9;
-#    decodecheck: the fused GEMV's and the graphs' GPU tests, then batch-1 and batch-4 steps of
-#    Mamba-2 at 1K and of hybrid and Transformer at 64K, and generate() at 1K and 64K, all with the
-#    defaults: what session 10 could not run;
-#    gemvrb: session 11's GEMV (several rows summed elementwise; RB blocks a program): batch 1 and 4
-#    calls, its GPU tests, a sweep of the RB configs, then steps with the defaults and the sweep's best;
-#    gemvall: decodecheck's tests and rows, gemvrb's sweep, steps default and tuned, generate at 1K and 64K;
+#    gemvall: the fused GEMV's and the graphs' GPU tests, its calls at 1 and 4 rows, steps with the
+#    default tiles (Mamba-2 1K at batch 1 and 4, hybrid and Transformer 64K), the RB sweep and steps
+#    with its best tiles, then generate() at 1K and 64K (session 13; it replaced sessions 10-11's
+#    decodecheck and gemvrb stages, of which it runs everything but the 64K batch-4 step, in gemvb4);
 #    gemvb4: the tile sweep at 4 rows (session 13: the (2, 512, 2) tiles of the wide k 2048 forms re-read
 #    x from L2 twice the weights' bytes at 4 rows), then batch-4 steps with the defaults and the sweep's best)
-# TESTS_ARGS adds pytest arguments to the tests stage (e.g. --ignore=... after a decodecheck).
+# TESTS_ARGS adds pytest arguments to the tests stage (e.g. --ignore=... after a gemvall).
 # Measured on an H100 (session 2): the whole CUDA suite needs more than 210 s (compiles included),
 # kernels --sweep --warm ~235 s, scan --quick ~30 s, train (3 models x 2 backends) over 180 s.
 # Each device command may run 10 minutes: split the stages over two or three commands.
@@ -53,29 +51,6 @@ for s in ${1:-tests kernels scan}; do
                           --out "$R/prof_tuned_$ctx" --models mamba2,hybrid --context $ctx --iters 10 \
                           --gemv-configs "$R/gemv_best.json"
                   done ;;
-        decodecheck) stage decode_tests 150 python -m pytest -q -p no:cacheprovider -rfE tests/gpu/test_fused_gemv.py \
-                         tests/gpu/test_graphs_attention.py tests/gpu/test_layers_triton.py::test_cuda_graph_generation_matches_eager
-                     stage gemv_rows 40 python benchmarks/gpu_gemv.py --rows 1,4 --out "$R/gemv_rows"
-                     for b in 1 4; do
-                         PYTHONPATH=. stage prof_1k_b$b 30 python benchmarks/gpu_profile_decode.py --out "$R/prof_1k_b$b" \
-                             --models mamba2 --batch $b --iters 10
-                         PYTHONPATH=. stage prof_64k_b$b 45 python benchmarks/gpu_profile_decode.py --out "$R/prof_64k_b$b" \
-                             --models hybrid,transformer --context 65536 --batch $b --iters 10
-                     done
-                     PYTHONPATH=. stage gen_b1 60 python benchmarks/gpu_generation.py --models mamba2,hybrid,transformer \
-                         --batches 1 --prompts 1024,65536 --graphs on --no-hf --new-tokens 64 --out "$R/gen_b1" ;;
-        gemvrb) stage gemv_rows 40 python benchmarks/gpu_gemv.py --rows 1,4 --out "$R/gemv_rows"
-                stage gemv_tests 120 python -m pytest -q -p no:cacheprovider -rfE tests/gpu/test_fused_gemv.py
-                stage gemv_rb_sweep 100 python benchmarks/gpu_gemv.py --rows 1 --sweep --sweep-rb-only \
-                    --forms in_proj,up,out_proj,down --best-out "$R/gemv_best.json" --out "$R/gemv_rb"
-                for b in 1 4; do
-                    PYTHONPATH=. stage prof_1k_b$b 30 python benchmarks/gpu_profile_decode.py --out "$R/prof_1k_b$b" \
-                        --models mamba2 --batch $b --iters 10
-                    PYTHONPATH=. stage prof_1k_b${b}_tuned 30 python benchmarks/gpu_profile_decode.py \
-                        --out "$R/prof_1k_b${b}_tuned" --models mamba2 --batch $b --iters 10 --gemv-configs "$R/gemv_best.json"
-                done
-                PYTHONPATH=. stage prof_64k_tuned 45 python benchmarks/gpu_profile_decode.py --out "$R/prof_64k_tuned" \
-                    --models hybrid,transformer --context 65536 --iters 10 --gemv-configs "$R/gemv_best.json" ;;
         gemvall) stage decode_tests 150 python -m pytest -q -p no:cacheprovider -rfE tests/gpu/test_fused_gemv.py \
                      tests/gpu/test_graphs_attention.py tests/gpu/test_layers_triton.py::test_cuda_graph_generation_matches_eager
                  stage gemv_rows 40 python benchmarks/gpu_gemv.py --rows 1,4 --out "$R/gemv_rows"
@@ -105,5 +80,4 @@ for s in ${1:-tests kernels scan}; do
         generation) PYTHONPATH=. stage generation "${GEN_S:-300}" python benchmarks/gpu_generation.py --out "$R" ${GEN_ARGS:-} ;;
     esac
 done
-tar czf "${OUT:-/tmp/out}/results.tgz" -C "$R" .
 cat "$R/stages.txt"
