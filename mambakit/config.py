@@ -140,7 +140,7 @@ class ModelConfig:
 
     # --- checks ----------------------------------------------------------------------------------
     def validate(self) -> None:
-        _check_fields(self, "ModelConfig", skip=_SUB_CONFIGS)
+        check_annotated(self, "ModelConfig.", _MODEL_RULES, skip=_SUB_CONFIGS)
         if not self.norm_eps > 0:
             raise ValueError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps!r}")
         if self.ssm_layer not in SSM_LAYERS:
@@ -157,7 +157,7 @@ class ModelConfig:
         # The sub-configs the stack uses: every size a positive int, every rate a number in range.
         used = ({self.ssm_layer} if "M" in pattern else set()) | {PATTERN_CHARS[ch] for ch in set(pattern) - {"M"}}
         for name in sorted(used):
-            _check_fields(getattr(self, name), name)
+            check_annotated(getattr(self, name), name + ".", _MODEL_RULES)
         if "M" in pattern and self.ssm_layer in ("mamba1", "mamba2", "s4d"):
             sub = getattr(self, self.ssm_layer)
             if not 0 < sub.dt_min <= sub.dt_max:
@@ -272,33 +272,40 @@ def _finite_or_str(v: float):
     return v if math.isfinite(v) else ("inf" if v > 0 else "-inf")
 
 
-def _check_fields(obj, where: str, skip=()) -> None:
-    """Each field of a config dataclass against its annotation: ints are positive sizes (bools are
-    not ints here), floats finite numbers >= 0 (rates, scales; validate adds the stricter bounds),
-    bools are bools, "X | None" allows None, "int | str" (dt_rank) allows "auto"."""
+def is_finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_annotated(obj, prefix: str, rules: dict, skip=()) -> None:
+    """Each field of a config dataclass against the rule for its annotation: rules maps an
+    annotation (as written, e.g. "int | None") to (accepts(value), what it must be, in words).
+    None passes where the annotation allows it; fields without a rule are not checked here."""
     for f in dataclasses.fields(obj):
-        if f.name in skip:
+        kind, v = str(f.type), getattr(obj, f.name)
+        rule = rules.get(kind)
+        if f.name in skip or rule is None or (v is None and "None" in kind):
             continue
-        v, kind = getattr(obj, f.name), str(f.type)
-        if v is None and "None" in kind:
-            continue
-        if kind.startswith("int | str") and v == "auto":
-            continue
-        if kind.startswith("int"):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{where}.{f.name} must be a positive int, got {v!r}")
-        elif kind.startswith("float"):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{where}.{f.name} must be a finite number >= 0, got {v!r}")
-        elif kind == "bool":
-            if not isinstance(v, bool):
-                raise ValueError(f"{where}.{f.name} must be true or false, got {v!r}")
-        elif kind.startswith("tuple"):
-            if (not isinstance(v, tuple) or len(v) != 2
-                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-                raise ValueError(f"{where}.{f.name} must be a pair of numbers (lo, hi), got {v!r}")
-        elif kind == "str" and not isinstance(v, str):
-            raise ValueError(f"{where}.{f.name} must be a string, got {v!r}")
+        if not rule[0](v):
+            raise ValueError(f"{prefix}{f.name} must be {rule[1]}, got {v!r}")
+
+
+def _is_size(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1  # bools are not ints here
+
+
+# ModelConfig's fields: ints are positive sizes, floats finite numbers >= 0 (rates, scales;
+# validate adds the stricter bounds), "int | str" (dt_rank) allows "auto".
+_MODEL_RULES = {
+    "int": (_is_size, "a positive int"),
+    "int | None": (_is_size, "a positive int"),
+    "int | str": (lambda v: v == "auto" or _is_size(v), "a positive int"),
+    "float": (lambda v: is_finite_number(v) and v >= 0, "a finite number >= 0"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "tuple[float, float]": (lambda v: isinstance(v, tuple) and len(v) == 2
+                            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
+                            "a pair of numbers (lo, hi)"),
+}
 
 
 def _sub_from_dict(cls, d: dict, where: str):

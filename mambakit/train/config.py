@@ -19,11 +19,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..config import ModelConfig, check_annotated, deep_merge, is_finite_number
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -134,9 +135,9 @@ class TrainConfig:
     # --- checks -------------------------------------------------------------------------------
     def validate(self) -> None:
         t, o, dc, ck = self.train, self.optim, self.data, self.checkpoint
-        _check_types(self, "")
+        check_annotated(self, "", _TYPE_RULES)
         for name, section in (("data", dc), ("optim", o), ("train", t), ("checkpoint", ck)):
-            _check_types(section, name + ".")
+            check_annotated(section, name + ".", _TYPE_RULES)
         if not o.eps > 0:
             raise ValueError(f"optim.eps must be > 0, got {o.eps!r}")
         if Path(self.out_dir).exists() and not Path(self.out_dir).is_dir():
@@ -174,7 +175,6 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int):
         """The ModelConfig: the preset (if any) with the table's fields merged in; vocab from the tokenizer."""
-        from ..config import ModelConfig, deep_merge
         fields = dict(self.model)
         preset = fields.pop("preset", None)
         base = ModelConfig.from_preset(preset).to_dict() if preset else {}
@@ -192,7 +192,6 @@ class TrainConfig:
 # --- key checking -------------------------------------------------------------------------------------
 def valid_keys() -> list[str]:
     """Every dotted key a config may set."""
-    from ..config import ModelConfig
     keys = ["out_dir", "seed", "model.preset"]
     for section in ("data", "optim", "train", "checkpoint"):
         cls = {f.name: f for f in dataclasses.fields(TrainConfig)}[section].default_factory
@@ -268,32 +267,19 @@ def set_dotted(d: dict, key: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
-# What each annotation of the config dataclasses accepts, in words for the error message.
+# What each annotation of the training config accepts (config.check_annotated): a command-line "no"
+# for a bool or ".txt" for a list is refused, not read as true or split into characters.
 _TYPE_RULES = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "float": (lambda v: _is_number(v), "a finite number"),
+    "float": (is_finite_number, "a finite number"),
     "str": (lambda v: isinstance(v, str), "a string"),
     "dict": (lambda v: isinstance(v, dict), "a table (e.g. {key = value})"),
     "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), 'a list of strings (e.g. [".txt"])'),
-    "list[float]": (lambda v: isinstance(v, list) and all(_is_number(x) for x in v), "a list of numbers"),
+    "list[float]": (lambda v: isinstance(v, list) and all(is_finite_number(x) for x in v), "a list of numbers"),
     "str | list[str]": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
                         "a string or a list of strings"),
 }
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_types(obj, prefix: str) -> None:
-    """Each field of a config dataclass has the kind its annotation names: a command-line "no" for a
-    bool or ".txt" for a list is refused here, not read as true or split into characters."""
-    for f in dataclasses.fields(obj):
-        rule = _TYPE_RULES.get(str(f.type))
-        v = getattr(obj, f.name)
-        if rule is not None and not rule[0](v):
-            raise ValueError(f"{prefix}{f.name} must be {rule[1]}, got {v!r}")
 
 
 def dump_toml(d: dict, prefix: str = "") -> str:
