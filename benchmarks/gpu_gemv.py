@@ -36,7 +36,10 @@ SWEEP = [(bo, bk, w) for bo, bk, w in [(1, 2048, 4), (2, 1024, 4), (2, 2048, 4),
                                        (16, 512, 8), (32, 128, 4), (2, 512, 2), (4, 256, 2), (8, 2048, 8),
                                        (16, 1024, 8)]] + [  # RB blocks of BO outputs a program, streamed on
     (8, 2048, 8, 2), (8, 2048, 8, 4), (8, 2048, 8, 8), (4, 2048, 4, 4), (4, 2048, 4, 8), (8, 1024, 8, 4),
-    (4, 1024, 4, 4), (2, 2048, 4, 8)]
+    (4, 1024, 4, 4), (2, 2048, 4, 8)] + [  # for several rows: x (m, k) is re-read by every program, so
+    # programs own more outputs (session 13: (2, 512, 2) at 4 rows read x 4x the weights' bytes)
+    (2, 512, 2, 8), (2, 512, 2, 16), (4, 512, 4, 4), (4, 512, 4, 8), (8, 256, 4, 4), (16, 256, 8, 2),
+    (32, 128, 8), (16, 128, 4, 2)]
 
 
 def graph_ms(fn, calls: int = 20, replays: int = 15) -> float:
@@ -111,8 +114,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--sweep-rb-only", action="store_true", help="sweep only the configs with RB > 1, and the "
                     "shape's default beside them")
+    ap.add_argument("--configs", default=None, help="sweep only these, e.g. '2,512,2;16,256,4' (BO,BK,warps[,RB])")
     ap.add_argument("--forms", default=None, help="only these forms, e.g. in_proj,up (see SHAPES)")
-    ap.add_argument("--best-out", default=None, help="with --sweep: write {'o,k': best config} here (JSON), "
+    ap.add_argument("--best-out", default=None, help="with --sweep: write {'o,k' (1 row) or 'o,k,m': best config} here (JSON), "
                     "for gpu_profile_decode.py --gemv-configs")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     a = ap.parse_args(argv)
@@ -126,23 +130,26 @@ def main(argv=None) -> int:
         for m in [int(v) for v in a.rows.split(",")]:
             cublas, unfused, fused = cases(form, o, k, m, dev, dt)
             wbytes = o * k * 2
-            row = {"name": name, "o": o, "k": k, "m": m, "default_config": default_config(o, k),
+            row = {"name": name, "o": o, "k": k, "m": m, "default_config": default_config(o, k, m),
                    "cublas_ms": graph_ms(cublas), "unfused_ms": graph_ms(unfused),
                    "fused_ms": graph_ms(lambda i: fused(i, None))}
             os.environ["MAMBAKIT_PDL"] = "0"  # the same kernel launched without programmatic dependent launch
             row["fused_nopdl_ms"] = graph_ms(lambda i: fused(i, None))
             os.environ.pop("MAMBAKIT_PDL")
-            if a.sweep and m == 1:
+            if a.sweep:
                 timed, row["sweep"] = {}, {}
                 configs = SWEEP if not a.sweep_rb_only else [tuple(row["default_config"])] + [
                     c for c in SWEEP if len(c) == 4]
+                if a.configs:
+                    configs = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";")]
                 for cfg in configs:
                     try:
                         timed[cfg] = row["sweep"][str(cfg)] = graph_ms(lambda i: fused(i, cfg))
                     except Exception as err:  # a config the compiler rejects (registers): recorded
                         row["sweep"][str(cfg)] = repr(err)[:200]
                 cfg, row["best_ms"] = min(timed.items(), key=lambda kv: kv[1])
-                row["best_config"], best[f"{o},{k}"] = str(cfg), list(cfg)
+                # keyed o,k at 1 row (any rows, for files of sessions 10-13), o,k,m at m rows
+                row["best_config"], best[f"{o},{k}" if m == 1 else f"{o},{k},{m}"] = str(cfg), list(cfg)
             for key in [k_ for k_ in ("cublas_ms", "unfused_ms", "fused_ms", "fused_nopdl_ms", "best_ms") if k_ in row]:
                 row[key.replace("_ms", "_gb_s")] = wbytes / row[key] / 1e6
             rows.append(row)

@@ -219,16 +219,33 @@ def _epilogue(acc, offs_m, mmask, offs_o, omask, O, b_ptr, y_ptr, r_ptr, cs_ptr,
         tl.store(y_ptr + offs_m[:, None] * O + offs_o[None, :], out.to(y_ptr.dtype.element_ty), mask=om)
 
 
-def default_config(o: int, k: int) -> tuple[int, int, int]:
-    """(BO, BK, warps): the best or within 3% of it in an H100 sweep of 16 configs at batch 1
+def default_config(o: int, k: int, m: int = 1, *, conv: bool = False, gated: bool = False) -> tuple[int, ...]:
+    """(BO, BK, warps) of a call with m rows; conv: the conv epilogue (Mamba-2's in_proj); gated: the
+    gated norm prologue (its out_proj).
+
+    One row: the best or within 3% of it in an H100 sweep of 16 configs at batch 1
     (benchmarks/results/gpu_gemv-*-session10-1*): tiles of 1024 weights on 2 warps for the wide
     projections with k 2048 (Mamba-2's in_proj, the MLP's up: 16.97 and 14.26 us, against 18.23 and 16.76
     at session 8's (4, 1024, 4)), tiles of 16K weights on 8 warps for 2048 outputs (out_proj, the MLP's
     down, attention's o: 9.43, 12.73 and 4.41 us against 10.06, 13.25 and 4.88); not swept below 2048
     outputs: (2, 2048, 4), which spreads attention's k and v (512 outputs) over 256 programs.
-    With several rows the launcher shrinks BK to keep their sums in registers."""
+
+    Several rows: every program reads all m rows of x beside its 2 BO bytes of weights per k (4m
+    bytes per k from the fp32 residual stream ahead of a norm, 2m from a bf16 input), so in_proj's and
+    up's one-row tiles, with BO 2, read x from L2 4x the weights' bytes at 4 rows. Programs own more outputs here: the best of a 32-config sweep at 4 rows on an
+    H100 (benchmarks/results/gpu_gemv-*-session14-b4-sweep*), in us, one-row tiles -> these:
+    in_proj 37.3 -> 29.1 (4, 256, 2), the MLP's up 33.1 -> 20.1 (16, 256, 4) (each other's best
+    costs 3.1 and 5.1 us more), down 18.6 -> 17.1 and attention's o 7.5 -> 6.6 (4, 512, 4); out_proj
+    stays (15.3; best 15.2). Whole steps at batch 4: Mamba-2 1.3B at 1K 3.247 -> 2.856 ms, the hybrid
+    at 64K 3.597 -> 3.065 (*-session14-b4-prof*). Rows 2 and 3 take them untimed (the same x traffic,
+    half of it at 2 rows). With several rows the launcher also shrinks BK to keep their sums in
+    registers."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         bo, bk, warps = 32, 128, 4  # the interpreter runs programs one after another: few and large
+    elif m > 1 and o >= 4096:
+        bo, bk, warps = (4, 256, 2) if conv else (16, 256, 4)
+    elif m > 1 and o >= 2048 and not gated:
+        bo, bk, warps = 4, 512, 4
     elif o >= 4096:
         bo, bk, warps = 2, 512, 2
     elif o >= 2048:
@@ -261,11 +278,12 @@ def _full_config(config) -> tuple[int, int, int, int]:
     return tuple(config) + (1,) * (4 - len(config))
 
 
-def launch_config(o: int, k: int, m: int, config=None, group_size: int | None = None) -> tuple[int, int, int, int]:
+def launch_config(o: int, k: int, m: int, config=None, group_size: int | None = None, *, conv: bool = False,
+                  gated: bool = False) -> tuple[int, int, int, int]:
     """(BO, BK, warps, RB) of a call with m rows: `config` or default_config's, RB at most the blocks
     there are, and BK shrunk to keep m rows' products (summed elementwise, m x BO x BK) within 64 fp32
     a thread, then to divide the norm's group size (group_size: k for a plain norm; None: no norm)."""
-    bo, bk, warps, rb = _full_config(config or default_config(o, k))
+    bo, bk, warps, rb = _full_config(config or default_config(o, k, m, conv=conv, gated=gated))
     rb = max(1, min(rb, triton.cdiv(o, bo)))
     mp = triton.next_power_of_2(m)
     if mp > 1:
@@ -327,7 +345,8 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
                                  f"group size ({gs}) divide {k} and be a multiple of 16")
             pro, stride_z = 2, z.stride(0)
             gp = triton.next_power_of_2(k // gs)
-    bo, bk, warps, rb = launch_config(o, k, m, config, gs if norm is not None else None)
+    bo, bk, warps, rb = launch_config(o, k, m, config, gs if norm is not None else None, conv=conv is not None,
+                                      gated=gate is not None)
     epi, r, cs, cw, cb, c0, nch, cwid = _EPI_STORE, x, x, x, None, 0, 0, 1
     if residual is not None:
         if tuple(residual.shape) != (m, o) or not residual.is_contiguous():

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 DEV = "cuda"
 
 
-@pytest.mark.parametrize("config", [None, (1, 2048, 4), (4, 512, 4), (16, 256, 4), (8, 1024, 8),
+@pytest.mark.parametrize("config", [None, (1, 2048, 4), (4, 512, 4), (16, 256, 4), (8, 1024, 8), (4, 256, 2),
                                     (8, 2048, 8, 4), (4, 1024, 4, 3), (2, 2048, 4, 8)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m", [1, 2, 4])
