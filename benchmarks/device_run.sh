@@ -80,12 +80,12 @@ for s in ${1:-tests kernels scan}; do
                         --models hybrid,transformer --context 65536 --batch 4 --iters 10 $G
                 done ;;
         gemvrows) stage gemv_rows_tests 150 python -m pytest -q -p no:cacheprovider -rfE tests/gpu/test_fused_gemv.py \
-                      -k "None or config5"
+                      -k "model_widths or config5"
                   stage gemv_rows_sweep 100 python benchmarks/gpu_gemv.py --rows 2,4 --sweep --out "$R/gemv_rows24" \
                       --configs "2,512,2;8,2048,8;4,256,2;16,256,4;4,512,4"
                   # the one-row tiles at 2 rows (sessions 8-13's defaults), against session 14's defaults
-                  echo '{"8512,2048,2": [2, 512, 2], "8192,2048,2": [2, 512, 2], "2048,8192,2": [8, 2048, 8],
-                         "2048,2048,2": [8, 2048, 8]}' > "$R/one_row_tiles_b2.json"
+                  echo '{"8512,2048,2": [2, 512, 2], "2048,4096,2": [8, 2048, 8], "8192,2048,2": [2, 512, 2],
+                         "2048,8192,2": [8, 2048, 8], "2048,2048,2": [8, 2048, 8]}' > "$R/one_row_tiles_b2.json"
                   for b in 2 4; do
                       PYTHONPATH=. stage prof_1k_b${b}_default 30 python benchmarks/gpu_profile_decode.py \
                           --out "$R/prof_1k_b${b}_default" --models mamba2 --batch $b --iters 10

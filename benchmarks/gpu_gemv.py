@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 SHAPES = [("mamba2 in_proj (norm, conv)", 8512, 2048, "in_proj"), ("mamba2 out_proj (gated norm, +res)", 2048, 4096,
           "out_proj"), ("mlp up (norm, gelu)", 8192, 2048, "up"), ("mlp down (+res)", 2048, 8192, "down"),
           ("attn q (norm)", 2048, 2048, "q"), ("attn k/v (norm)", 512, 2048, "q"), ("attn o (+res)", 2048, 2048, "down")]
+FORM_FLAGS = {"in_proj": dict(prologue=1, conv=True), "out_proj": dict(prologue=2), "up": dict(prologue=1),
+              "q": dict(prologue=1), "down": {}}  # as default_config takes them
 SWEEP = [(bo, bk, w) for bo, bk, w in [(1, 2048, 4), (2, 1024, 4), (2, 2048, 4), (4, 512, 4), (4, 1024, 4),
                                        (4, 2048, 8), (8, 256, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4),
                                        (16, 512, 8), (32, 128, 4), (2, 512, 2), (4, 256, 2), (8, 2048, 8),
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
         for m in [int(v) for v in a.rows.split(",")]:
             cublas, unfused, fused = cases(form, o, k, m, dev, dt)
             wbytes = o * k * 2
-            row = {"name": name, "o": o, "k": k, "m": m, "default_config": default_config(o, k, m),
+            row = {"name": name, "o": o, "k": k, "m": m, "default_config": default_config(o, k, m, **FORM_FLAGS[form]),
                    "cublas_ms": graph_ms(cublas), "unfused_ms": graph_ms(unfused),
                    "fused_ms": graph_ms(lambda i: fused(i, None))}
             os.environ["MAMBAKIT_PDL"] = "0"  # the same kernel launched without programmatic dependent launch

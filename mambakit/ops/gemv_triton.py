@@ -219,9 +219,9 @@ def _epilogue(acc, offs_m, mmask, offs_o, omask, O, b_ptr, y_ptr, r_ptr, cs_ptr,
         tl.store(y_ptr + offs_m[:, None] * O + offs_o[None, :], out.to(y_ptr.dtype.element_ty), mask=om)
 
 
-def default_config(o: int, k: int, m: int = 1, *, conv: bool = False, gated: bool = False) -> tuple[int, ...]:
-    """(BO, BK, warps) of a call with m rows; conv: the conv epilogue (Mamba-2's in_proj); gated: the
-    gated norm prologue (its out_proj).
+def default_config(o: int, k: int, m: int = 1, *, prologue: int = 0, conv: bool = False) -> tuple[int, ...]:
+    """(BO, BK, warps) of a call with m rows; prologue 0 none, 1 norm, 2 gated norm (Mamba-2's
+    out_proj); conv: the conv epilogue (Mamba-2's in_proj).
 
     One row: the best or within 3% of it in an H100 sweep of 16 configs at batch 1
     (benchmarks/results/gpu_gemv-*-session10-1*): tiles of 1024 weights on 2 warps for the wide
@@ -232,23 +232,26 @@ def default_config(o: int, k: int, m: int = 1, *, conv: bool = False, gated: boo
 
     Several rows: every program reads all m rows of x beside its 2 BO bytes of weights per k (4m
     bytes per k from the fp32 residual stream ahead of a norm, 2m from a bf16 input), so in_proj's and
-    up's one-row tiles, with BO 2, read x from L2 4x the weights' bytes at 4 rows. Programs own more outputs here: the best of a 32-config sweep at 4 rows on an
-    H100 (benchmarks/results/gpu_gemv-*-session14-b4-sweep*), in us, one-row tiles -> these:
-    in_proj 37.3 -> 29.1 (4, 256, 2), the MLP's up 33.1 -> 20.1 (16, 256, 4) (each other's best
-    costs 3.1 and 5.1 us more), down 18.6 -> 17.1 and attention's o 7.5 -> 6.6 (4, 512, 4); out_proj
-    stays (15.3; best 15.2). Whole steps at batch 4: Mamba-2 1.3B at 1K 3.247 -> 2.856 ms, the hybrid
-    at 64K 3.597 -> 3.065 (*-session14-b4-prof*). Rows 2 and 3 take them untimed (the same x traffic,
-    half of it at 2 rows). With several rows the launcher also shrinks BK to keep their sums in
-    registers."""
+    up's one-row tiles, with BO 2, read x from L2 4x the weights' bytes at 4 rows. Swept on an H100
+    (benchmarks/results/gpu_gemv-*-session14-b4-sweep*: 32 configs at 4 rows; *-session14-rows24*: 5
+    at 2 and 4), in us, one-row tiles -> these: in_proj 27.2 -> 19.2 at 2 rows, 37.3 -> 29.1 at 4;
+    the MLP's up 22.7 -> 18.1 and 33.1 -> 20.1; out_proj 15.2 -> 11.9 at 2 rows; down 18.6 -> 17.1
+    and attention's o 7.5 -> 6.5 at 4 rows. Rows 3 take 4's. Whole steps at batch 4: Mamba-2 1.3B at
+    1K 3.247 -> 2.856 ms, the hybrid at 64K 3.597 -> 3.065 (*-session14-b4-prof*). With several rows
+    the launcher also shrinks BK to keep their sums in registers."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         bo, bk, warps = 32, 128, 4  # the interpreter runs programs one after another: few and large
-    elif m > 1 and o >= 4096:
+    elif m == 2 and o >= 4096:
+        bo, bk, warps = 4, 256, 2
+    elif m == 2 and o >= 2048:
+        bo, bk, warps = (8, 2048, 8) if k >= 8192 and prologue == 0 else (4, 512, 4)
+    elif m > 2 and o >= 4096:
         bo, bk, warps = (4, 256, 2) if conv else (16, 256, 4)
-    elif m > 1 and o >= 2048 and not gated:
+    elif m > 2 and o >= 2048 and prologue == 0:
         bo, bk, warps = 4, 512, 4
     elif o >= 4096:
         bo, bk, warps = 2, 512, 2
-    elif o >= 2048:
+    elif o >= 2048:  # and several rows behind a norm (the gated one, attention's q: their one-row tiles won)
         bo, bk, warps = 8, 2048, 8
     else:
         bo, bk, warps = 2, 2048, 4
@@ -278,12 +281,12 @@ def _full_config(config) -> tuple[int, int, int, int]:
     return tuple(config) + (1,) * (4 - len(config))
 
 
-def launch_config(o: int, k: int, m: int, config=None, group_size: int | None = None, *, conv: bool = False,
-                  gated: bool = False) -> tuple[int, int, int, int]:
+def launch_config(o: int, k: int, m: int, config=None, group_size: int | None = None, *, prologue: int = 0,
+                  conv: bool = False) -> tuple[int, int, int, int]:
     """(BO, BK, warps, RB) of a call with m rows: `config` or default_config's, RB at most the blocks
     there are, and BK shrunk to keep m rows' products (summed elementwise, m x BO x BK) within 64 fp32
     a thread, then to divide the norm's group size (group_size: k for a plain norm; None: no norm)."""
-    bo, bk, warps, rb = _full_config(config or default_config(o, k, m, conv=conv, gated=gated))
+    bo, bk, warps, rb = _full_config(config or default_config(o, k, m, prologue=prologue, conv=conv))
     rb = max(1, min(rb, triton.cdiv(o, bo)))
     mp = triton.next_power_of_2(m)
     if mp > 1:
@@ -345,8 +348,8 @@ def fused_gemv(x, weight, bias=None, *, norm=None, gate=None, residual=None, con
                                  f"group size ({gs}) divide {k} and be a multiple of 16")
             pro, stride_z = 2, z.stride(0)
             gp = triton.next_power_of_2(k // gs)
-    bo, bk, warps, rb = launch_config(o, k, m, config, gs if norm is not None else None, conv=conv is not None,
-                                      gated=gate is not None)
+    bo, bk, warps, rb = launch_config(o, k, m, config, gs if norm is not None else None, prologue=pro,
+                                      conv=conv is not None)
     epi, r, cs, cw, cb, c0, nch, cwid = _EPI_STORE, x, x, x, None, 0, 0, 1
     if residual is not None:
         if tuple(residual.shape) != (m, o) or not residual.is_contiguous():

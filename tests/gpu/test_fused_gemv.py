@@ -52,3 +52,43 @@ def test_fused_gemv_forms_match_unfused(m, dtype, config):
     want[:, c0:c0 + c] = causal_conv1d_update(want[:, c0:c0 + c].contiguous(), ref_state, cw, cb, "silu")
     assert err(got, want) < tol
     assert err(state, ref_state) < tol
+
+
+# (o, k) of a 1.3B-class decode step's projections and each one's form: the default tiles differ by
+# rows and form (ops/gemv_triton.default_config), so each is checked where the models use it.
+MODEL_FORMS = [("in_proj", 8512, 2048), ("out_proj", 2048, 4096), ("up", 8192, 2048), ("down", 2048, 8192),
+               ("q", 2048, 2048), ("kv", 512, 2048)]
+
+
+@pytest.mark.parametrize("form,o,k", MODEL_FORMS)
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+def test_default_tiles_at_model_widths(m, form, o, k):
+    from mambakit.ops.gemv_triton import fused_gemv
+    g = torch.Generator(device=DEV).manual_seed(o + m)
+    rnd = lambda *s, dt=torch.bfloat16: torch.randn(*s, device=DEV, generator=g).to(dt)
+    W, nw, x, z = rnd(o, k) / k ** 0.5, rnd(k), rnd(m, k), rnd(m, k)
+    res = rnd(m, k, dt=torch.float32) * 2
+    lin = lambda h: F.linear(h, W)
+    err = lambda got, want: ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+    tol = 2 ** -6  # bf16, as above
+    if form == "in_proj":
+        c0, c = 4096, 4352
+        state = rnd(m, c, 4)
+        cw, cb, ref_state = rnd(c, 4), rnd(c), state.clone()
+        got = fused_gemv(res, W, norm=(nw, 1e-5), conv=(c0, state, cw, cb))
+        want = lin(rms_norm(res.to(torch.bfloat16), nw, 1e-5))
+        want[:, c0:c0 + c] = causal_conv1d_update(want[:, c0:c0 + c].contiguous(), ref_state, cw, cb, "silu")
+        assert err(state, ref_state) < tol
+    elif form == "out_proj":
+        r0 = rnd(m, o, dt=torch.float32)
+        got = fused_gemv(x, W, norm=(nw, 1e-5), gate=(z, k, False), residual=r0.clone())
+        want = r0 + lin(gated_rms_norm(x, z, nw, 1e-5, group_size=k))
+    elif form in ("up", "q", "kv"):
+        act = "gelu" if form == "up" else None
+        got = fused_gemv(res, W, norm=(nw, 1e-5), activation=act)
+        want = lin(rms_norm(res.to(torch.bfloat16), nw, 1e-5))
+        want = F.gelu(want) if act else want
+    else:
+        r0 = rnd(m, o, dt=torch.float32)
+        got, want = fused_gemv(x, W, residual=r0.clone()), r0 + lin(x)
+    assert err(got, want) < tol
