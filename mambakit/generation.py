@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .tokenizers import as_token_ids
+
 
 # --- sampling ---------------------------------------------------------------------------------------
 def _is_int(v) -> bool:
@@ -200,19 +202,16 @@ def _settings(model, prompt: _Prompt, max_new_tokens, temperature, top_k, top_p,
 
 
 def _token_list(value, what: str, vocab: int) -> list[int]:
+    """None, an id, or a 1-d list/tensor/array of ids in [0, vocab) -> a list of ints."""
     if value is None:
         return []
-    values = [value] if _is_int(value) else value
-    if hasattr(values, "tolist") and hasattr(values, "ndim"):  # a tensor or a numpy array
-        values = values.tolist() if values.ndim == 1 else [values.tolist()]  # 0-d: one id; 2-d: refused below
-    try:
-        values = list(values)
-    except TypeError:
-        raise ValueError(f"{what} must be a token id or a list of token ids, got {value!r}") from None
-    for v in values:
-        if not _is_int(v) or not 0 <= v < vocab:
-            raise ValueError(f"{what} must hold token ids in [0, {vocab}), got {value!r}")
-    return [int(v) for v in values]
+    if getattr(value, "ndim", 1) > 1:  # as_token_ids would flatten it: a list of sequences is not one
+        raise ValueError(f"{what} must be a token id or a 1-d list of token ids, got shape {tuple(value.shape)}")
+    values = as_token_ids(value, what)
+    bad = [v for v in values if not 0 <= v < vocab]
+    if bad:
+        raise ValueError(f"{what} must hold token ids in [0, {vocab}), got {bad[0]} in {value!r}")
+    return values
 
 
 def _stop_lists(stop_sequences, vocab: int) -> list[list[int]]:

@@ -87,6 +87,17 @@ def test_stop_sequences_finish_rows():
     assert end == j and out == free[:end + 1]
 
 
+@pytest.mark.parametrize("eos,match", [(256, r"\[0, 256\), got 256"), (-1, "got -1"), ([3, 1.5], "1.5"),
+                                       (True, "bool"), ([[3, 4]], r"\[3, 4\]"), (torch.tensor([[3]]), "1-d"),
+                                       (torch.tensor([2.0]), "integers")])
+def test_bad_eos_token_id_is_named(eos, match):
+    model = make_model("mamba2")
+    with pytest.raises(ValueError, match="eos_token_id"):
+        mambakit.generate(model, torch.zeros(1, 3, dtype=torch.long), 2, eos_token_id=eos)
+    with pytest.raises(ValueError, match=match):
+        mambakit.generate(model, torch.zeros(1, 3, dtype=torch.long), 2, eos_token_id=eos)
+
+
 @pytest.mark.parametrize("stops,match", [([5, 6], "flat list"), (torch.tensor([5, 6]), "2-d"),
                                          ("ab", "token-id lists")])
 def test_stop_sequences_must_be_lists_of_lists(stops, match):
