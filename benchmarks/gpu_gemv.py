@@ -118,8 +118,8 @@ def main(argv=None) -> int:
                     "shape's default beside them")
     ap.add_argument("--configs", default=None, help="sweep only these, e.g. '2,512,2;16,256,4' (BO,BK,warps[,RB])")
     ap.add_argument("--forms", default=None, help="only these forms, e.g. in_proj,up (see SHAPES)")
-    ap.add_argument("--best-out", default=None, help="with --sweep: write {'o,k' (1 row) or 'o,k,m': best config} here (JSON), "
-                    "for gpu_profile_decode.py --gemv-configs")
+    ap.add_argument("--best-out", default=None, help="with --sweep: write {'o,k' (1 row) or 'o,k,m': best config} "
+                    "here (JSON), for gpu_profile_decode.py --gemv-configs")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     a = ap.parse_args(argv)
     dev, dt = "cuda", torch.bfloat16
@@ -132,7 +132,8 @@ def main(argv=None) -> int:
         for m in [int(v) for v in a.rows.split(",")]:
             cublas, unfused, fused = cases(form, o, k, m, dev, dt)
             wbytes = o * k * 2
-            row = {"name": name, "o": o, "k": k, "m": m, "default_config": default_config(o, k, m, **FORM_FLAGS[form]),
+            row = {"name": name, "o": o, "k": k, "m": m,
+                   "default_config": default_config(o, k, m, **FORM_FLAGS[form]),
                    "cublas_ms": graph_ms(cublas), "unfused_ms": graph_ms(unfused),
                    "fused_ms": graph_ms(lambda i: fused(i, None))}
             os.environ["MAMBAKIT_PDL"] = "0"  # the same kernel launched without programmatic dependent launch

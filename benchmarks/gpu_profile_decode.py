@@ -105,7 +105,8 @@ def use_gemv_configs(path: str) -> None:
     with open(path) as f:
         table = {tuple(int(v) for v in key.split(",")): tuple(cfg) for key, cfg in json.load(f).items()}
     default = gemv.default_config  # keys o,k: any rows; o,k,m: m rows (first)
-    gemv.default_config = lambda o, k, m=1, **form: table.get((o, k, m)) or table.get((o, k)) or default(o, k, m, **form)
+    gemv.default_config = lambda o, k, m=1, **form: (table.get((o, k, m)) or table.get((o, k))
+                                                     or default(o, k, m, **form))
     print(f"fused GEMV configs from {path}: {table}")
 
 
