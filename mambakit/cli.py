@@ -14,6 +14,7 @@ COMMANDS = {
     "plot": "plot the loss and learning-rate curves of a training run",
     "task": "train or evaluate on the papers' synthetic tasks",
     "eval": "evaluate: perplexity, multiple choice, needle in a haystack, lm-evaluation-harness tasks",
+    "convert": "convert a checkpoint folder (transformers, mamba_ssm, native) to native or transformers",
 }
 
 

@@ -41,10 +41,14 @@ def detect_format(raw: dict, path: Path):
 
 
 def load(path, dtype=None, device=None):
-    """Read a checkpoint folder (any supported format) into an LM; every key and shape checked."""
+    """Read a checkpoint folder (any supported format) into an LM; every key and shape checked.
+
+    dtype: None (the model's default, fp32), a floating dtype or its name, or "auto": the dtype the
+    file stores most of its floating weights in (a bf16 checkpoint stays bf16)."""
     from ..config import ModelConfig
     from ..presets import PRESETS
-    dtype, device = resolve_dtype(dtype), resolve_device(device)  # before any file is read
+    auto = isinstance(dtype, str) and dtype.strip().lower() == "auto"
+    dtype, device = (None if auto else resolve_dtype(dtype)), resolve_device(device)  # before any file is read
     p = Path(path)
     if not p.exists() and str(path) in PRESETS:
         raise CheckpointError(f"{path!r} is a preset name, not a folder; build it with "
@@ -52,6 +56,8 @@ def load(path, dtype=None, device=None):
     raw = read_config(p)
     fmt = detect_format(raw, p)
     state, sources = read_weights(p)
+    if auto:
+        dtype = stored_dtype(state)
     try:
         config, converted = fmt.to_mambakit(raw, state)  # formats build new dicts: `state` stays whole
     except CheckpointError:
@@ -62,6 +68,15 @@ def load(path, dtype=None, device=None):
     assert isinstance(config, ModelConfig)
     return load_checked(config, converted, p, dtype=dtype, device=device,
                         where=_tensor_namer(fmt, state, sources, converted))
+
+
+def stored_dtype(state: dict):
+    """The dtype holding most elements of the floating tensors in `state` (None if there are none)."""
+    counts = {}
+    for t in state.values():
+        if t.is_floating_point():
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+    return max(counts, key=counts.get) if counts else None
 
 
 def _tensor_namer(fmt, state: dict, sources: dict, converted: dict):

@@ -1,0 +1,91 @@
+"""`mambakit convert` and load(dtype="auto"): transformers and native folders both ways, the
+tokenizer carried along, the read-back check (and that it can fail), and bad arguments.
+
+No shape letters: these tests run the command line on tiny models.
+"""
+import pytest
+import torch
+from safetensors import safe_open
+
+import mambakit
+from mambakit.cli import main
+
+transformers = pytest.importorskip("transformers")
+
+
+def run(capsys, *args):
+    rc = main(["convert", *args])
+    return rc, capsys.readouterr().err
+
+
+def _dtypes(folder) -> dict:
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return {k: f.get_tensor(k).dtype for k in f.keys()}
+
+
+def _hf_mamba2_bf16(path):
+    cfg = transformers.Mamba2Config(vocab_size=100, hidden_size=64, num_hidden_layers=2, state_size=16, head_dim=16,
+                                    num_heads=8, n_groups=2, expand=2, chunk_size=16)
+    torch.manual_seed(0)
+    hf = transformers.Mamba2ForCausalLM(cfg).to(torch.bfloat16).eval()
+    hf.save_pretrained(path)
+    (path / "tokenizer.json").write_text("{}")  # any file of that name: convert copies it, never reads it
+    return hf
+
+
+def test_transformers_folder_to_native_keeps_dtype_and_tokenizer(capsys, tmp_path):
+    _hf_mamba2_bf16(tmp_path / "hf")
+    rc, err = run(capsys, str(tmp_path / "hf"), str(tmp_path / "out"))
+    assert rc == 0, err
+    assert "bfloat16" in err and "tokenizer files: tokenizer.json" in err and "logits exactly" in err
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == "{}"
+    dtypes = _dtypes(tmp_path / "out")
+    # auto: the file's bf16 stays bf16; A_log and D stay fp32 (cast_keeping_fp32)
+    assert {d for k, d in dtypes.items() if not k.endswith(("A_log", ".D"))} == {torch.bfloat16}
+    model = mambakit.load(tmp_path / "out", dtype="auto")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert mambakit.load(tmp_path / "hf", dtype="auto").config == model.config
+
+
+def test_native_to_transformers_loads_in_transformers(capsys, tmp_path):
+    torch.manual_seed(1)
+    model = mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny")).eval()
+    model.save(tmp_path / "native")
+    rc, err = run(capsys, str(tmp_path / "native"), str(tmp_path / "hf"), "--to", "hf", "--dtype", "float32")
+    assert rc == 0, err
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        assert (hf(ids).logits[..., :model.config.vocab_size] - model(ids)).abs().max() < 1e-4
+
+
+def test_a_lossy_write_is_reported(capsys, tmp_path, monkeypatch):
+    import mambakit.convert.native as native
+    mambakit.LM(mambakit.ModelConfig.from_preset("mamba-tiny")).save(tmp_path / "a")
+    writer = native.from_mambakit
+
+    def lossy(model):  # a writer that gets a config field the model depends on wrong
+        raw, state = writer(model)
+        return {**raw, "model": {**raw["model"], "norm_eps": 0.5}}, state
+
+    monkeypatch.setattr(native, "from_mambakit", lossy)
+    rc, err = run(capsys, str(tmp_path / "a"), str(tmp_path / "b"))
+    assert rc == 1 and "CHECK FAILED" in err
+    assert run(capsys, str(tmp_path / "a"), str(tmp_path / "c"), "--no-check")[0] == 0
+
+
+@pytest.mark.parametrize("case,words", [("missing", "no such checkpoint folder"), ("same", "the source folder"),
+                                        ("llama", "--to native"), ("dst_file", "is a file")])
+def test_bad_arguments_are_named(capsys, tmp_path, case, words):
+    preset = "transformer-tiny" if case == "llama" else "mamba2-tiny"
+    mambakit.LM(mambakit.ModelConfig.from_preset(preset)).save(tmp_path / "src")
+    (tmp_path / "file").write_text("x")
+    src = tmp_path / ("nope" if case == "missing" else "src")
+    dst = {"same": src, "dst_file": tmp_path / "file"}.get(case, tmp_path / "dst")
+    rc, err = run(capsys, str(src), str(dst), *(["--to", "hf"] if case == "llama" else []))
+    assert rc == 2 and words in err, err
+
+
+def test_load_auto_needs_no_dtype_name():
+    with pytest.raises(ValueError, match="dtype 'automatic' is not known"):
+        mambakit.load("/nonexistent", dtype="automatic")
