@@ -16,9 +16,10 @@
 #    gemvrows: session 14's several-row tiles: their GPU tests, the one-row and new tiles at 2 and 4 rows,
 #    Mamba-2 1K steps at batch 2 (both tilings) and 4, the hybrid at 64K, batch 4)
 # TESTS_ARGS adds pytest arguments to the tests stage (e.g. --ignore=... after a gemvall); TESTS_PATHS
-# replaces its paths (default tests). The whole CUDA suite needs more than one 10-minute command (session
-# 14: 131 of 201 tests in 540 s, in file order), so split it, e.g. TESTS_PATHS="tests/gpu/test_fused_gemv.py
-# tests/gpu/test_graphs_attention.py tests/gpu/test_layers_triton.py tests/gpu/test_norm_cast.py", then
+# replaces its paths (default tests). In one process the whole CUDA suite needed more than one 10-minute
+# command (session 14: 131 of 201 tests in 540 s, in file order; with 8 workers not yet timed). To split
+# it: TESTS_PATHS="tests/gpu/test_fused_gemv.py tests/gpu/test_graphs_attention.py
+# tests/gpu/test_layers_triton.py tests/gpu/test_norm_cast.py", then
 # TESTS_PATHS=tests/gpu/test_selective_scan_triton.py, then TESTS_PATHS="tests/gpu/test_ssd_triton.py tests/train".
 # Measured on an H100 (session 2): the whole CUDA suite needs more than 210 s (compiles included),
 # kernels --sweep --warm ~235 s, scan --quick ~30 s, train (3 models x 2 backends) over 180 s.
@@ -32,6 +33,11 @@ R="${OUT:-/tmp/out}/r"
 mkdir -p "$R"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$R/gpu.txt" 2>&1
 python -c "import torch, triton; print(torch.__version__, triton.__version__)" >> "$R/gpu.txt" 2>&1
+# The CUDA tests spend most of their time compiling kernels, one at a time in one process: with
+# pytest-xdist (in the device image) TESTS_WORKERS processes (default 8 of the 16 cores) compile side by
+# side, sharing the GPU and triton's on-disk cache. TESTS_WORKERS=0: one process.
+XDIST=""
+if [ "${TESTS_WORKERS:-8}" != 0 ] && python -c "import xdist" 2>/dev/null; then XDIST="-n ${TESTS_WORKERS:-8}"; fi
 stage() {  # name, seconds, command...
     local name=$1 limit=$2; shift 2
     local t0=$SECONDS
@@ -41,7 +47,7 @@ stage() {  # name, seconds, command...
 }
 for s in ${1:-tests kernels scan}; do
     case $s in
-        tests) stage tests "${TESTS_S:-420}" python -m pytest -q -m cuda ${TESTS_PATHS:-tests} ${TESTS_ARGS:-} -p no:cacheprovider -rfE --durations=15 ;;
+        tests) stage tests "${TESTS_S:-420}" python -m pytest -q -m cuda ${TESTS_PATHS:-tests} $XDIST ${TESTS_ARGS:-} -p no:cacheprovider -rfE --durations=15 ;;
         scantests) stage scantests "${TESTS_S:-300}" python -m pytest -q tests/gpu/test_selective_scan_triton.py -p no:cacheprovider -rfE ;;
         kernels) stage kernels "${KERNELS_S:-240}" python benchmarks/gpu_kernels.py --sweep --warm --out "$R" ;;
         scan) stage scan "${SCAN_S:-120}" python benchmarks/gpu_selective_scan.py --quick --out "$R" ;;
