@@ -15,6 +15,7 @@ COMMANDS = {
     "task": "train or evaluate on the papers' synthetic tasks",
     "eval": "evaluate: perplexity, multiple choice, needle in a haystack, lm-evaluation-harness tasks",
     "convert": "convert a checkpoint folder (transformers, mamba_ssm, native) to native or transformers",
+    "serve": "serve completions over HTTP (a subset of OpenAI's /v1/completions, with streaming)",
 }
 
 

@@ -1,0 +1,241 @@
+"""An HTTP server for text completion: a subset of OpenAI's /v1/completions, with streaming.
+
+No shape letters: a request is one prompt, one row of token ids.
+
+    POST /v1/completions  {"prompt": "...", "max_tokens": 16, "temperature": 0, "top_p", "top_k", "min_p",
+                           "repetition_penalty", "stop": "..." or [...], "seed", "stream": false}
+    GET  /v1/models, GET /health
+
+Standard library only (http.server). The model generates for one request at a time (a lock): a
+decode step at batch 1 is bound by reading the weights, and requests that would share a batch are
+not gathered here. Other requests (health checks, a queue of completions) are served by their own
+threads meanwhile. Stop strings are matched on the text: a streamed piece is held back while it
+could still be the start of one, so a stop string is never sent, even across tokens. Bad requests
+get status 400 and {"error": {"message": ...}} saying what was wrong.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import torch
+
+MAX_BODY = 1 << 20  # bytes of a request body
+_NUMBERS = (int, float)
+# field: (accepted types, default); None: absent means the library's default
+FIELDS = {"prompt": (str, None), "max_tokens": (int, 16), "temperature": (_NUMBERS, 0.0), "top_p": (_NUMBERS, None),
+          "top_k": (int, None), "min_p": (_NUMBERS, None), "repetition_penalty": (_NUMBERS, 1.0),
+          "stop": ((str, list), None), "seed": (int, None), "stream": (bool, False), "model": (str, None),
+          "n": (int, 1)}
+
+
+class BadRequest(ValueError):
+    """A request the server refuses with status 400 (the message says why)."""
+
+
+def parse_request(body: bytes) -> dict:
+    """The JSON body of a completion request -> its fields with defaults; BadRequest if malformed."""
+    try:
+        req = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadRequest(f"the body is not JSON: {err}") from None
+    if not isinstance(req, dict):
+        raise BadRequest(f"the body must be a JSON object, got {type(req).__name__}")
+    unknown = sorted(set(req) - set(FIELDS))
+    if unknown:
+        raise BadRequest(f"unsupported field(s) {', '.join(unknown)}; this server takes {', '.join(FIELDS)}")
+    out = {}
+    for name, (types, default) in FIELDS.items():
+        value = req.get(name, default)
+        # JSON true is not a number here, nor 1.0 a count
+        if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and types is not bool)):
+            raise BadRequest(f"{name} must be {_type_name(types)}, got {json.dumps(value)}")
+        out[name] = value
+    if out["prompt"] is None:
+        raise BadRequest("prompt is required (a string)")
+    if out["max_tokens"] < 0:
+        raise BadRequest(f"max_tokens must be >= 0, got {out['max_tokens']}")
+    if out["n"] != 1:
+        raise BadRequest(f"n must be 1 (one completion a request), got {out['n']}")
+    stops = [out["stop"]] if isinstance(out["stop"], str) else (out["stop"] or [])
+    if not all(isinstance(s, str) and s for s in stops):
+        raise BadRequest(f"stop must be a non-empty string or a list of them, got {json.dumps(out['stop'])}")
+    out["stop"] = stops
+    return out
+
+
+def _type_name(types) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join(dict.fromkeys(names[t] for t in types))
+
+
+class Completer:
+    """Generates completions for one model and tokenizer, one request at a time."""
+
+    def __init__(self, model, tokenizer, model_name: str, cuda_graph: bool = False):
+        self.model, self.tokenizer, self.model_name, self.cuda_graph = model, tokenizer, model_name, cuda_graph
+        self.device = next(model.parameters()).device
+        self.lock = threading.Lock()
+
+    def pieces(self, req: dict):
+        """Yield (text, None, None) pieces, then the last (text, finish_reason, usage); BadRequest before the
+        first if the request cannot run. finish_reason: "stop" (eos or a stop string) or "length"."""
+        import mambakit
+        ids = self.tokenizer.encode(req["prompt"])
+        if not ids:
+            raise BadRequest("the prompt encodes to no tokens; give a non-empty prompt")
+        gen = None
+        if req["seed"] is not None:
+            gen = torch.Generator(device=self.device).manual_seed(req["seed"])
+        with self.lock:
+            try:
+                tokens = mambakit.stream(
+                    self.model, torch.tensor([ids], device=self.device), req["max_tokens"],
+                    temperature=req["temperature"], top_k=req["top_k"], top_p=req["top_p"], min_p=req["min_p"],
+                    repetition_penalty=req["repetition_penalty"], eos_token_id=self.tokenizer.eos_token_id,
+                    generator=gen, cuda_graph=self.cuda_graph)
+            except ValueError as err:  # the library's checks: sampling values, lengths, limits
+                raise BadRequest(str(err)) from None
+            try:
+                yield from self._text(tokens, ids, req["stop"])
+            finally:
+                tokens.close()  # also when the client left half-way: the decoder is freed
+
+    def _text(self, tokens, ids, stops):
+        decoder = self.tokenizer.stream_decoder(prompt_ids=ids)
+        hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop string
+        text, sent, n, finish = "", 0, 0, "length"
+        eos = self.tokenizer.eos_token_id
+        for token in tokens:
+            token_id = int(token[0])
+            n += 1
+            if token_id == eos:
+                finish = "stop"
+                break
+            start = max(0, len(text) - hold)
+            text += decoder.push(token_id)
+            cut = _first_stop(text, stops, start)
+            if cut is not None:
+                text, finish = text[:cut], "stop"
+                break
+            if len(text) - hold > sent:
+                yield text[sent:len(text) - hold], None, None
+                sent = len(text) - hold
+        else:
+            start = max(0, len(text) - hold)
+            text += decoder.flush()
+            cut = _first_stop(text, stops, start)
+            if cut is not None:
+                text, finish = text[:cut], "stop"
+        usage = {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}
+        yield text[sent:], finish, usage
+
+
+def _first_stop(text: str, stops: list, start: int):
+    """Index of the earliest stop string in text[start:] (as an index into text), or None."""
+    found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "mambakit"
+    completer: Completer  # set on the class made by make_server
+    quiet = False
+
+    def log_message(self, fmt, *args):  # noqa: D102 - one line a request on stderr, unless quiet
+        if not self.quiet:
+            super().log_message(fmt, *args)
+
+    def _json(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, message: str) -> None:
+        self._json(status, {"error": {"message": message, "type": "invalid_request_error" if status == 400 else
+                                      "error", "code": status}})
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        if self.path == "/health":
+            self._json(200, {"status": "ok"})
+        elif self.path == "/v1/models":
+            self._json(200, {"object": "list", "data": [{"id": self.completer.model_name, "object": "model",
+                                                         "owned_by": "mambakit"}]})
+        else:
+            self._error(404, f"no such path {self.path!r}; try POST /v1/completions, GET /v1/models, GET /health")
+
+    def do_POST(self):  # noqa: N802
+        if self.path != "/v1/completions":
+            self._error(404, f"no such path {self.path!r}; completions are POST /v1/completions")
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._error(411, "a Content-Length header is required")
+            return
+        if length > MAX_BODY:
+            self._error(413, f"the body is {length} bytes; at most {MAX_BODY}")
+            return
+        try:
+            req = parse_request(self.rfile.read(length))
+            pieces = self.completer.pieces(req)
+            first = next(pieces)  # errors in the request surface here, before any byte is sent
+        except BadRequest as err:
+            self._error(400, str(err))
+            return
+        except Exception as err:  # noqa: BLE001 - the model failed: say so rather than drop the connection
+            self._error(500, f"generation failed: {type(err).__name__}: {err}")
+            return
+        meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+                "model": self.completer.model_name}
+        if req["stream"]:
+            self._stream(meta, first, pieces)
+            return
+        text, finish, usage = first
+        for piece, finish, usage in pieces:
+            text += piece
+        self._json(200, {**meta, "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+                         "usage": usage})
+
+    def _stream(self, meta: dict, first, pieces) -> None:
+        """Server-sent events: a chunk per piece, the last with its finish_reason and usage, then [DONE]."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        try:
+            for text, finish, usage in _chain(first, pieces):
+                chunk = {**meta, "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+                if usage is not None:
+                    chunk["usage"] = usage
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pieces.close()  # the client left: stop generating (frees the model for the next request)
+        except Exception as err:  # noqa: BLE001 - after the headers: the error goes in the stream
+            pieces.close()
+            error = {"error": {"message": f"generation failed: {type(err).__name__}: {err}", "code": 500}}
+            self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def make_server(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, model_name: str = "mambakit",
+                cuda_graph: bool = False, quiet: bool = False) -> ThreadingHTTPServer:
+    """A server for `model` (call serve_forever(); port 0 picks a free port: server.server_address)."""
+    handler = type("MambakitHandler", (Handler,), {"completer": Completer(model, tokenizer, model_name, cuda_graph),
+                                                   "quiet": quiet})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server

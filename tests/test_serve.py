@@ -1,0 +1,150 @@
+"""mambakit/serve.py: completions over HTTP on a tiny model, against mambakit.generate; streaming,
+stop strings, seeds, bad requests and concurrent clients.
+
+No shape letters: each request is one prompt.
+"""
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+import mambakit
+from mambakit.serve import make_server
+from mambakit.tokenizers import ByteTokenizer
+
+
+@pytest.fixture(scope="module")
+def served():
+    torch.manual_seed(0)
+    tok = ByteTokenizer()
+    model = mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny", vocab_size=tok.vocab_size)).eval()
+    server = make_server(model, tok, port=0, model_name="tiny", quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield model, tok, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def post(url, payload, raw: bytes | None = None):
+    data = raw if raw is not None else json.dumps(payload).encode()
+    req = urllib.request.Request(url + "/v1/completions", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def events(body: str) -> list:
+    lines = [line[len("data: "):] for line in body.split("\n\n") if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def greedy_text(model, tok, prompt, n):
+    ids = torch.tensor([tok.encode(prompt)])
+    return tok.decode(mambakit.generate(model, ids, n)[0, ids.shape[1]:].tolist())
+
+
+def test_completion_is_generate_greedy(served):
+    model, tok, url = served
+    status, body = post(url, {"prompt": "Hello", "max_tokens": 12})
+    out = json.loads(body)
+    assert status == 200 and out["object"] == "text_completion" and out["model"] == "tiny"
+    assert out["choices"][0]["text"] == greedy_text(model, tok, "Hello", 12)
+    assert out["choices"][0]["finish_reason"] == "length"
+    assert out["usage"] == {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17}
+
+
+def test_stream_sends_the_same_text_in_pieces(served):
+    model, tok, url = served
+    status, body = post(url, {"prompt": "Hello", "max_tokens": 12, "stream": True})
+    chunks = events(body)
+    assert status == 200 and len(chunks) > 1
+    assert "".join(c["choices"][0]["text"] for c in chunks) == greedy_text(model, tok, "Hello", 12)
+    assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "length"
+    assert chunks[-1]["usage"]["completion_tokens"] == 12
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_string_ends_the_text_and_is_never_sent(served, stream):
+    model, tok, url = served
+    free = greedy_text(model, tok, "Hello", 24)
+    stop = next(free[i:i + 2] for i in range(3, len(free) - 2) if "\ufffd" not in free[i:i + 2])
+    status, body = post(url, {"prompt": "Hello", "max_tokens": 24, "stop": ["never there", stop], "stream": stream})
+    if stream:
+        chunks = events(body)
+        text, finish = "".join(c["choices"][0]["text"] for c in chunks), chunks[-1]["choices"][0]["finish_reason"]
+    else:
+        choice = json.loads(body)["choices"][0]
+        text, finish = choice["text"], choice["finish_reason"]
+    assert status == 200 and finish == "stop"
+    assert text == free[:free.index(stop)] and stop not in text
+
+
+def test_seed_makes_sampling_reproducible(served):
+    _, _, url = served
+    ask = lambda seed: json.loads(post(url, {"prompt": "Hi", "max_tokens": 16, "temperature": 1.0,  # noqa: E731
+                                             "seed": seed})[1])["choices"][0]["text"]
+    assert ask(3) == ask(3) != ask(4)
+
+
+@pytest.mark.parametrize("payload,words", [
+    ({"max_tokens": 3}, "prompt is required"),
+    ({"prompt": "a", "max_tokens": -1}, "max_tokens must be >= 0"),
+    ({"prompt": "a", "max_tokens": 2.5}, "max_tokens must be an integer"),
+    ({"prompt": "a", "temperature": True}, "temperature must be an integer or a number"),
+    ({"prompt": "a", "top_p": 2}, "top_p"),
+    ({"prompt": "a", "n": 2}, "n must be 1"),
+    ({"prompt": "a", "logprobs": 5}, "unsupported field(s) logprobs"),
+    ({"prompt": "a", "stop": [""]}, "stop must be a non-empty string"),
+    ({"prompt": ""}, "encodes to no tokens"),
+    ([1, 2], "must be a JSON object"),
+])
+def test_bad_requests_say_what_is_wrong(served, payload, words):
+    status, body = post(served[2], payload)
+    assert status == 400 and words in json.loads(body)["error"]["message"], body
+
+
+def test_malformed_json_and_paths(served):
+    url = served[2]
+    status, body = post(url, None, raw=b"{not json")
+    assert status == 400 and "not JSON" in body
+    with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+        assert json.loads(resp.read()) == {"status": "ok"}
+    with urllib.request.urlopen(url + "/v1/models", timeout=10) as resp:
+        assert json.loads(resp.read())["data"][0]["id"] == "tiny"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(url + "/nope", timeout=10)
+    assert err.value.code == 404
+
+
+def test_concurrent_clients_get_their_own_answers(served):
+    model, tok, url = served
+    prompts = ["Hello", "Goodbye", "Mamba", "State"]
+    got = {}
+
+    def ask(p):
+        got[p] = json.loads(post(url, {"prompt": p, "max_tokens": 8})[1])["choices"][0]["text"]
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert got == {p: greedy_text(model, tok, p, 8) for p in prompts}
+
+
+def test_cli_names_a_port_in_use(capsys):
+    import socket
+
+    from mambakit.cli import main
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        rc = main(["serve", "--model", "mamba2-tiny", "--device", "cpu", "--port", str(taken.getsockname()[1])])
+    assert rc == 2 and "cannot listen on 127.0.0.1:" in capsys.readouterr().err
