@@ -19,15 +19,13 @@ import re
 import sys
 from pathlib import Path
 
+from . import add_model_arguments
+
 ACTIONS = ("perplexity", "choice", "needle", "harness")
 
 
 def _model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required, help="a checkpoint folder, or a preset name (random weights)")
-    p.add_argument("--tokenizer", default=None,
-                   help="'byte' or a tokenizer.json (or its folder); default: the model folder's, else byte")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bf16 on CUDA, fp32 on CPU)")
+    add_model_arguments(p, required=required)
     p.add_argument("--seed", type=int, default=0, help="seed of a preset's random weights and of generated data")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward (default 8)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

@@ -13,12 +13,12 @@ import argparse
 import sys
 import time
 
-from ..placement import DTYPE_NAMES as _DTYPES
+from . import add_model_arguments
 from ..generation import DEFAULT_PREFILL_CHUNK
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a checkpoint folder, or a preset name (random weights)")
+    add_model_arguments(parser)
     parser.add_argument("--prompt", required=True, help="the text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most (default 64)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -27,11 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling and random weights (default 0)")
-    parser.add_argument("--tokenizer", default=None,
-                        help="'byte', or a tokenizer.json (or its folder); default: the model folder's, else byte")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *_DTYPES],
-                        help="weights' dtype (default: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
                         help=f"prefill long prompts this many tokens at a time (default {DEFAULT_PREFILL_CHUNK}; "
                              "0: the whole prompt at once)")

@@ -11,18 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..placement import DTYPE_NAMES
+from . import add_model_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a checkpoint folder, or a preset name (random weights)")
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one)")
-    parser.add_argument("--tokenizer", default=None,
-                        help="'byte', or a tokenizer.json (or its folder); default: the model folder's, else byte")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
-                        help="weights' dtype (default: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a preset's random weights (default 0)")
     parser.add_argument("--cuda-graph", action="store_true", help="replay the decode step from a CUDA graph")
     parser.add_argument("--quiet", action="store_true", help="no line per request on stderr")
