@@ -148,3 +148,13 @@ def test_cli_names_a_port_in_use(capsys):
         taken.listen()
         rc = main(["serve", "--model", "mamba2-tiny", "--device", "cpu", "--port", str(taken.getsockname()[1])])
     assert rc == 2 and "cannot listen on 127.0.0.1:" in capsys.readouterr().err
+
+
+def test_a_prompt_past_the_context_limit_is_refused():
+    from generation_models import make_model
+
+    from mambakit.serve import BadRequest, Completer, parse_request
+    completer = Completer(make_model("hybrid", max_seqlen=16), ByteTokenizer(), "limited")
+    with pytest.raises(BadRequest, match="limit of 16"):
+        next(completer.pieces(parse_request(json.dumps({"prompt": "x" * 12, "max_tokens": 8}).encode())))
+    assert not completer.lock.locked()  # the refused request left the model free
