@@ -118,10 +118,12 @@ def main(argv=None) -> int:
                     "shape's default beside them")
     ap.add_argument("--configs", default=None, help="sweep only these, e.g. '2,512,2;16,256,4' (BO,BK,warps[,RB])")
     ap.add_argument("--forms", default=None, help="only these forms, e.g. in_proj,up (see SHAPES)")
-    ap.add_argument("--best-out", default=None, help="with --sweep: write {'o,k' (1 row) or 'o,k,m': best config} "
+    ap.add_argument("--best-out", default=None, help="with --sweep: write {'o,k,m,prologue': best config} "
                     "here (JSON), for gpu_profile_decode.py --gemv-configs")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     a = ap.parse_args(argv)
+    if a.configs and a.sweep_rb_only:
+        ap.error("--configs and --sweep-rb-only both choose the configs to sweep: give one")
     dev, dt = "cuda", torch.bfloat16
     torch.manual_seed(0)
     rows = []
@@ -144,15 +146,16 @@ def main(argv=None) -> int:
                 configs = SWEEP if not a.sweep_rb_only else [tuple(row["default_config"])] + [
                     c for c in SWEEP if len(c) == 4]
                 if a.configs:
-                    configs = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";")]
+                    configs = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";") if c.strip()]
                 for cfg in configs:
                     try:
                         timed[cfg] = row["sweep"][str(cfg)] = graph_ms(lambda i: fused(i, cfg))
                     except Exception as err:  # a config the compiler rejects (registers): recorded
                         row["sweep"][str(cfg)] = repr(err)[:200]
                 cfg, row["best_ms"] = min(timed.items(), key=lambda kv: kv[1])
-                # keyed o,k at 1 row (any rows, for files of sessions 10-13), o,k,m at m rows
-                row["best_config"], best[f"{o},{k}" if m == 1 else f"{o},{k},{m}"] = str(cfg), list(cfg)
+                # keyed by rows and prologue too: attention's q and o share (o, k) and not their tiles
+                key = f"{o},{k},{m},{FORM_FLAGS[form].get('prologue', 0)}"
+                row["best_config"], best[key] = str(cfg), list(cfg)
             for key in [k_ for k_ in ("cublas_ms", "unfused_ms", "fused_ms", "fused_nopdl_ms", "best_ms") if k_ in row]:
                 row[key.replace("_ms", "_gb_s")] = wbytes / row[key] / 1e6
             rows.append(row)

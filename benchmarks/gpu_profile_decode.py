@@ -104,9 +104,12 @@ def use_gemv_configs(path: str) -> None:
     import mambakit.ops.gemv_triton as gemv
     with open(path) as f:
         table = {tuple(int(v) for v in key.split(",")): tuple(cfg) for key, cfg in json.load(f).items()}
-    default = gemv.default_config  # keys o,k: any rows; o,k,m: m rows (first)
-    gemv.default_config = lambda o, k, m=1, **form: (table.get((o, k, m)) or table.get((o, k))
-                                                     or default(o, k, m, **form))
+    default = gemv.default_config  # keys o,k,m,prologue (gpu_gemv.py's) first, then o,k,m, then o,k (any rows)
+
+    def tuned(o, k, m=1, prologue=0, conv=False):
+        return (table.get((o, k, m, prologue)) or table.get((o, k, m)) or table.get((o, k))
+                or default(o, k, m, prologue=prologue, conv=conv))
+    gemv.default_config = tuned
     print(f"fused GEMV configs from {path}: {table}")
 
 
@@ -116,8 +119,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--gemv-configs", default=None, help="JSON {'o,k': [BO, BK, warps(, RB)]} from gpu_gemv.py "
-                    "--best-out: these shapes' fused GEMVs use these configs instead of the defaults")
+    ap.add_argument("--gemv-configs", default=None, help="JSON {'o,k,m,prologue' (or 'o,k,m', "
+                    "or 'o,k': any rows): [BO, BK, warps(, RB)]} from gpu_gemv.py --best-out: these fused GEMVs "
+                    "use these configs instead of the defaults")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     a, rest = ap.parse_known_args(argv)
     if a.gemv_configs:

@@ -210,7 +210,8 @@ def _token_list(value, what: str, vocab: int) -> list[int]:
     values = as_token_ids(value, what)
     bad = [v for v in values if not 0 <= v < vocab]
     if bad:
-        raise ValueError(f"{what} must hold token ids in [0, {vocab}), got {bad[0]} in {value!r}")
+        where = "" if _is_int(value) else f" in {value!r}"
+        raise ValueError(f"{what} must hold token ids in [0, {vocab}), got {bad[0]}{where}")
     return values
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import operator
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -22,18 +23,18 @@ _EOS_GUESSES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
 
 
 def as_token_ids(ids, what: str = "token ids") -> list[int]:
-    """An id, a list/tuple of ids, or an integer tensor (flattened) or numpy array -> a list of Python
-    ints. Floats, bools, strings, None and nested lists are a ValueError naming what was given."""
+    """An id, an iterable of ids (list, tuple, range, ...), or an integer tensor (flattened) or numpy
+    array -> a list of Python ints. Floats, bools, strings, None and nested lists are a ValueError naming what was given."""
     if isinstance(ids, torch.Tensor):
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
             raise ValueError(f"{what} must be integers, got a tensor of {ids.dtype}")
         return ids.flatten().tolist()
     if hasattr(ids, "tolist") and hasattr(ids, "dtype"):  # numpy arrays and scalars
         ids = ids.tolist()
-    if ids is None or isinstance(ids, (str, bytes, float)):
+    if ids is None or isinstance(ids, (str, bytes, float, dict)):
         raise ValueError(f"{what} must be an int, a list of ints or an integer tensor, got {type(ids).__name__}")
     out = []
-    for i in ids if isinstance(ids, (list, tuple)) else [ids]:
+    for i in ids if isinstance(ids, Iterable) else [ids]:  # lists, tuples, ranges, sets, generators
         if isinstance(i, bool):
             raise ValueError(f"{what} must be ints, got the bool {i!r}")
         try:

@@ -37,7 +37,7 @@ def test_transformers_folder_to_native_keeps_dtype_and_tokenizer(capsys, tmp_pat
     _hf_mamba2_bf16(tmp_path / "hf")
     rc, err = run(capsys, str(tmp_path / "hf"), str(tmp_path / "out"))
     assert rc == 0, err
-    assert "bfloat16" in err and "tokenizer files: tokenizer.json" in err and "logits exactly" in err
+    assert "bfloat16" in err and "also: generation_config.json, tokenizer.json" in err and "bit for bit" in err
     assert (tmp_path / "out" / "tokenizer.json").read_text() == "{}"
     dtypes = _dtypes(tmp_path / "out")
     # auto: the file's bf16 stays bf16; A_log and D stay fp32 (cast_keeping_fp32)
@@ -68,24 +68,47 @@ def test_a_lossy_write_is_reported(capsys, tmp_path, monkeypatch):
         raw, state = writer(model)
         return {**raw, "model": {**raw["model"], "norm_eps": 0.5}}, state
 
+    mambakit.LM(mambakit.ModelConfig.from_preset("mamba-tiny")).save(tmp_path / "b")  # an earlier conversion
+    before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()}
     monkeypatch.setattr(native, "from_mambakit", lossy)
     rc, err = run(capsys, str(tmp_path / "a"), str(tmp_path / "b"))
-    assert rc == 1 and "CHECK FAILED" in err
+    assert rc == 1 and "CHECK FAILED" in err and "left as it was" in err
+    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before  # DST untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
     assert run(capsys, str(tmp_path / "a"), str(tmp_path / "c"), "--no-check")[0] == 0
 
 
-@pytest.mark.parametrize("case,words", [("missing", "no such checkpoint folder"), ("same", "the source folder"),
-                                        ("llama", "--to native"), ("dst_file", "is a file")])
+@pytest.mark.parametrize("case,words", [("missing", "not a checkpoint folder"), ("same", "the source folder"),
+                                        ("around", "around the source folder"), ("llama", "--to native"),
+                                        ("dst_file", "is a file"), ("not_checkpoint", "not a checkpoint folder")])
 def test_bad_arguments_are_named(capsys, tmp_path, case, words):
     preset = "transformer-tiny" if case == "llama" else "mamba2-tiny"
     mambakit.LM(mambakit.ModelConfig.from_preset(preset)).save(tmp_path / "src")
     (tmp_path / "file").write_text("x")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "config.json").write_text('{"an": "app"}')  # somebody's folder, not a checkpoint
     src = tmp_path / ("nope" if case == "missing" else "src")
-    dst = {"same": src, "dst_file": tmp_path / "file"}.get(case, tmp_path / "dst")
+    dst = {"same": src, "around": tmp_path, "dst_file": tmp_path / "file", "not_checkpoint": tmp_path / "app"}.get(
+        case, tmp_path / "dst")
     rc, err = run(capsys, str(src), str(dst), *(["--to", "hf"] if case == "llama" else []))
     assert rc == 2 and words in err, err
+    assert (tmp_path / "app" / "config.json").read_text() == '{"an": "app"}'
 
 
-def test_load_auto_needs_no_dtype_name():
-    with pytest.raises(ValueError, match="dtype 'automatic' is not known"):
+def test_files_beside_the_weights_come_from_src(capsys, tmp_path):
+    for name in ("a", "b"):
+        mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny")).save(tmp_path / name)
+        (tmp_path / name / "tokenizer.json").write_text(name)
+    (tmp_path / "a" / "README.md").write_text("model card")
+    assert run(capsys, str(tmp_path / "a"), str(tmp_path / "dst"))[0] == 0
+    rc, err = run(capsys, str(tmp_path / "b"), str(tmp_path / "dst"))  # over the first conversion
+    assert rc == 0, err
+    assert (tmp_path / "dst" / "tokenizer.json").read_text() == "b"  # SRC's, not the replaced folder's
+    assert not (tmp_path / "dst" / "README.md").exists()  # the replaced folder goes whole
+    assert run(capsys, str(tmp_path / "a"), str(tmp_path / "a" / "hf"), "--to", "hf")[0] == 0  # inside SRC: fine
+    assert (tmp_path / "a" / "hf" / "README.md").read_text() == "model card"
+
+
+def test_load_names_auto_among_the_dtypes_it_takes():
+    with pytest.raises(ValueError, match="dtype 'automatic' is not known.*'auto'"):
         mambakit.load("/nonexistent", dtype="automatic")

@@ -87,6 +87,14 @@ def test_stop_sequences_finish_rows():
     assert end == j and out == free[:end + 1]
 
 
+def test_eos_ids_may_be_any_iterable():
+    model = make_model("mamba2")
+    ids = torch.zeros(1, 3, dtype=torch.long)
+    want = mambakit.generate(model, ids, 4, eos_token_id=[2, 3])
+    for eos in ({2, 3}, range(2, 4), (2, 3)):
+        assert torch.equal(mambakit.generate(model, ids, 4, eos_token_id=eos), want)
+
+
 @pytest.mark.parametrize("eos,match", [(256, r"\[0, 256\), got 256"), (-1, "got -1"), ([3, 1.5], "1.5"),
                                        (True, "bool"), ([[3, 4]], r"\[3, 4\]"), (torch.tensor([[3]]), "1-d"),
                                        (torch.tensor([2.0]), "integers")])

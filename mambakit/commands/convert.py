@@ -3,33 +3,33 @@
 No shape letters: the check runs one small batch of token ids (CHECK_BATCH x CHECK_TOKENS).
 
 SRC is any folder `mambakit.load` reads (mambakit's own, a transformers Mamba / Mamba2 / NemotronH /
-Llama folder, a mamba_ssm folder); DST is written as mambakit's native folder or as the transformers
-folder of its kind (written to a temporary folder, then renamed). The tokenizer files of SRC come
-along, so that DST generates text as SRC did. Then DST is read back and run on a batch of random
-tokens next to the model read from SRC: a converted checkpoint that would not reproduce the logits
-is reported, not left behind silently (exit status 1).
+Llama folder, a mamba_ssm folder); DST becomes mambakit's native folder or the transformers folder
+of its kind, with SRC's other files (tokenizer, README, ...) beside the weights. The conversion is
+written to a temporary folder beside DST, read back and run on a batch of random tokens next to the
+model read from SRC; only if the logits agree bit for bit does it take DST's place (a new folder, an
+empty one, or an earlier checkpoint folder, replaced whole). Otherwise DST is left as it was and
+the exit status is 1.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from ..placement import DTYPE_NAMES
 
-# Files of a Hugging Face tokenizer that a converted folder keeps (copied when DST lacks them).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "generation_config.json")
 CHECK_BATCH, CHECK_TOKENS = 2, 32
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="the checkpoint folder to read")
-    parser.add_argument("dst", help="the folder to write (an existing checkpoint folder is replaced)")
+    parser.add_argument("dst", help="the folder to write: new, empty, or a checkpoint folder (replaced whole)")
     parser.add_argument("--to", default="native", choices=["native", "hf"],
                         help="native (config.json + model.safetensors, default) or hf (transformers)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
+    parser.add_argument("--dtype", default="auto", type=str.lower, choices=["auto", *DTYPE_NAMES],
                         help="weights' dtype in DST (default auto: as SRC stores them)")
     parser.add_argument("--no-check", action="store_true", help="skip reading DST back and comparing logits")
 
@@ -43,51 +43,83 @@ def _size(folder: Path) -> str:
     return f"{total / 2 ** 20:.1f} MiB"
 
 
-def copy_tokenizer(src: Path, dst: Path) -> list[str]:
-    """Copy SRC's tokenizer files that DST does not have; -> their names."""
+def _check_destination(dst: Path, src: Path) -> None:
+    """DST may be new, an empty folder, or a checkpoint folder (replaced); nothing else is overwritten."""
+    from ..convert import detect_format
+    from ..convert.io import read_config
+    if dst == src or dst in src.parents:  # replacing DST would remove SRC
+        raise ValueError(f"{dst} is {'the source folder' if dst == src else 'a folder around the source folder'} "
+                         f"{src}; write the conversion to a folder of its own")
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"{dst} is a file; DST is a folder (new, empty, or a checkpoint folder to replace)")
+    if dst.is_dir() and any(dst.iterdir()):
+        try:
+            detect_format(read_config(dst), dst)
+        except ValueError:
+            raise ValueError(f"{dst} holds files and is not a checkpoint folder; convert into a new or empty "
+                             "folder (an existing checkpoint folder would be replaced)") from None
+
+
+def copy_other_files(src: Path, dst: Path) -> list[str]:
+    """Copy SRC's files that are not its checkpoint (tokenizer, README, generation config, ...) into DST,
+    over DST's; -> their names."""
+    from ..convert.io import _checkpoint_files
+    skip = _checkpoint_files(src) | {"config.json"}
     copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file() and not (dst / name).exists():
-            shutil.copy2(src / name, dst / name)
-            copied.append(name)
+    for item in sorted(src.iterdir()):
+        if item.name in skip or item.name.startswith(".") or not item.is_file():
+            continue
+        shutil.copy2(item, dst / item.name)
+        copied.append(item.name)
     return copied
 
 
-def check_logits(model, dst: Path) -> float:
-    """Max |logit difference| between `model` and DST read back in its dtype, on random tokens."""
+def same_logits(model, folder: Path) -> tuple[bool, str]:
+    """Read `folder` back in the model's dtype and run both on random tokens -> (bit for bit equal, detail)."""
     import torch
 
     import mambakit
-    param = next(model.parameters())
-    again = mambakit.load(dst, dtype=param.dtype)
+    again = mambakit.load(folder, dtype=next(model.parameters()).dtype)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (CHECK_BATCH, CHECK_TOKENS), generator=gen)
     with torch.inference_mode():
-        return (model(ids).float() - again(ids).float()).abs().max().item()
+        a, b = model(ids), again(ids)
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    if torch.equal(a.view(bits), b.view(bits)):  # NaN == NaN here: a copy is exact whatever the values
+        bad = (~torch.isfinite(a)).sum().item()
+        return True, f"; {bad} of the logits are not finite (in SRC too)" if bad else ""
+    return False, f"they differ by up to {(a.float() - b.float()).abs().nan_to_num(float('inf')).max().item():.3g}"
 
 
 def run(args) -> int:
     import mambakit
-    src, dst = Path(args.src), Path(args.dst)
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src}: no such checkpoint folder")
-    if dst.resolve() == src.resolve():
-        raise ValueError(f"{dst} is the source folder; write the conversion to another folder")
+    src, dst = Path(os.path.abspath(args.src)), Path(os.path.abspath(args.dst))
+    _check_destination(dst, src)
     model = mambakit.load(src, dtype=args.dtype)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    _note(f"read {src}: {model.num_parameters() / 1e6:.1f}M parameters, {dtype}")
+    _note(f"read {args.src}: {model.num_parameters() / 1e6:.1f}M parameters, {dtype}")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.convert-", dir=dst.parent))
     try:
-        model.save(dst, format=args.to)
-    except ValueError as err:  # the library names save()'s argument; here it is the command's option
-        raise ValueError(str(err).replace("format='native'", "--to native")) from err
-    copied = copy_tokenizer(src, dst)
-    _note(f"wrote {dst} ({args.to}, {_size(dst)})" + (f"; tokenizer files: {', '.join(copied)}" if copied else ""))
-    if args.no_check:
-        return 0
-    diff = check_logits(model, dst)
-    # Same weights, same dtype, same code: the logits agree exactly (a field lost on the way would not)
-    if diff != 0.0:
-        _note(f"CHECK FAILED: {dst} read back gives logits that differ by up to {diff:.3g} from {src}'s")
-        return 1
-    _note(f"checked: {dst} read back gives {src}'s logits exactly ({CHECK_BATCH} x {CHECK_TOKENS} random tokens)")
+        work = work_dir / dst.name
+        try:
+            model.save(work, format=args.to)
+        except ValueError as err:  # the library names save()'s argument; here it is the command's option
+            raise ValueError(str(err).replace("format='native'", "--to native")) from err
+        copied = copy_other_files(src, work)
+        if not args.no_check:
+            same, detail = same_logits(model, work)
+            if not same:
+                _note(f"CHECK FAILED: the conversion read back does not give the logits of {args.src} read in "
+                      f"{dtype}: {detail}; {args.dst} is left as it was")
+                return 1
+            _note(f"checked: read back, it gives the logits of {args.src} read in {dtype} bit for bit "
+                  f"({CHECK_BATCH} x {CHECK_TOKENS} random tokens){detail}")
+        if dst.exists():
+            os.replace(dst, work_dir / "replaced")  # removed with work_dir
+        os.replace(work, dst)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    _note(f"wrote {args.dst} ({args.to}, {_size(dst)})" + (f"; from {args.src} also: {', '.join(copied)}"
+                                                            if copied else ""))
     return 0

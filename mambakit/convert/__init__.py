@@ -48,7 +48,12 @@ def load(path, dtype=None, device=None):
     from ..config import ModelConfig
     from ..presets import PRESETS
     auto = isinstance(dtype, str) and dtype.strip().lower() == "auto"
-    dtype, device = (None if auto else resolve_dtype(dtype)), resolve_device(device)  # before any file is read
+    try:
+        dtype, device = (None if auto else resolve_dtype(dtype)), resolve_device(device)  # before any file is read
+    except ValueError as err:
+        if isinstance(dtype, str):
+            raise ValueError(f"{err}; or 'auto' (as the checkpoint stores its weights)") from None
+        raise
     p = Path(path)
     if not p.exists() and str(path) in PRESETS:
         raise CheckpointError(f"{path!r} is a preset name, not a folder; build it with "

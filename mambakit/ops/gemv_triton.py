@@ -236,9 +236,12 @@ def default_config(o: int, k: int, m: int = 1, *, prologue: int = 0, conv: bool 
     (benchmarks/results/gpu_gemv-*-session14-b4-sweep*: 32 configs at 4 rows; *-session14-rows24*: 5
     at 2 and 4), in us, one-row tiles -> these: in_proj 27.2 -> 19.2 at 2 rows, 37.3 -> 29.1 at 4;
     the MLP's up 22.7 -> 18.1 and 33.1 -> 20.1; out_proj 15.2 -> 11.9 at 2 rows; down 18.6 -> 17.1
-    and attention's o 7.5 -> 6.5 at 4 rows. Rows 3 take 4's. Whole steps at batch 4: Mamba-2 1.3B at
-    1K 3.247 -> 2.856 ms, the hybrid at 64K 3.597 -> 3.065 (*-session14-b4-prof*). With several rows
-    the launcher also shrinks BK to keep their sums in registers."""
+    and attention's o 7.5 -> 6.5 at 4 rows; at 4 rows out_proj's one-row tile and (4, 512, 4) came out
+    within the runs' noise (15.3 against 15.1 in one run, 24.6 in the other). Rows 3 take 4's. Whole
+    steps at batch 4: Mamba-2 1.3B at 1K 3.247 -> 2.856 ms, the hybrid at 64K 3.597 -> 3.065
+    (*-session14-b4-prof*). Mamba-1's projections (d 2048: in_proj 8192 x 2048, out_proj 2048 x 4096,
+    without conv or gate) take the forms' tiles unmeasured. With several rows the launcher also
+    shrinks BK to keep their sums in registers."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         bo, bk, warps = 32, 128, 4  # the interpreter runs programs one after another: few and large
     elif m == 2 and o >= 4096:
@@ -251,7 +254,7 @@ def default_config(o: int, k: int, m: int = 1, *, prologue: int = 0, conv: bool 
         bo, bk, warps = 4, 512, 4
     elif o >= 4096:
         bo, bk, warps = 2, 512, 2
-    elif o >= 2048:  # and several rows behind a norm (the gated one, attention's q: their one-row tiles won)
+    elif o >= 2048:  # one row; or 3-4 behind a norm (out_proj's gated one, attention's q): one-row tiles won
         bo, bk, warps = 8, 2048, 8
     else:
         bo, bk, warps = 2, 2048, 4

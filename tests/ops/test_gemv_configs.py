@@ -45,10 +45,14 @@ def test_profiler_override_keeps_the_signature(gemv, tmp_path):
     spec.loader.exec_module(bench)
     default = gemv.default_config
     table = tmp_path / "best.json"
-    table.write_text(json.dumps({"8512,2048,2": [4, 256, 2], "2048,2048": [8, 1024, 8, 2]}))
+    # tiles no default picks, so that each lookup is seen
+    table.write_text(json.dumps({"8512,2048,2": [16, 128, 4], "2048,2048": [8, 1024, 8, 2],
+                                 "2048,2048,4,1": [32, 64, 8], "2048,2048,4": [1, 2048, 4]}))
     bench.use_gemv_configs(str(table))
-    assert gemv.default_config(8512, 2048, 2, prologue=1, conv=True) == (4, 256, 2)  # o,k,m: those rows
+    assert gemv.default_config(8512, 2048, 2, prologue=1, conv=True) == (16, 128, 4)  # o,k,m: those rows
     assert gemv.default_config(8512, 2048, 4, prologue=1, conv=True) == default(8512, 2048, 4, prologue=1, conv=True)
     assert gemv.default_config(2048, 2048, 3) == (8, 1024, 8, 2)  # o,k: any rows
+    assert gemv.default_config(2048, 2048, 4, prologue=1) == (32, 64, 8)  # o,k,m,prologue: that form
+    assert gemv.default_config(2048, 2048, 4) == (1, 2048, 4)  # another form: o,k,m
     # the launcher calls it with the form's keywords, as fused_gemv does
-    assert gemv.launch_config(8512, 2048, 2, None, 2048, prologue=1, conv=True) == (4, 256, 2, 1)
+    assert gemv.launch_config(8512, 2048, 2, None, 2048, prologue=1, conv=True) == (16, 128, 4, 1)
