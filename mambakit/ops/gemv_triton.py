@@ -236,8 +236,8 @@ def default_config(o: int, k: int, m: int = 1, *, prologue: int = 0, conv: bool 
     (benchmarks/results/gpu_gemv-*-session14-b4-sweep*: 32 configs at 4 rows; *-session14-rows24*: 5
     at 2 and 4), in us, one-row tiles -> these: in_proj 27.2 -> 19.2 at 2 rows, 37.3 -> 29.1 at 4;
     the MLP's up 22.7 -> 18.1 and 33.1 -> 20.1; out_proj 15.2 -> 11.9 at 2 rows; down 18.6 -> 17.1
-    and attention's o 7.5 -> 6.5 at 4 rows; at 4 rows out_proj's one-row tile and (4, 512, 4) came out
-    within the runs' noise (15.3 against 15.1 in one run, 24.6 in the other). Rows 3 take 4's. Whole
+    and attention's o 7.5 -> 6.5 at 4 rows (out_proj keeps its one-row tile there: 15.1-15.4 against
+    24.6 for (4, 512, 4); the sweep logs label the default by o and k only). Rows 3 take 4's. Whole
     steps at batch 4: Mamba-2 1.3B at 1K 3.247 -> 2.856 ms, the hybrid at 64K 3.597 -> 3.065
     (*-session14-b4-prof*). Mamba-1's projections (d 2048: in_proj 8192 x 2048, out_proj 2048 x 4096,
     without conv or gate) take the forms' tiles unmeasured. With several rows the launcher also
