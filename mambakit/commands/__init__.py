@@ -11,5 +11,5 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     parser.add_argument("--tokenizer", default=None,
                         help="'byte', or a tokenizer.json (or its folder); default: the model folder's, else byte")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
+    parser.add_argument("--dtype", default="auto", type=str.lower, choices=["auto", *DTYPE_NAMES],
                         help="weights' dtype (default auto: bfloat16 on CUDA, float32 on CPU)")
