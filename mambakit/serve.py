@@ -143,6 +143,7 @@ def _first_stop(text: str, stops: list, start: int):
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "mambakit"
+    timeout = 60  # seconds a client may take to send its request: a stalled one does not hold a thread forever
     completer: Completer  # set on the class made by make_server
     quiet = False
 
