@@ -58,7 +58,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
         logits = logits.float()
         penalized = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
         logits = torch.where(seen, penalized, logits)
-    if temperature == 0:
+    if temperature < 1e-30:  # 0, or so small that dividing fp32 logits by it overflows: greedy either way
         return logits.argmax(-1)
     # Shifted so that the largest logit is 0 before the division: a tiny temperature then sends the
     # others to -inf (sampling turns greedy) instead of every logit to +-inf and softmax to NaN.

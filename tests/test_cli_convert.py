@@ -3,6 +3,8 @@ tokenizer carried along, the read-back check (and that it can fail), and bad arg
 
 No shape letters: these tests run the command line on tiny models.
 """
+import os
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -47,6 +49,22 @@ def test_transformers_folder_to_native_keeps_dtype_and_tokenizer(capsys, tmp_pat
     assert mambakit.load(tmp_path / "hf", dtype="auto").config == model.config
 
 
+def test_a_model_transformers_cannot_hold_is_refused(capsys, tmp_path):
+    cfg = mambakit.ModelConfig.from_preset("mamba2-tiny", mamba2={"norm_before_gate": True})
+    mambakit.LM(cfg).save(tmp_path / "src")
+    rc, err = run(capsys, str(tmp_path / "src"), str(tmp_path / "hf"), "--to", "hf", "--no-check")
+    assert rc == 2 and "norm_before_gate" in err and "--to native" in err and not (tmp_path / "hf").exists()
+
+
+def test_new_folders_get_the_umask_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        mambakit.LM(mambakit.ModelConfig.from_preset("mamba-tiny")).save(tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o750  # not mkdtemp's 0700
+
+
 def test_native_to_transformers_loads_in_transformers(capsys, tmp_path):
     torch.manual_seed(1)
     model = mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny")).eval()
@@ -78,7 +96,7 @@ def test_a_lossy_write_is_reported(capsys, tmp_path, monkeypatch):
     assert run(capsys, str(tmp_path / "a"), str(tmp_path / "c"), "--no-check")[0] == 0
 
 
-@pytest.mark.parametrize("case,words", [("missing", "not a checkpoint folder"), ("same", "the source folder"),
+@pytest.mark.parametrize("case,words", [("missing", "no such folder"), ("under_file", "is a file"), ("same", "the source folder"),
                                         ("around", "around the source folder"), ("llama", "--to native"),
                                         ("dst_file", "is a file"), ("not_checkpoint", "not a checkpoint folder")])
 def test_bad_arguments_are_named(capsys, tmp_path, case, words):
@@ -88,8 +106,8 @@ def test_bad_arguments_are_named(capsys, tmp_path, case, words):
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "config.json").write_text('{"an": "app"}')  # somebody's folder, not a checkpoint
     src = tmp_path / ("nope" if case == "missing" else "src")
-    dst = {"same": src, "around": tmp_path, "dst_file": tmp_path / "file", "not_checkpoint": tmp_path / "app"}.get(
-        case, tmp_path / "dst")
+    dst = {"same": src, "around": tmp_path, "dst_file": tmp_path / "file", "not_checkpoint": tmp_path / "app",
+           "under_file": tmp_path / "file" / "sub"}.get(case, tmp_path / "dst")
     rc, err = run(capsys, str(src), str(dst), *(["--to", "hf"] if case == "llama" else []))
     assert rc == 2 and words in err, err
     assert (tmp_path / "app" / "config.json").read_text() == '{"an": "app"}'
@@ -100,11 +118,16 @@ def test_files_beside_the_weights_come_from_src(capsys, tmp_path):
         mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny")).save(tmp_path / name)
         (tmp_path / name / "tokenizer.json").write_text(name)
     (tmp_path / "a" / "README.md").write_text("model card")
+    (tmp_path / "a" / "extra").mkdir()
+    (tmp_path / "a" / "extra" / "notes.txt").write_text("notes")
     assert run(capsys, str(tmp_path / "a"), str(tmp_path / "dst"))[0] == 0
+    assert (tmp_path / "dst" / "extra" / "notes.txt").read_text() == "notes"  # folders too
+    (tmp_path / "dst").chmod(0o750)
     rc, err = run(capsys, str(tmp_path / "b"), str(tmp_path / "dst"))  # over the first conversion
     assert rc == 0, err
-    assert (tmp_path / "dst" / "tokenizer.json").read_text() == "b"  # SRC's, not the replaced folder's
-    assert not (tmp_path / "dst" / "README.md").exists()  # the replaced folder goes whole
+    assert (tmp_path / "dst" / "tokenizer.json").read_text() == "b"  # SRC's wins over DST's
+    assert (tmp_path / "dst" / "README.md").read_text() == "model card"  # DST's other files stay
+    assert (tmp_path / "dst").stat().st_mode & 0o777 == 0o750  # and so does its mode
     assert run(capsys, str(tmp_path / "a"), str(tmp_path / "a" / "hf"), "--to", "hf")[0] == 0  # inside SRC: fine
     assert (tmp_path / "a" / "hf" / "README.md").read_text() == "model card"
 

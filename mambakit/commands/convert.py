@@ -4,11 +4,12 @@ No shape letters: the check runs one small batch of token ids (CHECK_BATCH x CHE
 
 SRC is any folder `mambakit.load` reads (mambakit's own, a transformers Mamba / Mamba2 / NemotronH /
 Llama folder, a mamba_ssm folder); DST becomes mambakit's native folder or the transformers folder
-of its kind, with SRC's other files (tokenizer, README, ...) beside the weights. The conversion is
-written to a temporary folder beside DST, read back and run on a batch of random tokens next to the
-model read from SRC; only if the logits agree bit for bit does it take DST's place (a new folder, an
-empty one, or an earlier checkpoint folder, replaced whole). Otherwise DST is left as it was and
-the exit status is 1.
+of its kind, with SRC's other files and folders (tokenizer, README, ...) beside the weights. The
+conversion is written to a temporary folder beside DST, read back and run on a batch of random tokens
+next to the model read from SRC; only if the logits agree bit for bit does it take DST's place. DST
+may be new, empty, or a checkpoint folder: then its weights are replaced, its other files kept
+unless SRC has files of the same names (as model.save does). Otherwise DST is left as it was and the
+exit status is 1.
 """
 from __future__ import annotations
 
@@ -50,8 +51,9 @@ def _check_destination(dst: Path, src: Path) -> None:
     if dst == src or dst in src.parents:  # replacing DST would remove SRC
         raise ValueError(f"{dst} is {'the source folder' if dst == src else 'a folder around the source folder'} "
                          f"{src}; write the conversion to a folder of its own")
-    if dst.exists() and not dst.is_dir():
-        raise ValueError(f"{dst} is a file; DST is a folder (new, empty, or a checkpoint folder to replace)")
+    blocking = next((p for p in [dst, *dst.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{blocking} is a file; DST is a folder (new, empty, or a checkpoint folder to replace)")
     if dst.is_dir() and any(dst.iterdir()):
         try:
             detect_format(read_config(dst), dst)
@@ -60,16 +62,22 @@ def _check_destination(dst: Path, src: Path) -> None:
                              "folder (an existing checkpoint folder would be replaced)") from None
 
 
-def copy_other_files(src: Path, dst: Path) -> list[str]:
-    """Copy SRC's files that are not its checkpoint (tokenizer, README, generation config, ...) into DST,
-    over DST's; -> their names."""
+def copy_other_files(src: Path, dst: Path, overwrite: bool = True) -> list[str]:
+    """Copy the files and folders of SRC that are not its checkpoint (tokenizer, README, generation
+    config, ...) into DST (over DST's of the same name, unless not overwrite); -> their names."""
     from ..convert.io import _checkpoint_files
     skip = _checkpoint_files(src) | {"config.json"}
     copied = []
     for item in sorted(src.iterdir()):
-        if item.name in skip or item.name.startswith(".") or not item.is_file():
+        target = dst / item.name
+        if item.name in skip or item.name.startswith(".") or (target.exists() and not overwrite):
             continue
-        shutil.copy2(item, dst / item.name)
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        if item.is_dir():
+            shutil.copytree(item, target, symlinks=True)
+        else:
+            shutil.copy2(item, target, follow_symlinks=False)
         copied.append(item.name)
     return copied
 
@@ -93,7 +101,11 @@ def same_logits(model, folder: Path) -> tuple[bool, str]:
 
 def run(args) -> int:
     import mambakit
-    src, dst = Path(os.path.abspath(args.src)), Path(os.path.abspath(args.dst))
+    from ..convert.io import new_folder_mode
+    # real paths: a link to a checkpoint folder converts into the folder it points to (as model.save)
+    src, dst = Path(os.path.realpath(args.src)), Path(os.path.realpath(args.dst))
+    if not src.exists():
+        raise FileNotFoundError(f"{args.src}: no such folder")
     _check_destination(dst, src)
     model = mambakit.load(src, dtype=args.dtype)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -107,6 +119,9 @@ def run(args) -> int:
         except ValueError as err:  # the library names save()'s argument; here it is the command's option
             raise ValueError(str(err).replace("format='native'", "--to native")) from err
         copied = copy_other_files(src, work)
+        if dst.is_dir():  # DST's own other files stay, where SRC brings none of that name
+            copy_other_files(dst, work, overwrite=False)
+        os.chmod(work, dst.stat().st_mode & 0o7777 if dst.is_dir() else new_folder_mode())
         if not args.no_check:
             same, detail = same_logits(model, work)
             if not same:

@@ -40,6 +40,9 @@ def to_mambakit(raw: dict, state: dict):
 def from_mambakit(model):
     c = model.config
     m = c.mamba2
+    if m.norm_before_gate:  # transformers' gated norm always gates first: it would compute another model
+        raise ValueError("cannot write this model as Mamba2ForCausalLM: mamba2.norm_before_gate=True "
+                         "(transformers gates before the norm); save with format='native'")
     e = m.expand * c.d_model
     raw = {
         "architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2", "hidden_size": c.d_model,

@@ -176,6 +176,13 @@ def _checkpoint_files(path: Path) -> set[str]:
     return names
 
 
+def new_folder_mode() -> int:
+    """The mode os.mkdir would give a new folder: 0o777 less the process's umask."""
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
 def _link_or_copy(src, dst) -> None:
     if os.path.islink(src):
         os.symlink(os.readlink(src), dst)
@@ -204,6 +211,8 @@ def write_folder(path: Path, raw_config: dict, state: dict[str, torch.Tensor]) -
         raise ValueError(f"{path} is a file; a checkpoint is a folder (pass a new or existing folder path)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    # mkdtemp makes it 0700: give it the mode of the folder it replaces, else that of a new folder
+    os.chmod(tmp, path.stat().st_mode & 0o7777 if path.is_dir() else new_folder_mode())
     try:
         (tmp / "config.json").write_text(json.dumps(raw_config, indent=2))
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / "model.safetensors"),
