@@ -16,6 +16,8 @@ get status 400 and {"error": {"message": ...}} saying what was wrong.
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 import uuid
@@ -24,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import torch
 
 MAX_BODY = 1 << 20  # bytes of a request body
+MAX_STOPS, MAX_STOP_CHARS = 16, 256
+DEFAULT_MAX_TOKENS_LIMIT = 4096  # the most new tokens a request may ask for (make_server's max_tokens_limit)
 _NUMBERS = (int, float)
 # field: (accepted types, default); None: absent means the library's default
 FIELDS = {"prompt": (str, None), "max_tokens": (int, 16), "temperature": (_NUMBERS, 0.0), "top_p": (_NUMBERS, None),
@@ -49,7 +53,8 @@ def parse_request(body: bytes) -> dict:
         raise BadRequest(f"unsupported field(s) {', '.join(unknown)}; this server takes {', '.join(FIELDS)}")
     out = {}
     for name, (types, default) in FIELDS.items():
-        value = req.get(name, default)
+        value = req.get(name)
+        value = default if value is None else value  # JSON null: the default, as OpenAI's clients send it
         # JSON true is not a number here, nor 1.0 a count
         if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and types is not bool)):
             raise BadRequest(f"{name} must be {_type_name(types)}, got {json.dumps(value)}")
@@ -58,11 +63,16 @@ def parse_request(body: bytes) -> dict:
         raise BadRequest("prompt is required (a string)")
     if out["max_tokens"] < 0:
         raise BadRequest(f"max_tokens must be >= 0, got {out['max_tokens']}")
+    if out["seed"] is not None and not 0 <= out["seed"] < 2 ** 63:
+        raise BadRequest(f"seed must be in [0, 2^63), got {out['seed']}")
     if out["n"] != 1:
         raise BadRequest(f"n must be 1 (one completion a request), got {out['n']}")
     stops = [out["stop"]] if isinstance(out["stop"], str) else (out["stop"] or [])
     if not all(isinstance(s, str) and s for s in stops):
         raise BadRequest(f"stop must be a non-empty string or a list of them, got {json.dumps(out['stop'])}")
+    if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise BadRequest(f"stop takes at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters "
+                         "(a stream holds back as many characters as the longest)")
     out["stop"] = stops
     return out
 
@@ -76,8 +86,10 @@ def _type_name(types) -> str:
 class Completer:
     """Generates completions for one model and tokenizer, one request at a time."""
 
-    def __init__(self, model, tokenizer, model_name: str, cuda_graph: bool = False):
+    def __init__(self, model, tokenizer, model_name: str, cuda_graph: bool = False,
+                 max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT):
         self.model, self.tokenizer, self.model_name, self.cuda_graph = model, tokenizer, model_name, cuda_graph
+        self.max_tokens_limit = max_tokens_limit
         self.device = next(model.parameters()).device
         self.lock = threading.Lock()
 
@@ -85,7 +97,13 @@ class Completer:
         """Yield (text, None, None) pieces, then the last (text, finish_reason, usage); BadRequest before the
         first if the request cannot run. finish_reason: "stop" (eos or a stop string) or "length"."""
         import mambakit
-        ids = self.tokenizer.encode(req["prompt"])
+        if req["max_tokens"] > self.max_tokens_limit:
+            raise BadRequest(f"max_tokens is {req['max_tokens']}; this server makes at most {self.max_tokens_limit} "
+                             "new tokens a request (mambakit serve --max-tokens-limit)")
+        try:
+            ids = self.tokenizer.encode(req["prompt"])
+        except UnicodeError as err:  # a lone surrogate (JSON "\ud800") has no UTF-8 form
+            raise BadRequest(f"the prompt is not valid Unicode text: {err}") from None
         if not ids:
             raise BadRequest("the prompt encodes to no tokens; give a non-empty prompt")
         gen = None
@@ -110,6 +128,7 @@ class Completer:
         hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop string
         text, sent, n, finish = "", 0, 0, "length"
         eos = self.tokenizer.eos_token_id
+        cut = None
         for token in tokens:
             token_id = int(token[0])
             n += 1
@@ -120,17 +139,16 @@ class Completer:
             text += decoder.push(token_id)
             cut = _first_stop(text, stops, start)
             if cut is not None:
-                text, finish = text[:cut], "stop"
                 break
             if len(text) - hold > sent:
                 yield text[sent:len(text) - hold], None, None
                 sent = len(text) - hold
-        else:
+        if cut is None:  # the end (eos or max_tokens): what the decoder held back, then a last look for stops
             start = max(0, len(text) - hold)
             text += decoder.flush()
             cut = _first_stop(text, stops, start)
-            if cut is not None:
-                text, finish = text[:cut], "stop"
+        if cut is not None:
+            text, finish = text[:cut], "stop"
         usage = {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}
         yield text[sent:], finish, usage
 
@@ -153,39 +171,71 @@ class Handler(BaseHTTPRequestHandler):
 
     def _json(self, status: int, payload: dict) -> None:
         body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client left before its answer: nobody to tell
+
+    @property
+    def route(self) -> str:
+        return self.path.split("?", 1)[0].rstrip("/") or "/"
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its side (a non-streamed request has nothing to write until the end)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _error(self, status: int, message: str) -> None:
         self._json(status, {"error": {"message": message, "type": "invalid_request_error" if status == 400 else
                                       "error", "code": status}})
 
+    def _not_allowed(self):
+        allowed = "POST" if self.route == "/v1/completions" else "GET"
+        self._error(405, f"{self.command} is not served on {self.route}; use {allowed}")
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed  # noqa: N815
+
     def do_GET(self):  # noqa: N802 - http.server's name
-        if self.path == "/health":
+        if self.route == "/health":
             self._json(200, {"status": "ok"})
-        elif self.path == "/v1/models":
+        elif self.route == "/v1/completions":
+            self._not_allowed()
+        elif self.route == "/v1/models":
             self._json(200, {"object": "list", "data": [{"id": self.completer.model_name, "object": "model",
                                                          "owned_by": "mambakit"}]})
         else:
             self._error(404, f"no such path {self.path!r}; try POST /v1/completions, GET /v1/models, GET /health")
 
     def do_POST(self):  # noqa: N802
-        if self.path != "/v1/completions":
-            self._error(404, f"no such path {self.path!r}; completions are POST /v1/completions")
+        if self.route != "/v1/completions":
+            self._error(404 if self.route not in ("/health", "/v1/models") else 405,
+                        f"no POST on {self.path!r}; completions are POST /v1/completions")
             return
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             self._error(411, "a Content-Length header is required")
             return
+        if length < 0:
+            self._error(400, f"Content-Length must be >= 0, got {length}")
+            return
         if length > MAX_BODY:
             self._error(413, f"the body is {length} bytes; at most {MAX_BODY}")
             return
         try:
-            req = parse_request(self.rfile.read(length))
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self._error(408, f"the body did not arrive within {self.timeout} s")
+            return
+        try:
+            req = parse_request(body)
             pieces = self.completer.pieces(req)
             first = next(pieces)  # errors in the request surface here, before any byte is sent
         except BadRequest as err:
@@ -200,8 +250,11 @@ class Handler(BaseHTTPRequestHandler):
             self._stream(meta, first, pieces)
             return
         text, finish, usage = first
-        for piece, finish, usage in pieces:
+        for i, (piece, finish, usage) in enumerate(pieces):
             text += piece
+            if i % 16 == 15 and self._client_gone():  # nobody waits for the answer: free the model
+                pieces.close()
+                return
         self._json(200, {**meta, "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
                          "usage": usage})
 
@@ -233,10 +286,11 @@ def _chain(first, rest):
 
 
 def make_server(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, model_name: str = "mambakit",
-                cuda_graph: bool = False, quiet: bool = False) -> ThreadingHTTPServer:
+                cuda_graph: bool = False, quiet: bool = False,
+                max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT) -> ThreadingHTTPServer:
     """A server for `model` (call serve_forever(); port 0 picks a free port: server.server_address)."""
-    handler = type("MambakitHandler", (Handler,), {"completer": Completer(model, tokenizer, model_name, cuda_graph),
-                                                   "quiet": quiet})
+    completer = Completer(model, tokenizer, model_name, cuda_graph, max_tokens_limit)
+    handler = type("MambakitHandler", (Handler,), {"completer": completer, "quiet": quiet})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server

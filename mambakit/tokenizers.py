@@ -94,6 +94,7 @@ class StreamDecoder:
     """
 
     CONTEXT = 5  # prompt tokens kept as context before the first new token
+    MAX_PENDING = 8  # tokens held back at most while the text ends in an unfinished character
 
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False, prompt_ids=None):
         self.tokenizer = tokenizer
@@ -111,7 +112,10 @@ class StreamDecoder:
         self.tokens.extend(as_token_ids(ids))
         before = self._decode(self.tokens[self.prefix_offset:self.read_offset])
         text = self._decode(self.tokens[self.prefix_offset:])
-        if len(text) > len(before) and not text.endswith("\ufffd"):
+        # An unfinished character waits for its next bytes, but not forever: a UTF-8 character is at most
+        # 4 bytes, so after MAX_PENDING tokens the replacement marks go out (and the window stays short).
+        pending = len(self.tokens) - self.read_offset
+        if len(text) > len(before) and (not text.endswith("\ufffd") or pending >= self.MAX_PENDING):
             self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
             return text[len(before):]
         return ""

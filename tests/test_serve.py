@@ -102,6 +102,10 @@ def test_seed_makes_sampling_reproducible(served):
     ({"prompt": "a", "n": 2}, "n must be 1"),
     ({"prompt": "a", "logprobs": 5}, "unsupported field(s) logprobs"),
     ({"prompt": "a", "stop": [""]}, "stop must be a non-empty string"),
+    ({"prompt": "a", "stop": ["x" * 300]}, "at most 256 characters"),
+    ({"prompt": "a", "seed": 10 ** 23}, "seed must be in [0, 2^63)"),
+    ({"prompt": "\ud800"}, "not valid Unicode"),
+    ({"prompt": "a", "max_tokens": 5000}, "at most 4096 new tokens"),
     ({"prompt": ""}, "encodes to no tokens"),
     ([1, 2], "must be a JSON object"),
 ])
@@ -158,3 +162,58 @@ def test_a_prompt_past_the_context_limit_is_refused():
     with pytest.raises(BadRequest, match="limit of 16"):
         next(completer.pieces(parse_request(json.dumps({"prompt": "x" * 12, "max_tokens": 8}).encode())))
     assert not completer.lock.locked()  # the refused request left the model free
+
+
+def test_nulls_mean_defaults_and_tiny_temperatures_are_greedy(served):
+    model, tok, url = served
+    status, body = post(url, {"prompt": "Hello", "max_tokens": None, "temperature": None, "n": None,
+                              "stop": None})
+    assert status == 200 and json.loads(body)["choices"][0]["text"] == greedy_text(model, tok, "Hello", 16)
+    status, body = post(url, {"prompt": "Hello", "max_tokens": 6, "temperature": 1e-300})
+    assert status == 200 and json.loads(body)["choices"][0]["text"] == greedy_text(model, tok, "Hello", 6)
+
+
+def _raw(url, request: bytes) -> bytes:
+    import socket
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        return b"".join(iter(lambda: sock.recv(65536), b""))
+
+
+def test_methods_paths_and_lengths(served):
+    url = served[2]
+    assert b" 405 " in _raw(url, b"PUT /v1/completions HTTP/1.1\r\nContent-Length: 0\r\n\r\n").split(b"\r\n")[0]
+    assert b" 405 " in _raw(url, b"GET /v1/completions HTTP/1.1\r\n\r\n").split(b"\r\n")[0]
+    assert b" 400 " in _raw(url, b"POST /v1/completions HTTP/1.1\r\nContent-Length: -1\r\n\r\n").split(b"\r\n")[0]
+    with urllib.request.urlopen(url + "/health/?probe=1", timeout=10) as resp:  # query and trailing slash
+        assert json.loads(resp.read()) == {"status": "ok"}
+
+
+def test_a_client_that_leaves_frees_the_model():
+    import socket
+    import time
+    torch.manual_seed(0)
+    tok = ByteTokenizer()
+    model = mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny", vocab_size=tok.vocab_size)).eval()
+    server = make_server(model, tok, port=0, quiet=True, max_tokens_limit=10 ** 6)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        body = json.dumps({"prompt": "a", "max_tokens": 10 ** 6}).encode()
+        with socket.create_connection(("127.0.0.1", server.server_address[1])) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            time.sleep(0.5)  # generating now, for a million tokens
+        t0 = time.perf_counter()
+        status, out = post(url, {"prompt": "b", "max_tokens": 4})
+        assert status == 200 and time.perf_counter() - t0 < 20  # not after a million tokens
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_stream_decoder_lets_a_broken_character_go():
+    dec = ByteTokenizer().stream_decoder()
+    out = "".join(dec.push(0xFF) for _ in range(40))  # never a whole UTF-8 character
+    assert len(out) >= 30 and set(out) == {"\ufffd"}
