@@ -291,6 +291,11 @@ def make_server(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, mod
     """A server for `model` (call serve_forever(); port 0 picks a free port: server.server_address)."""
     completer = Completer(model, tokenizer, model_name, cuda_graph, max_tokens_limit)
     handler = type("MambakitHandler", (Handler,), {"completer": completer, "quiet": quiet})
-    server = ThreadingHTTPServer((host, port), handler)
+    server_class = _IPv6Server if ":" in host else ThreadingHTTPServer  # "::1", "::": an IPv6 address
+    server = server_class((host, port), handler)
     server.daemon_threads = True
     return server
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6

@@ -217,3 +217,19 @@ def test_stream_decoder_lets_a_broken_character_go():
     dec = ByteTokenizer().stream_decoder()
     out = "".join(dec.push(0xFF) for _ in range(40))  # never a whole UTF-8 character
     assert len(out) >= 30 and set(out) == {"\ufffd"}
+
+
+def test_an_ipv6_host_is_served():
+    tok = ByteTokenizer()
+    model = mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny", vocab_size=tok.vocab_size)).eval()
+    try:
+        server = make_server(model, tok, host="::1", port=0, quiet=True)
+    except OSError as err:  # a machine without IPv6 loopback
+        pytest.skip(f"no IPv6 loopback here: {err}")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{server.server_address[1]}/health", timeout=10) as resp:
+            assert json.loads(resp.read()) == {"status": "ok"}
+    finally:
+        server.shutdown()
+        server.server_close()

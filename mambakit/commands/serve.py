@@ -48,6 +48,7 @@ def run(args) -> int:
     except OSError as err:
         raise ValueError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
     host, port = server.server_address[:2]
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
     print(f"mambakit serve: {args.model} at http://{host}:{port} (POST /v1/completions; Ctrl-C stops)",
           file=sys.stderr, flush=True)
     try:
