@@ -128,8 +128,10 @@ def test_files_beside_the_weights_come_from_src(capsys, tmp_path):
     assert (tmp_path / "dst" / "tokenizer.json").read_text() == "b"  # SRC's wins over DST's
     assert (tmp_path / "dst" / "README.md").read_text() == "model card"  # DST's other files stay
     assert (tmp_path / "dst").stat().st_mode & 0o777 == 0o750  # and so does its mode
-    assert run(capsys, str(tmp_path / "a"), str(tmp_path / "a" / "hf"), "--to", "hf")[0] == 0  # inside SRC: fine
+    for _ in range(2):  # inside SRC: fine, and a second time it does not copy the first into itself
+        assert run(capsys, str(tmp_path / "a"), str(tmp_path / "a" / "hf"), "--to", "hf")[0] == 0
     assert (tmp_path / "a" / "hf" / "README.md").read_text() == "model card"
+    assert not (tmp_path / "a" / "hf" / "hf").exists()
 
 
 def test_load_names_auto_among_the_dtypes_it_takes():

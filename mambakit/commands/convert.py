@@ -62,15 +62,18 @@ def _check_destination(dst: Path, src: Path) -> None:
                              "folder (an existing checkpoint folder would be replaced)") from None
 
 
-def copy_other_files(src: Path, dst: Path, overwrite: bool = True) -> list[str]:
+def copy_other_files(src: Path, dst: Path, overwrite: bool = True, leave: Path | None = None) -> list[str]:
     """Copy the files and folders of SRC that are not its checkpoint (tokenizer, README, generation
-    config, ...) into DST (over DST's of the same name, unless not overwrite); -> their names."""
+    config, ...) into DST (over DST's of the same name, unless not overwrite); -> their names. `leave`:
+    a folder not to copy, nor any folder holding it (the conversion's own DST, when it is inside SRC)."""
     from ..convert.io import _checkpoint_files
     skip = _checkpoint_files(src) | {"config.json"}
     copied = []
     for item in sorted(src.iterdir()):
         target = dst / item.name
         if item.name in skip or item.name.startswith(".") or (target.exists() and not overwrite):
+            continue
+        if leave is not None and (item == leave or item in leave.parents):
             continue
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
@@ -118,7 +121,7 @@ def run(args) -> int:
             model.save(work, format=args.to)
         except ValueError as err:  # the library names save()'s argument; here it is the command's option
             raise ValueError(str(err).replace("format='native'", "--to native")) from err
-        copied = copy_other_files(src, work)
+        copied = copy_other_files(src, work, leave=dst)
         if dst.is_dir():  # DST's own other files stay, where SRC brings none of that name
             copy_other_files(dst, work, overwrite=False)
         os.chmod(work, dst.stat().st_mode & 0o7777 if dst.is_dir() else new_folder_mode())
