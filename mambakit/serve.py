@@ -37,7 +37,11 @@ FIELDS = {"prompt": (str, None), "max_tokens": (int, 16), "temperature": (_NUMBE
 
 
 class BadRequest(ValueError):
-    """A request the server refuses with status 400 (the message says why)."""
+    """A request the server refuses, with status 400 unless said otherwise (the message says why)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 def parse_request(body: bytes) -> dict:
@@ -196,6 +200,34 @@ class Handler(BaseHTTPRequestHandler):
         self._json(status, {"error": {"message": message, "type": "invalid_request_error" if status == 400 else
                                       "error", "code": status}})
 
+    def _body(self) -> bytes:
+        """The request body, by Content-Length or in chunks (Transfer-Encoding: chunked); at most MAX_BODY."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            body = b""
+            while True:
+                try:
+                    size = int(self.rfile.readline(64).split(b";")[0], 16)
+                except ValueError:
+                    raise BadRequest("a malformed chunk size in the chunked body") from None
+                if size == 0:
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):  # trailers
+                        pass
+                    return body
+                if size < 0 or len(body) + size > MAX_BODY:
+                    raise BadRequest(f"the body is over {MAX_BODY} bytes", status=413)
+                body += self.rfile.read(size)
+                self.rfile.readline(8)  # the CRLF after the chunk
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise BadRequest("a Content-Length header (or Transfer-Encoding: chunked) is required",
+                             status=411) from None
+        if length < 0:
+            raise BadRequest(f"Content-Length must be >= 0, got {length}")
+        if length > MAX_BODY:
+            raise BadRequest(f"the body is {length} bytes; at most {MAX_BODY}", status=413)
+        return self.rfile.read(length)
+
     def _not_allowed(self):
         allowed = "POST" if self.route == "/v1/completions" else "GET"
         self._error(405, f"{self.command} is not served on {self.route}; use {allowed}")
@@ -219,27 +251,19 @@ class Handler(BaseHTTPRequestHandler):
                         f"no POST on {self.path!r}; completions are POST /v1/completions")
             return
         try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self._error(411, "a Content-Length header is required")
-            return
-        if length < 0:
-            self._error(400, f"Content-Length must be >= 0, got {length}")
-            return
-        if length > MAX_BODY:
-            self._error(413, f"the body is {length} bytes; at most {MAX_BODY}")
-            return
-        try:
-            body = self.rfile.read(length)
+            body = self._body()
         except TimeoutError:
             self._error(408, f"the body did not arrive within {self.timeout} s")
+            return
+        except BadRequest as err:
+            self._error(err.status, str(err))
             return
         try:
             req = parse_request(body)
             pieces = self.completer.pieces(req)
             first = next(pieces)  # errors in the request surface here, before any byte is sent
         except BadRequest as err:
-            self._error(400, str(err))
+            self._error(err.status, str(err))
             return
         except Exception as err:  # noqa: BLE001 - the model failed: say so rather than drop the connection
             self._error(500, f"generation failed: {type(err).__name__}: {err}")

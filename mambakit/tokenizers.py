@@ -24,7 +24,8 @@ _EOS_GUESSES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
 
 def as_token_ids(ids, what: str = "token ids") -> list[int]:
     """An id, an iterable of ids (list, tuple, range, ...), or an integer tensor (flattened) or numpy
-    array -> a list of Python ints. Floats, bools, strings, None and nested lists are a ValueError naming what was given."""
+    array -> a list of Python ints. Floats, bools, strings, None and nested lists are a ValueError
+    naming what was given."""
     if isinstance(ids, torch.Tensor):
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
             raise ValueError(f"{what} must be integers, got a tensor of {ids.dtype}")

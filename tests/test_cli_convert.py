@@ -96,7 +96,8 @@ def test_a_lossy_write_is_reported(capsys, tmp_path, monkeypatch):
     assert run(capsys, str(tmp_path / "a"), str(tmp_path / "c"), "--no-check")[0] == 0
 
 
-@pytest.mark.parametrize("case,words", [("missing", "no such folder"), ("under_file", "is a file"), ("same", "the source folder"),
+@pytest.mark.parametrize("case,words", [("missing", "no such folder"), ("under_file", "is a file"),
+                                        ("same", "the source folder"),
                                         ("around", "around the source folder"), ("llama", "--to native"),
                                         ("dst_file", "is a file"), ("not_checkpoint", "not a checkpoint folder")])
 def test_bad_arguments_are_named(capsys, tmp_path, case, words):

@@ -187,6 +187,12 @@ def test_methods_paths_and_lengths(served):
     assert b" 405 " in _raw(url, b"PUT /v1/completions HTTP/1.1\r\nContent-Length: 0\r\n\r\n").split(b"\r\n")[0]
     assert b" 405 " in _raw(url, b"GET /v1/completions HTTP/1.1\r\n\r\n").split(b"\r\n")[0]
     assert b" 400 " in _raw(url, b"POST /v1/completions HTTP/1.1\r\nContent-Length: -1\r\n\r\n").split(b"\r\n")[0]
+    assert b" 411 " in _raw(url, b"POST /v1/completions HTTP/1.1\r\n\r\n").split(b"\r\n")[0]
+    body = json.dumps({"prompt": "Hello", "max_tokens": 3}).encode()
+    chunked = b"POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+        b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:7], body[7:])) + b"0\r\n\r\n"
+    reply = _raw(url, chunked)
+    assert b" 200 " in reply.split(b"\r\n")[0] and b'"completion_tokens": 3' in reply
     with urllib.request.urlopen(url + "/health/?probe=1", timeout=10) as resp:  # query and trailing slash
         assert json.loads(resp.read()) == {"status": "ok"}
 
