@@ -62,29 +62,6 @@ def _check_destination(dst: Path, src: Path) -> None:
                              "folder (an existing checkpoint folder would be replaced)") from None
 
 
-def copy_other_files(src: Path, dst: Path, overwrite: bool = True, leave: Path | None = None) -> list[str]:
-    """Copy the files and folders of SRC that are not its checkpoint (tokenizer, README, generation
-    config, ...) into DST (over DST's of the same name, unless not overwrite); -> their names. `leave`:
-    a folder not to copy, nor any folder holding it (the conversion's own DST, when it is inside SRC)."""
-    from ..convert.io import _checkpoint_files
-    skip = _checkpoint_files(src) | {"config.json"}
-    copied = []
-    for item in sorted(src.iterdir()):
-        target = dst / item.name
-        if item.name in skip or item.name.startswith(".") or (target.exists() and not overwrite):
-            continue
-        if leave is not None and (item == leave or item in leave.parents):
-            continue
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        if item.is_dir():
-            shutil.copytree(item, target, symlinks=True)
-        else:
-            shutil.copy2(item, target, follow_symlinks=False)
-        copied.append(item.name)
-    return copied
-
-
 def same_logits(model, folder: Path) -> tuple[bool, str]:
     """Read `folder` back in the model's dtype and run both on random tokens -> (bit for bit equal, detail)."""
     import torch
@@ -104,7 +81,7 @@ def same_logits(model, folder: Path) -> tuple[bool, str]:
 
 def run(args) -> int:
     import mambakit
-    from ..convert.io import new_folder_mode
+    from ..convert.io import copy_other_files, new_folder_mode
     # real paths: a link to a checkpoint folder converts into the folder it points to (as model.save)
     src, dst = Path(os.path.realpath(args.src)), Path(os.path.realpath(args.dst))
     if not src.exists():
@@ -121,9 +98,9 @@ def run(args) -> int:
             model.save(work, format=args.to)
         except ValueError as err:  # the library names save()'s argument; here it is the command's option
             raise ValueError(str(err).replace("format='native'", "--to native")) from err
-        copied = copy_other_files(src, work, leave=dst)
-        if dst.is_dir():  # DST's own other files stay, where SRC brings none of that name
-            copy_other_files(dst, work, overwrite=False)
+        copied = copy_other_files(src, work, overwrite=True, skip_hidden=True, leave=(dst,))
+        if dst.is_dir():  # DST's own other files stay, where SRC brings none of that name (as model.save)
+            copy_other_files(dst, work, link=True)
         os.chmod(work, dst.stat().st_mode & 0o7777 if dst.is_dir() else new_folder_mode())
         if not args.no_check:
             same, detail = same_logits(model, work)

@@ -6,6 +6,7 @@ name and renamed, so a crash never leaves a half-written checkpoint.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -183,6 +184,35 @@ def new_folder_mode() -> int:
     return 0o777 & ~mask
 
 
+def copy_other_files(src: Path, dst: Path, *, link: bool = False, overwrite: bool = False,
+                     skip_hidden: bool = False, leave=()) -> list[str]:
+    """Copy the files and folders of checkpoint folder `src` that are not its checkpoint (tokenizer,
+    README, ...) into `dst`; -> their names. link: hard links where the filesystem allows (for a
+    folder about to be dropped); overwrite: replace dst's items of the same name, else keep them;
+    skip_hidden: leave out .names (.git, caches); leave: folders not to copy, nor any folder holding one."""
+    skip = _checkpoint_files(src)
+    copy = _link_or_copy if link else functools.partial(shutil.copy2, follow_symlinks=False)
+    copied = []
+    for item in sorted(src.iterdir()):
+        target = dst / item.name
+        if item.name in skip or (skip_hidden and item.name.startswith(".")) or any(
+                item == p or item in p.parents for p in leave):
+            continue
+        if target.exists() or target.is_symlink():
+            if not overwrite:
+                continue
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        if item.is_dir() and not item.is_symlink():
+            shutil.copytree(item, target, symlinks=True, copy_function=copy)
+        else:
+            copy(item, target)
+        copied.append(item.name)
+    return copied
+
+
 def _link_or_copy(src, dst) -> None:
     if os.path.islink(src):
         os.symlink(os.readlink(src), dst)
@@ -218,14 +248,7 @@ def write_folder(path: Path, raw_config: dict, state: dict[str, torch.Tensor]) -
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
         if path.exists():
-            replaced = _checkpoint_files(path)
-            for item in path.iterdir():  # hard links (same filesystem): nothing is copied
-                if item.name in replaced:
-                    continue
-                if item.is_dir() and not item.is_symlink():
-                    shutil.copytree(item, tmp / item.name, symlinks=True, copy_function=_link_or_copy)
-                else:
-                    _link_or_copy(item, tmp / item.name)
+            copy_other_files(path, tmp, link=True)  # hard links (same filesystem): nothing is copied
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
             os.replace(tmp, path)
