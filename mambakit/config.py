@@ -106,6 +106,9 @@ class ModelConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
     s4d: S4DConfig = field(default_factory=S4DConfig)
+    # The special tokens a checkpoint's config names (bos_token_id, eos_token_id: an id or a list,
+    # pad_token_id), kept so that a conversion hands them on: the model itself never reads them.
+    token_ids: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for name, cls in _SUB_CONFIGS.items():
@@ -189,6 +192,7 @@ class ModelConfig:
                 raise ValueError(f"attention: rotary_fraction must be in [0, 1], got {a.rotary_fraction}")
             if not a.rope_theta > 0:
                 raise ValueError(f"attention: rope_theta must be > 0, got {a.rope_theta}")
+        check_token_ids(self.token_ids)
         if "-" in pattern and self.mlp.activation not in MLP_ACTIVATIONS:
             raise ValueError(f"mlp: activation must be one of {MLP_ACTIVATIONS}, got {self.mlp.activation!r}")
 
@@ -287,6 +291,26 @@ def check_annotated(obj, prefix: str, rules: dict, skip=()) -> None:
             continue
         if not rule[0](v):
             raise ValueError(f"{prefix}{f.name} must be {rule[1]}, got {v!r}")
+
+
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _is_token_id(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_token_ids(token_ids) -> None:
+    """ModelConfig.token_ids: a dict of TOKEN_ID_KEYS to ids >= 0 (eos_token_id may be a list of them)."""
+    if not isinstance(token_ids, dict):
+        raise ValueError(f"ModelConfig.token_ids must be a dict like {{'eos_token_id': 0}}, got {token_ids!r}")
+    for key, v in token_ids.items():
+        if key not in TOKEN_ID_KEYS:
+            raise _unknown_key_error("ModelConfig.token_ids", key, TOKEN_ID_KEYS)
+        ok = _is_token_id(v) or (key == "eos_token_id" and isinstance(v, list) and v and all(map(_is_token_id, v)))
+        if not ok:
+            what = "an id >= 0 or a non-empty list of them" if key == "eos_token_id" else "an id >= 0"
+            raise ValueError(f"ModelConfig.token_ids[{key!r}] must be {what}, got {v!r}")
 
 
 def _is_size(v) -> bool:

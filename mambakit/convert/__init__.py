@@ -10,10 +10,12 @@ Every key and shape is checked before a model is returned (see io.load_checked).
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 
 from ..placement import resolve_device, resolve_dtype
+from .common import read_token_ids
 from .io import CheckpointError, load_checked, read_config, read_weights, write_folder
 
 _FORMAT_MODULES = ["native", "hf_mamba", "hf_mamba2", "mamba_ssm", "hf_nemotron_h", "hf_llama"]
@@ -71,6 +73,8 @@ def load(path, dtype=None, device=None):
         what = f"missing field {err}" if isinstance(err, KeyError) else str(err)
         raise CheckpointError(f"{p}/config.json: cannot read this {fmt.NAME} checkpoint: {what}") from err
     assert isinstance(config, ModelConfig)
+    if fmt.NAME != "native":  # the other formats name their special tokens beside the model's fields
+        config = dataclasses.replace(config, token_ids=read_token_ids(raw))
     return load_checked(config, converted, p, dtype=dtype, device=device,
                         where=_tensor_namer(fmt, state, sources, converted))
 
@@ -115,6 +119,8 @@ def save(model, path, format: str = "native") -> None:
     else:
         raise ValueError(f"unknown checkpoint format {format!r}; expected 'native' or 'hf'")
     raw, state = fmt.from_mambakit(model)
+    if format == "hf":
+        raw.update(model.config.token_ids)  # as read from the checkpoint it came from, if any
     write_folder(path, raw, state)
 
 

@@ -73,6 +73,20 @@ def json_float(v) -> float:
     return float(v)
 
 
+def read_token_ids(raw: dict) -> dict:
+    """The special-token ids a transformers config.json names, for ModelConfig.token_ids. Unset ones
+    and ones it cannot hold (a -1 for "none") are left out: the model runs without them."""
+    from ..config import TOKEN_ID_KEYS, check_token_ids
+    out = {}
+    for key in TOKEN_ID_KEYS:
+        try:
+            check_token_ids({key: raw.get(key)})
+        except ValueError:
+            continue
+        out[key] = raw[key]
+    return out
+
+
 def check_silu(raw: dict) -> None:
     """transformers' Mamba and Mamba2 mixers apply config.hidden_act; mambakit's apply SiLU."""
     if raw.get("hidden_act", "silu") != "silu":

@@ -79,3 +79,19 @@ def test_save_hf_loads_in_transformers(case, tmp_path):
     ids = torch.randint(0, hf.config.vocab_size, (2, 21))
     with torch.no_grad():
         assert (back(ids).logits - hf(ids).logits).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("case", ["mamba", "mamba2-groups2"])
+def test_special_token_ids_survive_conversion(case, tmp_path):
+    # Mamba2Config's own defaults (bos 0, eos 2, pad 1) would replace the checkpoint's ids otherwise,
+    # and transformers' generate would stop at the wrong token.
+    hf = CASES[case]()
+    hf.config.bos_token_id, hf.config.eos_token_id, hf.config.pad_token_id = 3, [7, 9], -1  # -1: none
+    hf.save_pretrained(tmp_path / "a")
+    ours = mambakit.load(tmp_path / "a")
+    assert ours.config.token_ids == {"bos_token_id": 3, "eos_token_id": [7, 9]}
+    ours.save(tmp_path / "native")
+    assert mambakit.load(tmp_path / "native").config.token_ids == ours.config.token_ids
+    ours.save(tmp_path / "b", format="hf")
+    back = transformers.AutoConfig.from_pretrained(tmp_path / "b")
+    assert (back.bos_token_id, back.eos_token_id) == (3, [7, 9])
