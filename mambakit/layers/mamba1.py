@@ -59,7 +59,8 @@ class Mamba1Mixer(nn.Module):
         state = cache.layers[self.layer_idx] if cache is not None else None
         if state is not None and hidden.shape[1] == 1 and seq_idx is None:
             return self.step(hidden, state)
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (b, l, e) each
+        # the projections go through linear_module: on the CPU oneDNN's GEMM (the module call elsewhere)
+        x, z = linear_module(self.in_proj, hidden).chunk(2, dim=-1)  # (b, l, e) each
         conv_w = self.conv1d.weight.squeeze(1)  # (e, k)
         if state is None:
             x = ops.causal_conv1d(x, conv_w, self.conv1d.bias, "silu", seq_idx=seq_idx)
@@ -67,22 +68,22 @@ class Mamba1Mixer(nn.Module):
             x, conv_state = ops.causal_conv1d(x, conv_w, self.conv1d.bias, "silu", initial_state=state["conv"],
                                               seq_idx=seq_idx, return_final_state=True)
             state["conv"].copy_(conv_state)
-        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)  # (b, l, e); the bias goes in as delta_bias, in fp32
+        dt, B, C = torch.split(linear_module(self.x_proj, x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = cpu_kernels.onednn_linear(dt, self.dt_proj.weight)  # (b, l, e); the bias goes in as delta_bias, in fp32
         if self._cpu_kernels(hidden, seq_idx, None if state is None else state["ssm"]):
             # One compiled pass over the sequence (softplus, scan, skip, gate), the state advanced in
             # place and y written over x, which nothing reads after it: no fresh (b, l, e) pages.
             h = state["ssm"] if state is not None else x.new_zeros(x.shape[0], self.d_inner, self.d_state)
             y = cpu_kernels.selective_scan(x, dt, neg_exp_cached(self), B, C, h, D=self.D, z=z,
                                            delta_bias=self.dt_proj.bias, delta_softplus=True, out=x)
-            return self.out_proj(y)
+            return linear_module(self.out_proj, y)
         A = -torch.exp(self.A_log.float())  # (e, n)
         y, last = ops.selective_scan_fn(x, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
                                      delta_softplus=True, initial_state=None if state is None else state["ssm"],
                                      seq_idx=seq_idx)
         if state is not None:
             state["ssm"].copy_(last)
-        return self.out_proj(y)
+        return linear_module(self.out_proj, y)
 
     def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """One token for every sequence of the batch: O(1) in the length. hidden (b, 1, d)."""

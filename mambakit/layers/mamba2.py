@@ -72,7 +72,7 @@ class Mamba2Mixer(nn.Module):
             return self.step(hidden, state)
         b, l, _ = hidden.shape
         e, h, p, g, n = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
-        z, xBC, dt = self._split(self.in_proj(hidden))  # (b, l, e), (b, l, c), (b, l, h)
+        z, xBC, dt = self._split(linear_module(self.in_proj, hidden))  # (b, l, e), (b, l, c), (b, l, h)
         conv_w = self.conv1d.weight.squeeze(1)  # (c, k)
         if state is None:
             xBC = ops.causal_conv1d(xBC, conv_w, self.conv1d.bias, "silu", seq_idx=seq_idx)

@@ -292,13 +292,16 @@ LINEAR_MAX_ROWS = 4
 
 
 def linear(x, weight, bias=None, threads: int | None = None, max_rows: int = LINEAR_MAX_ROWS) -> torch.Tensor:
-    """F.linear(x, weight, bias) for decoding: x (..., in) with at most max_rows rows runs the C loop
-    (weight (out, in) read once at the machine's streaming rate, see linear_rows); anything else
-    (more rows, autograd, another dtype or device, a non-contiguous weight, a bias of another shape,
-    more than one thread asked of a build without OpenMP) runs F.linear."""
+    """F.linear(x, weight, bias) on the CPU's fastest path: x (..., in) with at most max_rows rows runs
+    the C loop (weight (out, in) read once at the machine's streaming rate, see linear_rows); more rows
+    of fp32 inference run oneDNN's GEMM (onednn_linear); anything else (autograd, another dtype or
+    device, a non-contiguous weight, a bias of another shape, more than one thread asked of a build
+    without OpenMP) runs F.linear."""
     rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
     threads = threads or torch.get_num_threads()
-    if (not x.is_cpu or not 0 < rows <= max_rows or weight.dim() != 2 or weight.shape[1] != x.shape[-1]
+    if rows > max_rows:
+        return onednn_linear(x, weight, bias)
+    if (not x.is_cpu or not 0 < rows or weight.dim() != 2 or weight.shape[1] != x.shape[-1]
             or not weight.is_contiguous()
             or (bias is not None and (bias.shape != weight.shape[:1] or not bias.is_contiguous()))
             or not usable(x, weight, bias) or (not _openmp and threads > 1)):
@@ -310,6 +313,42 @@ def linear(x, weight, bias=None, threads: int | None = None, max_rows: int = LIN
     _lib.linear_rows(rows, weight.shape[0], weight.shape[1], _ptr(x2), x2.stride(0), _ptr(weight), _ptr(bias),
                      _ptr(y), weight.shape[0], threads)
     return y
+
+
+def onednn_linear(x, weight, bias=None) -> torch.Tensor:
+    """F.linear(x, weight, bias) through oneDNN's GEMM for fp32 CPU inference, else F.linear itself.
+
+    torch's CPU wheels run F.linear on MKL's sgemm, which on the AMD EPYC (AVX-512) machines of this
+    project ran 1.26-1.77x slower than oneDNN (bundled with the same wheels) at mamba-130m's
+    projections, 5 to 1024 rows, 2 threads (benchmarks/cpu_gemm.py). Results differ from F.linear
+    by rounding only (another summation order). Off with MAMBAKIT_ONEDNN=0."""
+    if (_onednn_linear is None or not x.is_cpu or x.dtype != torch.float32 or weight.dtype != torch.float32
+            or weight.dim() != 2 or x.dim() < 2 or weight.shape[1] != x.shape[-1] or not x.numel()
+            or (bias is not None and (bias.dtype != torch.float32 or bias.shape != weight.shape[:1]))
+            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                             or (bias is not None and bias.requires_grad)))
+            or type(x) not in _PLAIN or type(weight) not in _PLAIN or _tracing_or_transformed()
+            or not _onednn_on()):
+        return torch.nn.functional.linear(x, weight, bias)
+    return _onednn_linear(x, weight, bias, "none", [], "")
+
+
+_onednn_linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+_onednn_state = None  # None: not checked yet; then whether the op exists, runs and agrees with F.linear
+
+
+def _onednn_on() -> bool:
+    global _onednn_state
+    if os.environ.get("MAMBAKIT_ONEDNN", "on").lower() in ("0", "off", "false", "no"):
+        return False
+    if _onednn_state is None:
+        try:  # a torch built without oneDNN, or one whose private op changed, keeps F.linear
+            a, w, bias = torch.randn(9, 24), torch.randn(5, 24), torch.randn(5)
+            _onednn_state = torch.backends.mkldnn.is_available() and torch.allclose(
+                _onednn_linear(a, w, bias, "none", [], ""), torch.nn.functional.linear(a, w, bias), atol=1e-5)
+        except Exception:  # noqa: BLE001 - any failure of a private op means: do not use it
+            _onednn_state = False
+    return _onednn_state
 
 
 def linear_module(module, x) -> torch.Tensor:
