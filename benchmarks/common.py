@@ -29,11 +29,22 @@ def best_of(fn, repeats: int = 3, warmup: int = 1) -> float:
     return min(times)
 
 
-def matmul_rate(size: int = 1536, repeats: int = 5) -> float:
-    """fp32 matmul FLOP/s of this machine with the current thread count."""
+def matmul_rates(size: int = 1536, repeats: int = 5) -> dict:
+    """fp32 matmul FLOP/s of this machine with the current thread count, by library: "mkl" as
+    torch.mm runs it (MKL's sgemm in torch's CPU wheels), "onednn" as mambakit's CPU inference runs
+    its projections (ops/cpu_kernels.onednn_linear; equal to "mkl" where that falls back to F.linear)."""
+    from mambakit.ops.cpu_kernels import onednn_linear
     a, b = torch.randn(size, size), torch.randn(size, size)
-    t = best_of(lambda: torch.mm(a, b), repeats, warmup=2)
-    return 2 * size ** 3 / t
+    flops = 2 * size ** 3
+    with torch.inference_mode():
+        return {"mkl": flops / best_of(lambda: torch.mm(a, b), repeats, warmup=2),
+                "onednn": flops / best_of(lambda: onednn_linear(a, b), repeats, warmup=2)}
+
+
+def matmul_rate(size: int = 1536, repeats: int = 5) -> float:
+    """The matmul floor's rate: the faster library of matmul_rates (a floor must not be beaten by
+    a library the measured code calls and the floor does not)."""
+    return max(matmul_rates(size, repeats).values())
 
 
 def matvec_bandwidths(rows: int = 32768, cols: int = 8192, repeats: int = 5) -> dict:

@@ -7,7 +7,9 @@ transformers, saved, and loaded into mambakit, so both run the same weights in t
 Prefill: one forward over l tokens that fills the cache. Decode: t greedy tokens after that prefill,
 timed from the first new token to the last (each token's time stamped as it comes out).
 Each figure is the best of --repeats runs. Floors are measured in the same run: prefill
-tokens/s <= matmul FLOP/s / (matmul FLOPs per token); decode tokens/s <= matrix-vector bytes/s /
+tokens/s <= matmul FLOP/s / (matmul FLOPs per token), the rate that of the faster of torch.mm (MKL)
+and oneDNN (which mambakit's projections run on since session 15: on this machine it is the faster,
+so the floor rose with it); decode tokens/s <= matrix-vector bytes/s /
 (weight bytes per token). Elementwise work (conv, scan, norms) is not in the FLOP count.
 
     python benchmarks/cpu_generation.py                   # both families, l 1024, t 128
@@ -26,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mambakit  # noqa: E402
-from common import best_of, machine_info, matmul_rate, matvec_bandwidths, write_result  # noqa: E402
+from common import best_of, machine_info, matmul_rates, matvec_bandwidths, write_result  # noqa: E402
 
 VOCAB = 50280
 
@@ -182,10 +184,13 @@ def measure_floors() -> dict:
     """The matmul rate (prefill floor) and the matrix-vector bytes/s (decode floor: the better of
     torch's and mambakit's products, common.matvec_bandwidths), printed."""
     rates = matvec_bandwidths()
-    floors = {"matmul_flop_s": matmul_rate(), "matvec_bytes_s": max(rates["torch"], rates["mambakit"] or 0.0),
+    mm = matmul_rates()
+    floors = {"matmul_flop_s": max(mm.values()), "matmul_flop_s_mkl": mm["mkl"], "matmul_flop_s_onednn": mm["onednn"],
+              "matvec_bytes_s": max(rates["torch"], rates["mambakit"] or 0.0),
               "matvec_bytes_s_torch": rates["torch"], "matvec_bytes_s_mambakit": rates["mambakit"],
               "read_bytes_s": rates["read"]}
-    print(f"floors: matmul {floors['matmul_flop_s'] / 1e9:.1f} GFLOP/s, matvec {floors['matvec_bytes_s'] / 1e9:.1f} GB/s "
+    print(f"floors: matmul {floors['matmul_flop_s'] / 1e9:.1f} GFLOP/s (torch.mm/MKL {mm['mkl'] / 1e9:.1f}, "
+          f"oneDNN {mm['onednn'] / 1e9:.1f}), matvec {floors['matvec_bytes_s'] / 1e9:.1f} GB/s "
           f"(torch {rates['torch'] / 1e9:.1f}, mambakit {(rates['mambakit'] or 0) / 1e9:.1f}, "
           f"plain read {rates['read'] / 1e9:.1f})")
     return floors

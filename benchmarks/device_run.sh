@@ -2,7 +2,7 @@
 # One device-machine session: the CUDA tests and the GPU benchmarks, each under its own time
 # limit, logs and JSON results packed into $OUT/results.tgz (the device tool returns few files).
 #   bash benchmarks/device_run.sh "tests kernels scan"      # stages, in order
-#   stages: tests scantests kernels scan profile train generation decodeprofile gemvtune gemvall gemvb4 gemvrows
+#   stages: tests scantests kernels scan profile train generation decodeprofile gemvtune gemvall gemvb4 gemvrows steps
 #   (scantests: only tests/gpu/test_selective_scan_triton.py, for a change to the Mamba-1 kernels;
 #    gemvtune: sweeps the fused decode GEMV's configs for the projections of a Mamba-2 and an MLP
 #    layer, then profiles whole decode steps at 1K and 64K with the defaults and with the best
@@ -14,7 +14,7 @@
 #    gemvb4: the tile sweep at 4 rows (session 13: the (2, 512, 2) tiles of the wide k 2048 forms re-read
 #    x from L2 twice the weights' bytes at 4 rows), then batch-4 steps with the defaults and the sweep's best;
 #    gemvrows: session 14's several-row tiles: their GPU tests, the one-row and new tiles at 2 and 4 rows,
-#    Mamba-2 1K steps at batch 2 (both tilings) and 4, the hybrid at 64K, batch 4)
+#    the hybrid at 64K, batch 4; steps: Mamba-2 1K steps at batch 1, 2 (default and one-row tiles) and 4)
 # TESTS_ARGS adds pytest arguments to the tests stage (e.g. --ignore=... after a gemvall); TESTS_PATHS
 # replaces its paths (default tests). In one process the whole CUDA suite needed more than one 10-minute
 # command (session 14: 131 of 201 tests in 540 s, in file order; with 8 workers not yet timed). To split
@@ -93,18 +93,20 @@ for s in ${1:-tests kernels scan}; do
                       -k "model_widths or config5"
                   stage gemv_rows_sweep 100 python benchmarks/gpu_gemv.py --rows 2,4 --sweep --out "$R/gemv_rows24" \
                       --configs "2,512,2;8,2048,8;4,256,2;16,256,4;4,512,4"
-                  # the one-row tiles at 2 rows (sessions 8-13's defaults), against session 14's defaults
-                  echo '{"8512,2048,2": [2, 512, 2], "2048,4096,2": [8, 2048, 8], "8192,2048,2": [2, 512, 2],
-                         "2048,8192,2": [8, 2048, 8], "2048,2048,2": [8, 2048, 8]}' > "$R/one_row_tiles_b2.json"
-                  for b in 2 4; do
-                      PYTHONPATH=. stage prof_1k_b${b}_default 30 python benchmarks/gpu_profile_decode.py \
-                          --out "$R/prof_1k_b${b}_default" --models mamba2 --batch $b --iters 10
-                  done
-                  PYTHONPATH=. stage prof_1k_b2_one_row_tiles 30 python benchmarks/gpu_profile_decode.py \
-                      --out "$R/prof_1k_b2_one_row_tiles" --models mamba2 --batch 2 --iters 10 \
-                      --gemv-configs "$R/one_row_tiles_b2.json"
+                  # then the steps stage: whole steps with these tiles and the one-row ones
                   PYTHONPATH=. stage prof_64k_b4_default 45 python benchmarks/gpu_profile_decode.py \
                       --out "$R/prof_64k_b4_default" --models hybrid --context 65536 --batch 4 --iters 10 ;;
+        steps) # session 14's last default tiles as whole Mamba-2 1K steps at batch 1, 2 and 4, and batch 2 with the
+               # one-row tiles (the comparison session 14's run could not make)
+               echo '{"8512,2048,2": [2, 512, 2], "2048,4096,2": [8, 2048, 8], "8192,2048,2": [2, 512, 2],
+                      "2048,8192,2": [8, 2048, 8], "2048,2048,2": [8, 2048, 8]}' > "$R/one_row_tiles_b2.json"
+               for b in 1 2 4; do
+                   PYTHONPATH=. stage prof_1k_b${b}_default 30 python benchmarks/gpu_profile_decode.py \
+                       --out "$R/prof_1k_b${b}_default" --models mamba2 --batch $b --iters 10
+               done
+               PYTHONPATH=. stage prof_1k_b2_one_row_tiles 30 python benchmarks/gpu_profile_decode.py \
+                   --out "$R/prof_1k_b2_one_row_tiles" --models mamba2 --batch 2 --iters 10 \
+                   --gemv-configs "$R/one_row_tiles_b2.json" ;;
         generation) PYTHONPATH=. stage generation "${GEN_S:-300}" python benchmarks/gpu_generation.py --out "$R" ${GEN_ARGS:-} ;;
     esac
 done

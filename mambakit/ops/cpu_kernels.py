@@ -318,10 +318,10 @@ def linear(x, weight, bias=None, threads: int | None = None, max_rows: int = LIN
 def onednn_linear(x, weight, bias=None) -> torch.Tensor:
     """F.linear(x, weight, bias) through oneDNN's GEMM for fp32 CPU inference, else F.linear itself.
 
-    torch's CPU wheels run F.linear on MKL's sgemm, which on the AMD EPYC (AVX-512) machines of this
-    project ran 1.26-1.77x slower than oneDNN (bundled with the same wheels) at mamba-130m's
-    projections, 5 to 1024 rows, 2 threads (benchmarks/cpu_gemm.py). Results differ from F.linear
-    by rounding only (another summation order). Off with MAMBAKIT_ONEDNN=0."""
+    torch's CPU wheels run F.linear on MKL's sgemm; oneDNN, bundled with the same wheels, was
+    1.12-1.74x faster at mamba-130m's projections (5 to 1024 rows) and its LM head on this project's
+    AMD EPYC (AVX-512), 2 threads (benchmarks/cpu_gemm.py, results/cpu_gemm-*-session15-*). Results
+    differ from F.linear by rounding only (another summation order). Off with MAMBAKIT_ONEDNN=0."""
     if (_onednn_linear is None or not x.is_cpu or x.dtype != torch.float32 or weight.dtype != torch.float32
             or weight.dim() != 2 or x.dim() < 2 or weight.shape[1] != x.shape[-1] or not x.numel()
             or (bias is not None and (bias.dtype != torch.float32 or bias.shape != weight.shape[:1]))
@@ -343,7 +343,7 @@ def _onednn_on() -> bool:
         return False
     if _onednn_state is None:
         try:  # a torch built without oneDNN, or one whose private op changed, keeps F.linear
-            a, w, bias = torch.randn(9, 24), torch.randn(5, 24), torch.randn(5)
+            a, w, bias = (torch.randn(*shape, device="cpu") for shape in ((9, 24), (5, 24), (5,)))
             _onednn_state = torch.backends.mkldnn.is_available() and torch.allclose(
                 _onednn_linear(a, w, bias, "none", [], ""), torch.nn.functional.linear(a, w, bias), atol=1e-5)
         except Exception:  # noqa: BLE001 - any failure of a private op means: do not use it

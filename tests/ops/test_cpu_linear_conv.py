@@ -90,13 +90,58 @@ def test_outputs_are_fp32_whatever_the_default_dtype():
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_linear_falls_back_to_torch(linear_calls):
-    """More rows, autograd, fp64, a strided weight or bias, no rows: F.linear itself, the same bits."""
-    g = torch.Generator().manual_seed(11)
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """oneDNN's GEMM calls (cpu_kernels.onednn_linear), recorded: x's shape each, then run."""
+    calls, fn = [], cpu_kernels._onednn_linear
+
+    def spy(x, *args):
+        calls.append(tuple(x.shape))
+        return fn(x, *args)
+
+    monkeypatch.setattr(cpu_kernels, "_onednn_linear", spy)
+    return calls
+
+
+def test_many_rows_run_onednn(onednn_calls, linear_calls, monkeypatch):
+    """More than LINEAR_MAX_ROWS rows of fp32 inference: oneDNN's GEMM, within rounding of F.linear,
+    for 2-d and 3-d x, with and without bias, x strided; MAMBAKIT_ONEDNN=0 gives F.linear's bits."""
+    if not cpu_kernels._onednn_on():
+        pytest.skip("this torch has no working oneDNN linear")
+    onednn_calls.clear()  # the first _onednn_on() checks the op with a call of its own
+    g = torch.Generator().manual_seed(13)
     w, b = torch.randn(19, 33, generator=g), torch.randn(19, generator=g)
     many = cpu_kernels.LINEAR_MAX_ROWS + 1
-    cases = [(torch.randn(many, 33, generator=g), w, b), (torch.randn(many, 1, 33, generator=g), w, None),
-             (torch.randn(2, 3, 33, generator=g), w, b),
+    cases = [(torch.randn(many, 33, generator=g), b), (torch.randn(2, 40, 33, generator=g), None),
+             (torch.randn(3, many, 66, generator=g)[..., ::2], b)]
+    with torch.no_grad():
+        for x, bias in cases:
+            torch.testing.assert_close(cpu_kernels.linear(x, w, bias), F.linear(x, w, bias), rtol=1e-5, atol=1e-5)
+        assert onednn_calls == [tuple(x.shape) for x, _ in cases] and not linear_calls
+        monkeypatch.setenv("MAMBAKIT_ONEDNN", "0")
+        x = cases[1][0]
+        assert torch.equal(cpu_kernels.linear(x, w), F.linear(x, w)) and len(onednn_calls) == len(cases)
+
+
+def test_many_rows_fall_back_to_torch(onednn_calls):
+    """Autograd, another dtype, a bias F.linear broadcasts, a fake tensor: F.linear, not oneDNN."""
+    g = torch.Generator().manual_seed(14)
+    x, w, b = torch.randn(2, 8, 33, generator=g), torch.randn(19, 33, generator=g), torch.randn(19, generator=g)
+    y = cpu_kernels.linear(x, w.clone().requires_grad_(True), b)
+    assert y.requires_grad and torch.equal(y.detach(), F.linear(x, w, b))
+    for args in ((x.double(), w.double(), b.double()), (x, w, torch.ones(1))):
+        assert torch.equal(cpu_kernels.linear(*args), F.linear(*args))
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with torch.no_grad(), FakeTensorMode():
+        assert cpu_kernels.linear(torch.empty(2, 8, 33), torch.empty(19, 33)).shape == (2, 8, 19)
+    assert not onednn_calls
+
+
+def test_linear_falls_back_to_torch(linear_calls):
+    """Autograd, fp64, a strided weight or bias, no rows: F.linear itself, the same bits."""
+    g = torch.Generator().manual_seed(11)
+    w, b = torch.randn(19, 33, generator=g), torch.randn(19, generator=g)
+    cases = [(torch.randn(2, 3, 33, generator=g).double(), w.double(), b.double()),
              (torch.randn(2, 33, generator=g).double(), w.double(), b.double()),
              (torch.randn(2, 33, generator=g), torch.randn(33, 19, generator=g).t(), b),  # weight.t()
              (torch.randn(2, 33, generator=g), w, torch.randn(38, generator=g)[::2]),
