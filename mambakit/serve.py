@@ -25,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 
+from .tokenizers import stream_text
+
 MAX_BODY = 1 << 20  # bytes of a request body
 MAX_STOPS, MAX_STOP_CHARS = 16, 256
 DEFAULT_MAX_TOKENS_LIMIT = 4096  # the most new tokens a request may ask for (make_server's max_tokens_limit)
@@ -128,39 +130,10 @@ class Completer:
                 tokens.close()  # also when the client left half-way: the decoder is freed
 
     def _text(self, tokens, ids, stops):
-        decoder = self.tokenizer.stream_decoder(prompt_ids=ids)
-        hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop string
-        text, sent, n, finish = "", 0, 0, "length"
-        eos = self.tokenizer.eos_token_id
-        cut = None
-        for token in tokens:
-            token_id = int(token[0])
-            n += 1
-            if token_id == eos:
-                finish = "stop"
-                break
-            start = max(0, len(text) - hold)
-            text += decoder.push(token_id)
-            cut = _first_stop(text, stops, start)
-            if cut is not None:
-                break
-            if len(text) - hold > sent:
-                yield text[sent:len(text) - hold], None, None
-                sent = len(text) - hold
-        if cut is None:  # the end (eos or max_tokens): what the decoder held back, then a last look for stops
-            start = max(0, len(text) - hold)
-            text += decoder.flush()
-            cut = _first_stop(text, stops, start)
-        if cut is not None:
-            text, finish = text[:cut], "stop"
-        usage = {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}
-        yield text[sent:], finish, usage
-
-
-def _first_stop(text: str, stops: list, start: int):
-    """Index of the earliest stop string in text[start:] (as an index into text), or None."""
-    found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
-    return min(found) if found else None
+        for piece, finish, n in stream_text(self.tokenizer, tokens, ids, stops, self.tokenizer.eos_token_id):
+            usage = None if finish is None else {"prompt_tokens": len(ids), "completion_tokens": n,
+                                                 "total_tokens": len(ids) + n}
+            yield piece, finish, usage
 
 
 class Handler(BaseHTTPRequestHandler):

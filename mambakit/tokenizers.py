@@ -129,6 +129,47 @@ class StreamDecoder:
         return text[len(before):]
 
 
+def stream_text(tokenizer: Tokenizer, tokens, prompt_ids=None, stops=(), eos_token_id=None):
+    """Text of a stream of new tokens (ints, or tensors of one id), cut at eos and at stop strings.
+
+    Yields (piece, None, n) while going, then (last piece, finish, n): finish "stop" when eos came
+    (not printed) or a stop string appeared (it and what follows are cut), else "length"; n is the
+    tokens read so far. A piece is held back while it could still be the start of a stop string, so
+    a stop string is never yielded, even one spread over several tokens. The stream is read no
+    further than the token that ends the text.
+    """
+    decoder = tokenizer.stream_decoder(prompt_ids=prompt_ids)
+    hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop string
+    text, sent, n, finish, cut = "", 0, 0, "length", None
+    for token in tokens:
+        token_id = int(token[0]) if isinstance(token, torch.Tensor) and token.dim() else int(token)
+        n += 1
+        if token_id == eos_token_id:
+            finish = "stop"
+            break
+        start = max(0, len(text) - hold)
+        text += decoder.push(token_id)
+        cut = _first_stop(text, stops, start)
+        if cut is not None:
+            break
+        if len(text) - hold > sent:
+            yield text[sent:len(text) - hold], None, n
+            sent = len(text) - hold
+    if cut is None:  # the end (eos or the last token): what the decoder held back, then a last look for stops
+        start = max(0, len(text) - hold)
+        text += decoder.flush()
+        cut = _first_stop(text, stops, start)
+    if cut is not None:
+        text, finish = text[:cut], "stop"
+    yield text[sent:], finish, n
+
+
+def _first_stop(text: str, stops, start: int):
+    """Index of the earliest stop string in text[start:] (as an index into text), or None."""
+    found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
 class ByteTokenizer(Tokenizer):
     """UTF-8 bytes as tokens: id = byte value, 256 ids, no special tokens, no files.
 

@@ -74,6 +74,7 @@ def test_zero_new_tokens(capsys):
     (["--model", "mamba2-tiny", "--prompt", ""], "no tokens"),
     (["--model", "mamba2-tinyy", "--prompt", "x"], "neither an existing folder nor a preset"),
     (["--model", "mamba2-tiny", "--prompt", "x", "--tokenizer", "/no/such/file.json"], "no tokenizer file"),
+    (["--model", "mamba2-tiny", "--prompt", "x", "--stop", ""], "--stop needs a non-empty text"),
 ])
 def test_bad_arguments_are_clear_errors(capsys, args, match):
     import re
@@ -120,3 +121,21 @@ def test_a_model_with_a_context_limit_caps_new_tokens(capsys, tmp_path):
     assert rc == 0 and "--max-new-tokens 64 capped at 11" in err and "decode 10 tokens" in err, err
     rc, _, err = run(capsys, "--model", str(tmp_path), "--prompt", "x" * 16, "--device", "cpu")
     assert rc == 2 and "the prompt is 16 tokens; this model reads at most 16 tokens" in err, err
+
+
+def test_stop_strings_end_the_text_without_being_printed(capsys, monkeypatch):
+    """A stop string spread over several tokens (bytes here) ends the text; the earliest of several wins,
+    and the stream is read no further than the token that completes it."""
+    import torch
+    read = []
+
+    def fake_stream(model, input_ids, max_new_tokens, **kw):
+        for t in " one, two. three".encode():
+            read.append(t)
+            yield torch.tensor([t])
+
+    monkeypatch.setattr(mambakit, "stream", fake_stream)
+    rc, out, err = run(capsys, "--model", "mamba2-tiny", "--prompt", "Hi", "--max-new-tokens", "16",
+                       "--stop", "three", "--stop", "two", "--device", "cpu")
+    assert rc == 0 and out == "Hi one, \n", out
+    assert bytes(read) == b" one, two" and "decode 8 tokens" in err

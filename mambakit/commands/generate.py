@@ -2,8 +2,9 @@
 
 No shape letters: the prompt is one row of token ids.
 
-The prompt is echoed, the continuation streamed to stdout as it is made, and a last line on
-stderr gives prefill and decode speed. A checkpoint folder brings its tokenizer.json when it has
+The prompt is echoed, the continuation streamed to stdout as it is made (up to eos or a --stop
+text, neither printed: tokenizers.stream_text, as the server's), and a last line on stderr gives
+prefill and decode speed. A checkpoint folder brings its tokenizer.json when it has
 one; a preset name builds a model with random weights and the byte tokenizer (the output is
 noise; it shows the machinery and the speed).
 """
@@ -15,6 +16,7 @@ import time
 
 from . import add_model_arguments
 from ..generation import DEFAULT_PREFILL_CHUNK
+from ..tokenizers import stream_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"prefill long prompts this many tokens at a time (default {DEFAULT_PREFILL_CHUNK}; "
                              "0: the whole prompt at once)")
     parser.add_argument("--cuda-graph", action="store_true", help="replay the decode step from a CUDA graph")
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                        help="end the text where TEXT appears (not printed); may be given several times")
 
 
 def _note(message: str) -> None:
@@ -52,6 +56,8 @@ def run(args) -> int:
 
     import mambakit
 
+    if any(not text for text in args.stop):
+        raise ValueError("--stop needs a non-empty text (an empty one would end the text before it starts)")
     model, tokenizer, device = _load(args, torch)
     if args.temperature == 0 and (args.top_k is not None or args.top_p is not None or args.min_p is not None):
         _note("--top-k, --top-p and --min-p shape sampling only; at --temperature 0 (greedy) they change nothing")
@@ -75,23 +81,28 @@ def run(args) -> int:
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
-    decoder = tokenizer.stream_decoder(prompt_ids=ids)
-    n, t_first = 0, None
-    t0 = time.perf_counter()
-    try:
-        for token in tokens:
-            token_id = int(token[0])  # waits for the GPU: the token exists now
+    t_first = None
+
+    def timed(stream):  # the time the first new token exists (int() waits for the GPU)
+        nonlocal t_first
+        for token in stream:
+            token_id = int(token[0])
             if t_first is None:
                 t_first = time.perf_counter()
-            n += 1
-            if token_id == tokenizer.eos_token_id:  # the end, not text: "<|endoftext|>" is not printed
-                break
-            out.write(decoder.push(token_id))
+            yield token_id
+
+    n = 0
+    t0 = time.perf_counter()
+    try:
+        for piece, _, n in stream_text(tokenizer, timed(tokens), ids, args.stop, tokenizer.eos_token_id):
+            out.write(piece)  # eos and the stop strings are the end, not text: never printed
             out.flush()
     except KeyboardInterrupt:
         _note("interrupted")
+    finally:
+        tokens.close()
     t_end = time.perf_counter()
-    out.write(decoder.flush() + "\n")
+    out.write("\n")
     out.flush()
     _report(len(ids), n, t0, t_first, t_end)
     return 0
