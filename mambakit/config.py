@@ -199,6 +199,8 @@ class ModelConfig:
     # --- serialization ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        if not d["token_ids"]:  # as configs written before the field: older mambakit reads them
+            del d["token_ids"]
         d["mamba2"]["dt_limit"] = [_finite_or_str(v) for v in self.mamba2.dt_limit]
         d["mamba2"]["A_init_range"] = list(self.mamba2.A_init_range)
         return d
@@ -301,15 +303,16 @@ def _is_token_id(v) -> bool:
 
 
 def check_token_ids(token_ids) -> None:
-    """ModelConfig.token_ids: a dict of TOKEN_ID_KEYS to ids >= 0 (eos_token_id may be a list of them)."""
+    """ModelConfig.token_ids: a dict of TOKEN_ID_KEYS to ids >= 0 (eos_token_id may be a list of them)
+    or None (the checkpoint's config has the key and sets no token: kept so that a writer says so too)."""
     if not isinstance(token_ids, dict):
         raise ValueError(f"ModelConfig.token_ids must be a dict like {{'eos_token_id': 0}}, got {token_ids!r}")
     for key, v in token_ids.items():
         if key not in TOKEN_ID_KEYS:
             raise _unknown_key_error("ModelConfig.token_ids", key, TOKEN_ID_KEYS)
-        ok = _is_token_id(v) or (key == "eos_token_id" and isinstance(v, list) and v and all(map(_is_token_id, v)))
+        ok = v is None or _is_token_id(v) or (key == "eos_token_id" and isinstance(v, list) and v and all(map(_is_token_id, v)))
         if not ok:
-            what = "an id >= 0 or a non-empty list of them" if key == "eos_token_id" else "an id >= 0"
+            what = "an id >= 0, a non-empty list of them or None" if key == "eos_token_id" else "an id >= 0 or None"
             raise ValueError(f"ModelConfig.token_ids[{key!r}] must be {what}, got {v!r}")
 
 

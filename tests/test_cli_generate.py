@@ -139,3 +139,8 @@ def test_stop_strings_end_the_text_without_being_printed(capsys, monkeypatch):
                        "--stop", "three", "--stop", "two", "--device", "cpu")
     assert rc == 0 and out == "Hi one, \n", out
     assert bytes(read) == b" one, two" and "decode 8 tokens" in err
+    # two stop strings completed by the same token: the one that starts first cuts
+    read.clear()
+    rc, out, _ = run(capsys, "--model", "mamba2-tiny", "--prompt", "Hi", "--max-new-tokens", "16",
+                     "--stop", "two", "--stop", "one, two", "--device", "cpu")
+    assert rc == 0 and out == "Hi \n", out

@@ -81,20 +81,20 @@ def run(args) -> int:
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
-    t_first = None
+    t_first, n = None, 0
 
-    def timed(stream):  # the time the first new token exists (int() waits for the GPU)
-        nonlocal t_first
+    def timed(stream):  # the time the first new token exists (int() waits for the GPU), and the count
+        nonlocal t_first, n
         for token in stream:
             token_id = int(token[0])
             if t_first is None:
                 t_first = time.perf_counter()
+            n += 1
             yield token_id
 
-    n = 0
     t0 = time.perf_counter()
     try:
-        for piece, _, n in stream_text(tokenizer, timed(tokens), ids, args.stop, tokenizer.eos_token_id):
+        for piece, _, _ in stream_text(tokenizer, timed(tokens), ids, args.stop, tokenizer.eos_token_id):
             out.write(piece)  # eos and the stop strings are the end, not text: never printed
             out.flush()
     except KeyboardInterrupt:

@@ -74,16 +74,20 @@ def json_float(v) -> float:
 
 
 def read_token_ids(raw: dict) -> dict:
-    """The special-token ids a transformers config.json names, for ModelConfig.token_ids. Unset ones
-    and ones it cannot hold (a -1 for "none") are left out: the model runs without them."""
+    """The special-token ids a transformers config.json names, for ModelConfig.token_ids: a key it
+    has but sets to none (null, or -1 as some configs write) is kept as None, so that a writer
+    states "none" too rather than leave the reader's class default; a malformed id is left out."""
     from ..config import TOKEN_ID_KEYS, check_token_ids
     out = {}
     for key in TOKEN_ID_KEYS:
+        if key not in raw:
+            continue
+        v = None if raw[key] is None or (isinstance(raw[key], int) and raw[key] < 0) else raw[key]
         try:
-            check_token_ids({key: raw.get(key)})
+            check_token_ids({key: v})
         except ValueError:
             continue
-        out[key] = raw[key]
+        out[key] = v
     return out
 
 

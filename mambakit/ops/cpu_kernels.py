@@ -11,9 +11,12 @@ pass each. Nothing is built at install: the first call compiles the C source (cp
 system's C compiler (well under a second) into a cache folder, and loads it through ctypes
 (which releases the GIL during a call). Without a compiler, or with MAMBAKIT_CPU_KERNELS=off,
 `available()` is False and every caller keeps its PyTorch path. fp32 only, no autograd.
+Projections of more rows than the decode loop takes run on oneDNN's GEMM (onednn_linear), a
+torch op, with a switch of its own (MAMBAKIT_ONEDNN=0).
 
 The math is that of the reference tiers: softplus(x) = log1p(exp(x)) (x below 20), A < 0,
-exp in single precision (a Cephes polynomial, ~1 ulp, exactly 0 below -87).
+exp in single precision (a Cephes polynomial, ~1 ulp, exactly 0 below -87; on AVX-512 the Mamba-1
+prefill scan's exp2-based vexp16, ~1.1 ulp).
 """
 from __future__ import annotations
 
@@ -148,16 +151,28 @@ _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
-def usable(*tensors) -> bool:
-    """available(), and every tensor given (None skipped) is a plain fp32 CPU tensor needing no
-    gradient (no subclass: a wrapper such as a quantized weight or DTensor has no plain memory), and
-    nothing traces or transforms the call."""
+def plain_inference(*tensors) -> bool:
+    """Every tensor given (None skipped) is a plain fp32 CPU tensor needing no gradient (no subclass:
+    a wrapper such as a quantized weight or DTensor has no plain memory), CPU autocast is off (it
+    would want another output dtype), and nothing traces or transforms the call."""
     grad = torch.is_grad_enabled()
     for t in tensors:  # is_cpu, not device.type: this runs a few times per layer and token
         if t is not None and (t.dtype != torch.float32 or not t.is_cpu or (grad and t.requires_grad)
                               or type(t) not in _PLAIN):
             return False
-    return available() and not _tracing_or_transformed()
+    return not _cpu_autocast() and not _tracing_or_transformed()
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # a torch before 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def usable(*tensors) -> bool:
+    """available() (the C kernels are built and on) and plain_inference(*tensors)."""
+    return plain_inference(*tensors) and available()
 
 
 def _empty(*shape) -> torch.Tensor:
@@ -321,15 +336,12 @@ def onednn_linear(x, weight, bias=None) -> torch.Tensor:
     torch's CPU wheels run F.linear on MKL's sgemm; oneDNN, bundled with the same wheels, was
     1.12-1.74x faster at mamba-130m's projections (5 to 1024 rows) and its LM head on this project's
     AMD EPYC (AVX-512), 2 threads (benchmarks/cpu_gemm.py, results/cpu_gemm-*-session15-*). Results
-    differ from F.linear by rounding only (another summation order). Off with MAMBAKIT_ONEDNN=0."""
-    if (_onednn_linear is None or not x.is_cpu or x.dtype != torch.float32 or weight.dtype != torch.float32
-            or weight.dim() != 2 or x.dim() < 2 or weight.shape[1] != x.shape[-1] or not x.numel()
-            or (bias is not None and (bias.dtype != torch.float32 or bias.shape != weight.shape[:1]))
-            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                             or (bias is not None and bias.requires_grad)))
-            or type(x) not in _PLAIN or type(weight) not in _PLAIN or _tracing_or_transformed()
-            or not _onednn_on()):
-        return torch.nn.functional.linear(x, weight, bias)
+    differ from F.linear by rounding only (another summation order). Off with MAMBAKIT_ONEDNN=0 or
+    torch.backends.mkldnn.enabled = False."""
+    if (_onednn_linear is None or weight.dim() != 2 or x.dim() < 2 or weight.shape[1] != x.shape[-1]
+            or not x.numel() or (bias is not None and (bias.shape != weight.shape[:1] or not bias.is_contiguous()))
+            or not plain_inference(x, weight, bias) or not _onednn_on()):
+        return torch.nn.functional.linear(x, weight, bias)  # (oneDNN reads a bias as if contiguous)
     return _onednn_linear(x, weight, bias, "none", [], "")
 
 
@@ -339,13 +351,18 @@ _onednn_state = None  # None: not checked yet; then whether the op exists, runs 
 
 def _onednn_on() -> bool:
     global _onednn_state
-    if os.environ.get("MAMBAKIT_ONEDNN", "on").lower() in ("0", "off", "false", "no"):
+    if os.environ.get("MAMBAKIT_ONEDNN", "on").lower() in ("0", "off", "false", "no") \
+            or not torch.backends.mkldnn.enabled:
         return False
     if _onednn_state is None:
         try:  # a torch built without oneDNN, or one whose private op changed, keeps F.linear
-            a, w, bias = (torch.randn(*shape, device="cpu") for shape in ((9, 24), (5, 24), (5,)))
-            _onednn_state = torch.backends.mkldnn.is_available() and torch.allclose(
-                _onednn_linear(a, w, bias, "none", [], ""), torch.nn.functional.linear(a, w, bias), atol=1e-5)
+            # fixed values (not the caller's random stream), fp32 whatever the default dtype
+            a = torch.linspace(-1, 1, 9 * 24, dtype=torch.float32, device="cpu").view(9, 24)
+            w = torch.linspace(1, -2, 5 * 24, dtype=torch.float32, device="cpu").view(5, 24)
+            bias = torch.arange(5, dtype=torch.float32, device="cpu")
+            with torch.no_grad(), torch.autocast("cpu", enabled=False):
+                _onednn_state = torch.backends.mkldnn.is_available() and torch.allclose(
+                    _onednn_linear(a, w, bias, "none", [], ""), torch.nn.functional.linear(a, w, bias), atol=1e-5)
         except Exception:  # noqa: BLE001 - any failure of a private op means: do not use it
             _onednn_state = False
     return _onednn_state
@@ -354,8 +371,10 @@ def _onednn_on() -> bool:
 def linear_module(module, x) -> torch.Tensor:
     """module(x) for an nn.Linear through linear() (the C loop when decoding); any other module, or
     one with forward hooks (adapters, probes, global hooks) or a patched forward, is called as it is,
-    and so is every call on another device (the GPU's training and decoding keep their module call)."""
-    if x.is_cpu and is_plain_linear(module):
+    and so is every call on another device (the GPU's training and decoding keep their module call)
+    and every call autograd records (a module's backward hooks then fire as they would)."""
+    if x.is_cpu and is_plain_linear(module) and not (torch.is_grad_enabled() and (
+            x.requires_grad or module.weight.requires_grad)):
         return linear(x, module.weight, module.bias)
     return module(x)
 

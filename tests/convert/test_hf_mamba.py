@@ -89,9 +89,10 @@ def test_special_token_ids_survive_conversion(case, tmp_path):
     hf.config.bos_token_id, hf.config.eos_token_id, hf.config.pad_token_id = 3, [7, 9], -1  # -1: none
     hf.save_pretrained(tmp_path / "a")
     ours = mambakit.load(tmp_path / "a")
-    assert ours.config.token_ids == {"bos_token_id": 3, "eos_token_id": [7, 9]}
+    assert ours.config.token_ids == {"bos_token_id": 3, "eos_token_id": [7, 9], "pad_token_id": None}
     ours.save(tmp_path / "native")
     assert mambakit.load(tmp_path / "native").config.token_ids == ours.config.token_ids
     ours.save(tmp_path / "b", format="hf")
     back = transformers.AutoConfig.from_pretrained(tmp_path / "b")
-    assert (back.bos_token_id, back.eos_token_id) == (3, [7, 9])
+    # "no pad token" stays none, not the class default (Mamba2Config: 1)
+    assert (back.bos_token_id, back.eos_token_id, back.pad_token_id) == (3, [7, 9], None)

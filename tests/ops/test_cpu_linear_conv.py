@@ -129,12 +129,44 @@ def test_many_rows_fall_back_to_torch(onednn_calls):
     x, w, b = torch.randn(2, 8, 33, generator=g), torch.randn(19, 33, generator=g), torch.randn(19, generator=g)
     y = cpu_kernels.linear(x, w.clone().requires_grad_(True), b)
     assert y.requires_grad and torch.equal(y.detach(), F.linear(x, w, b))
-    for args in ((x.double(), w.double(), b.double()), (x, w, torch.ones(1))):
+    # oneDNN would read a strided or expanded bias as if it were contiguous
+    for args in ((x.double(), w.double(), b.double()), (x, w, torch.ones(1)), (x, w, torch.arange(38.0)[::2]),
+                 (x, w, torch.tensor([5.0]).expand(19))):
         assert torch.equal(cpu_kernels.linear(*args), F.linear(*args))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's dtype, as F.linear
+        assert cpu_kernels.linear(x, w, b).dtype == torch.bfloat16
     from torch._subclasses.fake_tensor import FakeTensorMode
     with torch.no_grad(), FakeTensorMode():
         assert cpu_kernels.linear(torch.empty(2, 8, 33), torch.empty(19, 33)).shape == (2, 8, 19)
     assert not onednn_calls
+
+
+def test_onednn_check_leaves_the_random_stream_and_the_caller_context_alone(monkeypatch):
+    """The first oneDNN call checks the op on fixed values: the global random stream is untouched,
+    and a float64 default dtype at that moment does not switch oneDNN off for the process."""
+    monkeypatch.setattr(cpu_kernels, "_onednn_state", None)
+    x, w = torch.randn(8, 16, dtype=torch.float32), torch.randn(4, 16, dtype=torch.float32)
+    torch.manual_seed(5)
+    want = torch.rand(3)
+    torch.manual_seed(5)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            cpu_kernels.onednn_linear(x, w)
+    finally:
+        torch.set_default_dtype(default)
+    assert torch.equal(torch.rand(3), want)
+    assert cpu_kernels._onednn_state is torch.backends.mkldnn.is_available()
+
+
+def test_training_calls_the_module_so_its_backward_hooks_fire():
+    model = mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny")).train()
+    fired = []
+    proj = model.layers[0].mixer.in_proj
+    proj.register_full_backward_hook(lambda *a: fired.append("in_proj"))
+    model(torch.randint(0, 100, (1, 12))).sum().backward()
+    assert fired == ["in_proj"]
 
 
 def test_linear_falls_back_to_torch(linear_calls):
