@@ -17,10 +17,8 @@
 #    the hybrid at 64K, batch 4; steps: Mamba-2 1K steps at batch 1, 2 (default and one-row tiles) and 4)
 # TESTS_ARGS adds pytest arguments to the tests stage (e.g. --ignore=... after a gemvall); TESTS_PATHS
 # replaces its paths (default tests). In one process the whole CUDA suite needed more than one 10-minute
-# command (session 14: 131 of 201 tests in 540 s, in file order; with 8 workers not yet timed). To split
-# it: TESTS_PATHS="tests/gpu/test_fused_gemv.py tests/gpu/test_graphs_attention.py
-# tests/gpu/test_layers_triton.py tests/gpu/test_norm_cast.py", then
-# TESTS_PATHS=tests/gpu/test_selective_scan_triton.py, then TESTS_PATHS="tests/gpu/test_ssd_triton.py tests/train".
+# command (session 14: 131 of 201 tests in 540 s); with the 8 workers below all 232 ran in 156 s
+# (session 15), so one command holds it and the split (TESTS_PATHS) is for a single file's rerun.
 # Measured on an H100 (session 2): the whole CUDA suite needs more than 210 s (compiles included),
 # kernels --sweep --warm ~235 s, scan --quick ~30 s, train (3 models x 2 backends) over 180 s.
 # Each device command may run 10 minutes: split the stages over two or three commands.
@@ -47,7 +45,7 @@ stage() {  # name, seconds, command...
 }
 for s in ${1:-tests kernels scan}; do
     case $s in
-        tests) stage tests "${TESTS_S:-420}" python -m pytest -q -m cuda ${TESTS_PATHS:-tests} $XDIST ${TESTS_ARGS:-} -p no:cacheprovider -rfE --durations=15 ;;
+        tests) stage tests "${TESTS_S:-420}" python -m pytest -q -m cuda ${TESTS_PATHS:-tests} $XDIST ${TESTS_ARGS:-} -p no:cacheprovider -rfEs --durations=15 ;;
         scantests) stage scantests "${TESTS_S:-300}" python -m pytest -q tests/gpu/test_selective_scan_triton.py -p no:cacheprovider -rfE ;;
         kernels) stage kernels "${KERNELS_S:-240}" python benchmarks/gpu_kernels.py --sweep --warm --out "$R" ;;
         scan) stage scan "${SCAN_S:-120}" python benchmarks/gpu_selective_scan.py --quick --out "$R" ;;
