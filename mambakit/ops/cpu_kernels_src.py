@@ -148,9 +148,9 @@ static void scan1_channels16(float *restrict h, const float *restrict A, const f
 /* Many steps over blocks of SB channels: the block's state stays in registers along a chunk of
    up to ST steps (one state at a time, time inside), and the chunk's dt, dt u and outputs sit in
    arrays of ST x SB floats that L1 holds; the lanes path below reloads the (n, w) state from L2 at
-   every step. The scan is bound by its exps, not by those loads: the blocks alone were no faster,
-   the blocks with vexp16 took 4.7-5.5 ms against the lanes' 6.9-8.1 (e 1536, n 16, l 1024,
-   2 threads; benchmarks/results/cpu_scan-cpu-2026-12-07-session15-before-after.json). */
+   every step. The scan is bound by its exps, not by those loads: the blocks alone were no faster;
+   with vexp16 a call took 6.48 ms (median of 30) against the lanes' 8.16, alternating in one process
+   (e 1536, n 16, l 1024, 2 threads; benchmarks/results/cpu_scan-cpu-2026-12-07-session15-before-after.json). */
 #define SB 16
 #define ST 64
 static void scan1_blocks(const scan1_t *a, i64 e0, i64 e1) {
