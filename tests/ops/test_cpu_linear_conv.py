@@ -437,3 +437,17 @@ def test_decode_steps_apply_adapters_on_the_projections(case, kernels, monkeypat
         steps = [model(ids[:, :6], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(6, 9)]
         full = model(ids)
     assert (torch.cat(steps, 1) - full).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("preset", ["mamba-tiny", "mamba2-tiny"])
+def test_cpu_autocast_runs_the_torch_paths(preset):
+    """Under CPU autocast the fp32-only kernels stand aside (the Mamba-1 scan had refused the bf16
+    conv output): the logits come out in bf16, near the fp32 ones."""
+    model = mambakit.LM(mambakit.ModelConfig.from_preset(preset)).eval()
+    ids = torch.randint(0, 100, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(ids)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - ref).abs().max() <= 0.05 * ref.abs().max()
