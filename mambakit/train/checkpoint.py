@@ -5,13 +5,15 @@ No shape letters: this file moves state dicts.
 A checkpoint is the folder RUN_DIR/checkpoints/step-NNNNNNN (N = optimizer steps done) holding
   config.json, model.safetensors   the model in mambakit's native format (mambakit.load reads it)
   optimizer.pt                     the full optimizer state, keyed by parameter name
-  trainer.pt                       step, samples consumed (the data position), scheduler, config
+  trainer.pt                       step, samples consumed (the data position), scheduler, config,
+                                   elapsed_s (wall time of the run so far)
   rng-rank{r}.pt                   every RNG state of rank r (python, numpy, torch, cuda)
   manifest.json                    sha256 of each file above; written last
 Everything is written into `.tmp-step-NNNNNNN` and renamed into place, so a folder named step-*
 is complete; a crash mid-write leaves only a .tmp-* folder, which is never read and is removed by
 the next save. On resume every file is checked against the manifest: a damaged checkpoint is a
-CheckpointError naming the file, never a half-restored run.
+CheckpointError naming the file, never a half-restored run. Resuming from an older checkpoint moves
+the newer step-* folders into checkpoints/abandoned-after-step-NNNNNNN/ (set_aside_newer).
 """
 from __future__ import annotations
 
@@ -124,7 +126,10 @@ def write_manifest(tmp: Path, step: int) -> None:
 
 
 def commit(run_dir, step: int, keep_last: int) -> Path:
-    """Rank 0: manifest, rename into place, drop all but the newest `keep_last`."""
+    """Rank 0: manifest, rename into place, drop all but the newest `keep_last`.
+
+    Only the step-* folders directly in checkpoints/ count and are pruned: an abandoned-after-step-*
+    folder (see set_aside_newer) is the user's to keep or delete."""
     tmp, final = tmp_dir(run_dir, step), final_dir(run_dir, step)
     write_manifest(tmp, step)
     if final.exists():  # the same step saved again (e.g. a rerun): replace it whole
@@ -133,6 +138,28 @@ def commit(run_dir, step: int, keep_last: int) -> Path:
     for _, old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def set_aside_newer(run_dir, step: int) -> tuple[Path | None, list[int]]:
+    """Rank 0, on resuming from `step`: move the step-* folders past it (the branch the resume abandons)
+    into checkpoints/abandoned-after-step-NNNNNNN/ (-2, -3, ... when that name is taken); return that
+    folder (None when there was nothing newer) and the steps moved.
+
+    Left in place they would be the newest step-* folders: a later --resume would go back to the
+    abandoned branch, whose metrics rows the resume has already dropped, and keep_last would prune
+    the new branch's checkpoints before them. Moved, not deleted: they are the user's data."""
+    newer = [(s, p) for s, p in list_checkpoints(run_dir) if s > step]
+    if not newer:
+        return None, []
+    root = checkpoints_root(run_dir)
+    dest, k = root / f"abandoned-after-step-{step:07d}", 1
+    while dest.exists():
+        k += 1
+        dest = root / f"abandoned-after-step-{step:07d}-{k}"
+    dest.mkdir()
+    for _, p in newer:
+        os.replace(p, dest / p.name)
+    return dest, [s for s, _ in newer]
 
 
 # --- reading ----------------------------------------------------------------------------------------

@@ -189,6 +189,52 @@ class TrainConfig:
         return ModelConfig.from_dict(merged)
 
 
+# --- resume ---------------------------------------------------------------------------------------------
+# Keys that decide which rows of the same data are trained on, in which order, and which are held
+# out. The data position of a checkpoint is a count of samples consumed in the run's own order, so
+# changing one of these on resume would repeat or skip rows, or (val_fraction) move trained-on tokens
+# into validation: refused. seq_len: rows are cut anew, so sample k is another row; seed: another
+# permutation of the rows (and other task examples and task validation rows); tokenizer: every token.
+RESUME_REFUSED = ("seed", "train.seq_len", "data.val_fraction", "data.tokenizer")
+# Keys that choose the data itself. Continuing on more or other data is a legitimate use of --resume,
+# so these only warn, and only when the data really differs (the token file's key changed: a path
+# spelled another way reads the same files).
+RESUME_DATA = ("data.path", "data.extensions", "data.exclude", "data.text_field", "data.task", "data.task_params")
+# Same rows and split, other document boundaries inside the rows: safe for the data position, but it
+# changes what the model is taught, so it is named.
+RESUME_WARNED = ("data.pack",)
+
+
+def diff_dicts(old: dict, new: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every leaf that differs; a key missing on one side reads as None."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff_dicts(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def format_changes(changes) -> str:
+    return ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes)
+
+
+def resume_changes(saved: dict, cfg: "TrainConfig", keys) -> list[tuple[str, Any, Any]]:
+    """Which of `keys` (dotted) differ between a checkpoint's saved config and this one. A key the
+    saved config lacks (written before the key existed) is not compared."""
+    missing, now, out = object(), cfg.to_dict(), []
+    for key in keys:
+        old, new = saved, now
+        for part in key.split("."):
+            old = old.get(part, missing) if isinstance(old, dict) else missing
+            new = new.get(part, missing) if isinstance(new, dict) else missing
+        if old is not missing and old != new:
+            out.append((key, old, new))
+    return out
+
+
 # --- key checking -------------------------------------------------------------------------------------
 def valid_keys() -> list[str]:
     """Every dotted key a config may set."""

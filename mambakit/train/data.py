@@ -303,12 +303,12 @@ class TrainData:
         self.val = PackedRows(tf, cut, tf.n_tokens, seq_len, pack, "validation") if cut < tf.n_tokens else None
         self.sampler = RowSampler(len(self.train), seed)
 
-    def step_batches(self, step: int, global_batch: int, micro: int, rank: int, world: int):
-        """The micro-batches of one optimizer step that this rank computes: samples
-        [step*B + rank*B/world, step*B + (rank+1)*B/world) split into runs of `micro`."""
+    def step_batches(self, first: int, global_batch: int, micro: int, rank: int, world: int):
+        """The micro-batches of one optimizer step that this rank computes, `first` being the samples
+        consumed before it (not the step: a run resumed with another train.batch_size must go on at the
+        next unseen sample): samples [first + rank*B/world, first + (rank+1)*B/world) in runs of `micro`."""
         per_rank = global_batch // world
-        first = step * global_batch + rank * per_rank
-        rows = self.sampler.rows(first, per_rank)
+        rows = self.sampler.rows(first + rank * per_rank, per_rank)
         return [self.train.batch(rows[i:i + micro]) for i in range(0, per_rank, micro)]
 
     def val_batches(self, n_rows: int, micro: int, rank: int, world: int):
@@ -324,9 +324,11 @@ class TrainData:
 
 
 class TaskData:
-    """A synthetic task of mambakit.tasks as training data: step s's global batch is generated from
-    the seed (seed, 0, s) and cut into the ranks' shares, validation from (seed, 1), so any number
-    of processes sees the same examples and a resumed run the same ones it would have seen."""
+    """A synthetic task of mambakit.tasks as training data: the global batch that starts at sample
+    `first` (samples consumed so far) is generated from the seed (seed, 0, first) and cut into the
+    ranks' shares, validation from (seed, 1), so any number of processes sees the same examples, a
+    resumed run the same ones it would have seen, and one resumed with another batch size never
+    reuses a seed of the batches it already trained on (the position only grows)."""
 
     def __init__(self, name: str, params: dict, seed: int):
         from ..tasks import get_task
@@ -339,9 +341,9 @@ class TaskData:
     def _rows(self, batch) -> dict:
         return {"input_ids": batch.input_ids, "targets": batch.targets}
 
-    def step_batches(self, step: int, global_batch: int, micro: int, rank: int, world: int):
+    def step_batches(self, first: int, global_batch: int, micro: int, rank: int, world: int):
         per_rank = global_batch // world
-        whole = self.task.generate(global_batch, seed=(self.seed, 0, step))
+        whole = self.task.generate(global_batch, seed=(self.seed, 0, first))
         mine = slice(rank * per_rank, (rank + 1) * per_rank)
         x, y = whole.input_ids[mine], whole.targets[mine]  # (b, l) each
         return [{"input_ids": x[i:i + micro], "targets": y[i:i + micro]} for i in range(0, per_rank, micro)]

@@ -6,7 +6,9 @@ Each line of RUN_DIR/metrics.jsonl is one JSON object with "step" (optimizer ste
 training fields (loss, lr, grad_norm, tokens, tokens_per_s, elapsed_s, and on CUDA max_mem_gib: the
 rank's peak allocated memory) or validation fields
 (val_loss, val_ppl). A resumed run first drops the lines past its checkpoint, so the file reads as
-one uninterrupted run.
+one uninterrupted run. A value that is not finite (a diverged loss, an infinite gradient norm) is
+written as the string "nan", "inf" or "-inf", so the file stays strict JSON; read_metrics turns
+these back into floats. elapsed_s is the run's wall time, carried over a resume by the checkpoint.
 """
 from __future__ import annotations
 
@@ -16,7 +18,17 @@ import os
 from pathlib import Path
 
 
+# MetricsLog.write stores these as strings (JSON has no NaN or infinity); every metric is a number,
+# so on reading they are numbers again: a plot then shows a gap, not a string axis.
+NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _number(value):
+    return NON_FINITE[value] if isinstance(value, str) and value in NON_FINITE else value
+
+
 def read_metrics(run_dir) -> list[dict]:
+    """The rows of RUN_DIR/metrics.jsonl, non-finite values as floats (nan, inf, -inf)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise ValueError(f"{path} does not exist; expected the folder of a training run (train's out_dir)")
@@ -25,11 +37,12 @@ def read_metrics(run_dir) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             if lineno == len(lines):
                 break  # a line cut short by a kill: the run wrote it last, ignore it
             raise ValueError(f"{path}:{lineno}: not valid JSON") from None
+        rows.append({k: _number(v) for k, v in row.items()} if isinstance(row, dict) else row)
     return rows
 
 

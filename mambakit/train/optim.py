@@ -49,19 +49,56 @@ def build_optimizer(model: nn.Module, cfg, no_decay: set[str]) -> torch.optim.Op
 
 
 class WarmupCosine:
-    """Multiplier of the peak learning rate at a step: linear 0 -> 1 over `warmup` steps, then a
-    cosine from 1 to `min_ratio` at `total` steps. A plain object, so LambdaLR saves its fields."""
+    """Multiplier of the peak learning rate for the optimizer step at index `step` (0-based: LambdaLR
+    calls it with 0 for the first step). A plain object, so LambdaLR saves its fields.
+
+    Warm-up: step index s < warmup trains at (s + 1) / warmup of the peak, so the warmup-th step
+    (index warmup - 1) is the first at the full rate and no step trains at 0. Then a cosine from 1
+    at index max(warmup - 1, 0) to `min_ratio` at index total - 1, the last step of the run; steps
+    past it (a run extended without a longer schedule) stay at `min_ratio`. warmup 0 and 1 are the
+    same schedule. When warmup >= total the run ends inside the warm-up, and a one-step run trains
+    at the peak: there is no span to decay over.
+    """
 
     def __init__(self, warmup: int, total: int, min_ratio: float):
         self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
-            return (step + 1) / (self.warmup + 1)
-        span = max(1, self.total - self.warmup)
-        progress = min(1.0, (step - self.warmup) / span)
+            return (step + 1) / self.warmup
+        peak, last = max(self.warmup - 1, 0), self.total - 1
+        if last <= peak:  # no cosine span: the peak until the end, min_ratio after it
+            return 1.0 if step <= peak else self.min_ratio
+        progress = min(1.0, (step - peak) / (last - peak))
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build_scheduler(optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
+
+
+def apply_config_on_resume(optimizer, scheduler, cfg, total_steps: int) -> list[str]:
+    """After loading a checkpoint's optimizer and scheduler state, make this config govern from here.
+
+    load_state_dict brings back the saved run's lr (base_lrs, initial_lr), weight decay, betas and eps,
+    so a changed `--optim.lr` would otherwise be silently ignored while config.toml shows it. The
+    moment estimates and the step count stay as saved; only the hyperparameters change. Returns
+    "optim.KEY OLD -> NEW" for each value that changed (empty when resuming with the same config).
+    cfg: OptimConfig. Groups as param_groups builds them: 0 decays, 1 never does.
+    """
+    groups = optimizer.param_groups
+    old = {"optim.lr": scheduler.base_lrs[0], "optim.weight_decay": groups[0]["weight_decay"],
+           "optim.betas": list(groups[0]["betas"]), "optim.eps": groups[0]["eps"]}
+    new = {"optim.lr": cfg.lr, "optim.weight_decay": cfg.weight_decay, "optim.betas": list(cfg.betas),
+           "optim.eps": cfg.eps}
+    scheduler.lr_lambdas = [WarmupCosine(cfg.warmup_steps, total_steps, cfg.min_lr_ratio) for _ in groups]
+    scheduler.base_lrs = [cfg.lr for _ in groups]
+    for i, (group, fn) in enumerate(zip(groups, scheduler.lr_lambdas)):
+        group["initial_lr"] = cfg.lr
+        group["lr"] = cfg.lr * fn(scheduler.last_epoch)  # the expression LambdaLR itself uses
+        group["betas"] = tuple(cfg.betas)
+        group["eps"] = cfg.eps
+        if i == 0:  # the no-decay group keeps 0: A_log, D, dt_bias, norms, embeddings are never decayed
+            group["weight_decay"] = cfg.weight_decay
+    scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr() reports until the next step
+    return [f"{k} {old[k]!r} -> {new[k]!r}" for k in old if old[k] != new[k]]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -23,10 +24,11 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .config import TrainConfig
+from .config import (RESUME_DATA, RESUME_REFUSED, RESUME_WARNED, TrainConfig, diff_dicts, format_changes,
+                     resume_changes)
 from .data import IGNORE_INDEX, TaskData, TrainData, get_tokenizer, prepare_tokens
 from .metrics import MetricsLog, Progress
-from .optim import WarmupCosine, build_optimizer, build_scheduler, no_decay_names
+from .optim import apply_config_on_resume, build_optimizer, build_scheduler, no_decay_names
 
 logger = logging.getLogger("mambakit.train")
 
@@ -88,6 +90,7 @@ class Trainer:
         self.autocast = (lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)) if bf16 \
             else contextlib.nullcontext
         self.step = self.samples = self.tokens = 0
+        self.elapsed_before, self._fit_start = 0.0, None  # wall time of the run before this process; fit's start
         if resume:
             self._resume(resume)
         elif ckpt.list_checkpoints(self.run_dir):
@@ -107,32 +110,76 @@ class Trainer:
         state = ckpt.read(path, self.dist.rank)
         saved = state["config"].get("model")
         if saved != self.model_config.to_dict():
-            raise ValueError(f"--resume: {path} holds a different model than this config describes; "
+            changed = diff_dicts(saved if isinstance(saved, dict) else {}, self.model_config.to_dict(), "model.")
+            raise ValueError(f"--resume: {path} holds a different model than this config describes "
+                             f"({format_changes(changed)}; checkpoint -> this config); "
                              "resume with the config the run started with")
+        trainer = state["trainer"]
+        self._check_config(path, trainer)
         model_state = dict(state["model_state"])
         if self.model_config.tie_embeddings:
             model_state["lm_head.weight"] = model_state["embedding.weight"]
         D.load_full_state(self.model, self.optimizer, model_state, state["optim_state"])
-        trainer = state["trainer"]
         self.scheduler.load_state_dict(trainer["scheduler"])
-        # load_state_dict restores the saved schedule's fields; this config's schedule governs from here
-        # (the same values when resuming an interrupted run, a longer cosine when extending train.steps).
-        o = self.cfg.optim
-        self.scheduler.lr_lambdas = [WarmupCosine(o.warmup_steps, self.cfg.train.steps, o.min_lr_ratio)
-                                     for _ in self.scheduler.lr_lambdas]
-        for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
-            group["lr"] = base * fn(self.scheduler.last_epoch)  # the expression LambdaLR itself uses
+        # Loading brought back the saved run's schedule, lr, weight decay, betas and eps; this config
+        # governs from here (the same values when resuming an interrupted run, a longer cosine when
+        # extending train.steps, the new values when the user changed them).
+        changed = apply_config_on_resume(self.optimizer, self.scheduler, self.cfg.optim, self.cfg.train.steps)
         self.step, self.samples = int(trainer["step"]), int(trainer["samples"])
         if self.step >= self.cfg.train.steps:
             raise ValueError(f"--resume: {path} is at step {self.step} and train.steps is {self.cfg.train.steps}: "
                              f"nothing to train; set train.steps above {self.step} to go on")
         self.tokens = int(trainer.get("tokens", 0))
-        if trainer.get("data_key") != self.data.key:
-            logger.warning("resuming on different data than the checkpoint was trained on (%s)", path)
+        self.elapsed_before = float(trainer.get("elapsed_s", 0.0))
         if state["rng"] is not None:
             ckpt.set_rng_state(state["rng"])
         if self.dist.is_main:
+            self._set_aside_abandoned_branch()
             print(f"resumed from {path} at step {self.step}", flush=True)
+            if changed:
+                print(f"resume: {', '.join(changed)}; the new values apply from step {self.step + 1} "
+                      "(AdamW's moment estimates are kept)", flush=True)
+        D.barrier(self.dist)
+
+    def _check_config(self, path: Path, trainer: dict) -> None:
+        """Refuse a resume whose config would change the split or the order of the data (the checkpoint's
+        sample count would then point at other rows); warn about other data and about data.pack."""
+        saved = trainer.get("config")
+        saved = saved if isinstance(saved, dict) else {}  # {}: a checkpoint without it; nothing to compare
+        refused = resume_changes(saved, self.cfg, RESUME_REFUSED)
+        if refused:
+            raise ValueError(f"--resume from {path}: {format_changes(refused)} (checkpoint -> this config) would "
+                             "change the split or the order of the data, in which the run's position (samples "
+                             "consumed) is counted: training rows would be repeated or skipped, or trained-on "
+                             "tokens moved into validation; resume with the checkpoint's values, or start a new "
+                             "run in another out_dir")
+        if trainer.get("data_key") != self.data.key:
+            changed = resume_changes(saved, self.cfg, RESUME_DATA)
+            why = f" ({format_changes(changed)})" if changed else " (the same settings, but the files changed)"
+            logger.warning("resuming on different data than the checkpoint was trained on%s: the sample "
+                           "position goes on in the new data, and its validation split is another one (%s)", why, path)
+        warned = resume_changes(saved, self.cfg, RESUME_WARNED)
+        if warned:
+            logger.warning("resuming with %s (checkpoint -> this config): the same rows, with other document "
+                           "boundaries inside them (%s)", format_changes(warned), path)
+
+    def _set_aside_abandoned_branch(self) -> None:
+        """Resuming from an older checkpoint abandons the steps after it: their step-* folders are moved
+        aside with a copy of the metrics log as it was, before MetricsLog drops the rows past this step."""
+        dest, steps = ckpt.set_aside_newer(self.run_dir, self.step)
+        if dest is None:
+            return
+        log = self.run_dir / "metrics.jsonl"
+        if log.is_file():
+            shutil.copy2(log, dest / "metrics.jsonl")
+        which = f"step {steps[0]}" if len(steps) == 1 else f"steps {', '.join(map(str, steps))}"
+        print(f"resume: the checkpoints of {which} belong to the branch this resume abandons; moved them "
+              f"to {dest}, with its metrics.jsonl (delete the folder when no longer needed)", flush=True)
+
+    def _elapsed(self) -> float:
+        """Wall time of the whole run: earlier processes (from the checkpoint) plus this one's fit so far."""
+        now = time.perf_counter()
+        return self.elapsed_before + (now - self._fit_start if self._fit_start is not None else 0.0)
 
     # --- one step -------------------------------------------------------------------------------------
     def _loss_sum(self, batch: dict) -> torch.Tensor:
@@ -145,7 +192,8 @@ class Trainer:
 
     def train_step(self) -> dict:
         t, info = self.cfg.train, self.dist
-        batches = self.data.step_batches(self.step, t.batch_size, self.micro, info.rank, info.world)
+        # the data position is the samples consumed, not the step: batch_size may differ on resume
+        batches = self.data.step_batches(self.samples, t.batch_size, self.micro, info.rank, info.world)
         local = sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in batches)
         n_targets = float(D.all_reduce_sum(torch.tensor(float(local), device=info.device), info))
         scale = info.world / max(n_targets, 1.0)
@@ -204,7 +252,8 @@ class Trainer:
         ckpt.write_rng(tmp, info.rank)
         if info.is_main:
             trainer = {"step": self.step, "samples": self.samples, "tokens": self.tokens,
-                       "scheduler": self.scheduler.state_dict(), "data_key": self.data.key, "world_size": info.world, "config": self.cfg.to_dict()}
+                       "scheduler": self.scheduler.state_dict(), "data_key": self.data.key, "world_size": info.world,
+                       "config": self.cfg.to_dict(), "elapsed_s": self._elapsed()}
             ckpt.write_main(tmp, self.model_config, model_state, optim_state, trainer)
         D.barrier(info)
         if info.is_main:
@@ -223,7 +272,8 @@ class Trainer:
             if val:
                 self.metrics.write({"step": 0, **val})
         # tokens/s counts training steps only: evaluations and checkpoints are not in the window
-        start, window_s, window_tokens = time.perf_counter(), 0.0, 0
+        # elapsed_s goes on from the checkpoint's: a resumed run's curve against wall time is one curve
+        self._fit_start, window_s, window_tokens = time.perf_counter(), 0.0, 0
         try:
             while self.step < t.steps:
                 t0 = time.perf_counter()
@@ -234,7 +284,8 @@ class Trainer:
                 tok_s = window_tokens / max(window_s, 1e-9)
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     last = {"step": self.step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
-                            "tokens": self.tokens, "tokens_per_s": tok_s, "elapsed_s": now - start}
+                            "tokens": self.tokens, "tokens_per_s": tok_s,
+                            "elapsed_s": self.elapsed_before + now - self._fit_start}
                     if info.device.type == "cuda":  # this rank's peak, so a sharded run shows its saving
                         last["max_mem_gib"] = torch.cuda.max_memory_allocated(info.device) / 2**30
                     self.metrics.write(last)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,20 @@ def test_train_on_a_synthetic_task(tmp_path, tiny_config):
     assert main(["train", path]) == 0
     model = mambakit.load(ckpt.latest_checkpoint(tmp_path / "run"))
     assert model.config.vocab_size == 64
+
+
+def test_non_finite_metrics_read_back_as_numbers(tmp_path):
+    from mambakit.train.metrics import MetricsLog, read_metrics
+    log = MetricsLog(tmp_path, True)
+    log.write({"step": 1, "loss": 2.0, "lr": 0.1, "grad_norm": 1.0})
+    log.write({"step": 2, "loss": float("nan"), "lr": 0.1, "grad_norm": float("inf")})
+    log.write({"step": 2, "val_loss": float("-inf"), "val_ppl": float("nan")})
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():  # strict JSON: no NaN literal
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    rows = read_metrics(tmp_path)
+    assert rows[0] == {"step": 1, "loss": 2.0, "lr": 0.1, "grad_norm": 1.0}
+    assert math.isnan(rows[1]["loss"]) and rows[1]["grad_norm"] == math.inf
+    assert rows[2]["val_loss"] == -math.inf and math.isnan(rows[2]["val_ppl"])
+    pytest.importorskip("matplotlib")
+    from mambakit.train.plot import plot_run
+    assert [p.name for p in plot_run(tmp_path)] == ["loss.png", "lr.png"]

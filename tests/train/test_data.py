@@ -130,9 +130,9 @@ def test_split_and_sampler(tmp_path, corpus):
 def test_rank_shards_cover_the_global_batch(tmp_path, corpus):
     tf = _prepare(tmp_path, corpus)
     data = D.TrainData(tf, seq_len=32, val_fraction=0.1, seed=0)
-    for step in (0, 7):
-        whole = torch.cat([b["input_ids"] for b in data.step_batches(step, 8, 2, rank=0, world=1)])
-        shards = [torch.cat([b["input_ids"] for b in data.step_batches(step, 8, 2, rank=r, world=2)]) for r in (0, 1)]
+    for first in (0, 56):  # samples consumed before the step: steps 0 and 7 of 8
+        whole = torch.cat([b["input_ids"] for b in data.step_batches(first, 8, 2, rank=0, world=1)])
+        shards = [torch.cat([b["input_ids"] for b in data.step_batches(first, 8, 2, rank=r, world=2)]) for r in (0, 1)]
         assert torch.equal(torch.cat(shards), whole)
     val = [data.val_batches(6, 2, r, 2) for r in (0, 1)]
     assert sum(b["input_ids"].shape[0] for v in val for b in v) == 6
@@ -140,10 +140,10 @@ def test_rank_shards_cover_the_global_batch(tmp_path, corpus):
 
 def test_task_data_is_sharded_like_one_process():
     data = D.TaskData("mqar", {"vocab_size": 64, "length": 32, "num_pairs": 4}, seed=0)
-    whole = data.step_batches(3, 8, 4, rank=0, world=1)
-    parts = [b for r in (0, 1) for b in data.step_batches(3, 8, 2, rank=r, world=2)]
+    whole = data.step_batches(24, 8, 4, rank=0, world=1)  # the batch after 24 samples (step 3 of 8)
+    parts = [b for r in (0, 1) for b in data.step_batches(24, 8, 2, rank=r, world=2)]
     assert torch.equal(torch.cat([b["targets"] for b in whole]), torch.cat([b["targets"] for b in parts]))
-    assert not torch.equal(whole[0]["input_ids"], data.step_batches(4, 8, 4, 0, 1)[0]["input_ids"])
+    assert not torch.equal(whole[0]["input_ids"], data.step_batches(32, 8, 4, 0, 1)[0]["input_ids"])
     assert (whole[0]["targets"] != D.IGNORE_INDEX).any()
 
 

@@ -35,17 +35,40 @@ def test_marked_parameter_gets_no_decay():
 
 
 def test_warmup_then_cosine():
+    # index s is the (s+1)-th optimizer step: the 4th step (index 3) is the first at the peak, the
+    # 20th and last (index 19) ends at min_ratio, and steps past the schedule stay there
     f = WarmupCosine(warmup=4, total=20, min_ratio=0.1)
     values = [f(s) for s in range(25)]
-    assert values[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
-    assert values[4] == pytest.approx(1.0) and values[20] == pytest.approx(0.1) and values[24] == pytest.approx(0.1)
-    assert values[12] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert all(a >= b for a, b in zip(values[4:], values[5:]))
+    assert values[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert values[19] == pytest.approx(0.1) and values[24] == pytest.approx(0.1) and values[18] > 0.1
+    assert values[11] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))  # half way: (11-3)/16
+    assert all(a > b for a, b in zip(values[3:19], values[4:20]))
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
     sched = build_scheduler(opt, OptimConfig(lr=1.0, warmup_steps=4, min_lr_ratio=0.1), 20)
+    seen = []
+    for _ in range(20):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx(values[:20])
+
+
+@pytest.mark.parametrize("warmup", [0, 1, 2])
+def test_the_steps_a_short_run_trains_at(warmup):
+    # 6 steps: the last one trains at lr * min_lr_ratio (it was 0.232 with warm-up 2), the warm-up's
+    # last step at the peak, and warm-up 0 and 1 both start at the peak
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=2.0)
+    sched = build_scheduler(opt, OptimConfig(lr=2.0, warmup_steps=warmup, min_lr_ratio=0.1), 6)
     seen = []
     for _ in range(6):
         seen.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert seen == pytest.approx(values[:6])
+    assert seen[-1] == pytest.approx(0.2) and max(seen) == pytest.approx(2.0)
+    assert seen[max(warmup - 1, 0)] == pytest.approx(2.0)
+    assert seen[:warmup] == pytest.approx([2.0 * (k + 1) / warmup for k in range(warmup)])
+
+
+def test_degenerate_schedules():
+    assert [WarmupCosine(0, 1, 0.1)(s) for s in (0, 1)] == [1.0, 0.1]  # one step: at the peak
+    assert [WarmupCosine(4, 3, 0.1)(s) for s in range(3)] == pytest.approx([0.25, 0.5, 0.75])  # ends in warm-up
