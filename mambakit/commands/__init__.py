@@ -13,3 +13,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
     parser.add_argument("--dtype", default="auto", type=str.lower, choices=["auto", *DTYPE_NAMES],
                         help="weights' dtype (default auto: bfloat16 on CUDA, float32 on CPU)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (argparse turns the error into its usage message and exit code 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {n}")
+    return n

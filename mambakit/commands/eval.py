@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import add_model_arguments
+from . import add_model_arguments, positive_int
 
 ACTIONS = ("perplexity", "choice", "needle", "harness")
 
@@ -28,7 +28,7 @@ def _model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     add_model_arguments(p, required=required)
     p.add_argument("--seed", type=int, default=0, help="seed of a preset's random weights and of generated data")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward (default 8)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -85,7 +85,7 @@ def _load(args):
     import torch
 
     from ..eval.data import load_model
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     model, tokenizer, notes = load_model(args.model, args.tokenizer, device=args.device, dtype=args.dtype,
                                          seed=args.seed)

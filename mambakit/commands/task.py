@@ -21,6 +21,8 @@ import argparse
 import sys
 import time
 
+from . import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("train", "eval", "list"), help="train a new model, evaluate one, "
@@ -62,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "used up, the current point stops after 8 examples and later points are marked skipped")
     parser.add_argument("--no-eval", action="store_true", help="train only")
     parser.add_argument("--out", help="output folder (default: task_output/<task>-<model name>)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
 
@@ -100,7 +102,7 @@ def run(args) -> int:
     from pathlib import Path
     from ..tasks import report
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     if not args.model:
         raise ValueError("--model is required: a preset such as mamba2-tiny, or a checkpoint folder")

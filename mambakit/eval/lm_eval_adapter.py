@@ -25,6 +25,14 @@ one pass through the cache; a model with a limit uses the harness's rolling wind
 generate_until: prompts of one generation setting are left-padded and decoded together by
 mambakit.stream (attention_mask, recurrent cache); decoding stops once every row has produced one
 of its `until` strings or EOS, and each output is cut before the first stop string.
+
+A model with a context limit (attention.max_seqlen) gets what lm-eval's Hugging Face model does
+instead of an error, with a warning the first time: a loglikelihood request longer than the limit
+keeps its last max_length + 1 tokens, (context + continuation)[-(max_length + 1):], i.e. its context
+is cut from the left (a continuation longer than the limit by itself is refused: it cannot be
+scored whole); a generation prompt keeps its last max_length - max_gen_toks tokens, and
+max_gen_toks is clipped to max_length - 1 (the harness's default of 256 exceeds a small limit).
+Models without a limit (pure SSMs) are never cut.
 """
 from __future__ import annotations
 
@@ -37,7 +45,7 @@ from lm_eval.api.model import TemplateLM
 from tqdm import tqdm
 
 from .data import load_model
-from .loglik import check_fits, model_device, score_requests
+from .loglik import model_device, score_requests
 
 log = logging.getLogger(__name__)
 GEN_KEYS = {"until", "max_gen_toks", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p"}
@@ -59,6 +67,7 @@ class MambakitLM(TemplateLM):
     def __init__(self, path=None, model=None, tokenizer=None, device="auto", dtype="auto", batch_size=16,
                  max_batch_size=None, chunk=2048, prefill_chunk=None, add_bos_token=False, seed=0, **unknown):
         super().__init__()
+        self._warned: set[str] = set()  # the kinds of cut already warned about (once each)
         if unknown:
             raise ValueError(f"unknown mambakit model_args {sorted(unknown)}; known: path, tokenizer, device, dtype, "
                              "batch_size, chunk, prefill_chunk, add_bos_token, seed")
@@ -96,10 +105,30 @@ class MambakitLM(TemplateLM):
     def tok_decode(self, tokens) -> str:
         return self.tok.decode(tokens)
 
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            log.warning("mambakit: %s (warned once)", message)
+
+    def _fit_request(self, ctx: list[int], cont: list[int]) -> tuple[list[int], list[int]]:
+        """(context, continuation) cut from the left to the model's limit, as lm-eval's HF model cuts:
+        (ctx + cont)[-(max_length + 1):], the last token being the one no position predicts from."""
+        limit = self.max_length
+        if limit is None or len(ctx) + len(cont) - 1 <= limit:
+            return ctx, cont
+        if len(cont) > limit:
+            raise ValueError(f"a loglikelihood continuation of {len(cont)} tokens is longer than this model's "
+                             f"context limit of {limit} tokens; it cannot be scored whole")
+        self._warn_once("loglikelihood", f"a loglikelihood request of {len(ctx)} context + {len(cont)} "
+                        f"continuation tokens exceeds the model's context limit of {limit}; the contexts of such "
+                        "requests are cut from the left, as lm-eval's Hugging Face model cuts them")
+        return ctx[len(ctx) + len(cont) - (limit + 1):], cont
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         bar = tqdm(total=len(requests), desc="mambakit loglikelihood", disable=disable_tqdm)
-        scores = score_requests(self.model, [(c, t) for _, c, t in requests], batch_size=self.batch_size,
-                                chunk=self.chunk, prefill_chunk=self.prefill_chunk, on_done=bar.update)
+        scores = score_requests(self.model, [self._fit_request(list(c), list(t)) for _, c, t in requests],
+                                batch_size=self.batch_size, chunk=self.chunk, prefill_chunk=self.prefill_chunk,
+                                on_done=bar.update)
         bar.close()
         for (key, _, _), score in zip(requests, scores):
             self.cache_hook.add_partial("loglikelihood", key, score)
@@ -162,6 +191,12 @@ class MambakitLM(TemplateLM):
             if text and text not in until:
                 until.append(text)
         max_new = int(kwargs.get("max_gen_toks", kwargs.get("max_new_tokens", 256)))
+        limit = self.max_length
+        if limit is not None and max_new >= limit:
+            # lm-eval's HF model asserts here; a small-limit model would fail every generation task
+            self._warn_once("max_gen_toks", f"max_gen_toks={max_new} leaves no room for a prompt within the "
+                            f"model's context limit of {limit} tokens; generating at most {limit - 1} tokens")
+            max_new = limit - 1
         temperature = float(kwargs.get("temperature", 0.0) or 0.0) if kwargs.get("do_sample", False) else 0.0
         if kwargs.get("do_sample") and temperature == 0.0:
             temperature = 1.0
@@ -172,8 +207,13 @@ class MambakitLM(TemplateLM):
     def _generate(self, contexts: list[str], until: list[str], max_new: int, temperature: float, top_k, top_p):
         import mambakit
         rows = [self.tok_encode(c) or [self.prefix_token_id] for c in contexts]
-        for c, r in zip(contexts, rows):
-            check_fits(self.model, len(r) + max_new, f"a prompt of {len(r)} tokens + max_gen_toks={max_new}")
+        room = None if self.max_length is None else self.max_length - max_new  # >= 1: see _gen_settings
+        if room is not None and any(len(r) > room for r in rows):
+            longest = max(len(r) for r in rows)
+            self._warn_once("generate", f"a generation prompt of {longest} tokens + max_gen_toks={max_new} exceeds "
+                            f"the model's context limit of {self.max_length}; such prompts keep their last "
+                            f"max_length - max_gen_toks tokens, as lm-eval's Hugging Face model keeps them")
+            rows = [r[-room:] for r in rows]
         width = max(len(r) for r in rows)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
@@ -193,6 +233,9 @@ class MambakitLM(TemplateLM):
                 if done[i]:
                     continue
                 if t == self.tok.eos_token_id:
+                    # the row's end: the decoder may hold back the start of a character (out as U+FFFD,
+                    # as decoding the generated tokens at once gives it)
+                    texts[i] += decoders[i].flush()
                     done[i] = True
                     continue
                 texts[i] += decoders[i].push(t)
@@ -200,6 +243,7 @@ class MambakitLM(TemplateLM):
             if all(done):
                 stream.close()
                 break
+        # rows that ran to max_gen_toks: what their decoder held back (EOS rows were flushed at the EOS)
         texts = [t if d else t + dec.flush() for t, d, dec in zip(texts, done, decoders)]
         return [_cut(t, until) for t in texts]
 

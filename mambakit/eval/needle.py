@@ -2,8 +2,8 @@
 
 No shape letters: prompts are strings; generation.py runs the model.
 
-Templates (each example is drawn from numpy's PCG64 seeded by (seed, length, depth), so a grid
-is the same on every machine):
+Templates (the examples of a cell are drawn from numpy's PCG64 seeded by the values (seed, length,
+depth), cell_rng: a cell's haystacks are the same on every machine and in every grid that has the cell):
 
 ruler: RULER's niah_single_1 / niah_multikey_1 layout. The haystack is the "noise" line
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -24,7 +24,8 @@ phonebook / phonebook-reversed: the format of the synthetic phonebook task (mamb
         ...
         Q: {other name}? A: {its number}     (twice)
         Q: {name}? A:
-    Correct when the generated text contains the number.
+    Correct when the generated text contains the number. The entries are the haystack: a sentence
+    file (haystack=) is refused, as are distractor needles (num_needles > 1).
 
 Length is the prompt's length in tokens of the model's tokenizer: the most filler (lines or
 entries) that keeps the prompt within it. Depth d in [0, 1] puts the needle after round(d * n) of
@@ -113,15 +114,34 @@ def _fit(count_tokens, render, length: int, least: int, most: int) -> tuple[str,
     return render(lo), lo
 
 
+def cell_rng(seed: int, length: int, depth: float) -> np.random.Generator:
+    """The random generator of the cell (length, depth): seeded by the values, not by where the cell
+    sits in the grid, so that adding or removing lengths and depths leaves the other cells' examples
+    as they were (depths equal to 6 decimals share their examples)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    return np.random.default_rng([seed, length, round(depth * 10**6)])
+
+
+def _check_options(template: str, num_needles: int, haystack) -> None:
+    if template not in TEMPLATES:
+        raise ValueError(f"template must be one of {', '.join(TEMPLATES)}, got {template!r}")
+    if not isinstance(num_needles, int) or num_needles < 1:
+        raise ValueError(f"num_needles must be a positive int, got {num_needles!r}")
+    if template != "ruler" and num_needles != 1:
+        raise ValueError("the phonebook templates have one needle (the other entries are the distractors); "
+                         "leave num_needles at 1")
+    if template != "ruler" and haystack is not None:
+        raise ValueError("the phonebook templates fill the haystack with phonebook entries; a haystack of "
+                         "sentences (--haystack FILE) is for the ruler template only")
+
+
 def make_example(tokenizer, length: int, depth: float, rng: np.random.Generator, template: str = "ruler",
                  num_needles: int = 1, sentences: list[str] | None = None) -> tuple[str, str]:
     """-> (prompt of at most `length` tokens, answer)."""
-    if template not in TEMPLATES:
-        raise ValueError(f"template must be one of {', '.join(TEMPLATES)}, got {template!r}")
+    _check_options(template, num_needles, sentences)
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1] (0 = start of the haystack, 1 = end), got {depth!r}")
-    if not isinstance(num_needles, int) or num_needles < 1:
-        raise ValueError(f"num_needles must be a positive int, got {num_needles!r}")
 
     def count(text):
         return len(tokenizer.encode(text, add_special_tokens=False))
@@ -140,9 +160,6 @@ def make_example(tokenizer, length: int, depth: float, rng: np.random.Generator,
                 lines.insert(at, needles[j])
             return RULER_HEAD + joiner.join(lines) + RULER_QUESTION.format(key=keys[0])
         return _fit(count, render, length, 0, length)[0], values[0]
-    if num_needles != 1:
-        raise ValueError("the phonebook templates have one needle (the other entries are the distractors); "
-                         "leave num_needles at 1")
     # More entries than can fit: a line takes at least half the tokens of a typical one.
     line = max(1, count("Tavi Nodu: 0123456789\n") // 2)
     pool = length // line + 8
@@ -176,6 +193,8 @@ def evaluate_needle(model, tokenizer, lengths: list[int], depths: list[float], n
         raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int (haystacks per generate call), got {batch_size!r}")
+    _check_options(template, num_needles, haystack)  # before the haystack file is read
+    cell_rng(seed, 0, 0.0)  # refuses a bad seed before any work
     max_new = 12 if template == "ruler" else 11  # " 1234567." / "0123456789\n", a few tokens spare
     for length in lengths:
         if not isinstance(length, int) or length < 1:
@@ -193,9 +212,9 @@ def evaluate_needle(model, tokenizer, lengths: list[int], depths: list[float], n
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(lengths) * len(depths) * num_examples, desc="needle", unit="example", dynamic_ncols=True)
-    for li, length in enumerate(lengths):
-        for di, depth in enumerate(depths):
-            rng = np.random.default_rng([seed, length, li, di])
+    for length in lengths:
+        for depth in depths:
+            rng = cell_rng(seed, length, float(depth))
             examples = [make_example(tokenizer, length, float(depth), rng, template, num_needles, sentences)
                         for _ in range(num_examples)]
             hits, tokens, outputs = 0, [], []

@@ -20,12 +20,20 @@ so each token is scored once, with between N - stride and N - 1 tokens of contex
 in the first window). With stride == N the first token of every window goes unscored, as in HF.
 
 token perplexity = exp(total NLL / scored tokens); bits per byte = total NLL / ln 2 / UTF-8 bytes
-of the scored tokens (every byte of the text when every token is scored; the bytes of an unscored
-token are those of the token decoded alone); byte perplexity = exp(total NLL / bytes).
+of the scored tokens; byte perplexity = exp(total NLL / bytes). The bytes come from a partition of
+the document's UTF-8 bytes among its tokens (token_bytes), so they are exact:
+- every token scored (a prefix token, and stride < context or no windows: the defaults for a
+  tokenizer with a BOS or EOS): every byte of the document, as lm-eval's bits_per_byte counts;
+- some tokens unscored (no prefix: the first token; stride == context: the first token of every
+  window): the document's bytes less those of the unscored tokens.
+A token's bytes are its span of the text by the tokenizer's offsets (the byte tokenizer: one byte),
+not its text decoded alone: that is U+FFFD (3 bytes) for a byte-level BPE token holding part of a
+character, and "the" (3 bytes) for the Metaspace token "▁the", which stands for " the" (4).
 """
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from .loglik import Request, check_fits, score_requests
@@ -126,22 +134,19 @@ def perplexity(model, tokenizer, documents: list[tuple[str, str]], context: int 
     result = PerplexityResult(context=context, stride=stride)
     requests, owners = [], []
     for name, text in documents:
-        ids = tokenizer.encode(text, add_special_tokens=False)
-        seq = ([prefix_id] if prefix_id is not None else []) + list(ids)
+        ids, nbytes = token_bytes(tokenizer, text)
+        seq = ([prefix_id] if prefix_id is not None else []) + ids
         doc_requests = document_requests(seq, context, stride)
         if not doc_requests:
             result.skipped.append(name)
             continue
         doc = DocScore(name)
-        offset = len(seq) - len(ids)
-        scored = set()
-        for request, positions in doc_requests:
+        offset = len(seq) - len(ids)  # position p of seq is token p - offset of the document
+        for request, positions in doc_requests:  # the positions of different requests never overlap
             requests.append(request)
             owners.append(doc)
             doc.tokens += len(positions)
-            scored.update(positions)
-        unscored = [ids[p - offset] for p in range(offset, len(seq)) if p not in scored]
-        doc.bytes = len(text.encode("utf-8")) - sum(_token_bytes(tokenizer, t) for t in unscored)
+            doc.bytes += sum(nbytes[positions.start - offset:positions.stop - offset])
         result.documents.append(doc)
     bar = None
     if progress:
@@ -156,8 +161,70 @@ def perplexity(model, tokenizer, documents: list[tuple[str, str]], context: int 
     return result
 
 
-def _token_bytes(tokenizer, token: int) -> int:
-    from ..tokenizers import ByteTokenizer
-    if isinstance(tokenizer, ByteTokenizer) and 0 <= token < 256:
-        return 1
-    return len(tokenizer.decode([token]).encode("utf-8"))
+def token_bytes(tokenizer, text: str) -> tuple[list[int], list[int]]:
+    """text -> (its token ids, as tokenizer.encode(text, add_special_tokens=False) gives them; the UTF-8
+    bytes of the text each token stands for). The byte counts partition the text: they sum to
+    len(text.encode()) exactly.
+
+    Byte tokenizer: one byte a token. Hugging Face tokenizer: each token's span of the text by its
+    offsets; characters no token covers (white space a pre-tokenizer drops) count with the token
+    after them, and a character split over several tokens (byte-level BPE, byte fallback) is split
+    by the bytes each token holds. Any other tokenizer: the text each token adds when the tokens are
+    decoded in sequence (whole characters; a split character counts with the token completing it)."""
+    from ..tokenizers import ByteTokenizer, HFTokenizer
+    total = len(text.encode("utf-8"))
+    if isinstance(tokenizer, HFTokenizer):
+        enc = tokenizer.tokenizer.encode(text, add_special_tokens=False)
+        return list(enc.ids), _offset_bytes(text, enc.offsets, enc.tokens, total)
+    ids = list(tokenizer.encode(text, add_special_tokens=False))
+    if isinstance(tokenizer, ByteTokenizer):
+        return ids, [1] * len(ids)
+    decoder = tokenizer.stream_decoder()
+    counts = [len(decoder.push(t).encode("utf-8")) for t in ids]
+    if counts:
+        counts[-1] += len(decoder.flush().encode("utf-8"))
+        # a decode that does not give the text back (a normalizer): the last tokens take the difference
+        extra = total - sum(counts)
+        for k in range(len(counts) - 1, -1, -1):
+            take = max(extra, -counts[k])
+            counts[k] += take
+            extra -= take
+            if extra == 0:
+                break
+    return ids, counts
+
+
+_BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _offset_bytes(text: str, offsets, tokens: list[str], total: int) -> list[int]:
+    """Bytes per token from (start, end) character offsets into text (see token_bytes)."""
+    if not tokens:
+        return []
+    from tokenizers.pre_tokenizers import ByteLevel
+    byte_level = set(ByteLevel.alphabet())  # each of these characters in a byte-level token is one byte
+    # character offset -> byte offset, for the offsets named only (a table of every character of a
+    # book-long document would take tens of bytes a character)
+    at, nbytes, prev = {}, 0, 0
+    for i in sorted({i for span in offsets for i in span}):
+        nbytes += len(text[prev:i].encode("utf-8"))
+        at[i], prev = nbytes, i
+    spans = [(at[a], at[b]) for a, b in offsets]
+    counts, pos = [], 0  # pos: the bytes given to the tokens so far
+    for k, (start, end) in enumerate(spans):
+        start = max(pos, start)
+        end = max(start, end)
+        if k + 1 < len(spans) and spans[k + 1][0] < end:
+            # The next token shares this token's last character: the offsets name only whole
+            # characters, so the token's own bytes say where within the character it stops.
+            piece = tokens[k]
+            if _BYTE_FALLBACK.fullmatch(piece):
+                end = min(end, start + 1)
+            elif all(c in byte_level for c in piece):
+                end = min(end, start + len(piece))
+            else:  # e.g. Metaspace's "▁" put before the first word: the character goes to the next token
+                end = max(start, spans[k + 1][0])
+        counts.append(end - pos)
+        pos = end
+    counts[-1] += total - pos  # characters after the last token's span
+    return counts

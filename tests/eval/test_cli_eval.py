@@ -74,6 +74,19 @@ def test_errors(capsys, tmp_path):
     assert rc == 2 and "--depths must be comma-separated numbers" in err
 
 
+@pytest.mark.parametrize("action", ["perplexity", "choice", "needle"])
+@pytest.mark.parametrize("threads", ["-1", "0", "two"])
+def test_threads_must_be_a_positive_int(capsys, action, threads):
+    """--threads -1 was a traceback from torch, --threads 0 silently torch's default."""
+    args = ["eval", action, "--model", "mamba2-tiny"] + (["--data", "x.jsonl"] if action != "needle" else [])
+    with pytest.raises(SystemExit) as exit_:
+        main(args + ["--threads", threads])
+    shown = repr(threads) if threads == "two" else threads
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument --threads: expected a positive int, got {shown}" in err
+    assert build_parser().parse_args(args + ["--threads", "3"]).threads == 3
+
+
 def test_harness_arguments_pass_through():
     args = build_parser().parse_args(["eval", "harness", "--model", "mambakit", "--model_args", "path=x",
                                       "--tasks", "a,b", "-h"])

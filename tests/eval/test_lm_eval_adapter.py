@@ -3,6 +3,7 @@ files, run by lm_eval.simple_evaluate with model="mambakit"; its numbers equal m
 
 Letters: l length, v vocabulary.
 """
+import logging
 import os
 
 import pytest
@@ -13,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 lm_eval = pytest.importorskip("lm_eval")
 
 from conftest import tiny_model  # noqa: E402
-from eval_helpers import forward_logprobs, forward_score, limited_model  # noqa: E402
+from eval_helpers import bpe_tokenizer, forward_logprobs, forward_score, limited_model  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noqa: E402
@@ -126,3 +127,78 @@ def test_bad_arguments():
     lm = MambakitLM(path="mamba2-tiny", device="cpu")
     with pytest.raises(ValueError, match="unsupported generation_kwargs"):
         lm.generate_until([Instance("generate_until", {}, ("x", {"num_beams": 4}), 0)], disable_tqdm=True)
+
+
+def _warnings(caplog, text: str) -> int:
+    return sum(text in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_loglikelihood_longer_than_the_limit_is_cut_from_the_left(caplog):
+    """As lm-eval's HF model: (context + continuation)[-(max_length + 1):], one warning; the run went on."""
+    limited = limited_model(32)
+    lm = MambakitLM(model=limited, tokenizer="byte")
+    ctx = "a context of more than thirty-two bytes, cut from the left"
+    reqs = [(ctx, " yes"), (ctx, " no, not at all"), ("short", " fits whole")]
+    with caplog.at_level(logging.WARNING):
+        got = lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(reqs)], disable_tqdm=True)
+    for (c, t), (ll, _) in zip(reqs, got):
+        kept = list((c + t).encode())[-33:]
+        n = len(t.encode())
+        assert ll == pytest.approx(forward_score(limited, kept[:-n], kept[-n:]), abs=2e-4)
+    assert _warnings(caplog, "cut from the left") == 1  # two requests cut, one warning
+    with pytest.raises(ValueError, match="continuation of 40 tokens is longer than this model's context limit of 32"):
+        lm.loglikelihood([Instance("loglikelihood", {}, ("x", "y" * 40), 0)], disable_tqdm=True)
+    lm = MambakitLM(model=tiny_model("mamba2"), tokenizer="byte")  # no limit: nothing is cut
+    (ll, _), = lm.loglikelihood([Instance("loglikelihood", {}, (ctx * 3, " yes"), 0)], disable_tqdm=True)
+    assert ll == pytest.approx(forward_score(lm.model, list((ctx * 3).encode()), list(b" yes")), abs=2e-4)
+
+
+def test_generation_longer_than_the_limit_is_cut(monkeypatch, caplog):
+    """The prompt keeps its last max_length - max_gen_toks tokens and max_gen_toks (the harness's
+    default 256 here) is clipped to max_length - 1, as lm-eval's HF model does; the run went on."""
+    limited = limited_model(32)
+    lm = MambakitLM(model=limited, tokenizer="byte")
+    calls, real = [], mambakit.stream
+
+    def spy(model, ids, max_new, attention_mask=None, **kw):
+        calls.append(([row[m.bool()].tolist() for row, m in zip(ids, attention_mask)], max_new))
+        return real(model, ids, max_new, attention_mask=attention_mask, **kw)
+    monkeypatch.setattr(mambakit, "stream", spy)
+    prompt = "a prompt of more than thirty-two bytes, cut from the left"
+    ids = list(prompt.encode())
+    with caplog.at_level(logging.WARNING):
+        gens = lm.generate_until([Instance("generate_until", {}, (prompt, {"until": ["\n"]}), 0),
+                                  Instance("generate_until", {}, (prompt, {"until": ["\n"], "max_gen_toks": 8}), 1),
+                                  Instance("generate_until", {}, ("short", {"until": ["\n"], "max_gen_toks": 8}), 2)],
+                                 disable_tqdm=True)
+    assert calls == [([ids[-1:]], 31), ([ids[-24:], list(b"short")], 8)]
+    for g, p in zip(gens[1:], [ids[-24:], list(b"short")]):
+        out = mambakit.generate(limited, torch.tensor([p]), 8)[0, len(p):]
+        assert g == ByteTokenizer().decode(out).split("\n")[0]
+    assert _warnings(caplog, "generating at most 31 tokens") == 1
+    assert _warnings(caplog, "keep their last max_length - max_gen_toks tokens") == 1
+
+
+def test_text_held_back_at_eos_is_kept(tmp_path, monkeypatch):
+    """A row ending by EOS in the middle of a character: the stream decoder's held-back bytes come out
+    (as U+FFFD, as decoding the generated tokens does) instead of being dropped."""
+    tok = bpe_tokenizer(tmp_path, "bytelevel")
+    lm = MambakitLM(model=tiny_model("mamba2", vocab_size=tok.vocab_size), tokenizer=str(tmp_path))
+    word = tok.encode("ok 🐍", add_special_tokens=False)[:-1]  # 🐍 is several byte tokens: cut inside it
+    assert tok.decode(word).endswith("\ufffd") and lm.tok.eos_token_id is not None
+    eos, bang = lm.tok.eos_token_id, tok.encode("!", add_special_tokens=False)[0]
+    rows = [word + [eos] * 3, word + [bang] * 3]  # the tokens after an EOS are ignored
+
+    class Stream:  # what the model "generates": row 0 ends by EOS, row 1 runs to max_gen_toks
+        def __init__(self, *args, **kwargs):
+            self.steps = iter(torch.tensor(list(step)) for step in zip(*rows))
+
+        def __iter__(self):
+            return self.steps
+
+        def close(self):
+            pass
+    monkeypatch.setattr(mambakit, "stream", Stream)
+    gens = lm.generate_until([Instance("generate_until", {}, (p, {"until": ["\n"], "max_gen_toks": len(rows[1])}), i)
+                              for i, p in enumerate(["a longer prompt", "x"])], disable_tqdm=True)
+    assert gens == [tok.decode(word), tok.decode(rows[1])] and gens[0].endswith("\ufffd")

@@ -68,6 +68,35 @@ def test_grid_scores_generated_text(monkeypatch, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _record_prompts(monkeypatch) -> list[str]:
+    """Replaces generate by one that writes no token and keeps the prompts it was given."""
+    prompts = []
+
+    def record(model, ids, max_new, attention_mask=None, **kw):
+        prompts.extend(bytes(row[mask.bool()].tolist()).decode() for row, mask in zip(ids, attention_mask))
+        return torch.cat([ids, torch.zeros(ids.shape[0], max_new, dtype=ids.dtype)], 1)
+    monkeypatch.setattr(mambakit.generation, "generate", record)
+    return prompts
+
+
+@pytest.mark.parametrize("template", ["ruler", "phonebook"])
+def test_a_cell_has_the_same_examples_in_any_grid(monkeypatch, template):
+    """Examples are seeded by (seed, length, depth): the cell (500, 0.5) alone and inside a larger
+    grid, where it is not the first length nor the first depth, gets the same haystacks."""
+    prompts = _record_prompts(monkeypatch)
+    model = tiny_model("mamba2")
+    alone = evaluate_needle(model, TOK, [500], [0.5], num_examples=2, template=template, seed=3)
+    cell_alone = prompts[:]
+    prompts.clear()
+    grid = evaluate_needle(model, TOK, [400, 500], [0.0, 0.5], num_examples=2, template=template, seed=3)
+    assert len(prompts) == 8 and prompts[6:] == cell_alone  # the cells run length by length, depth by depth
+    assert grid["cells"][3]["first_answer"] == alone["cells"][0]["first_answer"]
+    assert len(set(prompts)) == 8  # and the other cells differ from it and each other
+    prompts.clear()
+    evaluate_needle(model, TOK, [500], [0.5], num_examples=2, template=template, seed=4)
+    assert prompts != cell_alone  # the seed still matters
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match="depth must be in"):
         make_example(TOK, 500, 1.5, np.random.default_rng(0))
@@ -77,6 +106,8 @@ def test_bad_settings():
         make_example(TOK, 500, 0.5, np.random.default_rng(0), "phonebook", num_needles=2)
     with pytest.raises(ValueError, match="template must be one of"):
         make_example(TOK, 500, 0.5, np.random.default_rng(0), "essay")
+    with pytest.raises(ValueError, match="seed must be a non-negative int, got -1"):
+        evaluate_needle(tiny_model("mamba2"), TOK, [400], [0.5], num_examples=1, seed=-1)
     with pytest.raises(ValueError, match="a 64-token haystack with 12 generated tokens needs 76 tokens, "
                                          "more than this model's context limit of 64"):
         evaluate_needle(limited_model(64), TOK, [64], [0.5], num_examples=1)
@@ -89,3 +120,17 @@ def test_bad_settings():
         with pytest.raises(ValueError, match=match):
             evaluate_needle(model, TOK, lengths, depths, num_examples=1)
     assert ran == []
+
+
+def test_phonebook_refuses_a_haystack_file(tmp_path):
+    """--template phonebook --haystack FILE ran as if the file had not been given."""
+    (tmp_path / "hay.txt").write_text("A sentence of hay. Another one!")
+    for template in ("phonebook", "phonebook-reversed"):
+        with pytest.raises(ValueError, match="phonebook templates fill the haystack with phonebook entries; "
+                                             r"a haystack of sentences \(--haystack FILE\) is for the ruler"):
+            evaluate_needle(tiny_model("mamba2"), TOK, [400], [0.5], num_examples=1, template=template,
+                            haystack=str(tmp_path / "hay.txt"))
+        with pytest.raises(ValueError, match="phonebook templates fill the haystack"):
+            make_example(TOK, 400, 0.5, np.random.default_rng(0), template, sentences=["A sentence of hay."])
+    prompt, _ = make_example(TOK, 400, 0.5, np.random.default_rng(0), "ruler", sentences=["A sentence of hay."])
+    assert "A sentence of hay." in prompt  # the ruler template takes it

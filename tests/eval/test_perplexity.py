@@ -4,15 +4,16 @@ the whole-document pass equals one forward; bits per byte and the bad-input erro
 Letters: l length, v vocabulary.
 """
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import tiny_model
-from eval_helpers import forward_logprobs, limited_model
+from eval_helpers import bpe_tokenizer, forward_logprobs, limited_model
 from mambakit.eval.perplexity import hf_windows, perplexity
-from mambakit.tokenizers import ByteTokenizer
+from mambakit.tokenizers import ByteTokenizer, Tokenizer
 
 TEXT = "Mamba keeps a state; attention keeps a cache. Both predict the next byte."
 
@@ -107,3 +108,76 @@ def test_documents_that_are_empty_or_not_text_are_named(tmp_path):
     (tmp_path / "bin.jsonl").write_bytes(b'{"text": "a"}\n\xff\n')
     with pytest.raises(ValueError, match="bin.jsonl: not UTF-8 text after line"):
         load_documents([tmp_path / "bin.jsonl"])
+
+
+# ß, ŵ and 🐍 are not in the tokenizers' training text: byte-level BPE splits them into byte tokens
+# (so does the trained 😀 at times), the Metaspace tokenizer falls back to <0xNN> tokens.
+MULTIBYTE = "Straße 😀😀 日本語 the end, héllo ŵ 🐍 テキスト"
+
+
+def _gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2's bytes_to_unicode, inverted: the character of a byte-level token -> the byte it stands for."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:  # the bytes left out (control characters, space, ...) go to 256, 257, ...
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def _bytes_held(tok, kind: str, text: str, ids: list[int]) -> list[bytes]:
+    """The bytes each token stands for, read off its vocabulary string (independently of mambakit)."""
+    pieces = [tok.tokenizer.id_to_token(i) for i in ids]
+    if kind == "bytelevel":
+        table = _gpt2_byte_decoder()
+        held = [bytes(table[c] for c in p) for p in pieces]
+    else:
+        held = [bytes([int(p[3:5], 16)]) if re.fullmatch(r"<0x[0-9A-F]{2}>", p) else p.replace("▁", " ").encode()
+                for p in pieces]
+        if not text.startswith(" ") and held[0].startswith(b" "):
+            held[0] = held[0][1:]  # the "▁" Metaspace puts before the first word stands for no text
+    assert b"".join(held) == text.encode()  # the oracle accounts for every byte, once
+    return held
+
+
+@pytest.mark.parametrize("kind", ["bytelevel", "metaspace"])
+def test_bits_per_byte_counts_the_bytes_of_the_scored_tokens(tmp_path, kind):
+    tok = bpe_tokenizer(tmp_path, kind)
+    model = tiny_model("mamba2", vocab_size=tok.vocab_size)
+    ids = tok.encode(MULTIBYTE, add_special_tokens=False)
+    held = _bytes_held(tok, kind, MULTIBYTE, ids)
+    # what the old count used, a token decoded alone, is wrong for some of these tokens: U+FFFD for
+    # part of a character, no space for "▁the"
+    assert any(len(tok.decode([i]).encode()) != len(h) for i, h in zip(ids, held))
+    for context, stride, prefix in [(None, None, "none"), (2, 2, "none"), (5, 5, "auto"), (6, 4, "none"),
+                                    (6, 3, "auto"), (None, None, "auto")]:
+        r = perplexity(model, tok, [("d", MULTIBYTE)], context=context, stride=stride, prefix=prefix)
+        first = 1 if prefix == "auto" else 0  # seq position of the document's first token
+        n = len(ids) + first
+        scored = range(1, n) if context is None else [p for _, e, k in hf_windows(n, context, stride)
+                                                       for p in range(e - k, e)]
+        expected = sum(len(held[p - first]) for p in scored)
+        assert r.tokens == len(scored) and r.bytes == expected, (context, stride, prefix)
+        assert r.summary()["bits_per_byte"] == pytest.approx(r.nll / math.log(2) / expected)
+        if prefix == "auto" and (context is None or stride < context):
+            assert r.bytes == len(MULTIBYTE.encode())  # every token scored: every byte, as lm-eval counts
+
+
+class CharTokenizer(Tokenizer):
+    """Latin-1 characters as tokens: a tokenizer of neither kind mambakit knows."""
+    vocab_size = 256
+
+    def encode(self, text, add_special_tokens=True):
+        return [ord(c) for c in text]
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(i) for i in ids)
+
+
+def test_bits_per_byte_of_another_tokenizer():
+    text = "héllo wörld, façade ünïcode"  # é, ö, ç, ü, ï: one token, two UTF-8 bytes
+    r = perplexity(tiny_model("mamba2"), CharTokenizer(), [("d", text)], context=2, stride=2)
+    scored = range(1, len(text), 2)  # windows of 2 moving by 2 score every second token
+    assert r.tokens == len(scored) and r.bytes == sum(len(text[p].encode()) for p in scored)
