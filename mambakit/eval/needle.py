@@ -189,6 +189,9 @@ def evaluate_needle(model, tokenizer, lengths: list[int], depths: list[float], n
 
     if not lengths or not depths:
         raise ValueError("give at least one context length and one depth")
+    for name, values in (("lengths", list(lengths)), ("depths", [float(d) for d in depths])):
+        if len(set(values)) != len(values):  # a repeated cell would be the same examples, run twice
+            raise ValueError(f"{name} repeat a value: {values}; give each once")
     if not isinstance(num_examples, int) or num_examples < 1:
         raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
     if not isinstance(batch_size, int) or batch_size < 1:

@@ -116,7 +116,9 @@ def test_bad_settings():
     ran = []  # bad cells are refused before any generation
     model = tiny_model("mamba2")
     model.register_forward_hook(lambda *a: ran.append(1))
-    for lengths, depths, match in (([400, 10], [0.5], "too short"), ([400], [0.0, 2.0], "depth must be in")):
+    for lengths, depths, match in (([400, 10], [0.5], "too short"), ([400], [0.0, 2.0], "depth must be in"),
+                                   ([400, 400], [0.5], r"lengths repeat a value: \[400, 400\]"),
+                                   ([400], [0.5, 0.5], "depths repeat a value")):
         with pytest.raises(ValueError, match=match):
             evaluate_needle(model, TOK, lengths, depths, num_examples=1)
     assert ran == []
