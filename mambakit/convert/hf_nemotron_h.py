@@ -12,9 +12,8 @@ The prefix is `backbone.` in NVIDIA's folders and in what transformers' save_pre
 
 What transformers' NemotronH computes, and how it maps:
 - Mamba-2 mixer: gated RMSNorm per group of e / n_groups channels (mambakit's Mamba2Mixer does
-  the same), norm after the gate; dt clamped to [time_step_min, inf) in the chunked scan, so
-  mambakit's dt_limit is (time_step_min, inf) and is written back as time_step_min (0 for no
-  clamp; time_step_min is otherwise only the init range of dt, which a loaded model never uses).
+  the same), norm after the gate; dt clamped to time_step_limit (transformers 5's NemotronH mixer,
+  default (0, inf)) = mambakit's dt_limit. time_step_min / max / floor are dt's init range only.
 - Attention: no position embedding, no biases; GQA with head_dim.
 - MLP: up_proj -> mlp_hidden_act -> down_proj, not gated: relu2 (squared ReLU) or gelu.
 - RMSNorm everywhere with layer_norm_epsilon; the embedding and head are untied unless
@@ -106,7 +105,8 @@ def to_mambakit(raw: dict, state: dict):
             chunk_size=_get(raw, "chunk_size", "mamba_chunk_size", 128),
             dt_min=t_min if t_min > 0 else 0.001, dt_max=json_float(_get(raw, "time_step_max", "mamba_dt_max", 0.1)),
             dt_init_floor=json_float(_get(raw, "time_step_floor", "mamba_dt_init_floor", 1e-4)),
-            dt_limit=(t_min, math.inf), conv_bias=_get(raw, "use_conv_bias", "mamba_conv_bias", True),
+            dt_limit=tuple(json_float(v) for v in _get(raw, "time_step_limit", "mamba_dt_limit", (0.0, math.inf))),
+            conv_bias=_get(raw, "use_conv_bias", "mamba_conv_bias", True),
             bias=raw.get("use_bias", False)),
         attention=AttentionConfig(n_heads=n_heads, n_kv_heads=raw.get("num_key_value_heads") or n_heads,
                                   head_dim=raw.get("head_dim") or d // n_heads, rotary_fraction=0.0, bias=False),
@@ -122,8 +122,6 @@ def _check_writable(c: ModelConfig) -> None:
         problems.append(f"its SSM blocks are {c.ssm_layer}, NemotronH holds mamba2")
     if "M" in p and c.mamba2.norm_before_gate:
         problems.append("mamba2.norm_before_gate=True (NemotronH gates before the norm)")
-    if "M" in p and math.isfinite(c.mamba2.dt_limit[1]):
-        problems.append(f"mamba2.dt_limit has a finite upper bound {c.mamba2.dt_limit[1]} (NemotronH clamps dt only below)")
     if "*" in p and c.attention.rotary_fraction > 0:
         problems.append("its attention uses RoPE (NemotronH attention has no position embedding)")
     if "*" in p and c.attention.bias:
@@ -151,7 +149,7 @@ def from_mambakit(model):
         "ssm_state_size": m.d_state, "mamba_num_heads": m.expand * c.d_model // m.headdim,
         "mamba_head_dim": m.headdim, "n_groups": m.ngroups, "conv_kernel": m.d_conv, "expand": m.expand,
         "chunk_size": m.chunk_size, "use_conv_bias": m.conv_bias, "use_bias": m.bias, "mamba_hidden_act": "silu",
-        "time_step_min": m.dt_limit[0], "time_step_max": m.dt_max, "time_step_floor": m.dt_init_floor,
+        "time_step_min": m.dt_min, "time_step_max": m.dt_max, "time_step_floor": m.dt_init_floor,
         "time_step_limit": [m.dt_limit[0], m.dt_limit[1]],  # json writes inf as Infinity, which transformers reads
         # attention
         "num_attention_heads": n_heads, "num_key_value_heads": a.n_kv_heads or n_heads,

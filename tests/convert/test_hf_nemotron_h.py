@@ -1,5 +1,6 @@
 """transformers NemotronHForCausalLM <-> mambakit: logits agree in both directions (fp32, 1e-4)."""
 import json
+import math
 
 import pytest
 import torch
@@ -49,17 +50,24 @@ def test_load_transformers_folder(tmp_path, act):
         torch.testing.assert_close(model(ids), hf_logits(hf, ids), atol=1e-4, rtol=1e-4)
 
 
-def test_dt_clamp_of_transformers_is_kept(tmp_path):
-    # time_step_min is a lower clamp on dt in transformers' NemotronH scan: a large one changes logits,
-    # and mambakit must follow.
+@pytest.mark.parametrize("limit", [(0.2, math.inf), (0.0, 0.01)])
+def test_dt_clamp_of_transformers_is_kept(tmp_path, limit):
+    # transformers' NemotronH clamps dt to time_step_limit; time_step_min is only dt's init range
+    # (mambakit once took it for the clamp: 9e-4 off at (0.2, inf), 5e-5 at the stock config).
     torch.manual_seed(1)
-    hf = randomize(transformers.NemotronHForCausalLM(hf_config(time_step_min=0.05)).eval())
+    hf = randomize(transformers.NemotronHForCausalLM(hf_config(time_step_limit=limit, time_step_min=0.05)).eval())
     hf.save_pretrained(tmp_path / "hf")
     model = mambakit.load(tmp_path / "hf")
-    assert model.config.mamba2.dt_limit[0] == pytest.approx(0.05)
+    assert model.config.mamba2.dt_limit == pytest.approx(limit) and model.config.mamba2.dt_min == pytest.approx(0.05)
     ids = torch.randint(0, 100, (1, 20))
     with torch.no_grad():
-        torch.testing.assert_close(model(ids), hf_logits(hf, ids), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model(ids), hf_logits(hf, ids), atol=1e-5, rtol=1e-5)
+    model.save(tmp_path / "back", format="hf")  # and written back as it was read
+    raw = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert [float(v) for v in raw["time_step_limit"]] == list(limit) and raw["time_step_min"] == pytest.approx(0.05)
+    back = transformers.NemotronHForCausalLM.from_pretrained(tmp_path / "back").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf_logits(back, ids), hf_logits(hf, ids), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("tie", [False, True])
