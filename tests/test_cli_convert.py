@@ -138,3 +138,39 @@ def test_files_beside_the_weights_come_from_src(capsys, tmp_path):
 def test_load_names_auto_among_the_dtypes_it_takes():
     with pytest.raises(ValueError, match="dtype 'automatic' is not known.*'auto'"):
         mambakit.load("/nonexistent", dtype="automatic")
+
+
+def test_a_hugging_face_cache_snapshot_converts_with_real_files(capsys, tmp_path):
+    """A cache snapshot's files are relative links into ../../blobs: the conversion holds the files
+    themselves, not links that would dangle there."""
+    blobs, snap = tmp_path / "blobs", tmp_path / "snapshots" / "abc"
+    blobs.mkdir()
+    snap.mkdir(parents=True)
+    mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny")).save(tmp_path / "model")
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        src = tmp_path / "model" / name if name != "tokenizer.json" else None
+        (blobs / name).write_bytes(src.read_bytes() if src else b'{"tok": 1}')
+        (snap / name).symlink_to(os.path.join("..", "..", "blobs", name))
+    rc, err = run(capsys, str(snap), str(tmp_path / "conv"))
+    assert rc == 0, err
+    tok = tmp_path / "conv" / "tokenizer.json"
+    assert not tok.is_symlink() and tok.read_text() == '{"tok": 1}'
+
+
+def test_save_refuses_a_folder_that_is_not_a_checkpoint(tmp_path, monkeypatch):
+    model = mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny"))
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "config.json").write_text('{"my": "app settings"}')
+    (proj / "model.pt").write_bytes(b"user weights")
+    with pytest.raises(ValueError, match="holds files and is not a checkpoint folder"):
+        model.save(proj)
+    assert (proj / "config.json").read_text() == '{"my": "app settings"}' and (proj / "model.pt").exists()
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for path in (".", "..", "sub/.."):  # replaced by a rename, it would leave the process in a deleted folder
+        with pytest.raises(ValueError, match="the current working folder or one around it"):
+            model.save(path)
+    model.save("sub/../ckpt")  # a path through "..": resolved first
+    assert mambakit.load(here / "ckpt").config == model.config and sorted(p.name for p in here.iterdir()) == ["ckpt"]

@@ -46,20 +46,14 @@ def _size(folder: Path) -> str:
 
 def _check_destination(dst: Path, src: Path) -> None:
     """DST may be new, an empty folder, or a checkpoint folder (replaced); nothing else is overwritten."""
-    from ..convert import detect_format
-    from ..convert.io import read_config
+    from ..convert.io import check_replaceable
     if dst == src or dst in src.parents:  # replacing DST would remove SRC
         raise ValueError(f"{dst} is {'the source folder' if dst == src else 'a folder around the source folder'} "
                          f"{src}; write the conversion to a folder of its own")
     blocking = next((p for p in [dst, *dst.parents] if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise ValueError(f"{blocking} is a file; DST is a folder (new, empty, or a checkpoint folder to replace)")
-    if dst.is_dir() and any(dst.iterdir()):
-        try:
-            detect_format(read_config(dst), dst)
-        except ValueError:
-            raise ValueError(f"{dst} holds files and is not a checkpoint folder; convert into a new or empty "
-                             "folder (an existing checkpoint folder would be replaced)") from None
+    check_replaceable(dst)
 
 
 def same_logits(model, folder: Path) -> tuple[bool, str]:

@@ -6,7 +6,6 @@ name and renamed, so a crash never leaves a half-written checkpoint.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -191,7 +190,9 @@ def copy_other_files(src: Path, dst: Path, *, link: bool = False, overwrite: boo
     folder about to be dropped); overwrite: replace dst's items of the same name, else keep them;
     skip_hidden: leave out .names (.git, caches); leave: folders not to copy, nor any folder holding one."""
     skip = _checkpoint_files(src)
-    copy = _link_or_copy if link else functools.partial(shutil.copy2, follow_symlinks=False)
+    # A copy into another folder takes what a link points to: the files of a Hugging Face cache
+    # snapshot are relative links into ../../blobs, which would dangle anywhere else.
+    copy = _link_or_copy if link else _copy_following
     copied = []
     for item in sorted(src.iterdir()):
         target = dst / item.name
@@ -205,12 +206,19 @@ def copy_other_files(src: Path, dst: Path, *, link: bool = False, overwrite: boo
                 shutil.rmtree(target)
             else:
                 target.unlink()
-        if item.is_dir() and not item.is_symlink():
-            shutil.copytree(item, target, symlinks=True, copy_function=copy)
+        if item.is_dir() and (link is False or not item.is_symlink()):
+            shutil.copytree(item, target, symlinks=link, copy_function=copy)
         else:
             copy(item, target)
         copied.append(item.name)
     return copied
+
+
+def _copy_following(src, dst) -> None:
+    if os.path.islink(src) and not os.path.exists(src):  # a dangling link: nothing to copy but the link
+        os.symlink(os.readlink(src), dst)
+        return
+    shutil.copy2(src, dst)
 
 
 def _link_or_copy(src, dst) -> None:
@@ -223,6 +231,19 @@ def _link_or_copy(src, dst) -> None:
         shutil.copy2(src, dst)
 
 
+def check_replaceable(path: Path) -> None:
+    """A checkpoint is written to a new folder, an empty one, or one holding a checkpoint (replaced, its
+    other files kept): a folder of other files (an app's config.json, a user's model.pt) is refused."""
+    if not (path.is_dir() and any(path.iterdir())):
+        return
+    from . import detect_format
+    try:
+        detect_format(read_config(path), path)
+    except ValueError:
+        raise ValueError(f"{path} holds files and is not a checkpoint folder; write the checkpoint to a new or "
+                         "empty folder (an existing checkpoint folder is replaced, its other files kept)") from None
+
+
 def write_folder(path: Path, raw_config: dict, state: dict[str, torch.Tensor]) -> None:
     """Write config.json + model.safetensors into `path` atomically: a temporary folder beside it,
     then renamed. Over an existing checkpoint folder, its other files (tokenizer, README, ...) are
@@ -231,7 +252,9 @@ def write_folder(path: Path, raw_config: dict, state: dict[str, torch.Tensor]) -
     from safetensors.torch import save_file
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"a checkpoint path is a str or a Path, got {type(path).__name__}")
-    path = Path(path)
+    path = Path(path).absolute()
+    if path.name in ("", ".", "..") or ".." in path.parts:
+        path = path.resolve()  # "." or "a/..": the folder itself, whose name and parent are needed below
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise ValueError(f"cannot save to {path}: {blocking} is a file, not a folder")
@@ -239,6 +262,15 @@ def write_folder(path: Path, raw_config: dict, state: dict[str, torch.Tensor]) -
         path = path.resolve()  # a link to a checkpoint folder: the folder it points to is replaced
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file; a checkpoint is a folder (pass a new or existing folder path)")
+    try:
+        cwd = Path.cwd()
+    except OSError:  # the working folder was removed
+        cwd = None
+    if cwd is not None and path.exists() and (path == cwd or path in cwd.parents):
+        # the folder is replaced by a rename: the process (and a shell) would be left in a deleted folder
+        raise ValueError(f"cannot write a checkpoint over {path}, the current working folder or one around it; "
+                         "save to a folder of its own (e.g. a subfolder)")
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     # mkdtemp makes it 0700: give it the mode of the folder it replaces, else that of a new folder
