@@ -12,6 +12,7 @@ left padding (each row rolled) and rolled back in the output: prompt, new tokens
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -33,16 +34,16 @@ def _is_real(v) -> bool:
 def check_sampling(max_new_tokens, temperature, top_k, top_p, min_p=None, repetition_penalty=1.0) -> None:
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not _is_real(temperature) or not temperature >= 0:
-        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if not _is_real(temperature) or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
     if top_p is not None and not (_is_real(top_p) and 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
     if min_p is not None and not (_is_real(min_p) and 0.0 <= min_p <= 1.0):
         raise ValueError(f"min_p must be in [0, 1], got {min_p!r}")
-    if not _is_real(repetition_penalty) or not repetition_penalty > 0:
-        raise ValueError(f"repetition_penalty must be a number > 0 (1 = no penalty), got {repetition_penalty!r}")
+    if not _is_real(repetition_penalty) or not 0 < repetition_penalty < math.inf:
+        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = no penalty), got {repetition_penalty!r}")
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
@@ -63,10 +64,14 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
     # Shifted so that the largest logit is 0 before the division: a tiny temperature then sends the
     # others to -inf (sampling turns greedy) instead of every logit to +-inf and softmax to NaN.
     logits = logits.float()
-    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    logits = logits - logits.amax(-1, keepdim=True)
+    # top-k: exactly k tokens by index, chosen before the division (which keeps the order but can
+    # underflow it into ties: a huge temperature sends every logit to 0), not every token tied
+    # with the k-th (a value threshold kept them all)
+    keep = torch.topk(logits, top_k, dim=-1).indices if top_k is not None and top_k < logits.shape[-1] else None
+    logits = logits / temperature
+    if keep is not None:
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, keep, logits.gather(-1, keep))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         probs = sorted_logits.softmax(-1)
@@ -227,7 +232,7 @@ def _stop_lists(stop_sequences, vocab: int) -> list[list[int]]:
     if isinstance(stop_sequences, (str, bytes)) or not hasattr(stop_sequences, "__iter__"):
         raise ValueError(f"stop_sequences must be a list of token-id lists, got {stop_sequences!r}")
     seqs = list(stop_sequences)
-    if any(_is_int(seq) for seq in seqs):
+    if any(_is_int(seq) or getattr(seq, "ndim", 1) == 0 for seq in seqs):  # ints, 0-d tensors and arrays
         raise ValueError(f"stop_sequences must be a list of token-id lists, got the flat list {seqs!r}; "
                          f"for one sequence write [{seqs!r}], for single tokens eos_token_id")
     out = [_token_list(seq, "each stop sequence", vocab) for seq in seqs]
@@ -382,8 +387,9 @@ _DOC_ARGS = """
         is accepted and the output then reads prompt, new tokens, padding).
     temperature 0 is greedy; top_k, top_p (in (0, 1]), min_p (in [0, 1]) filter the distribution;
         repetition_penalty > 0 (1 = off) divides positive logits of seen tokens, multiplies negative ones.
-    eos_token_id: an id or a list of ids; stop_sequences: lists of ids. A row that produced one is
-        finished: its later tokens are pad_token_id (default: the first eos id, else 0).
+    eos_token_id: an id or a list of ids; stop_sequences: lists of ids, matched on the new tokens
+        only (a sequence that would begin in the prompt does not stop a row). A row that produced
+        one is finished: its later tokens are pad_token_id (default: the first eos id, else 0).
     generator: a torch.Generator on the model's device, for reproducible sampling.
     max_length: a cap on prompt + new tokens. A model with a context limit refuses, before any
         work, a prompt + max_new_tokens longer than it.

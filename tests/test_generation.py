@@ -201,6 +201,8 @@ BAD = [
     (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
     (dict(top_k=0), "top_k"),
     (dict(temperature=-1.0), "temperature"),
+    (dict(temperature=float("inf")), "temperature must be a finite number"),
+    (dict(repetition_penalty=float("inf")), "repetition_penalty must be a finite number"),
     (dict(min_p=1.5), "min_p"),
     (dict(repetition_penalty=0.0), "repetition_penalty"),
     (dict(eos_token_id=256), "eos_token_id"),
@@ -364,6 +366,20 @@ def test_a_tiny_temperature_samples_the_greedy_tokens():
     greedy = mambakit.generate(model, ids, 5)
     tiny = mambakit.generate(model, ids, 5, temperature=1e-45, generator=torch.Generator().manual_seed(1))
     assert torch.equal(tiny, greedy)
+
+
+def test_top_k_keeps_k_tokens_when_logits_tie():
+    # A huge temperature (finite, yet overflowing fp32) sends every logit to 0: a value threshold kept
+    # all the tied tokens and top_k=1 sampled the whole vocabulary.
+    model = make_model("mamba2")
+    ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(0))
+    greedy = mambakit.generate(model, ids, 4)
+    hot = mambakit.generate(model, ids, 4, temperature=1e39, top_k=1, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(hot, greedy)
+    tied = torch.zeros(1, 8)
+    picks = {int(mambakit.generation.sample_next(tied, 1.0, top_k=2, generator=torch.Generator().manual_seed(i)))
+             for i in range(40)}
+    assert len(picks) == 2  # exactly two of the eight tied tokens stay
 
 
 def test_generate_names_a_model_that_is_not_one():

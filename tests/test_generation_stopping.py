@@ -107,7 +107,8 @@ def test_bad_eos_token_id_is_named(eos, match):
 
 
 @pytest.mark.parametrize("stops,match", [([5, 6], "flat list"), (torch.tensor([5, 6]), "2-d"),
-                                         ("ab", "token-id lists")])
+                                         ("ab", "token-id lists"),
+                                         (list(torch.tensor([5, 6])), "flat list")])  # 0-d tensors: ids
 def test_stop_sequences_must_be_lists_of_lists(stops, match):
     model = make_model("mamba2")
     with pytest.raises(ValueError, match=match):
@@ -184,3 +185,15 @@ def test_a_stream_left_unfinished_at_exit_says_nothing():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "torch.Size([1])"
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_stop_sequences_match_the_new_tokens_only():
+    """A stop sequence that would begin in the prompt does not stop a row (documented): only what the
+    row produces counts, as eos does."""
+    model = make_model("mamba2")
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+    free = mambakit.generate(model, prompt, 6)[0, 5:].tolist()
+    got = mambakit.generate(model, prompt, 6, stop_sequences=[[5, free[0]]])[0, 5:].tolist()
+    assert got == free  # 5 is the prompt's last token: no stop
+    first_two = mambakit.generate(model, prompt, 6, stop_sequences=[free[:2]])[0, 5:].tolist()
+    assert first_two[:2] == free[:2] and len(first_two) == 2  # within the new tokens: a stop
