@@ -339,12 +339,17 @@ def onednn_linear(x, weight, bias=None) -> torch.Tensor:
     differ from F.linear by rounding only (another summation order). Off with MAMBAKIT_ONEDNN=0 or
     torch.backends.mkldnn.enabled = False."""
     if (_onednn_linear is None or weight.dim() != 2 or x.dim() < 2 or weight.shape[1] != x.shape[-1]
-            or not x.numel() or (bias is not None and (bias.shape != weight.shape[:1] or not bias.is_contiguous()))
+            or x.numel() * weight.shape[0] < ONEDNN_MIN_MACS
+            or (bias is not None and (bias.shape != weight.shape[:1] or not bias.is_contiguous()))
             or not plain_inference(x, weight, bias) or not _onednn_on()):
         return torch.nn.functional.linear(x, weight, bias)  # (oneDNN reads a bias as if contiguous)
     return _onednn_linear(x, weight, bias, "none", [], "")
 
 
+# Products below this many multiply-adds stay on F.linear: oneDNN's fixed cost a call (~25 us here)
+# lost at the demo's widths (8 x 64 -> 256: 32.6 us against MKL's 10.3; 256 x 64 -> 256 about even,
+# 5 x 768 -> 3072 1.44x faster on oneDNN), and each new shape costs it a primitive (~1 ms, once).
+ONEDNN_MIN_MACS = 1 << 22
 _onednn_linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 _onednn_state = None  # None: not checked yet; then whether the op exists, runs and agrees with F.linear
 

@@ -100,6 +100,7 @@ def onednn_calls(monkeypatch):
         return fn(x, *args)
 
     monkeypatch.setattr(cpu_kernels, "_onednn_linear", spy)
+    monkeypatch.setattr(cpu_kernels, "ONEDNN_MIN_MACS", 0)  # the tests' small products count too
     return calls
 
 
@@ -121,6 +122,17 @@ def test_many_rows_run_onednn(onednn_calls, linear_calls, monkeypatch):
         monkeypatch.setenv("MAMBAKIT_ONEDNN", "0")
         x = cases[1][0]
         assert torch.equal(cpu_kernels.linear(x, w), F.linear(x, w)) and len(onednn_calls) == len(cases)
+
+
+def test_small_products_stay_on_f_linear(onednn_calls, monkeypatch):
+    """Below ONEDNN_MIN_MACS multiply-adds oneDNN's fixed cost loses: F.linear runs, the same bits."""
+    monkeypatch.setattr(cpu_kernels, "ONEDNN_MIN_MACS", 1 << 22)
+    x, w = torch.randn(8, 64), torch.randn(256, 64)  # 131,072 multiply-adds
+    with torch.no_grad():
+        assert torch.equal(cpu_kernels.linear(x, w), F.linear(x, w))
+        assert not onednn_calls
+        cpu_kernels.linear(torch.randn(5, 768), torch.randn(3072, 768))  # 11.8M: oneDNN
+    assert onednn_calls[-1:] == [(5, 768)] or not cpu_kernels._onednn_on()  # (the first call may check the op)
 
 
 def test_many_rows_fall_back_to_torch(onednn_calls):
@@ -145,6 +157,7 @@ def test_onednn_check_leaves_the_random_stream_and_the_caller_context_alone(monk
     """The first oneDNN call checks the op on fixed values: the global random stream is untouched,
     and a float64 default dtype at that moment does not switch oneDNN off for the process."""
     monkeypatch.setattr(cpu_kernels, "_onednn_state", None)
+    monkeypatch.setattr(cpu_kernels, "ONEDNN_MIN_MACS", 0)
     x, w = torch.randn(8, 16, dtype=torch.float32), torch.randn(4, 16, dtype=torch.float32)
     torch.manual_seed(5)
     want = torch.rand(3)
