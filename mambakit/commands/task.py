@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--warmup-steps", type=int, default=50)
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="linear warm-up steps (default: 50, at most a tenth of --steps, so that a short run decays)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-seconds", type=float, help="stop training after this many seconds (counted from the "
                         "end of the first step, which compiles the kernels) or --steps, whichever comes first; the "
@@ -168,8 +169,9 @@ def _one_model(args, task, values, spec, name, device, save_to) -> dict:
     entry = {"name": name, "model": spec, "device": device, "num_parameters": model.num_parameters(),
              "config": model.config.to_dict()}
     if args.action == "train":
+        warmup = min(args.warmup_steps, args.steps) if args.warmup_steps is not None else min(50, args.steps // 10)
         settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                 weight_decay=args.weight_decay, warmup_steps=min(args.warmup_steps, args.steps),
+                                 weight_decay=args.weight_decay, warmup_steps=warmup,
                                  seed=args.seed, max_seconds=args.train_seconds)
         timed = args.train_seconds is not None  # then the bar counts seconds, so its ETA is the slot's end
         bar = tqdm(total=round(args.train_seconds) if timed else settings.steps, desc=f"train {name}",

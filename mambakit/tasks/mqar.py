@@ -50,8 +50,11 @@ class MQAR(Task):
                   why=" (keys are distinct ids of the lower half of the vocabulary, 0 excluded)")
         check_int("mqar length", self.length, 4 * self.num_pairs,
                   why=" (2 tokens per pair, and a query region of 2 tokens per query: 4 x num_pairs)")
-        if not 0.0 < self.power_a <= 1.0:
-            raise ValueError(f"mqar power_a must be in (0, 1], got {self.power_a!r}")
+        if isinstance(self.power_a, bool) or not isinstance(self.power_a, (int, float)) \
+                or not 0.0 < self.power_a <= 1.0:
+            raise ValueError(f"mqar power_a must be a number in (0, 1], got {self.power_a!r}")
+        if not isinstance(self.random_non_queries, bool):  # a string "False" would be truthy
+            raise ValueError(f"mqar random_non_queries must be true or false, got {self.random_non_queries!r}")
         if self.min_pairs is not None:
             check_int("mqar min_pairs", self.min_pairs, 1, self.num_pairs, why=" (at most num_pairs)")
 

@@ -19,6 +19,7 @@ bounded by b * c, whatever l. Chunks without an answer skip the output head (las
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +39,6 @@ from .scoring import Score, score_predictions
 # --- models ------------------------------------------------------------------------------------------
 def parse_overrides(items: list[str] | None) -> dict:
     """["mamba2.d_state=32", "n_layer=4"] -> {"mamba2": {"d_state": 32}, "n_layer": 4} (values as JSON)."""
-    import json
     out: dict = {}
     for item in items or []:
         if "=" not in item:
@@ -46,8 +46,8 @@ def parse_overrides(items: list[str] | None) -> dict:
         key, raw = item.split("=", 1)
         try:
             value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw  # a bare word: a string such as s4d
+        except json.JSONDecodeError:  # Python's spellings of the constants, else a bare word (a string such as s4d)
+            value = {"True": True, "False": False, "None": None}.get(raw.strip(), raw)
         node = out
         *parents, leaf = key.strip().split(".")
         for p in parents:
@@ -254,7 +254,7 @@ def evaluate(model: LM, task: Task, values=None, num_examples: int = 256, batch_
 
     def out_of_time() -> bool:
         return max_seconds is not None and time.perf_counter() - start > max_seconds
-    for i, value in enumerate(values):
+    for value in values:
         point = task.at(value)
         length = point.sequence_length()
         row = {task.sweep_param: value, "length": length}
@@ -277,13 +277,14 @@ def evaluate(model: LM, task: Task, values=None, num_examples: int = 256, batch_
             heads = model.config.attention.n_heads
             per_batch = max(1, min(per_batch, max_attention_scores // (heads * length * min(length, chunk_len))))
         wanted = num_examples if token_budget is None else min(num_examples, max(8, token_budget // length))
-        score, done, j, t0, seen = Score(), 0, 0, time.perf_counter(), 0
+        score, done, t0, seen = Score(), 0, time.perf_counter(), 0
+        examples = _EvalExamples(point, seed, value)
         while done < wanted:
             n = min(per_batch, wanted - done)
-            batch = point.generate(n, (seed, 1, i, j))
+            batch = examples.take(n)
             score = score + score_predictions(predict(model, batch, chunk_len), batch.targets, groups=batch.groups)
             seen += sum(batch.meta.get("lengths", [batch.input_ids.shape[1]] * n))
-            done, j = done + n, j + 1
+            done += n
             if done >= 8 and out_of_time():
                 break  # scored fewer examples than asked: the row's "examples" says how many
         row["length"] = round(seen / done)  # mean tokens per example (phonebook examples vary)
@@ -294,3 +295,54 @@ def evaluate(model: LM, task: Task, values=None, num_examples: int = 256, batch_
         if on_point:
             on_point(row)
     return rows
+
+
+EVAL_BLOCK = 8  # examples generated together; a point's n-th example is the same whatever the batch size
+
+
+class _EvalExamples:
+    """A point's evaluation examples as one stream: blocks of EVAL_BLOCK drawn from the seed
+    (seed, 1, value, block) and cut into batches of any size. The examples scored thus depend on the
+    seed and the point's value only, not on the batch size (which memory limits choose, and which
+    differs between an SSM and an attention model in one run) nor on the value's place in the list."""
+
+    def __init__(self, point, seed: int, value):
+        self.point, self.seed, self.key = point, seed, json.dumps(value, sort_keys=True)
+        self.block, self.pending = 0, []
+
+    def take(self, n: int):
+        while sum(int(b.input_ids.shape[0]) for b in self.pending) < n:
+            # the value's text as ints: a seed must be non-negative ints, and floats or strings may be values
+            value_seed = list(self.key.encode())
+            self.pending.append(self.point.generate(EVAL_BLOCK, (self.seed, 1, *value_seed, self.block)))
+            self.block += 1
+        batch = _cat_batches(self.pending)
+        head, rest = _rows(batch, 0, n), _rows(batch, n, batch.input_ids.shape[0])
+        self.pending = [rest] if rest.input_ids.shape[0] else []
+        return head
+
+
+def _rows(batch, a: int, b: int):
+    meta = {k: v[a:b] if isinstance(v, list) else v for k, v in batch.meta.items()}
+    width = max(meta["lengths"]) if meta.get("lengths") else batch.input_ids.shape[1]
+    cut = (slice(a, b), slice(0, width))  # a slice of variable-length rows needs no more padding than they
+    return TaskBatch(batch.input_ids[cut], batch.targets[cut], meta,
+                     None if batch.groups is None else batch.groups[cut])
+
+
+def _cat_batches(batches):
+    """Stack TaskBatches along the rows; variable-length rows (phonebook) are right-padded to the widest
+    with 0 (its padding), IGNORE_INDEX targets and -1 groups: a causal model's predictions at the real
+    positions are unchanged by what follows them."""
+    if len(batches) == 1:
+        return batches[0]
+    width = max(b.input_ids.shape[1] for b in batches)
+
+    def pad(t, value):
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+    meta = {}
+    for k, v in batches[0].meta.items():
+        meta[k] = [x for b in batches for x in b.meta[k]] if isinstance(v, list) else v
+    groups = None if batches[0].groups is None else torch.cat([pad(b.groups, -1) for b in batches])
+    return TaskBatch(torch.cat([pad(b.input_ids, 0) for b in batches]),
+                     torch.cat([pad(b.targets, IGNORE_INDEX) for b in batches]), meta, groups)

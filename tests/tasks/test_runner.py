@@ -184,3 +184,41 @@ def test_phonebook_evaluation_counts_every_question():
     model = build_model("mamba2-tiny", task.vocab_size, {"n_layer": 1}, seed=0)
     row = evaluate(model, task, [5], num_examples=3)[0]
     assert row["num_entries"] == 5 and row["examples"] == 12 and row["tokens"] == 120
+
+
+@pytest.mark.parametrize("name,params,other,value", [("induction_heads", {"length": 64}, 64, 96),
+                                                     ("phonebook", {}, 10, 20)])
+def test_evaluation_examples_depend_on_the_value_not_the_batch_or_its_place(name, params, other, value, monkeypatch):
+    """A point's examples were drawn per batch and seeded by the value's index in the list: a run with
+    another batch size (an attention model's, in the same run) or another list scored other examples."""
+    task = get_task(name, **params)
+    model = build_model("mamba2-tiny", task.vocab_size, {"n_layer": 1}, seed=0).eval()
+    seen = []
+    real = predict
+
+    def spy(m, batch, chunk_len):
+        seen.append(batch.input_ids[:, :int(max(batch.meta.get("lengths", [batch.input_ids.shape[1]])))].clone())
+        return real(m, batch, chunk_len)
+
+    import mambakit.tasks.runner as runner
+    monkeypatch.setattr(runner, "predict", spy)
+    runs = []
+    for values, batch_size in (([value], 12), ([other, value], 5)):
+        seen.clear()
+        rows = evaluate(model, task, values, num_examples=12, batch_size=batch_size)
+        mine = [r for r in rows if r[task.sweep_param] == value][0]
+        mine_batches = seen[-(-(-12 // batch_size)):]  # the value's batches: the last ceil(12 / batch_size)
+        width = max(t.shape[1] for t in mine_batches)
+        last = [torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in mine_batches]
+        runs.append((torch.cat(last), {k: mine[k] for k in mine if k not in ("seconds", "per_batch")}))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+
+
+def test_mqar_parameters_are_checked_and_python_constants_read():
+    assert parse_overrides(["random_non_queries=False", "x=None", "y=True"]) == {
+        "random_non_queries": False, "x": None, "y": True}
+    with pytest.raises(ValueError, match="random_non_queries must be true or false, got 'maybe'"):
+        get_task("mqar", random_non_queries="maybe")
+    for bad in ("abc", None, True):
+        with pytest.raises(ValueError, match="power_a must be a number in"):
+            get_task("mqar", power_a=bad)
