@@ -248,8 +248,9 @@ def _plot(results: dict, path):
     ax2.set_xscale("log", base=2)
     ax2.set_xlabel("sequence length (more noise, same 4 data tokens)".replace("4", str(p["num_tokens"])))
     ax2.set_ylabel("token accuracy (%)")
-    fig.suptitle(f"Selective copying: S4D (time-invariant) vs Mamba-1 and Mamba-2 (selective), "
-                 f"{p['num_tokens']} tokens, vocabulary {p['vocab_size']}", fontsize=11)
+    names = [m["name"] for m in results["models"]]
+    fig.suptitle(f"Selective copying: {', '.join(names)}; {p['num_tokens']} tokens, vocabulary {p['vocab_size']}",
+                 fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

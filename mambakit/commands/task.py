@@ -136,7 +136,10 @@ def run(args) -> int:
         raise ValueError(f"--max-attention-scores must be a positive int, got {args.max_attention_scores}")
     if args.eval_max_batch_tokens < 1:
         raise ValueError(f"--eval-max-batch-tokens must be a positive int, got {args.eval_max_batch_tokens}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.max_attention_length < 1:
+        raise ValueError(f"--max-attention-length must be a positive int, got {args.max_attention_length}")
+    from ..placement import resolve_device
+    device = str(resolve_device(args.device)) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
     results = {"task": task.name, "task_params": task.params(), "sweep_param": task.sweep_param,
                "metric": task.metric, "models": [], "command": report.command_line(),
                "machine": report.machine_info()}

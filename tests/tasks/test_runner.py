@@ -222,3 +222,15 @@ def test_mqar_parameters_are_checked_and_python_constants_read():
     for bad in ("abc", None, True):
         with pytest.raises(ValueError, match="power_a must be a number in"):
             get_task("mqar", power_a=bad)
+
+
+def test_bad_device_and_attention_length_are_messages(tmp_path, capsys):
+    base = ["task", "train", "--task", "mqar", "--model", "mamba2-tiny", "--steps", "1", "--out", str(tmp_path / "x")]
+    assert main(base + ["--max-attention-length", "-5"]) == 2
+    assert main(base + ["--device", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-attention-length must be a positive int, got -5" in err and "device 'gpu'" in err
+    if not torch.cuda.is_available():
+        assert main(base + ["--device", "cuda"]) == 2
+        assert "use device='cpu'" in capsys.readouterr().err  # (why: no GPU, or a CPU-only build)
+    assert not (tmp_path / "x").exists()
