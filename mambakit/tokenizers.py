@@ -10,6 +10,7 @@ spans several tokens).
 """
 from __future__ import annotations
 
+import copy
 import json
 import operator
 from collections.abc import Iterable
@@ -62,8 +63,9 @@ class Tokenizer:
     def batch_encode(self, texts: list[str], padding_side: str = "left", add_special_tokens: bool = True,
                      device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """texts -> input_ids (b, l) long and attention_mask (b, l) long (1 = token, 0 = padding)."""
-        texts = texts if isinstance(texts, str) else list(texts)  # an iterator is read once
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts) or not texts:
+        if isinstance(texts, Iterable) and not isinstance(texts, str):
+            texts = list(texts)  # an iterator is read once
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts) or not texts:
             raise ValueError("batch_encode expects a non-empty list of strings")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -142,7 +144,10 @@ def stream_text(tokenizer: Tokenizer, tokens, prompt_ids=None, stops=(), eos_tok
     hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop string
     text, sent, n, finish, cut = "", 0, 0, "length", None
     for token in tokens:
-        token_id = int(token[0]) if isinstance(token, torch.Tensor) and token.dim() else int(token)
+        if isinstance(token, torch.Tensor) and token.numel() != 1:
+            raise ValueError(f"stream_text: each token must be one id (an int or a tensor of one), got a tensor "
+                             f"of shape {tuple(token.shape)}")
+        token_id = int(token.reshape(())) if isinstance(token, torch.Tensor) else int(token)
         n += 1
         if token_id == eos_token_id:
             finish = "stop"
@@ -204,6 +209,12 @@ class HFTokenizer(Tokenizer):
 
     def __init__(self, tokenizer, eos_token: str | None = None, bos_token: str | None = None,
                  pad_token: str | None = None):
+        if tokenizer.padding is not None or tokenizer.truncation is not None:
+            # a tokenizer.json saved with padding or truncation on (some exports are) would pad every
+            # encode to a fixed length and cut long prompts: batch_encode does the padding here
+            tokenizer = copy.deepcopy(tokenizer)
+            tokenizer.no_padding()
+            tokenizer.no_truncation()
         self.tokenizer = tokenizer
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         if eos_token is None:
@@ -245,10 +256,24 @@ class HFTokenizer(Tokenizer):
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """Text of ids; an id the tokenizer does not have (a model's vocabulary padded past it) is U+FFFD,
+        as in ByteTokenizer (the Rust side would drop it, or fail on a huge one)."""
         ids = as_token_ids(ids)
-        if any(i < 0 for i in ids):  # the Rust side would raise an OverflowError
+        if any(i < 0 for i in ids):
             raise ValueError(f"token ids must be >= 0, got {min(ids)}")
-        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        if all(i < self.vocab_size for i in ids):
+            return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        out, run = [], []
+        for i in ids + [None]:
+            if i is not None and i < self.vocab_size:
+                run.append(i)
+                continue
+            if run:
+                out.append(self.tokenizer.decode(run, skip_special_tokens=skip_special_tokens))
+            if i is not None:
+                out.append("\ufffd")
+            run = []
+        return "".join(out)
 
     def __repr__(self) -> str:
         return f"HFTokenizer(vocab_size={self.vocab_size}, eos_token_id={self.eos_token_id})"
@@ -262,9 +287,12 @@ def _special_tokens(folder: Path) -> dict:
         if not f.is_file():
             continue
         try:
-            data = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{f}: cannot read it as JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{f}: expected a JSON object (its eos_token, bos_token, pad_token), got "
+                             f"{type(data).__name__}")
         for key in ("eos_token", "bos_token", "pad_token"):
             value = data.get(key)
             if isinstance(value, dict):

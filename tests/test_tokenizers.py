@@ -72,6 +72,9 @@ def test_batch_encode_rejects_bad_input():
         tok.batch_encode(["a", ""])
     with pytest.raises(ValueError, match="padding_side"):
         tok.batch_encode(["a"], padding_side="middle")
+    for bad in (None, 5):  # not iterable: the same message, not a TypeError
+        with pytest.raises(ValueError, match="list of strings"):
+            tok.batch_encode(bad)
 
 
 def _stream(tok, ids):
@@ -172,3 +175,39 @@ def test_token_ids_of_every_integer_kind_decode_and_stream():
 def test_hf_decode_refuses_negative_ids(bpe_folder):
     with pytest.raises(ValueError, match="token ids must be >= 0, got -1"):
         HFTokenizer.from_file(bpe_folder).decode([5, -1])
+
+
+def test_saved_padding_and_truncation_are_turned_off(bpe_folder, tmp_path):
+    """Some exports save tokenizer.json with padding or truncation on: encode padded every text to a
+    fixed length (batch_encode then masked the padding as prompt) and cut long prompts."""
+    from tokenizers import Tokenizer
+    raw = Tokenizer.from_file(str(bpe_folder / "tokenizer.json"))
+    raw.enable_padding(length=16, pad_id=0)
+    raw.enable_truncation(max_length=16)
+    raw.save(str(tmp_path / "tokenizer.json"))
+    tok, plain = load_tokenizer(tmp_path / "tokenizer.json"), load_tokenizer(bpe_folder)
+    long = "the quick brown fox jumps over the lazy dog " * 6
+    assert tok.encode("hi") == plain.encode("hi") and len(tok.encode(long)) > 16
+    ids, mask = tok.batch_encode(["hi", "the quick brown fox"])
+    assert int(mask[0].sum()) == len(plain.encode("hi")) and int(mask[0, 0]) == 0  # left-padded, masked
+
+
+def test_decode_of_ids_past_the_tokenizer_and_bad_config_files(bpe_folder, tmp_path):
+    tok = load_tokenizer(bpe_folder)
+    ids = tok.encode("the fox")
+    assert tok.decode(ids + [tok.vocab_size, 10 ** 12] + ids) == "the fox\ufffd\ufffdthe fox"  # as ByteTokenizer
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        (tmp_path / name).write_text("[1, 2]")
+        (tmp_path / "tokenizer.json").write_text((bpe_folder / "tokenizer.json").read_text())
+        with pytest.raises(ValueError, match="expected a JSON object"):
+            load_tokenizer(tmp_path)
+        (tmp_path / name).unlink()
+
+
+def test_stream_text_wants_one_id_a_token():
+    from mambakit.tokenizers import stream_text
+    tok = ByteTokenizer()
+    assert "".join(p for p, _, _ in stream_text(tok, [torch.tensor([104]), torch.tensor(105), 33])) == "hi!"
+    for bad in (torch.tensor([104, 105]), torch.tensor([])):
+        with pytest.raises(ValueError, match="each token must be one id"):
+            list(stream_text(tok, [bad]))
