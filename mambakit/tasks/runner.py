@@ -307,14 +307,13 @@ class _EvalExamples:
     differs between an SSM and an attention model in one run) nor on the value's place in the list."""
 
     def __init__(self, point, seed: int, value):
-        self.point, self.seed, self.key = point, seed, json.dumps(value, sort_keys=True)
+        # the value's JSON text as ints: a seed is non-negative ints, and a value may be a float or a string
+        self.point, self.seed = point, (seed, 1, *json.dumps(value, sort_keys=True).encode())
         self.block, self.pending = 0, []
 
     def take(self, n: int):
         while sum(int(b.input_ids.shape[0]) for b in self.pending) < n:
-            # the value's text as ints: a seed must be non-negative ints, and floats or strings may be values
-            value_seed = list(self.key.encode())
-            self.pending.append(self.point.generate(EVAL_BLOCK, (self.seed, 1, *value_seed, self.block)))
+            self.pending.append(self.point.generate(EVAL_BLOCK, (*self.seed, self.block)))
             self.block += 1
         batch = _cat_batches(self.pending)
         head, rest = _rows(batch, 0, n), _rows(batch, n, batch.input_ids.shape[0])
