@@ -190,6 +190,10 @@ class ModelConfig:
                 raise ValueError(f"attention: d_model {self.d_model} is not divisible by n_heads {a.n_heads}; set head_dim")
             if not 0.0 <= a.rotary_fraction <= 1.0:
                 raise ValueError(f"attention: rotary_fraction must be in [0, 1], got {a.rotary_fraction}")
+            hd = a.head_dim or self.d_model // a.n_heads
+            if a.rotary_fraction > 0 and int(hd * a.rotary_fraction) // 2 * 2 == 0:
+                raise ValueError(f"attention: rotary_fraction {a.rotary_fraction} of head_dim {hd} rotates no pair "
+                                 f"of dims (no position encoding at all); use 0 for none or at least {2 / hd:.3g}")
             if not a.rope_theta > 0:
                 raise ValueError(f"attention: rope_theta must be > 0, got {a.rope_theta}")
         check_token_ids(self.token_ids)

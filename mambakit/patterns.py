@@ -30,7 +30,9 @@ def _check_ratio(name: str, value) -> float:
 
 
 def allocate_pattern(n_layer: int, attention_ratio: float, mlp_ratio: float) -> str:
-    """A pattern of n_layer characters with about the requested shares of `*` and `-`."""
+    """A pattern of n_layer characters with about the requested shares of `*` and `-`, by Megatron's
+    rule (_allocate_auto): round(n_layer * attention_ratio) attention layers; the MLP layers replace
+    SSM layers left over, so at large ratios there may be fewer than round(n_layer * mlp_ratio)."""
     if isinstance(n_layer, bool) or not isinstance(n_layer, int) or n_layer < 1:
         raise ValueError(f"allocate_pattern: n_layer must be a positive int, got {n_layer!r}")
     attention_ratio = _check_ratio("attention_ratio", attention_ratio)
@@ -40,7 +42,7 @@ def allocate_pattern(n_layer: int, attention_ratio: float, mlp_ratio: float) -> 
                          f"got {attention_ratio} + {mlp_ratio}")
 
     layers = [SSM] * n_layer
-    # 1. Attention: evenly spaced, never first or last.
+    # 1. Attention: evenly spaced; first or last only when attention is most of the layers.
     n_attention = round(n_layer * attention_ratio)
     n_ssm = n_layer - n_attention
     section = n_ssm / (n_attention + 1)

@@ -104,6 +104,7 @@ def test_from_json_reads_a_saved_models_config_and_refuses_foreign_ones(tmp_path
     ("hybrid-tiny", dict(attention={"max_seqlen": -5}), "attention.max_seqlen must be a positive int"),
     ("hybrid-tiny", dict(attention={"rope_theta": 0.0}), "rope_theta must be > 0"),
     ("hybrid-tiny", dict(attention={"rotary_fraction": "0.5"}), "rotary_fraction must be a finite number"),
+    ("transformer-tiny", dict(attention={"rotary_fraction": 0.02}), "rotates no pair of dims"),
     ("hybrid-tiny", dict(mlp={"hidden_size": 0}), "mlp.hidden_size must be a positive int"),
     ("mamba2-tiny", dict(vocab_size=True), "ModelConfig.vocab_size must be a positive int, got True"),
     ("mamba2-tiny", dict(norm_eps=-1.0), "ModelConfig.norm_eps must be a finite number >= 0"),

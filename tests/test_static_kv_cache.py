@@ -306,3 +306,29 @@ def test_without_a_static_form_attention_runs_eagerly_between_graphs(fake_graphs
         assert "grow their cache and run eagerly" in caplog.text
     finally:
         cuda_graphs.release(model)
+
+
+def test_a_cache_in_another_dtype_rotates_with_the_model_dtype_table():
+    """An fp32 model with a bf16 static cache: the keys are stored rounded in both caches, but q and
+    k are rotated with the same fp32 table rows (a bf16 table would move the logits by ~3e-4)."""
+    model = make_model("transformer")  # the kind with RoPE
+    ids, pad, _ = padded([6, 6])
+    tokens = torch.randint(0, 256, (2, 4), generator=torch.Generator().manual_seed(2))
+    dynamic = run_steps(model, ids, pad, model.allocate_cache(2, dtype=torch.bfloat16), tokens)
+    static = run_steps(model, ids, pad, allocate_static_cache(model, 2, 12, dtype=torch.bfloat16), tokens)
+    torch.testing.assert_close(static, dynamic, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_batch_other_than_the_cache_is_a_clear_error_that_writes_nothing(static):
+    model = make_model("transformer")
+    ids = torch.randint(0, 256, (2, 5))
+    with torch.inference_mode():
+        cache = allocate_static_cache(model, 2, 16) if static else model.allocate_cache(2)
+        model(ids, cache=cache)
+        before = [{k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for s in cache.layers]
+        with pytest.raises(ValueError, match="allocated for batch 2, got 1 rows"):
+            model(ids[:1, :1], cache=cache, validate=False)
+    for state, saved in zip(cache.layers, before):
+        for name, value in saved.items():
+            assert torch.equal(state[name], value), name

@@ -153,7 +153,10 @@ class Attention(nn.Module):
         if self.rotary_dim:
             # Views of the module-level table (shared by the layers); kept here, so that the table
             # growing later (a new tensor in _ROPE_TABLES) never moves what a graph reads.
-            cos, sin, swap = rope_tables(capacity, self.head_dim, self.rotary_dim, self.rope_theta, device, dtype)
+            # In the weights' dtype (q's, as forward's table), not the cache's: a bf16 cache under an
+            # fp32 model must not rotate q and k with rounded tables.
+            cos, sin, swap = rope_tables(capacity, self.head_dim, self.rotary_dim, self.rope_theta, device,
+                                         self.q_proj.weight.dtype)
             state.update(rope_cos=cos[:capacity], rope_sin=sin[:capacity], rope_swap=swap)  # (T, 1, hd), (hd,)
         return state
 
@@ -185,8 +188,15 @@ class Attention(nn.Module):
         if self.max_seqlen is not None and past + l > self.max_seqlen:
             raise ValueError(f"attention: {past + l} tokens exceed this model's limit of {self.max_seqlen}")
         q, k, v = q.view(b, l, h, hd), k.view(b, l, kvh, hd), v.view(b, l, kvh, hd)
-        if cache is not None and "k_static" in cache.layers[self.layer_idx]:
-            return static_attention(self, q, k, v, cache, seq_idx)  # (b, l, h hd)
+        if cache is not None:
+            layer_state = cache.layers[self.layer_idx]
+            static = "k_static" in layer_state
+            rows = layer_state["k_static" if static else "k"].shape[0]
+            if rows != b:  # before any write: a broadcast copy would corrupt the cache's rows
+                raise ValueError(f"attention layer {self.layer_idx}: the cache was allocated for batch {rows}, "
+                                 f"got {b} rows")
+            if static:
+                return static_attention(self, q, k, v, cache, seq_idx)  # (b, l, h hd)
         if self.rotary_dim:
             cos, sin, swap = rope_tables(past + l, hd, self.rotary_dim, self.rope_theta, q.device, q.dtype)
             cos, sin = cos[past:past + l], sin[past:past + l]  # (l, 1, hd)
@@ -328,7 +338,7 @@ def _static_chunk(layer: Attention, q, k, v, state: dict, past: int, seq_idx, pa
 
 def _static_rope(q, k, cos, sin, swap):
     """RoPE as Attention.forward applies it (the same table rows, so the same floats)."""
-    if cos.dtype != q.dtype:  # the table is in the cache's dtype; autocast may run q in another
+    if cos.dtype != q.dtype:  # the table is in the weights' dtype; autocast may run q in another
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
     return apply_rope_table(q, cos, sin, swap), apply_rope_table(k, cos, sin, swap)
 

@@ -111,8 +111,9 @@ def _build():
     lib.built_with_openmp.argtypes, lib.built_with_openmp.restype = [], ctypes.c_int
     lib.linear_rows.argtypes = [_I, _I, _I, _P, _I, _P, _P, _P, _I, _INT]
     lib.mamba2_step.argtypes = [_I] * 6 + [_P, _I, _P, _P, _P, _P, _F, _F, _P, _P, _INT, _P, _P, _F, _I, _INT, _P, _P, _INT]
+    lib.gated_norm_rows.argtypes = [_I, _I, _P, _I, _P, _I, _P, _F, _I, _INT, _INT]
     for fn in (lib.scan1, lib.conv_step, lib.ssd_step, lib.add_rms_norm, lib.mamba1_step, lib.mamba2_step,
-               lib.linear_rows, lib.conv_seq):
+               lib.linear_rows, lib.conv_seq, lib.gated_norm_rows):
         fn.restype = None
     return lib
 
@@ -297,6 +298,26 @@ def rms_norm(x, weight, eps: float, residual=None, out=None, check: bool = True)
     y = torch.empty_like(x) if out is None else out
     rows = x.numel() // d if d else 0
     _lib.add_rms_norm(rows, d, _ptr(x), d, _ptr(residual), d, _ptr(weight), float(eps), _ptr(y), d)
+    return y
+
+
+def gated_norm_(y, z, weight, eps: float, group_size: int, norm_before_gate: bool,
+                threads: int | None = None) -> torch.Tensor:
+    """ops.gated_rms_norm in place on y: y (..., e) fp32 contiguous, z of y's shape with a contiguous
+    last axis and evenly strided rows (a column slice of in_proj's output is fine), weight (e,)
+    contiguous. One pass over each row instead of torch's five ops and a fresh (..., e) buffer."""
+    e = y.shape[-1]
+    rows = y.numel() // e if e else 0
+    zr = z.reshape(rows, e) if z.dim() != 2 else z  # a view for in_proj's slices
+    if (not y.is_contiguous() or z.shape != y.shape or zr.stride(-1) != 1 or weight.shape != (e,)
+            or not weight.is_contiguous() or e % group_size or
+            any(t.dtype != torch.float32 for t in (y, z, weight))):
+        raise ValueError(f"cpu_kernels.gated_norm_: y must be fp32 contiguous (..., {e}), z fp32 of its shape with "
+                         f"a contiguous last axis, weight ({e},) contiguous, {e} a multiple of {group_size}; got y "
+                         f"{y.dtype} {tuple(y.shape)} {y.stride()}, z {z.dtype} {tuple(z.shape)} {z.stride()}, "
+                         f"weight {tuple(weight.shape)}")
+    _lib.gated_norm_rows(rows, e, _ptr(y), e, _ptr(zr), zr.stride(0), _ptr(weight), float(eps), group_size,
+                         int(bool(norm_before_gate)), threads or torch.get_num_threads())
     return y
 
 

@@ -311,6 +311,35 @@ void mamba1_step(i64 b, i64 e, i64 n, i64 r, i64 k, const float *xz, i64 sxz_b, 
     free(xdbl);
 }
 
+/* ---- Mamba-2's gated RMSNorm of rows (e wide) in place: y = rmsnorm(y * silu(z)) per group of gs
+   channels (norm_before_gate: rmsnorm(y) * silu(z)), times w. z rows are read through their stride
+   (z is a column slice of in_proj's output). The product order of ops.gated_rms_norm. ---- */
+void gated_norm_rows(i64 rows, i64 e, float *y, i64 sy, const float *z, i64 sz, const float *w, float eps,
+                     i64 gs, int norm_before_gate, int nthreads) {
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if(rows > 1 && nthreads > 1)
+    for (i64 i = 0; i < rows; i++) {
+        const float *zr = z + i * sz;
+        float *yr = y + i * sy;
+        if (!norm_before_gate) {
+            #pragma omp simd
+            for (i64 j = 0; j < e; j++) yr[j] = yr[j] * fsilu(zr[j]);
+        }
+        for (i64 g0 = 0; g0 < e; g0 += gs) {
+            float ss = 0.0f;
+            #pragma omp simd reduction(+:ss)
+            for (i64 j = g0; j < g0 + gs; j++) ss += yr[j] * yr[j];
+            const float rs = 1.0f / sqrtf(ss / (float)gs + eps);
+            if (norm_before_gate) {
+                #pragma omp simd
+                for (i64 j = g0; j < g0 + gs; j++) yr[j] = ((yr[j] * rs) * fsilu(zr[j])) * w[j];
+            } else {
+                #pragma omp simd
+                for (i64 j = g0; j < g0 + gs; j++) yr[j] = (yr[j] * rs) * w[j];
+            }
+        }
+    }
+}
+
 /* ---- Mamba-2 decode step after in_proj: conv + SiLU over xBC, the SSD step, then the gated RMSNorm
    (per group of gs channels; gate first unless norm_before_gate), in one call.
    zxbcdt (b, 2e + 2gn + h) rows: z, xBC, dt; xbc (b, e + 2gn) scratch; y (b, e) contiguous. ---- */
@@ -335,27 +364,7 @@ void mamba2_step(i64 b, i64 h, i64 p, i64 n, i64 g, i64 k, const float *zxbcdt, 
         ssd_heads(b, h, h0, h1, p, n, g, xbc, c, zxbcdt + e + c, s_b, dt_bias, 1, lo, hi, A, xbc + e, c,
                   xbc + e + g * n, c, D, d_per_channel, state, y, e);
     }
-    for (i64 bi = 0; bi < b; bi++) {
-        const float *z = zxbcdt + bi * s_b;
-        float *yr = y + bi * e;
-        if (!norm_before_gate) {
-            #pragma omp simd
-            for (i64 j = 0; j < e; j++) yr[j] = yr[j] * fsilu(z[j]);
-        }
-        for (i64 g0 = 0; g0 < e; g0 += gs) {
-            float ss = 0.0f;
-            #pragma omp simd reduction(+:ss)
-            for (i64 j = g0; j < g0 + gs; j++) ss += yr[j] * yr[j];
-            const float rs = 1.0f / sqrtf(ss / (float)gs + eps);
-            if (norm_before_gate) {
-                #pragma omp simd
-                for (i64 j = g0; j < g0 + gs; j++) yr[j] = ((yr[j] * rs) * fsilu(z[j])) * norm_w[j];
-            } else {
-                #pragma omp simd
-                for (i64 j = g0; j < g0 + gs; j++) yr[j] = (yr[j] * rs) * norm_w[j];
-            }
-        }
-    }
+    gated_norm_rows(b, e, y, e, zxbcdt, s_b, norm_w, eps, gs, norm_before_gate, 1);
 }
 """
 

@@ -197,3 +197,31 @@ def test_model_trains(init):
         opt.step()
     assert losses[-1] < losses[0] - 0.1, losses
     assert model.layers[0].mixer.A_log.grad is not None and model.layers[0].mixer.log_dt.grad.abs().sum() > 0
+
+
+def test_conv_stays_fp32_under_autocast():
+    """Under bf16 autocast (the trainer's) the Vandermonde einsums would run in bf16: the kernel, the
+    state terms and so the prefill would drift from the fp32 recurrence of decoding."""
+    torch.manual_seed(0)
+    b, l, e, n = 2, 40, 8, 16
+    dtA, W = (t.float() for t in modes(e, n, False))
+    u, s0 = torch.randn(b, l, e), torch.randn(b, e, n)
+    y_ref, s_ref = lti_conv(u, dtA, W, initial_state=s0, return_final_state=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, s = lti_conv(u, dtA, W, initial_state=s0, return_final_state=True)
+        K = lti_kernel(dtA, W, l)
+    assert K.dtype == torch.float32 and s.dtype == torch.float32
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(s, s_ref)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(W=torch.randn(3, dtype=torch.float64)), "W must have the shape"),
+    (dict(D=torch.randn(1, dtype=torch.float64)), "D must have shape"),
+    (dict(state=torch.zeros(2, 4, 3, dtype=torch.bfloat16)), "fp32 or fp64"),
+])
+def test_recurrence_rejects_bad_arguments(bad, match):
+    dtA, W = modes(4, 3, False)
+    args = dict(state=torch.zeros(2, 4, 3, dtype=torch.float64), W=W, D=None) | bad
+    with pytest.raises(ValueError, match=match):
+        lti_step(torch.randn(2, 4, dtype=torch.float64), args["state"], dtA, args["W"], args["D"])

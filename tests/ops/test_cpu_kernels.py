@@ -194,3 +194,19 @@ def test_decode_with_a_strided_weight_takes_the_general_path(preset, name, monke
     on = run()
     monkeypatch.setenv("MAMBAKIT_CPU_KERNELS", "off")
     assert (on - run()).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("group_size,norm_before_gate", [(64, False), (192, False), (64, True)])
+def test_gated_norm_in_place_matches_torch(group_size, norm_before_gate):
+    """The prefill's gated norm (in place on y, z a strided column slice of in_proj's output)."""
+    from mambakit.ops.norm import gated_rms_norm
+    g = torch.Generator().manual_seed(5)
+    zx = torch.randn(2, 9, 500, generator=g)
+    z = zx[:, :, 7:199]  # (b, l, e) rows 500 apart
+    y, w = torch.randn(2, 9, 192, generator=g), torch.randn(192, generator=g)
+    ref = gated_rms_norm(y, z, w, 1e-5, group_size=group_size, norm_before_gate=norm_before_gate)
+    out = y.clone()
+    assert cpu_kernels.gated_norm_(out, z, w, 1e-5, group_size, norm_before_gate) is out
+    assert rel(out, ref) < 1e-6
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu_kernels.gated_norm_(y.transpose(0, 1), z, w, 1e-5, group_size, norm_before_gate)

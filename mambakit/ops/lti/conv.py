@@ -78,21 +78,24 @@ def lti_conv(u: torch.Tensor, dtA: torch.Tensor, W: torch.Tensor, D: torch.Tenso
     dtA, W = dtA.to(sd), W.to(sd)
     uf = u.to(real)
     s0 = initial_state.to(sd) if initial_state is not None else None
-    K = lti_kernel(dtA, W, l)  # (l, e)
-    if seq_idx is None:
-        y, s = _conv_rows(uf, K, dtA, W, s0, return_final_state)
-    else:
-        rows, finals = [], []
-        for r in range(b):
-            pieces, s = [], None
-            for i, (a, z) in enumerate(_segments(seq_idx[r])):
-                s_in = s0[r:r + 1] if (s0 is not None and i == 0) else None
-                y_seg, s = _conv_rows(uf[r:r + 1, a:z], K, dtA, W, s_in, return_final_state)
-                pieces.append(y_seg)
-            rows.append(torch.cat(pieces, dim=1))
-            finals.append(s)
-        y = torch.cat(rows, dim=0)  # (b, l, e)
-        s = torch.cat(finals, dim=0) if return_final_state else None
-    if D is not None:
-        y = y + D.to(real) * uf
+    # fp32 (or fp64) whatever autocast wants: under autocast the einsums would run in bf16 and the
+    # prefill would no longer match the recurrence of decoding (README.md: the modes stay fp32).
+    with torch.autocast(u.device.type, enabled=False):
+        K = lti_kernel(dtA, W, l)  # (l, e)
+        if seq_idx is None:
+            y, s = _conv_rows(uf, K, dtA, W, s0, return_final_state)
+        else:
+            rows, finals = [], []
+            for r in range(b):
+                pieces, s = [], None
+                for i, (a, z) in enumerate(_segments(seq_idx[r])):
+                    s_in = s0[r:r + 1] if (s0 is not None and i == 0) else None
+                    y_seg, s = _conv_rows(uf[r:r + 1, a:z], K, dtA, W, s_in, return_final_state)
+                    pieces.append(y_seg)
+                rows.append(torch.cat(pieces, dim=1))
+                finals.append(s)
+            y = torch.cat(rows, dim=0)  # (b, l, e)
+            s = torch.cat(finals, dim=0) if return_final_state else None
+        if D is not None:
+            y = y + D.to(real) * uf
     return y.to(u.dtype), s

@@ -42,7 +42,8 @@ def lti_kernel(dtA: torch.Tensor, W: torch.Tensor, l: int) -> torch.Tensor:
     """K (l, e) real: K[t, e] = Re(sum_n W[e, n] exp(t dtA[e, n]))."""
     e, n = dtA.shape
     parts = []
-    for t0, t1 in time_blocks(e, n, l):
-        K = torch.einsum("en,ent->te", W, vandermonde(dtA, t0, t1))  # (t, e)
-        parts.append(K.real if K.is_complex() else K)
+    with torch.autocast(dtA.device.type, enabled=False):  # the einsum in dtA's precision, never bf16
+        for t0, t1 in time_blocks(e, n, l):
+            K = torch.einsum("en,ent->te", W, vandermonde(dtA, t0, t1))  # (t, e)
+            parts.append(K.real if K.is_complex() else K)
     return torch.cat(parts, dim=0)

@@ -21,6 +21,14 @@ def lti_step(u: torch.Tensor, state: torch.Tensor, dtA: torch.Tensor, W: torch.T
                          f"got u {tuple(u.shape)} and state {tuple(state.shape)}")
     if state.is_complex() != dtA.is_complex():
         raise ValueError(f"lti_step: state dtype {state.dtype} does not match the modes' dtype {dtA.dtype}")
+    if state.real.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"lti_step: the state must be kept in fp32 or fp64 (complex64/128 for complex modes), "
+                         f"got {state.dtype}")
+    if tuple(W.shape) != tuple(dtA.shape) or W.is_complex() != dtA.is_complex():
+        raise ValueError(f"lti_step: W must have the shape and kind of dtA, {tuple(dtA.shape)} "
+                         f"{'complex' if dtA.is_complex() else 'real'}, got {tuple(W.shape)} {W.dtype}")
+    if D is not None and tuple(D.shape) != (u.shape[1],):
+        raise ValueError(f"lti_step: D must have shape (e,) = {(u.shape[1],)}, got {tuple(D.shape)}")
     real = state.real.dtype
     uf = u.to(real)
     state.mul_(torch.exp(dtA.to(state.dtype))).add_(uf[..., None])
