@@ -26,7 +26,8 @@ between them (embedding and head included) is one graph. A pure SSM model is one
 The graph, its static cache and its static input/output are kept on the model per batch size and
 capacity (`model._mambakit_cuda_graphs`), so later generate calls reuse them; `release(model)`
 frees them. They hold the addresses of the model's weights: in-place updates (load_state_dict) are seen, new
-parameter tensors (model.to(...)) make a new graph.
+tensors (model.to(...), a parameter or module replaced by assignment) make a new graph. Hooks added
+after the capture are not run by its replays: release(model) after adding one.
 """
 from __future__ import annotations
 
@@ -241,16 +242,19 @@ class GraphedDecoder:
 
 class _Slot(NamedTuple):
     """Where a graphed decoder is kept on its model. Graphs replay fixed addresses, so a decoder
-    serves only these weights (device, dtype and address of the first parameter) and this batch
+    serves only these weights (device, and the address and dtype of every parameter) and this batch
     size; decoders of several capacities may sit side by side (see _fits)."""
     batch_size: int
-    weights: tuple  # (device, dtype, data_ptr)
+    weights: tuple  # _weights(): (device, hash of the tensors' addresses and dtypes, their count)
     capacity: int | None
 
 
 def _weights(model, device: torch.device) -> tuple:
-    param = next(model.parameters())
-    return str(device), param.dtype, param.data_ptr()
+    """What a captured graph reads: every parameter's and buffer's address and dtype. A replaced
+    tensor anywhere (a new lm_head, a swapped block, an adapter merged by assignment) must not
+    replay a graph that reads the old, perhaps freed, memory. Once per generation, not per token."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return str(device), hash(tuple((t.data_ptr(), t.dtype) for t in tensors)), len(tensors)
 
 
 def round_capacity(model, needed: int) -> int:
@@ -261,13 +265,13 @@ def round_capacity(model, needed: int) -> int:
 
 
 def _fits(decoder, model, capacity: int | None) -> bool:
-    """Whether `decoder` can serve a generation of `capacity` tokens (None: any) at its speed: its
+    """Whether `decoder` can serve a generation of `capacity` tokens (None: unbounded) at its speed: its
     static KV cache holds them, and not more than OVERSIZE times the rounded need, since attention
     reads the whole cache at every step (a 64K cache made a 1K-token Transformer step as slow as at
     64K: benchmarks/results/gpu_generation-*session10-2*). A decoder captured without a capacity
     fits a model with attention (segmented) only where a capacity is not asked for."""
-    if capacity is None:
-        return True
+    if capacity is None:  # no bound on the length: a static KV cache would run out
+        return decoder.capacity is None
     if decoder.capacity is None:
         return not (decoder.n_eager > 0 and supports_static_kv(model))
     return capacity <= decoder.capacity <= OVERSIZE * round_capacity(model, capacity)

@@ -385,3 +385,33 @@ def test_top_k_keeps_k_tokens_when_logits_tie():
 def test_generate_names_a_model_that_is_not_one():
     with pytest.raises(ValueError, match="model must be a mambakit.LM.*got object"):
         mambakit.generate(object(), torch.zeros(1, 3, dtype=torch.long), 2)
+
+
+def test_a_replaced_parameter_captures_a_new_graph(fake_graphs):
+    """A graph reads the weights' addresses: a parameter replaced by assignment (here the head,
+    untied) must not replay the old graph, whichever parameter it is."""
+    import copy
+    model = copy.deepcopy(make_model("mamba2"))
+    ids = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(4))
+    mambakit.generate(model, ids, 4, cuda_graph=True)
+    assert len(fake_graphs) == 1
+    with torch.no_grad():
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight + 0.5 * torch.randn_like(model.lm_head.weight))
+    graphed = mambakit.generate(model, ids, 4, cuda_graph=True)
+    assert len(fake_graphs) == 2
+    assert torch.equal(graphed, mambakit.generate(model, ids, 4))
+    cuda_graphs.release(model)
+
+
+def test_an_unbounded_generation_never_gets_a_static_kv_decoder(fake_graphs):
+    """graphed_decoder(capacity=None) on a model with attention: a decoder captured with a static KV
+    cache of some capacity would run out; one without a capacity is captured instead."""
+    model = make_model("hybrid")
+    cuda_graphs.release(model)
+    try:
+        bounded = cuda_graphs.graphed_decoder(model, 1, torch.device("cpu"), capacity=16)
+        assert bounded.capacity is not None
+        unbounded = cuda_graphs.graphed_decoder(model, 1, torch.device("cpu"))
+        assert unbounded is not bounded and unbounded.capacity is None
+    finally:
+        cuda_graphs.release(model)
