@@ -95,14 +95,20 @@ class InferenceCache:
                     keep = started.view(-1, *([1] * (t.dim() - 1)))
                 t.masked_fill_(~keep, 0)
 
-    def check_compatible(self, config, batch_size: int) -> None:
-        """Raise a ValueError unless this cache was allocated for `config` and `batch_size`."""
+    def check_compatible(self, config, batch_size: int, device=None) -> None:
+        """Raise a ValueError unless this cache was allocated for `config`, `batch_size` and (if given)
+        `device`, the inputs' device."""
         if self.config is not config and self.config != config:
             raise ValueError("this InferenceCache was allocated by a model with another config; "
                              "call model.allocate_cache(batch_size) on the model you run")
         if self.batch_size != batch_size:
             raise ValueError(f"the cache holds {self.batch_size} sequences but input_ids has batch size "
                              f"{batch_size}; allocate a cache with batch_size={batch_size}")
+        if device is not None:
+            here = next((t.device for state in self.layers for t in state.values() if torch.is_tensor(t)), None)
+            if here is not None and here != torch.device(device):
+                raise ValueError(f"the cache is on {here} but input_ids is on {device}; allocate it with "
+                                 f"model.allocate_cache(batch_size, device={str(device)!r}) or move the inputs")
 
     def __repr__(self) -> str:
         return (f"InferenceCache(batch_size={self.batch_size}, seqlen_offset={self.seqlen_offset}, "

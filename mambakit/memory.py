@@ -10,7 +10,9 @@ after `context_len` tokens. The fixed-size states (SSM conv and ssm states) are 
 `LM.allocate_cache(1, dtype, device="meta")` allocates (the SSM state stays fp32 whatever the
 dtype, as in real decoding); each attention layer adds keys and values, 2 * t * kvh * hd
 elements of `dtype`, for the t tokens it has seen. It is what `InferenceCache.nbytes` reports
-after a prefill of `context_len` tokens in that dtype.
+after a prefill of `context_len` tokens in that dtype. What decoding allocates can be more: the
+growing KV cache doubles its buffer when a step does not fit (up to twice the attention part),
+and a static KV cache (allocate_static_cache) holds its whole capacity from the start.
 """
 from __future__ import annotations
 

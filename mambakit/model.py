@@ -124,7 +124,7 @@ class LM(nn.Module):
         if cache is not None:
             if not isinstance(cache, InferenceCache):
                 raise ValueError(f"cache must be an InferenceCache from model.allocate_cache, got {type(cache).__name__}")
-            cache.check_compatible(self.config, b)
+            cache.check_compatible(self.config, b, input_ids.device)
         limit = self.config.max_seqlen
         total = l + (cache.seqlen_offset if cache is not None else 0)
         if limit is not None and total > limit:

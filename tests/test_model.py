@@ -82,6 +82,10 @@ def test_cache_of_another_batch_or_model():
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match="batch_size must be a positive int"):
             model.allocate_cache(bad)
+    with pytest.raises(ValueError, match="the cache is on meta but input_ids is on cpu"):
+        model(ids, cache=model.allocate_cache(2, device="meta"))
+    with pytest.raises(ValueError, match="dtype must be one of"):  # floating, but nothing of ours runs in it
+        model.allocate_cache(2, dtype=torch.float8_e4m3fn)
 
 
 def test_bad_seq_idx():
@@ -151,7 +155,7 @@ def test_a_cache_of_another_dtype_decodes_right(preset):
             model(ids[:, :4], cache=cache)
             step = model(ids[:, 4:], cache=cache)[:, -1]
             torch.testing.assert_close(step.float(), full, rtol=tol, atol=tol, msg=str(dtype))
-    with pytest.raises(ValueError, match="floating torch.dtype.*torch.int64"):
+    with pytest.raises(ValueError, match="dtype must be one of.*torch.int64"):
         model.allocate_cache(1, dtype=torch.int64)
     with pytest.raises(ValueError, match="device 'gpu' is not a device torch knows"):
         model.allocate_cache(1, device="gpu")

@@ -122,7 +122,7 @@ def test_load_dtype_by_name_and_bad_dtype_or_device(tmp_path, monkeypatch):
         assert mambakit.load(tmp_path / "c", dtype=name).embedding.weight.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="dtype 'bfloat' is not known; expected .*bfloat16"):
         mambakit.load(tmp_path / "c", dtype="bfloat")
-    with pytest.raises(ValueError, match="floating torch.dtype.*got torch.int8"):
+    with pytest.raises(ValueError, match="dtype must be one of.*got torch.int8"):
         mambakit.load(tmp_path / "c", dtype=torch.int8)
     with pytest.raises(ValueError, match="device 'gpu' is not a device torch knows"):
         mambakit.load(tmp_path / "c", device="gpu")
