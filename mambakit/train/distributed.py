@@ -8,6 +8,7 @@ one code path. On the CPU the backend is gloo, on CUDA nccl.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -28,6 +29,18 @@ class DistInfo:
         return self.rank == 0
 
 
+def _timeout_s() -> float:
+    """Seconds a collective may wait: MAMBAKIT_DIST_TIMEOUT, else an hour."""
+    raw = os.environ.get("MAMBAKIT_DIST_TIMEOUT", "3600")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"MAMBAKIT_DIST_TIMEOUT must be a positive number of seconds, got {raw!r}")
+    return value
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (WORLD_SIZE > 1), pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -42,10 +55,13 @@ def setup(device: str = "auto") -> DistInfo:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
+        # Ranks wait at a barrier while rank 0 tokenizes the corpus, minutes for a large one: longer
+        # than NCCL's default timeout (10 min) would allow.
+        timeout = datetime.timedelta(seconds=_timeout_s())
         if dev.type == "cuda":  # naming the device binds NCCL to it (no guessing the rank's GPU at the first barrier)
-            dist.init_process_group(backend="nccl", device_id=dev)
+            dist.init_process_group(backend="nccl", device_id=dev, timeout=timeout)
         else:
-            dist.init_process_group(backend="gloo")
+            dist.init_process_group(backend="gloo", timeout=timeout)
     return DistInfo(rank, world, local_rank, dev)
 
 

@@ -221,17 +221,27 @@ class Trainer:
     def evaluate(self) -> dict | None:
         """Mean loss over the same validation rows every time; every rank runs the same number of batches."""
         info = self.dist
-        n_rows = min(self.cfg.train.eval_rows, self.data.n_val_rows) // info.world * info.world
+        # The same rows at any process count (a run resumed on other ranks logs a comparable curve):
+        # rank 0 gets the most, ceil(n_rows / world); a rank with fewer batches runs the first row
+        # again, uncounted, since every rank must run as many forwards (FSDP gathers in each).
+        n_rows = min(self.cfg.train.eval_rows, self.data.n_val_rows)
         if n_rows == 0:
             return None
+        batches = list(self.data.val_batches(n_rows, self.micro, info.rank, info.world))
+        counted = len(batches)
+        most = -(-(-(-n_rows // info.world)) // self.micro)
+        if counted < most:
+            batches += self.data.val_batches(1, 1, 0, 1) * (most - counted)
         module = self.model  # under DDP the bare module: no gradient hooks needed
         self.model.eval()
         total = torch.zeros(2, device=info.device, dtype=torch.float64)
-        for batch in self.data.val_batches(n_rows, self.micro, info.rank, info.world):
+        for i, batch in enumerate(batches):
             dev = info.device
             seq_idx = batch["seq_idx"].to(dev) if "seq_idx" in batch else None
             with self.autocast():
                 logits = module(batch["input_ids"].to(dev), seq_idx=seq_idx, validate=False)
+            if i >= counted:
+                continue  # a filler forward
             targets = batch["targets"].to(dev).flatten()
             total[0] += F.cross_entropy(logits.float().flatten(0, 1), targets, ignore_index=IGNORE_INDEX,
                                         reduction="sum").double()

@@ -1,5 +1,6 @@
 """Two CPU processes (gloo) under torchrun, DDP and FSDP2: the same losses as one process with the
-same global batch, and checkpoints saved by one strategy resumed by the other.
+same global batch (validation over 7 rows: 4 + 3, the same rows as one process), and checkpoints
+saved by one strategy resumed by the other.
 
 No shape letters: the test compares losses and whole state dicts.
 """
@@ -49,7 +50,7 @@ def _metrics(run: Path) -> tuple[dict, dict]:
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
 def test_ddp_and_fsdp2_match_one_process(tmp_path, corpus, tiny_config):
-    path = tiny_config(tmp_path, corpus, train={"steps": 6, "batch_size": 4, "eval_every": 3, "eval_rows": 8},
+    path = tiny_config(tmp_path, corpus, train={"steps": 6, "batch_size": 4, "eval_every": 3, "eval_rows": 7},
                        checkpoint={"every": 3, "keep_last": 2})
     single = TrainConfig.from_toml(path, ["--out_dir", str(tmp_path / "single")])
     train(single)  # one process, micro-batch 4: no accumulation
