@@ -17,7 +17,10 @@ shapes (see layers/attention.py for the step).
 
 Left-padded batches (generation with an attention_mask): `pad_lengths` (b,) says how many of each
 row's first cached positions are padding; attention layers must not attend to those keys.
-`clear_padding_` wipes what padding left in the recurrent states during a prefill.
+`clear_padding_` wipes what padding left in the recurrent states during a prefill. Packed documents
+fed in chunks (model(ids, cache, seq_idx) more than once) use the same boundary: the start of each
+row's current document (`open_documents_`, `close_documents_`; ids are those of the whole rows:
+a chunk's first id equal to the last id before it continues that document, another starts one).
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ class InferenceCache:
         self.layers = layers
         self.seqlen_offset = 0
         self.pad_lengths: torch.Tensor | None = None  # (b,) long, or None: no padding
+        self.doc_ids: torch.Tensor | None = None  # (b,): the last document id of each row, if packed
 
     @property
     def nbytes(self) -> int:
@@ -73,6 +77,7 @@ class InferenceCache:
                     t.zero_()
         self.seqlen_offset = 0
         self.pad_lengths = None
+        self.doc_ids = None
 
     def clear_padding_(self, pad_lengths: torch.Tensor, consumed: int) -> None:
         """After `consumed` tokens of a left-padded prompt: give every row the states it would have alone.
@@ -94,6 +99,38 @@ class InferenceCache:
                     started = pad_lengths.to(t.device) < consumed  # (b,)
                     keep = started.view(-1, *([1] * (t.dim() - 1)))
                 t.masked_fill_(~keep, 0)
+
+    def open_documents_(self, seq_idx: torch.Tensor) -> None:
+        """Before a chunk of packed documents (seq_idx (b, l)) that follows cached tokens: a row whose
+        first id is not the last id of the chunk before starts a new document here, so nothing
+        cached may reach it (states cleared, earlier keys masked); the same id continues it."""
+        if self.doc_ids is None or self.seqlen_offset == 0:
+            return
+        new = seq_idx[:, 0] != self.doc_ids.to(seq_idx.device)
+        if bool(new.any()):
+            self._set_boundary_(new, torch.full_like(seq_idx[:, 0], self.seqlen_offset), self.seqlen_offset)
+
+    def close_documents_(self, seq_idx: torch.Tensor, consumed: int) -> None:
+        """After a chunk of packed documents (seq_idx (b, l)) that ends at `consumed` tokens: only
+        each row's last document goes on into the next chunk. Where it began inside this chunk, its
+        start becomes the row's boundary in pad_lengths: later tokens attend to no key before it and
+        conv windows forget the inputs before it (the SSM states are already that document's alone)."""
+        self.doc_ids = seq_idx[:, -1].clone()
+        run = (seq_idx == seq_idx[:, -1:]).sum(1)  # the last document's tokens, at the chunk's end
+        began = run < seq_idx.shape[1]  # (b,): the row's last document started in this chunk
+        if bool(began.any()):  # else nothing ends here (and no mask for later steps to pay)
+            self._set_boundary_(began, consumed - run, consumed)
+
+    def _set_boundary_(self, rows: torch.Tensor, start: torch.Tensor, consumed: int) -> None:
+        """pad_lengths[rows] = start[rows] (the first position of their current document), then
+        clear what came before it from the states."""
+        start = start.to(torch.long)
+        old = self.pad_lengths
+        if old is None:
+            self.pad_lengths = torch.where(rows, start, torch.zeros_like(start))
+        else:  # in place: a graphed decoder reads this tensor
+            old.copy_(torch.where(rows.to(old.device), start.to(old.device), old))
+        self.clear_padding_(self.pad_lengths, consumed)
 
     def check_compatible(self, config, batch_size: int, device=None) -> None:
         """Raise a ValueError unless this cache was allocated for `config`, `batch_size` and (if given)

@@ -142,6 +142,8 @@ class LM(nn.Module):
         """
         if validate:
             self.check_inputs(input_ids, cache, seq_idx)
+        if cache is not None and seq_idx is not None:
+            cache.open_documents_(seq_idx)
         x = self.embedding(input_ids)  # (b, l, d)
         if self.config.residual_in_fp32:
             x = x.float()
@@ -153,6 +155,8 @@ class LM(nn.Module):
         logits = linear_module(self.lm_head, x)  # (b, l, v padded); decoding on the CPU: the C loop
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
+            if seq_idx is not None:
+                cache.close_documents_(seq_idx, cache.seqlen_offset)
         v = self.config.vocab_size
         return logits if logits.shape[-1] == v else logits[..., :v]
 

@@ -91,6 +91,23 @@ def test_chunked_prefill_equals_one_shot(model, padded):
                                            msg=lambda m: f"chunk {chunk}, layer {i} {name}: {m}")
 
 
+@pytest.mark.parametrize("split", [3, 5, 6, 8])
+def test_packed_documents_fed_in_chunks_equal_one_forward(model, split):
+    """model(ids, cache, seq_idx) in two chunks, then decode steps, against one forward over the
+    packed rows: a document that ends inside a chunk (5: within the conv window of the next) or at
+    its end (6, row 1: the next chunk starts a new id) leaves nothing to the next one; the same id
+    across the cut (3, 8) continues its document."""
+    ids = torch.randint(1, 256, (2, 14), generator=torch.Generator().manual_seed(split))
+    seq = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2], [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1]])
+    with torch.inference_mode():
+        full = model(ids, seq_idx=seq)
+        cache = model.allocate_cache(2)
+        parts = [model(ids[:, :split], cache=cache, seq_idx=seq[:, :split]),
+                 model(ids[:, split:12], cache=cache, seq_idx=seq[:, split:12])]
+        parts += [model(ids[:, t:t + 1], cache=cache) for t in (12, 13)]  # decode steps go on with doc 2 / 1
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=2e-5, rtol=1e-5)
+
+
 def test_chunked_prefill_generates_the_same_tokens():
     model = make_model("mamba2")
     ids = torch.randint(0, 256, (2, 70))  # across the SSD chunk of 32
