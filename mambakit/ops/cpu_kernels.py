@@ -112,6 +112,8 @@ def _build():
     lib.linear_rows.argtypes = [_I, _I, _I, _P, _I, _P, _P, _P, _I, _INT]
     lib.mamba2_step.argtypes = [_I] * 6 + [_P, _I, _P, _P, _P, _P, _F, _F, _P, _P, _INT, _P, _P, _F, _I, _INT, _P, _P, _INT]
     lib.gated_norm_rows.argtypes = [_I, _I, _P, _I, _P, _I, _P, _F, _I, _INT, _INT]
+    lib.ssd_chunks.argtypes = [_P] + [_I] * 6 + [_P, _I, _I, _P, _P, _P, _I, _I, _P, _I, _I, _P, _P, _INT, _P, _F, _INT]
+    lib.ssd_chunks.restype = ctypes.c_int
     for fn in (lib.scan1, lib.conv_step, lib.ssd_step, lib.add_rms_norm, lib.mamba1_step, lib.mamba2_step,
                lib.linear_rows, lib.conv_seq, lib.gated_norm_rows):
         fn.restype = None
@@ -319,6 +321,68 @@ def gated_norm_(y, z, weight, eps: float, group_size: int, norm_before_gate: boo
     _lib.gated_norm_rows(rows, e, _ptr(y), e, _ptr(zr), zr.stride(0), _ptr(weight), float(eps), group_size,
                          int(bool(norm_before_gate)), threads or torch.get_num_threads())
     return y
+
+
+def _find_sgemm():
+    """The address of the Fortran sgemm_ (32-bit ints) that torch's CPU library carries (MKL in its x86
+    wheels), or None. ssd_chunks calls it from C: the BLAS torch.mm runs, without a torch op per product."""
+    try:
+        lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        return ctypes.cast(lib.sgemm_, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+
+
+_sgemm = None  # None: not looked up yet; then the address, or 0 where there is none or it failed a check
+
+
+def ssd_chunks_ready() -> bool:
+    """Whether ssd_chunks can run: the kernels are on and torch's sgemm_ was found and computes a
+    known product right (an ILP64 or foreign BLAS behind the symbol would not)."""
+    global _sgemm
+    if not available():
+        return False
+    if _sgemm is None:
+        with _lock:
+            if _sgemm is None:
+                ptr = _find_sgemm() or 0
+                if ptr:
+                    a = torch.linspace(-1, 1, 15, dtype=torch.float32).view(3, 5)
+                    bm = torch.linspace(2, -1, 20, dtype=torch.float32).view(5, 4)
+                    c = torch.zeros(3, 4, dtype=torch.float32)
+                    fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))(ptr)
+                    args = [ctypes.c_char(b"N"), ctypes.c_char(b"N"), ctypes.c_int(4), ctypes.c_int(3), ctypes.c_int(5),
+                            ctypes.c_float(1.0)]
+                    refs = [ctypes.byref(v) for v in args]
+                    fn(*refs, bm.data_ptr(), ctypes.byref(ctypes.c_int(4)), a.data_ptr(), ctypes.byref(ctypes.c_int(5)),
+                       ctypes.byref(ctypes.c_float(0.0)), c.data_ptr(), ctypes.byref(ctypes.c_int(4)))
+                    if not torch.allclose(c, a @ bm, atol=1e-5):
+                        ptr = 0
+                _sgemm = ptr
+    return bool(_sgemm)
+
+
+def ssd_chunks(x, dt, A, B, C, D, initial_state, chunk: int, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-2 SSD inference (one group) in one call: x (b, l, h, p) with contiguous (h, p) rows, dt
+    (b, l, h) after softplus and limits, A (h,), B, C (b, l, n) with contiguous rows, D (h,) or None,
+    initial_state (b, h, p, n) or None. fp32, CPU, no checks beyond layout (the caller, ssd_chunked,
+    checked the shapes). Returns y (b, l, h, p) and the final state (b, h, p, n)."""
+    b, l, h, p = x.shape
+    n = B.shape[-1]
+    if x.stride(3) != 1 or x.stride(2) != p or B.stride(-1) != 1 or C.stride(-1) != 1:
+        raise ValueError("cpu_kernels.ssd_chunks: x needs contiguous (h, p) rows, B and C contiguous rows")
+    dt, A = dt.contiguous(), A.contiguous()
+    D = None if D is None else D.contiguous()
+    state = _empty(b, h, p, n)
+    if initial_state is not None:
+        state.copy_(initial_state)
+    y = _empty(b, l, h, p)
+    rc = _lib.ssd_chunks(_sgemm, b, l, h, p, n, chunk, _ptr(x), x.stride(0), x.stride(1), _ptr(dt), _ptr(A),
+                         _ptr(B), B.stride(0), B.stride(1), _ptr(C), C.stride(0), C.stride(1), _ptr(D), _ptr(state),
+                         int(initial_state is not None), _ptr(y), float(floor), torch.get_num_threads())
+    if rc != 0:
+        raise MemoryError("cpu_kernels.ssd_chunks: no memory for its scratch buffers")
+    return y, state
 
 
 # Rows of x up to which linear() runs the C loop: with more, the BLAS behind F.linear reuses each

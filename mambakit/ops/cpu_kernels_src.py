@@ -1,12 +1,14 @@
 """The C source of ops/cpu_kernels.py (kept apart so that file stays short; a .py module, so
 every install ships it): the math helpers, the convs, RMSNorm, the decode projections and decode
-steps here, the Mamba-1 selective scan in cpu_kernels_scan_src.py; SOURCE joins them.
+steps here, the Mamba-1 selective scan in cpu_kernels_scan_src.py, the Mamba-2 SSD prefill in
+cpu_kernels_ssd_src.py; SOURCE joins them.
 
 Letters: b batch, l length, e inner width, n state dim, h heads, p head dim, g groups,
 c conv channels, k conv width, r dt rank, d model width.
 """
 
 from .cpu_kernels_scan_src import SCAN_SOURCE
+from .cpu_kernels_ssd_src import SSD_SOURCE
 
 _HEAD = r"""
 #include <stdint.h>
@@ -364,4 +366,4 @@ void mamba2_step(i64 b, i64 h, i64 p, i64 n, i64 g, i64 k, const float *zxbcdt, 
 }
 """
 
-SOURCE = _HEAD + SCAN_SOURCE + _REST  # one translation unit: the scan uses the math above
+SOURCE = _HEAD + SCAN_SOURCE + _REST + SSD_SOURCE  # one translation unit: the math above is shared

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import cpu_kernels
 from .reference import check_ssd_inputs, compute_dtype, gate_and_skip, prepare_dt
 
 SUB_BLOCK = 64  # s: the fastest of 32, 64, 128 for q = 256 in our runs on a 2-core AVX-512 CPU
@@ -31,6 +32,16 @@ SUB_BLOCK = 64  # s: the fastest of 32, 64, 128 for q = 256 in our runs on a 2-c
 # pair: the result changes only by rounding.
 INFER_CHUNK = 64
 INFER_SUB_BLOCK = 32
+# The C path (cpu_kernels.ssd_chunks, used when it can be): its chunk length.
+C_CHUNK = 64
+
+
+def _c_path_fits(x, B, C, A, dt, D, initial_state) -> bool:
+    """Whether cpu_kernels.ssd_chunks takes this call: fp32 plain CPU inference, x with contiguous
+    (h, p) rows, B and C with contiguous rows (in_proj's column slices are), the kernels built."""
+    p = x.shape[-1]
+    return (x.stride(-1) == 1 and x.stride(-2) == p and B.stride(-1) == 1 and C.stride(-1) == 1
+            and cpu_kernels.usable(x, B, C, A, dt, D, initial_state) and cpu_kernels.ssd_chunks_ready())
 
 
 def _needs_grad(*tensors) -> bool:
@@ -119,8 +130,13 @@ def ssd_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt
     # blocked form of step 1 relies on it, other inputs take the plain quadratic form.
     monotone = bool((dA <= 0).all())
     if not grad and monotone and g == 1 and seq_idx is None and x.device.type == "cpu":
-        y, state = _ssd_infer(x.to(cd), dt, dA, B[:, :, 0].to(cd), C[:, :, 0].to(cd),
-                              min(q, INFER_CHUNK), floor, D, initial_state)
+        D1 = D if D is not None and D.dim() == 1 else None  # added inside; (h, p) by gate_and_skip
+        if _c_path_fits(x, B, C, A, dt, D, initial_state):
+            y, state = cpu_kernels.ssd_chunks(x, dt, A.float(), B[:, :, 0], C[:, :, 0], D1, initial_state,
+                                              C_CHUNK, floor)
+        else:
+            y, state = _ssd_infer(x.to(cd), dt, dA, B[:, :, 0].to(cd), C[:, :, 0].to(cd),
+                                  min(q, INFER_CHUNK), floor, D, initial_state)
         return gate_and_skip(y, x, D if D is not None and D.dim() == 2 else None, z).to(x.dtype), state
     s = SUB_BLOCK if (monotone and q % SUB_BLOCK == 0) else q
 

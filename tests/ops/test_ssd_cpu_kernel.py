@@ -1,0 +1,90 @@
+"""The C SSD prefill (cpu_kernels.ssd_chunks, taken by ssd_chunked for fp32 CPU inference with one
+group) against the sequential reference in float64, for outputs and final states.
+
+Letters: b batch, l length, h heads, p head dim, n state dim.
+Chunks of 16 (patched) so short inputs cross chunk edges; inputs are column slices of one
+in_proj-like tensor, as the Mamba-2 layer passes them.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mambakit.ops import cpu_kernels
+from mambakit.ops.ssd import chunked
+from mambakit.ops.ssd.chunked import ssd_chunked
+from mambakit.ops.ssd.reference import ssd_ref
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.ssd_chunks_ready(), reason="no C compiler or no sgemm_ in torch")
+
+
+def inputs(b, l, h, p, n, D="h", z=False, init=True, seed=0):
+    """fp32 x, B, C as strided slices of one (b, l, h p + 2 n + 3) tensor."""
+    gen = torch.Generator().manual_seed(seed)
+    e = h * p
+    whole = torch.randn(b, l, e + 2 * n + 3, generator=gen)
+    return dict(x=whole[..., :e].unflatten(-1, (h, p)), dt=torch.randn(b, l, h, generator=gen) * 0.5 - 1.0,
+                A=-torch.rand(h, generator=gen) * 3.8 - 0.2,
+                B=whole[..., e:e + n].unsqueeze(2), C=whole[..., e + n:e + 2 * n].unsqueeze(2),
+                D={"h": torch.randn(h, generator=gen), "hp": torch.randn(h, p, generator=gen), None: None}[D],
+                z=torch.randn(b, l, h, p, generator=gen) if z else None, dt_bias=torch.randn(h, generator=gen) * 0.3,
+                initial_state=torch.randn(b, h, p, n, generator=gen) if init else None)
+
+
+def double(args):
+    return {k: (v.double() if v is not None else v) for k, v in args.items()}
+
+
+@pytest.fixture
+def c_calls(monkeypatch):
+    """The C path, counted; chunks of 16."""
+    monkeypatch.setattr(chunked, "C_CHUNK", 16)
+    calls = []
+    real = cpu_kernels.ssd_chunks
+    monkeypatch.setattr(cpu_kernels, "ssd_chunks", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("l", [1, 7, 16, 17, 63, 257])
+@pytest.mark.parametrize("D,z,init", [("h", False, True), ("hp", True, False), (None, False, False), ("h", True, True)])
+def test_matches_reference(c_calls, l, D, z, init):
+    args = inputs(2, l, 3, 8, 5, D=D, z=z, init=init, seed=l)
+    with torch.inference_mode():
+        y, state = ssd_chunked(**args, chunk_size=256, dt_softplus=True)
+    y_ref, state_ref = ssd_ref(**double(args), dt_softplus=True)
+    assert c_calls and y.dtype == torch.float32 and state.shape == state_ref.shape
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
+    torch.testing.assert_close(state.double(), state_ref, rtol=1e-4, atol=1e-4 * state_ref.abs().max().item())
+
+
+def test_model_widths_and_threads(c_calls):
+    """mamba2-130m's head layout (h 24, p 64, n 128) over chunks of 64, with 1 and 2 threads."""
+    chunked.C_CHUNK = 64
+    args = inputs(1, 200, 24, 64, 128, seed=3)
+    y_ref, state_ref = ssd_ref(**double(args), dt_softplus=True)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                y, state = ssd_chunked(**args, dt_softplus=True)
+            torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
+            torch.testing.assert_close(state.double(), state_ref, rtol=1e-4, atol=1e-4 * state_ref.abs().max().item())
+    finally:
+        torch.set_num_threads(before)
+    assert len(c_calls) == 2
+
+
+def test_inputs_untouched_and_other_cases_keep_the_torch_path(c_calls):
+    args = inputs(1, 20, 2, 4, 3)
+    before = {k: v.clone() for k, v in args.items() if v is not None}
+    with torch.inference_mode():
+        ssd_chunked(**args, dt_softplus=True)
+    assert len(c_calls) == 1
+    for k, v in before.items():
+        assert torch.equal(args[k], v), f"{k} was modified"
+    with torch.inference_mode():
+        ssd_chunked(**double(args), dt_softplus=True)  # float64: the torch loop
+        ssd_chunked(**{**args, "x": args["x"].contiguous().transpose(2, 3).contiguous().transpose(2, 3)},
+                    dt_softplus=True)  # (h, p) rows not contiguous
+    assert len(c_calls) == 1
