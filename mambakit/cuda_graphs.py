@@ -300,7 +300,7 @@ def graphed_decoder(model, batch_size: int, device: torch.device,
     fitting = [d for d in mine.values() if _fits(d, model, capacity)]
     if fitting:  # a free one first; a busy one tells the caller to decode eagerly
         return min(fitting, key=lambda d: (d.busy, d.capacity or 0))
-    if not any(capacity is not None and (d.capacity or 0) >= capacity for d in mine.values()):
+    if capacity is not None and not any((d.capacity or 0) >= capacity for d in mine.values()):
         # a longer generation than any so far: outgrown decoders are freed before the larger one is
         # allocated, which is at least twice the largest, so that growth recaptures rarely
         for k, d in mine.items():

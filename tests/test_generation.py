@@ -430,5 +430,8 @@ def test_an_unbounded_generation_never_gets_a_static_kv_decoder(fake_graphs):
         assert bounded.capacity is not None
         unbounded = cuda_graphs.graphed_decoder(model, 1, torch.device("cpu"))
         assert unbounded is not bounded and unbounded.capacity is None
+        # both kept, side by side: asking in turn recaptures nothing
+        assert cuda_graphs.graphed_decoder(model, 1, torch.device("cpu"), capacity=16) is bounded
+        assert cuda_graphs.graphed_decoder(model, 1, torch.device("cpu")) is unbounded
     finally:
         cuda_graphs.release(model)
