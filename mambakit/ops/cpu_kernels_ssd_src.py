@@ -43,9 +43,16 @@ int ssd_chunks(void *sgemm_ptr, i64 b, i64 l, i64 h, i64 p, i64 n, i64 q,
     float *cb = (float *)malloc(sizeof(float) * q * q);     /* (t, t): C B^T */
     float *xs = (float *)malloc(sizeof(float) * q * e);     /* (t, e): x decayed to the chunk's end, times dt */
     float *coef = (float *)malloc(sizeof(float) * nthreads * q);
-    if (!acum || !cb || !xs || !coef) { free(acum); free(cb); free(xs); free(coef); return -1; }
+    float *other = (float *)malloc(sizeof(float) * e * n);  /* the second state buffer */
+    if (!acum || !cb || !xs || !coef || !other) {
+        free(acum); free(cb); free(xs); free(coef); free(other); return -1;
+    }
     for (i64 bi = 0; bi < b; bi++) {
-        float *S = state + bi * e * n;  /* (e, n) */
+        /* Two (e, n) buffers, swapped per chunk: the state entering it (read out by C) and the one
+           leaving it (decayed copy + this chunk's inputs): the two GEMMs share no output, so with two
+           threads they run side by side, one thread each (MKL runs single-threaded inside a parallel
+           region), which beat two threads on each in turn by ~1.4x at mamba2-130m's shapes. */
+        float *S = state + bi * e * n, *Snext = other;
         int have_state = has_init;
         for (i64 t0 = 0; t0 < l; t0 += q) {
             const int Q = (int)(l - t0 < q ? l - t0 : q);
@@ -56,9 +63,35 @@ int ssd_chunks(void *sgemm_ptr, i64 b, i64 l, i64 h, i64 p, i64 n, i64 q,
                 float s = 0.0f;
                 for (int t = 0; t < Q; t++) { s += dtq[t * h + hh] * A[hh]; acum[t * h + hh] = s; }
             }
-            /* the entering state read out: y = C S^T, then decayed per head below */
-            if (have_state) gemm_rm(gemm, 'N', 'T', Q, (int)e, (int)n, Cq, (int)sC_l, S, (int)n, 0.0f, yq, (int)e);
             gemm_rm(gemm, 'N', 'T', Q, Q, (int)n, Cq, (int)sC_l, Bq, (int)sB_l, 0.0f, cb, Q);
+            /* per head: the inputs decayed to the chunk's end, and the entering state decayed across it */
+            #pragma omp parallel for schedule(static) num_threads(nthreads)
+            for (i64 hh = 0; hh < h; hh++) {
+                const float last = acum[(Q - 1) * h + hh];
+                for (int i = 0; i < Q; i++) {
+                    const float w = exp0(last - acum[i * h + hh], floor) * dtq[i * h + hh];
+                    const float *xi = xq + i * sx_l + hh * p;
+                    float *xo = xs + i * e + hh * p;
+                    #pragma omp simd
+                    for (i64 k = 0; k < p; k++) xo[k] = xi[k] * w;
+                }
+                if (have_state) {
+                    const float dl = exp0(last, floor);
+                    const float *Sh = S + hh * p * n;
+                    float *Nh = Snext + hh * p * n;
+                    #pragma omp simd
+                    for (i64 k = 0; k < p * n; k++) Nh[k] = Sh[k] * dl;
+                }
+            }
+            /* y = C S^T (the entering state read out) and Snext += xs^T B, side by side */
+            #pragma omp parallel sections num_threads(nthreads)
+            {
+                #pragma omp section
+                if (have_state) gemm_rm(gemm, 'N', 'T', Q, (int)e, (int)n, Cq, (int)sC_l, S, (int)n, 0.0f, yq, (int)e);
+                #pragma omp section
+                gemm_rm(gemm, 'T', 'N', (int)e, (int)n, Q, xs, (int)e, Bq, (int)sB_l, have_state ? 1.0f : 0.0f,
+                        Snext, (int)n);
+            }
             #pragma omp parallel for schedule(static) num_threads(nthreads)
             for (i64 hh = 0; hh < h; hh++) {
                 int tid = 0;
@@ -66,7 +99,7 @@ int ssd_chunks(void *sgemm_ptr, i64 b, i64 l, i64 h, i64 p, i64 n, i64 q,
                 tid = omp_get_thread_num();
 #endif
                 float *cf = coef + tid * q;
-                const float last = acum[(Q - 1) * h + hh], dd = D ? D[hh] : 0.0f;
+                const float dd = D ? D[hh] : 0.0f;
                 for (int i = 0; i < Q; i++) {
                     const float ai = acum[i * h + hh];
                     float *yr = yq + i * e + hh * p;
@@ -87,26 +120,15 @@ int ssd_chunks(void *sgemm_ptr, i64 b, i64 l, i64 h, i64 p, i64 n, i64 q,
                         #pragma omp simd
                         for (i64 k = 0; k < p; k++) yr[k] += c * xr[k];
                     }
-                    /* this token's input decayed to the chunk's end, for the state */
-                    const float w = exp0(last - ai, floor) * dtq[i * h + hh];
-                    const float *xi = xq + i * sx_l + hh * p;
-                    float *xo = xs + i * e + hh * p;
-                    #pragma omp simd
-                    for (i64 k = 0; k < p; k++) xo[k] = xi[k] * w;
-                }
-                if (have_state) {  /* the state decayed across the chunk, its head's rows */
-                    const float dl = exp0(last, floor);
-                    float *Sh = S + hh * p * n;
-                    #pragma omp simd
-                    for (i64 k = 0; k < p * n; k++) Sh[k] *= dl;
                 }
             }
-            /* S (e, n) += xs^T (e, t) B (t, n) */
-            gemm_rm(gemm, 'T', 'N', (int)e, (int)n, Q, xs, (int)e, Bq, (int)sB_l, have_state ? 1.0f : 0.0f, S, (int)n);
+            float *t = S; S = Snext; Snext = t;
             have_state = 1;
         }
+        if (S != state + bi * e * n)  /* the final state sits in the scratch buffer */
+            for (i64 k = 0; k < e * n; k++) state[bi * e * n + k] = S[k];
     }
-    free(acum); free(cb); free(xs); free(coef);
+    free(acum); free(cb); free(xs); free(coef); free(other);
     return 0;
 }
 """
