@@ -88,3 +88,32 @@ def test_inputs_untouched_and_other_cases_keep_the_torch_path(c_calls):
         ssd_chunked(**{**args, "x": args["x"].contiguous().transpose(2, 3).contiguous().transpose(2, 3)},
                     dt_softplus=True)  # (h, p) rows not contiguous
     assert len(c_calls) == 1
+
+
+def test_a_build_without_openmp_takes_every_head(tmp_path):
+    """Without OpenMP the heads' parallel block runs once: it must cover all heads whatever the
+    thread count (a subprocess: the kernels are built once per process)."""
+    import os
+    import subprocess
+    import sys
+    script = f"""
+import sys, torch
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from mambakit.ops import cpu_kernels
+cpu_kernels._process_holds_libgomp = lambda: False
+assert cpu_kernels.ssd_chunks_ready() and not cpu_kernels._openmp
+from test_ssd_cpu_kernel import inputs, double
+from mambakit.ops.ssd.chunked import ssd_chunked
+from mambakit.ops.ssd.reference import ssd_ref
+torch.set_num_threads(2)
+args = inputs(1, 40, 5, 8, 6, seed=1)
+with torch.inference_mode():
+    y, s = ssd_chunked(**args, dt_softplus=True)
+y_ref, s_ref = ssd_ref(**double(args), dt_softplus=True)
+torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
+torch.testing.assert_close(s.double(), s_ref, rtol=1e-4, atol=1e-4 * s_ref.abs().max().item())
+print("ok")
+"""
+    env = dict(os.environ, MAMBAKIT_CACHE=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-2000:] + done.stderr[-2000:]

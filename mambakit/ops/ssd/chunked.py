@@ -33,9 +33,9 @@ SUB_BLOCK = 64  # s: the fastest of 32, 64, 128 for q = 256 in our runs on a 2-c
 INFER_CHUNK = 64
 INFER_SUB_BLOCK = 32
 # The C path (cpu_kernels.ssd_chunks, used when it can be): its chunk length. mamba2-130m's layer at
-# 1024 tokens, 2 threads, 20 alternating calls (median ms): 32: 9.19, 48: 7.73, 64: 7.87, 128: 10.28;
-# the torch loop (_ssd_infer) 15.45 in the same run (a busy neighbour: 13.9 in a quieter one).
-C_CHUNK = 48
+# 1024 tokens, 2 threads, 20 alternating calls (median ms): 32: 7.19, 48: 7.41, 64: 7.85, 96: 9.05;
+# the torch loop (_ssd_infer) 12.65 in the same run.
+C_CHUNK = 32
 
 
 def _c_path_fits(x, B, C, A, dt, D, initial_state) -> bool:
