@@ -191,7 +191,9 @@ def neg_exp_cached(module, name: str = "A_log") -> torch.Tensor:
 
     Cached only under inference_mode (generation): nothing there needs A's graph, and a tensor made
     there could not enter autograd later anyway. The entry holds the parameter itself (so a new one
-    never reuses the old one's address) and its version counter, which every write bumps. Not served
+    never reuses the old one's address) and its version counter, which every write bumps, except one
+    through `p.data` (torch gives `.data` a counter of its own): edit weights under torch.no_grad()
+    (as load_state_dict and the optimizers do), not through .data, or decoding keeps the old A. Not served
     while a CUDA graph is being captured: the graph then records the -exp itself, so a replay after an
     in-place update of the parameter (load_state_dict) still sees it."""
     p = getattr(module, name)
