@@ -35,11 +35,17 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if weight.dim() != 2 or weight.shape[0] != c:
         raise ValueError(f"causal_conv1d: weight must be ({c}, k), got {tuple(weight.shape)}")
     k = weight.shape[1]
+    if initial_state is not None and initial_state.shape != (b, c, k):
+        raise ValueError(f"causal_conv1d: initial_state must be {(b, c, k)}, got {tuple(initial_state.shape)}")
+    if l == 0:  # nothing to convolve: the state goes through as it was (the paths below need a token)
+        y = x.new_empty(b, 0, c)
+        if not return_final_state:
+            return y
+        state = x.new_zeros(b, c, k) if initial_state is None else initial_state.to(x.dtype, copy=True)
+        return y, state.contiguous()
     if initial_state is None:
         past = x.new_zeros(b, k - 1, c)
     else:
-        if initial_state.shape != (b, c, k):
-            raise ValueError(f"causal_conv1d: initial_state must be {(b, c, k)}, got {tuple(initial_state.shape)}")
         past = initial_state[:, :, 1:].transpose(1, 2).to(x.dtype)
     w = weight.to(x.dtype)
     if seq_idx is not None:

@@ -56,3 +56,15 @@ def test_gated_rms_norm_groups(groups):
     torch.testing.assert_close(gated_rms_norm(x, z, w, group_size=8 // groups), ref)
     before = gated_rms_norm(x, z, w, group_size=8, norm_before_gate=True)
     torch.testing.assert_close(before, rms_norm(x, w) * F.silu(z))
+
+
+def test_conv_of_no_tokens_passes_the_state_through():
+    """l = 0: an empty output and the state as it was (the torch op returned a (b, c, k-1) one)."""
+    from mambakit.ops.conv1d import causal_conv1d as conv_torch
+    x, w, state = torch.randn(2, 0, 5), torch.randn(5, 4), torch.randn(2, 5, 4)
+    for conv in (conv_torch, causal_conv1d):
+        for seq_idx in (None, torch.zeros(2, 0, dtype=torch.long)):
+            y, final = conv(x, w, None, "silu", initial_state=state, seq_idx=seq_idx, return_final_state=True)
+            assert y.shape == (2, 0, 5) and torch.equal(final, state) and final.data_ptr() != state.data_ptr()
+        y, final = conv(x, w, return_final_state=True)
+        assert torch.equal(final, torch.zeros(2, 5, 4))
