@@ -229,7 +229,8 @@ class Trainer:
             return None
         batches = list(self.data.val_batches(n_rows, self.micro, info.rank, info.world))
         counted = len(batches)
-        most = -(-(-(-n_rows // info.world)) // self.micro)
+        rank0_rows = -(-n_rows // info.world)  # ceil
+        most = -(-rank0_rows // self.micro)  # rank 0's batches
         if counted < most:
             batches += self.data.val_batches(1, 1, 0, 1) * (most - counted)
         module = self.model  # under DDP the bare module: no gradient hooks needed
