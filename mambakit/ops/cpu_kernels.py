@@ -336,6 +336,26 @@ def _find_sgemm():
 _sgemm = None  # None: not looked up yet; then the address, or 0 where there is none or it failed a check
 
 
+def _sgemm_computes_right(ptr: int) -> bool:
+    """A (3, 5) @ (5, 4) product through the sgemm_ at ptr, its sizes read through 32-bit ints as
+    the kernel passes them. Each int sits in 8 bytes whose upper half is all ones: a 32-bit BLAS
+    reads the value, a 64-bit-int (ILP64) one reads a negative size and computes nothing."""
+    a = torch.linspace(-1, 1, 15, dtype=torch.float32).view(3, 5)
+    bm = torch.linspace(2, -1, 20, dtype=torch.float32).view(5, 4)
+    c = torch.zeros(3, 4, dtype=torch.float32)
+
+    def i32(v):
+        return ctypes.byref(ctypes.c_int64(v - (1 << 32)))  # low 4 bytes v, high 4 bytes 0xffffffff
+
+    fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))(ptr)
+    one, zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
+    transpose = ctypes.c_char(b"N")
+    # row-major c = a @ bm as the column-major c^T = bm^T a^T: m 4, n 3, k 5
+    fn(ctypes.byref(transpose), ctypes.byref(transpose), i32(4), i32(3), i32(5), ctypes.byref(one), bm.data_ptr(),
+       i32(4), a.data_ptr(), i32(5), ctypes.byref(zero), c.data_ptr(), i32(4))
+    return torch.allclose(c, a @ bm, atol=1e-5)
+
+
 def ssd_chunks_ready() -> bool:
     """Whether ssd_chunks can run: the kernels are on and torch's sgemm_ was found and computes a
     known product right (an ILP64 or foreign BLAS behind the symbol would not)."""
@@ -346,18 +366,8 @@ def ssd_chunks_ready() -> bool:
         with _lock:
             if _sgemm is None:
                 ptr = _find_sgemm() or 0
-                if ptr:
-                    a = torch.linspace(-1, 1, 15, dtype=torch.float32).view(3, 5)
-                    bm = torch.linspace(2, -1, 20, dtype=torch.float32).view(5, 4)
-                    c = torch.zeros(3, 4, dtype=torch.float32)
-                    fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))(ptr)
-                    args = [ctypes.c_char(b"N"), ctypes.c_char(b"N"), ctypes.c_int(4), ctypes.c_int(3), ctypes.c_int(5),
-                            ctypes.c_float(1.0)]
-                    refs = [ctypes.byref(v) for v in args]
-                    fn(*refs, bm.data_ptr(), ctypes.byref(ctypes.c_int(4)), a.data_ptr(), ctypes.byref(ctypes.c_int(5)),
-                       ctypes.byref(ctypes.c_float(0.0)), c.data_ptr(), ctypes.byref(ctypes.c_int(4)))
-                    if not torch.allclose(c, a @ bm, atol=1e-5):
-                        ptr = 0
+                if ptr and not _sgemm_computes_right(ptr):
+                    ptr = 0
                 _sgemm = ptr
     return bool(_sgemm)
 

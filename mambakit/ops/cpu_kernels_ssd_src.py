@@ -69,56 +69,59 @@ int ssd_chunks(void *sgemm_ptr, i64 b, i64 l, i64 h, i64 p, i64 n, i64 q,
                inside the parallel region); one GEMM per block, not per head, for the GEMMs' speed. */
             #pragma omp parallel num_threads(nthreads)
             {
-                int tid = 0;
+                int tid = 0, team = 1;
 #ifdef _OPENMP
                 tid = omp_get_thread_num();
+                team = omp_get_num_threads();  /* may be fewer than asked (OMP_DYNAMIC, a thread limit) */
 #endif
-                const i64 h0 = tid * per < h ? tid * per : h, h1 = h0 + per < h ? h0 + per : h;
-                const int W = (int)((h1 - h0) * p);  /* the block's width */
-                float *xs = scratch + tid * q * (per * p + 1), *cf = xs + q * per * p;
-                float *Sb = S + h0 * p * n, *yb = yq + h0 * p;
-                /* the entering state read out: y (t, block) = C (t, n) S_block^T */
-                if (W > 0 && have_state) gemm_rm(gemm, 'N', 'T', Q, W, N, Cq, (int)sC_l, Sb, N, 0.0f, yb, E);
-                for (i64 hh = h0; hh < h1; hh++) {
-                    const float last = acum[(Q - 1) * h + hh], dd = D ? D[hh] : 0.0f;
-                    for (int i = 0; i < Q; i++) {
-                        const float ai = acum[i * h + hh];
-                        float *yr = yq + i * e + hh * p;
-                        if (have_state) {
-                            const float di = exp0(ai, floor);
+                for (int blk = tid; blk < nthreads; blk += team) {
+                    const i64 h0 = blk * per < h ? blk * per : h, h1 = h0 + per < h ? h0 + per : h;
+                    const int W = (int)((h1 - h0) * p);  /* the block's width */
+                    float *xs = scratch + blk * q * (per * p + 1), *cf = xs + q * per * p;
+                    float *Sb = S + h0 * p * n, *yb = yq + h0 * p;
+                    /* the entering state read out: y (t, block) = C (t, n) S_block^T */
+                    if (W > 0 && have_state) gemm_rm(gemm, 'N', 'T', Q, W, N, Cq, (int)sC_l, Sb, N, 0.0f, yb, E);
+                    for (i64 hh = h0; hh < h1; hh++) {
+                        const float last = acum[(Q - 1) * h + hh], dd = D ? D[hh] : 0.0f;
+                        for (int i = 0; i < Q; i++) {
+                            const float ai = acum[i * h + hh];
+                            float *yr = yq + i * e + hh * p;
+                            if (have_state) {
+                                const float di = exp0(ai, floor);
+                                #pragma omp simd
+                                for (i64 k = 0; k < p; k++) yr[k] *= di;
+                            } else {
+                                for (i64 k = 0; k < p; k++) yr[k] = 0.0f;
+                            }
+                            /* the diagonal block's row i: sum over j <= i of exp(A_i - A_j) (C_i . B_j) dt_j x_j */
                             #pragma omp simd
-                            for (i64 k = 0; k < p; k++) yr[k] *= di;
-                        } else {
-                            for (i64 k = 0; k < p; k++) yr[k] = 0.0f;
-                        }
-                        /* the diagonal block's row i: sum over j <= i of exp(A_i - A_j) (C_i . B_j) dt_j x_j */
-                        #pragma omp simd
-                        for (int j = 0; j <= i; j++)
-                            cf[j] = exp0(ai - acum[j * h + hh], floor) * cb[i * Q + j] * dtq[j * h + hh];
-                        cf[i] += dd;
-                        for (int j = 0; j <= i; j++) {
-                            const float c = cf[j];
-                            const float *xr = xq + j * sx_l + hh * p;
+                            for (int j = 0; j <= i; j++)
+                                cf[j] = exp0(ai - acum[j * h + hh], floor) * cb[i * Q + j] * dtq[j * h + hh];
+                            cf[i] += dd;
+                            for (int j = 0; j <= i; j++) {
+                                const float c = cf[j];
+                                const float *xr = xq + j * sx_l + hh * p;
+                                #pragma omp simd
+                                for (i64 k = 0; k < p; k++) yr[k] += c * xr[k];
+                            }
+                            /* this token's input decayed to the chunk's end, for the state */
+                            const float w = exp0(last - ai, floor) * dtq[i * h + hh];
+                            const float *xi = xq + i * sx_l + hh * p;
+                            float *xo = xs + i * W + (hh - h0) * p;
                             #pragma omp simd
-                            for (i64 k = 0; k < p; k++) yr[k] += c * xr[k];
+                            for (i64 k = 0; k < p; k++) xo[k] = xi[k] * w;
                         }
-                        /* this token's input decayed to the chunk's end, for the state */
-                        const float w = exp0(last - ai, floor) * dtq[i * h + hh];
-                        const float *xi = xq + i * sx_l + hh * p;
-                        float *xo = xs + i * W + (hh - h0) * p;
-                        #pragma omp simd
-                        for (i64 k = 0; k < p; k++) xo[k] = xi[k] * w;
+                        if (have_state) {  /* the head's state decayed across the chunk */
+                            const float dl = exp0(last, floor);
+                            float *Sh = S + hh * p * n;
+                            #pragma omp simd
+                            for (i64 k = 0; k < p * n; k++) Sh[k] *= dl;
+                        }
                     }
-                    if (have_state) {  /* the head's state decayed across the chunk */
-                        const float dl = exp0(last, floor);
-                        float *Sh = S + hh * p * n;
-                        #pragma omp simd
-                        for (i64 k = 0; k < p * n; k++) Sh[k] *= dl;
-                    }
+                    /* S_block (block, n) += xs^T (block, t) B (t, n) */
+                    if (W > 0)
+                        gemm_rm(gemm, 'T', 'N', W, N, Q, xs, W, Bq, (int)sB_l, have_state ? 1.0f : 0.0f, Sb, N);
                 }
-                /* S_block (block, n) += xs^T (block, t) B (t, n) */
-                if (W > 0)
-                    gemm_rm(gemm, 'T', 'N', W, N, Q, xs, W, Bq, (int)sB_l, have_state ? 1.0f : 0.0f, Sb, N);
             }
             have_state = 1;
         }

@@ -117,3 +117,41 @@ print("ok")
     env = dict(os.environ, MAMBAKIT_CACHE=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_b_or_c_strides_no_blas_can_take_keep_the_torch_path(c_calls):
+    """B expanded along the length (stride 0) or a row stride below n is no valid leading dimension
+    for sgemm (MKL computes nothing then): those calls stay on the torch loop, and are right."""
+    args = inputs(1, 9, 2, 4, 3)
+    for name in ("B", "C"):
+        bad = dict(args, **{name: args[name][:, :1].expand(-1, 9, -1, -1)})
+        with torch.inference_mode():
+            y, state = ssd_chunked(**bad, dt_softplus=True)
+        y_ref, state_ref = ssd_ref(**double(bad), dt_softplus=True)
+        torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
+    assert not c_calls
+
+
+def test_fewer_threads_started_than_asked_still_cover_every_head(tmp_path):
+    """OMP_THREAD_LIMIT=1 with 3 threads asked: the one thread started takes every block of heads."""
+    import os
+    import subprocess
+    import sys
+    script = f"""
+import sys, torch
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from test_ssd_cpu_kernel import inputs, double
+from mambakit.ops.ssd.chunked import ssd_chunked
+from mambakit.ops.ssd.reference import ssd_ref
+torch.set_num_threads(3)
+args = inputs(1, 40, 8, 8, 6, seed=2)
+with torch.inference_mode():
+    y, s = ssd_chunked(**args, dt_softplus=True)
+y_ref, s_ref = ssd_ref(**double(args), dt_softplus=True)
+torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
+torch.testing.assert_close(s.double(), s_ref, rtol=1e-4, atol=1e-4 * s_ref.abs().max().item())
+print("ok")
+"""
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-2000:] + done.stderr[-2000:]

@@ -40,9 +40,12 @@ C_CHUNK = 32
 
 def _c_path_fits(x, B, C, A, dt, D, initial_state) -> bool:
     """Whether cpu_kernels.ssd_chunks takes this call: fp32 plain CPU inference, x with contiguous
-    (h, p) rows, B and C with contiguous rows (in_proj's column slices are), the kernels built."""
-    p = x.shape[-1]
-    return (x.stride(-1) == 1 and x.stride(-2) == p and B.stride(-1) == 1 and C.stride(-1) == 1
+    (h, p) rows, B and C (b, l, 1, n) with contiguous rows whose stride along l is a valid BLAS leading
+    dimension (n to 2^31 - 1: in_proj's column slices are; an expanded or tiny stride is not), the
+    kernels built."""
+    p, n = x.shape[-1], B.shape[-1]
+    return (x.stride(-1) == 1 and x.stride(-2) == p and x.shape[-2] * p < 2 ** 31
+            and all(t.stride(-1) == 1 and n <= t.stride(1) < 2 ** 31 for t in (B, C))
             and cpu_kernels.usable(x, B, C, A, dt, D, initial_state) and cpu_kernels.ssd_chunks_ready())
 
 
