@@ -59,9 +59,16 @@ int ssd_chunks(void *sgemm_ptr, i64 b, i64 l, i64 h, i64 p, i64 n, i64 q,
             const float *xq = x + bi * sx_b + t0 * sx_l, *dtq = dt + (bi * l + t0) * h;
             const float *Bq = B + bi * sB_b + t0 * sB_l, *Cq = C + bi * sC_b + t0 * sC_l;
             float *yq = y + (bi * l + t0) * e;
+            /* dt A below 2 floor is held there: every decay across such a token is below the floor
+               (exactly 0) either way, and the cumsum stays finite and precise (a -1e6 would swamp it,
+               a -3e38 twice make it -inf and the differences NaN) */
             for (i64 hh = 0; hh < h; hh++) {
                 float s = 0.0f;
-                for (int t = 0; t < Q; t++) { s += dtq[t * h + hh] * A[hh]; acum[t * h + hh] = s; }
+                for (int t = 0; t < Q; t++) {
+                    const float da = dtq[t * h + hh] * A[hh];
+                    s += da < 2.0f * floor ? 2.0f * floor : da;
+                    acum[t * h + hh] = s;
+                }
             }
             gemm_rm(gemm, 'N', 'T', Q, Q, N, Cq, (int)sC_l, Bq, (int)sB_l, 0.0f, cb, Q);
             /* Heads are independent given C B^T: each thread takes a block of heads, whose state

@@ -155,3 +155,23 @@ print("ok")
     env = dict(os.environ, OMP_THREAD_LIMIT="1")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-2000:] + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("c_path", [True, False])
+def test_huge_decays_stay_finite_and_precise(monkeypatch, c_path):
+    """A finite but huge dt A (A -3e38) made the chunk's cumsum -inf and its differences NaN, and one
+    dt of 1e6 swamped it (1e-2 relative error after it); held at 2 floor, both paths stay exact."""
+    if not c_path:
+        monkeypatch.setattr(chunked, "_c_path_fits", lambda *a: False)
+    monkeypatch.setattr(chunked, "C_CHUNK", 16)
+    args = inputs(1, 37, 3, 4, 5, seed=7)
+    args["A"][0] = -3e38
+    dt = torch.nn.functional.softplus(args.pop("dt")) + 0.01
+    dt[0, 3, 1] = 1e6
+    args.pop("dt_bias")
+    with torch.inference_mode():
+        y, state = ssd_chunked(dt=dt, **args)
+    y_ref, state_ref = ssd_ref(dt=dt.double(), **double(args))
+    assert torch.isfinite(y).all() and torch.isfinite(state).all()
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
+    torch.testing.assert_close(state.double(), state_ref, rtol=1e-4, atol=1e-4 * state_ref.abs().max().item())

@@ -224,7 +224,9 @@ def _ssd_infer(x, dt, dA, B, C, q, floor, D, initial_state):
     r = q // s
     xc = _pad_len(x, pad).view(b, c, q, h, p)
     dt = _pad_len(dt, pad).view(b, c, q, h)
-    Acum = torch.cumsum(_pad_len(dA, pad).view(b, c, q, h), dim=2)  # (b, c, q, h)
+    # dA held at 2 floor or above (as in the C path): decays across such a token are 0 either way,
+    # and the cumsum stays finite and precise after a huge one
+    Acum = torch.cumsum(_pad_len(dA.clamp(min=2 * floor), pad).view(b, c, q, h), dim=2)  # (b, c, q, h)
     Bc = _pad_len(B, pad).contiguous().view(b, c, q, n)  # contiguous rows: faster matmuls
     Cc = _pad_len(C, pad).contiguous().view(b, c, q, n)
     Y = x.new_empty(b, c, q, h, p)  # the output; every other buffer is per chunk (in _infer_heads)
