@@ -94,9 +94,14 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     try:
-        for piece, _, _ in stream_text(tokenizer, timed(tokens), ids, args.stop, tokenizer.eos_token_id):
+        # Ctrl-C while a token is being made ends the text there, the text held back for the stop
+        # strings included; one while printing just stops
+        for piece, finish, _ in stream_text(tokenizer, timed(tokens), ids, args.stop, tokenizer.eos_token_id,
+                                            interruptible=True):
             out.write(piece)  # eos and the stop strings are the end, not text: never printed
             out.flush()
+            if finish == "interrupted":
+                _note("interrupted")
     except KeyboardInterrupt:
         _note("interrupted")
     finally:
