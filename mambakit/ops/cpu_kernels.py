@@ -377,6 +377,9 @@ def ssd_chunks(x, dt, A, B, C, D, initial_state, chunk: int, floor: float) -> tu
     (b, l, h) after softplus and limits, A (h,), B, C (b, l, n) with contiguous rows, D (h,) or None,
     initial_state (b, h, p, n) or None. fp32, CPU, no checks beyond layout (the caller, ssd_chunked,
     checked the shapes). Returns y (b, l, h, p) and the final state (b, h, p, n)."""
+    if not ssd_chunks_ready():  # a null sgemm_ pointer would crash the process, not raise
+        raise RuntimeError("cpu_kernels.ssd_chunks: not available here (no C compiler, MAMBAKIT_CPU_KERNELS=off, "
+                           "or no 32-bit-int sgemm_ in torch's library); use ops.ssd_fn")
     b, l, h, p = x.shape
     n = B.shape[-1]
     if x.stride(3) != 1 or x.stride(2) != p or B.stride(-1) != 1 or C.stride(-1) != 1:
