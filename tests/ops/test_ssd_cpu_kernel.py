@@ -35,6 +35,35 @@ def double(args):
     return {k: (v.double() if v is not None else v) for k, v in args.items()}
 
 
+def assert_near(got, ref):
+    """fp32 results within 1e-4 of the float64 reference, relative to its largest entry."""
+    for a, r in zip(got, ref):
+        torch.testing.assert_close(a.double(), r, rtol=1e-4, atol=1e-4 * r.abs().max().item())
+
+
+def matches_reference(args, threads: int) -> None:
+    """ssd_chunked (fp32, inference) == ssd_ref (float64) with `threads` intra-op threads."""
+    torch.set_num_threads(threads)
+    with torch.inference_mode():
+        got = ssd_chunked(**args, dt_softplus=True)
+    assert_near(got, ssd_ref(**double(args), dt_softplus=True))
+
+
+def run_apart(setup: str, env: dict, **case) -> None:
+    """matches_reference(inputs(**case)) in a fresh process after `setup` (the kernels are built once
+    per process, and OpenMP reads its environment once)."""
+    import os
+    import subprocess
+    import sys
+    threads = case.pop("threads")
+    script = (f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n{setup}\n"
+              f"from test_ssd_cpu_kernel import inputs, matches_reference\n"
+              f"matches_reference(inputs(**{case!r}), {threads})\nprint('ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, **env), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-2000:] + done.stderr[-2000:]
+
+
 @pytest.fixture
 def c_calls(monkeypatch):
     """The C path, counted; chunks of 16."""
@@ -53,8 +82,7 @@ def test_matches_reference(c_calls, l, D, z, init):
         y, state = ssd_chunked(**args, chunk_size=256, dt_softplus=True)
     y_ref, state_ref = ssd_ref(**double(args), dt_softplus=True)
     assert c_calls and y.dtype == torch.float32 and state.shape == state_ref.shape
-    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
-    torch.testing.assert_close(state.double(), state_ref, rtol=1e-4, atol=1e-4 * state_ref.abs().max().item())
+    assert_near((y, state), (y_ref, state_ref))
 
 
 def test_model_widths_and_threads(c_calls):
@@ -68,8 +96,7 @@ def test_model_widths_and_threads(c_calls):
             torch.set_num_threads(threads)
             with torch.inference_mode():
                 y, state = ssd_chunked(**args, dt_softplus=True)
-            torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
-            torch.testing.assert_close(state.double(), state_ref, rtol=1e-4, atol=1e-4 * state_ref.abs().max().item())
+            assert_near((y, state), (y_ref, state_ref))
     finally:
         torch.set_num_threads(before)
     assert len(c_calls) == 2
@@ -92,31 +119,10 @@ def test_inputs_untouched_and_other_cases_keep_the_torch_path(c_calls):
 
 def test_a_build_without_openmp_takes_every_head(tmp_path):
     """Without OpenMP the heads' parallel block runs once: it must cover all heads whatever the
-    thread count (a subprocess: the kernels are built once per process)."""
-    import os
-    import subprocess
-    import sys
-    script = f"""
-import sys, torch
-sys.path.insert(0, {os.path.dirname(__file__)!r})
-from mambakit.ops import cpu_kernels
-cpu_kernels._process_holds_libgomp = lambda: False
-assert cpu_kernels.ssd_chunks_ready() and not cpu_kernels._openmp
-from test_ssd_cpu_kernel import inputs, double
-from mambakit.ops.ssd.chunked import ssd_chunked
-from mambakit.ops.ssd.reference import ssd_ref
-torch.set_num_threads(2)
-args = inputs(1, 40, 5, 8, 6, seed=1)
-with torch.inference_mode():
-    y, s = ssd_chunked(**args, dt_softplus=True)
-y_ref, s_ref = ssd_ref(**double(args), dt_softplus=True)
-torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
-torch.testing.assert_close(s.double(), s_ref, rtol=1e-4, atol=1e-4 * s_ref.abs().max().item())
-print("ok")
-"""
-    env = dict(os.environ, MAMBAKIT_CACHE=str(tmp_path))
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-2000:] + done.stderr[-2000:]
+    thread count."""
+    setup = ("from mambakit.ops import cpu_kernels\ncpu_kernels._process_holds_libgomp = lambda: False\n"
+             "assert cpu_kernels.ssd_chunks_ready() and not cpu_kernels._openmp")
+    run_apart(setup, {"MAMBAKIT_CACHE": str(tmp_path)}, b=1, l=40, h=5, p=8, n=6, seed=1, threads=2)
 
 
 def test_b_or_c_strides_no_blas_can_take_keep_the_torch_path(c_calls):
@@ -127,34 +133,13 @@ def test_b_or_c_strides_no_blas_can_take_keep_the_torch_path(c_calls):
         bad = dict(args, **{name: args[name][:, :1].expand(-1, 9, -1, -1)})
         with torch.inference_mode():
             y, state = ssd_chunked(**bad, dt_softplus=True)
-        y_ref, state_ref = ssd_ref(**double(bad), dt_softplus=True)
-        torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
+        assert_near((y, state), ssd_ref(**double(bad), dt_softplus=True))
     assert not c_calls
 
 
-def test_fewer_threads_started_than_asked_still_cover_every_head(tmp_path):
+def test_fewer_threads_started_than_asked_still_cover_every_head():
     """OMP_THREAD_LIMIT=1 with 3 threads asked: the one thread started takes every block of heads."""
-    import os
-    import subprocess
-    import sys
-    script = f"""
-import sys, torch
-sys.path.insert(0, {os.path.dirname(__file__)!r})
-from test_ssd_cpu_kernel import inputs, double
-from mambakit.ops.ssd.chunked import ssd_chunked
-from mambakit.ops.ssd.reference import ssd_ref
-torch.set_num_threads(3)
-args = inputs(1, 40, 8, 8, 6, seed=2)
-with torch.inference_mode():
-    y, s = ssd_chunked(**args, dt_softplus=True)
-y_ref, s_ref = ssd_ref(**double(args), dt_softplus=True)
-torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
-torch.testing.assert_close(s.double(), s_ref, rtol=1e-4, atol=1e-4 * s_ref.abs().max().item())
-print("ok")
-"""
-    env = dict(os.environ, OMP_THREAD_LIMIT="1")
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-2000:] + done.stderr[-2000:]
+    run_apart("", {"OMP_THREAD_LIMIT": "1"}, b=1, l=40, h=8, p=8, n=6, seed=2, threads=3)
 
 
 @pytest.mark.parametrize("c_path", [True, False])
@@ -173,5 +158,4 @@ def test_huge_decays_stay_finite_and_precise(monkeypatch, c_path):
         y, state = ssd_chunked(dt=dt, **args)
     y_ref, state_ref = ssd_ref(dt=dt.double(), **double(args))
     assert torch.isfinite(y).all() and torch.isfinite(state).all()
-    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
-    torch.testing.assert_close(state.double(), state_ref, rtol=1e-4, atol=1e-4 * state_ref.abs().max().item())
+    assert_near((y, state), (y_ref, state_ref))
