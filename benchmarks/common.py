@@ -32,8 +32,8 @@ def best_of(fn, repeats: int = 3, warmup: int = 1) -> float:
 def matmul_rates(size: int = 1536, repeats: int = 5) -> dict:
     """fp32 matmul FLOP/s of this machine with the current thread count, by library: "mkl" as
     torch.mm runs it (MKL's sgemm in torch's CPU wheels), "onednn" as mambakit's CPU inference runs
-    its projections (ops/cpu_kernels.onednn_linear; equal to "mkl" where that falls back to F.linear)."""
-    from mambakit.ops.cpu_kernels import onednn_linear
+    its projections (ops/cpu_linear.onednn_linear; equal to "mkl" where that falls back to F.linear)."""
+    from mambakit.ops.cpu_linear import onednn_linear
     a, b = torch.randn(size, size), torch.randn(size, size)
     flops = 2 * size ** 3
     with torch.inference_mode():
@@ -50,17 +50,17 @@ def matmul_rate(size: int = 1536, repeats: int = 5) -> float:
 def matvec_bandwidths(rows: int = 32768, cols: int = 8192, repeats: int = 5) -> dict:
     """Bytes/s of one pass over a 1 GiB fp32 matrix (larger than any cache of these machines):
     "torch" as torch.mv streams it, "mambakit" as the C loop of mambakit's CPU decode steps does
-    (cpu_kernels.linear; None without the kernels), "read" a plain sum of it (no product at all).
+    (cpu_linear.linear; None without the kernels), "read" a plain sum of it (no product at all).
     The matrix-vector floor of decoding is the better of the two products: torch's BLAS reads
     well under the machine's read rate at batch 1, so its rate alone would set a floor that
     mambakit's loop passes."""
-    from mambakit.ops import cpu_kernels
+    from mambakit.ops import cpu_kernels, cpu_linear
     w, x = torch.randn(rows, cols), torch.randn(1, cols)
     nbytes = rows * cols * 4
     rates = {"torch": nbytes / best_of(lambda: torch.mv(w, x[0]), repeats, warmup=2), "mambakit": None,
              "read": nbytes / best_of(lambda: w.sum(), repeats, warmup=2)}
     if cpu_kernels.available():
-        rates["mambakit"] = nbytes / best_of(lambda: cpu_kernels.linear(x, w), repeats, warmup=2)
+        rates["mambakit"] = nbytes / best_of(lambda: cpu_linear.linear(x, w), repeats, warmup=2)
     return rates
 
 

@@ -1,5 +1,5 @@
 """fp32 projections on the CPU: F.linear (MKL's sgemm in torch's CPU wheels) against oneDNN's GEMM
-(ops/cpu_kernels.onednn_linear, what mambakit's inference runs for more than 4 rows).
+(ops/cpu_linear.onednn_linear, what mambakit's inference runs for more than 4 rows).
 
 Letters: m rows (tokens x batch), k inputs, o outputs.
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import best_of, machine_info, write_result  # noqa: E402
-from mambakit.ops.cpu_kernels import onednn_linear  # noqa: E402
+from mambakit.ops.cpu_linear import onednn_linear  # noqa: E402
 
 SHAPES = {"mamba in_proj": (768, 3072), "mamba out_proj": (1536, 768), "mamba2 in_proj": (768, 3352)}
 

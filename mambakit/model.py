@@ -17,7 +17,7 @@ from .cache import InferenceCache
 from .config import ModelConfig
 from .layers import fused_decode
 from .layers.norm import RMSNorm
-from .ops.cpu_kernels import linear_module
+from .ops.cpu_linear import linear_module
 from .placement import resolve_device, resolve_dtype
 
 

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.cpu_kernels import linear_module
+from ..ops.cpu_linear import linear_module
 from . import fused_decode
 
 _SDPA_HAS_GQA = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)

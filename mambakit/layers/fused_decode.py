@@ -17,7 +17,7 @@ import os
 import torch
 
 from .. import ops
-from ..ops.cpu_kernels import is_plain_linear
+from ..ops.cpu_linear import is_plain_linear
 
 def on_kernel_device(x: torch.Tensor) -> bool:
     """Where the fused kernels can run at all: CUDA, or Triton's interpreter. Block.forward asks this

@@ -18,7 +18,7 @@ from torch import nn
 from .. import ops
 from ..cache import neg_exp_cached
 from ..ops import cpu_kernels
-from ..ops.cpu_kernels import linear_module
+from ..ops.cpu_linear import linear, linear_module
 from . import fused_decode
 from .init import dt_bias_init
 
@@ -69,7 +69,7 @@ class Mamba1Mixer(nn.Module):
                                               seq_idx=seq_idx, return_final_state=True)
             state["conv"].copy_(conv_state)
         dt, B, C = torch.split(linear_module(self.x_proj, x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = cpu_kernels.linear(dt, self.dt_proj.weight)  # (b, l, e); the bias goes in as delta_bias, in fp32
+        dt = linear(dt, self.dt_proj.weight)  # (b, l, e); the bias goes in as delta_bias, in fp32
         if self._cpu_kernels(hidden, seq_idx, None if state is None else state["ssm"]):
             # One compiled pass over the sequence (softplus, scan, skip, gate), the state advanced in
             # place and y written over x, which nothing reads after it: no fresh (b, l, e) pages.

@@ -15,7 +15,7 @@ from torch import nn
 from .. import ops
 from ..cache import neg_exp_cached
 from ..ops import cpu_kernels
-from ..ops.cpu_kernels import linear_module
+from ..ops.cpu_linear import linear_module
 from . import fused_decode
 from .init import dt_bias_init
 

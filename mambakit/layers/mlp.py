@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.cpu_kernels import linear_module
+from ..ops.cpu_linear import linear_module
 from . import fused_decode
 
 ACTIVATIONS = ("gelu", "relu2", "swiglu")

@@ -11,8 +11,7 @@ pass each. Nothing is built at install: the first call compiles the C source (cp
 system's C compiler (well under a second) into a cache folder, and loads it through ctypes
 (which releases the GIL during a call). Without a compiler, or with MAMBAKIT_CPU_KERNELS=off,
 `available()` is False and every caller keeps its PyTorch path. fp32 only, no autograd.
-Projections of more rows than the decode loop takes run on oneDNN's GEMM (onednn_linear), a
-torch op, with a switch of its own (MAMBAKIT_ONEDNN=0).
+The projections (the decode loop for a few rows, oneDNN's GEMM for more) are in cpu_linear.py.
 
 The math is that of the reference tiers: softplus(x) = log1p(exp(x)) (x below 20), A < 0,
 exp in single precision (a Cephes polynomial, ~1 ulp, exactly 0 below -87; on AVX-512 the Mamba-1
@@ -31,7 +30,6 @@ import threading
 from pathlib import Path
 
 import torch
-import torch.nn.modules.module as _module_globals
 
 from .cpu_kernels_src import SOURCE as _SOURCE
 
@@ -396,99 +394,6 @@ def ssd_chunks(x, dt, A, B, C, D, initial_state, chunk: int, floor: float) -> tu
     if rc != 0:
         raise MemoryError("cpu_kernels.ssd_chunks: no memory for its scratch buffers")
     return y, state
-
-
-# Rows of x up to which linear() runs the C loop: with more, the BLAS behind F.linear reuses each
-# weight better than the loop's 4-row blocks (benchmarks/cpu_matvec.py: at 8 rows the loop was
-# 1.02x F.linear with 1 thread, 1.59x with 2; at 16 rows 0.75x and 1.24x).
-LINEAR_MAX_ROWS = 4
-
-
-def linear(x, weight, bias=None, threads: int | None = None, max_rows: int = LINEAR_MAX_ROWS) -> torch.Tensor:
-    """F.linear(x, weight, bias) on the CPU's fastest path: x (..., in) with at most max_rows rows runs
-    the C loop (weight (out, in) read once at the machine's streaming rate, see linear_rows); more rows
-    of fp32 inference run oneDNN's GEMM (onednn_linear); anything else (autograd, another dtype or
-    device, a non-contiguous weight, a bias of another shape, more than one thread asked of a build
-    without OpenMP) runs F.linear."""
-    rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
-    threads = threads or torch.get_num_threads()
-    if rows > max_rows:
-        return onednn_linear(x, weight, bias)
-    if (not x.is_cpu or not 0 < rows or weight.dim() != 2 or weight.shape[1] != x.shape[-1]
-            or not weight.is_contiguous()
-            or (bias is not None and (bias.shape != weight.shape[:1] or not bias.is_contiguous()))
-            or not usable(x, weight, bias) or (not _openmp and threads > 1)):
-        return torch.nn.functional.linear(x, weight, bias)
-    x2 = x.reshape(rows, x.shape[-1])
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    y = _empty(*x.shape[:-1], weight.shape[0])
-    _lib.linear_rows(rows, weight.shape[0], weight.shape[1], _ptr(x2), x2.stride(0), _ptr(weight), _ptr(bias),
-                     _ptr(y), weight.shape[0], threads)
-    return y
-
-
-def onednn_linear(x, weight, bias=None) -> torch.Tensor:
-    """F.linear(x, weight, bias) through oneDNN's GEMM for fp32 CPU inference, else F.linear itself.
-
-    torch's CPU wheels run F.linear on MKL's sgemm; oneDNN, bundled with the same wheels, was
-    1.12-1.74x faster at mamba-130m's projections (5 to 1024 rows) and its LM head on this project's
-    AMD EPYC (AVX-512), 2 threads (benchmarks/cpu_gemm.py, results/cpu_gemm-*-session15-*). Results
-    differ from F.linear by rounding only (another summation order). Off with MAMBAKIT_ONEDNN=0 or
-    torch.backends.mkldnn.enabled = False."""
-    if (_onednn_linear is None or weight.dim() != 2 or x.dim() < 2 or weight.shape[1] != x.shape[-1]
-            or x.numel() * weight.shape[0] < ONEDNN_MIN_MACS
-            or (bias is not None and (bias.shape != weight.shape[:1] or not bias.is_contiguous()))
-            or not plain_inference(x, weight, bias) or not _onednn_on()):
-        return torch.nn.functional.linear(x, weight, bias)  # (oneDNN reads a bias as if contiguous)
-    return _onednn_linear(x, weight, bias, "none", [], "")
-
-
-# Products below this many multiply-adds stay on F.linear: oneDNN's fixed cost a call (~25 us here)
-# lost at the demo's widths (8 x 64 -> 256: 32.6 us against MKL's 10.3; 256 x 64 -> 256 about even,
-# 5 x 768 -> 3072 1.44x faster on oneDNN), and each new shape costs it a primitive (~1 ms, once).
-ONEDNN_MIN_MACS = 1 << 22
-_onednn_linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-_onednn_state = None  # None: not checked yet; then whether the op exists, runs and agrees with F.linear
-
-
-def _onednn_on() -> bool:
-    global _onednn_state
-    if os.environ.get("MAMBAKIT_ONEDNN", "on").lower() in ("0", "off", "false", "no") \
-            or not torch.backends.mkldnn.enabled:
-        return False
-    if _onednn_state is None:
-        try:  # a torch built without oneDNN, or one whose private op changed, keeps F.linear
-            # fixed values (not the caller's random stream), fp32 whatever the default dtype
-            a = torch.linspace(-1, 1, 9 * 24, dtype=torch.float32, device="cpu").view(9, 24)
-            w = torch.linspace(1, -2, 5 * 24, dtype=torch.float32, device="cpu").view(5, 24)
-            bias = torch.arange(5, dtype=torch.float32, device="cpu")
-            with torch.no_grad(), torch.autocast("cpu", enabled=False):
-                _onednn_state = torch.backends.mkldnn.is_available() and torch.allclose(
-                    _onednn_linear(a, w, bias, "none", [], ""), torch.nn.functional.linear(a, w, bias), atol=1e-5)
-        except Exception:  # noqa: BLE001 - any failure of a private op means: do not use it
-            _onednn_state = False
-    return _onednn_state
-
-
-def linear_module(module, x) -> torch.Tensor:
-    """module(x) for an nn.Linear through linear() (the C loop when decoding); any other module, or
-    one with forward hooks (adapters, probes, global hooks) or a patched forward, is called as it is,
-    and so is every call on another device (the GPU's training and decoding keep their module call)
-    and every call autograd records (a module's backward hooks then fire as they would)."""
-    if x.is_cpu and is_plain_linear(module) and not (torch.is_grad_enabled() and (
-            x.requires_grad or module.weight.requires_grad)):
-        return linear(x, module.weight, module.bias)
-    return module(x)
-
-
-def is_plain_linear(module) -> bool:
-    """An nn.Linear whose call is F.linear and nothing else: no forward hooks of its own or global
-    ones (adapters, probes), no forward patched on the instance (offloading hooks). Only such a
-    module may be bypassed by a kernel that reads its weight directly."""
-    return (type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
-            and "forward" not in module.__dict__
-            and not (_module_globals._global_forward_hooks or _module_globals._global_forward_pre_hooks))
 
 
 def mamba1_step(xz, conv_state, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, h, out=None,

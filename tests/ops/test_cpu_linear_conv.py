@@ -1,4 +1,4 @@
-"""The C matrix-vector loop of CPU decoding (cpu_kernels.linear, linear_module), the sequence
+"""The C matrix-vector loop of CPU decoding (cpu_linear.linear, linear_module), the sequence
 conv (cpu_kernels.conv_seq), and where they must not run: against F.linear and the torch conv.
 
 Letters: b batch, l length, c channels, k conv width, m rows of x.
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import mambakit
-from mambakit.ops import cpu_kernels
+from mambakit.ops import cpu_kernels, cpu_linear
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler: the CPU kernels are off")
 
@@ -46,7 +46,7 @@ def test_linear_matches_torch(d_in, d_out, with_bias, linear_calls):
     w = torch.randn(d_out, d_in, generator=g)
     b = torch.randn(d_out, generator=g) if with_bias else None
     xs = [torch.randn(1, d_in, generator=g)]
-    for rows in range(1, cpu_kernels.LINEAR_MAX_ROWS + 1):
+    for rows in range(1, cpu_linear.LINEAR_MAX_ROWS + 1):
         wide = torch.randn(rows, 1, 2 * d_in, generator=g)
         xs += [torch.randn(rows, d_in, generator=g), torch.randn(rows, 1, d_in, generator=g),
                wide[..., :d_in], wide[:, 0, :d_in],  # row-strided views (xz[:, :e])
@@ -56,7 +56,7 @@ def test_linear_matches_torch(d_in, d_out, with_bias, linear_calls):
     xs += [torch.randn(2, 3, d_in, generator=g)[:, :2]]  # 4 rows no single stride reaches: a copy
     for x in xs:
         n = len(linear_calls)
-        y = cpu_kernels.linear(x, w, b)
+        y = cpu_linear.linear(x, w, b)
         assert len(linear_calls) == n + 1, f"the C loop did not run for x {tuple(x.shape)} strides {x.stride()}"
         assert y.shape == (*x.shape[:-1], d_out) and y.is_contiguous()
         close_to_linear(y, x, w, b)
@@ -67,9 +67,9 @@ def test_linear_same_bits_at_any_thread_count(rows):
     g = torch.Generator().manual_seed(rows)
     w, b = torch.randn(131, 768, generator=g), torch.randn(131, generator=g)  # 131 rows: uneven splits
     x = torch.randn(rows, 1536, generator=g)[:, :768]
-    y1 = cpu_kernels.linear(x, w, b, threads=1)
+    y1 = cpu_linear.linear(x, w, b, threads=1)
     for threads in (2, 3, None):
-        assert torch.equal(cpu_kernels.linear(x, w, b, threads=threads), y1)
+        assert torch.equal(cpu_linear.linear(x, w, b, threads=threads), y1)
 
 
 def test_outputs_are_fp32_whatever_the_default_dtype():
@@ -82,7 +82,7 @@ def test_outputs_are_fp32_whatever_the_default_dtype():
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        y = cpu_kernels.linear(x, w)
+        y = cpu_linear.linear(x, w)
         y_conv = cpu_kernels.conv_step(xz[:, :16], conv.clone(), torch.randn(16, 4, generator=g, dtype=torch.float32))
     finally:
         torch.set_default_dtype(previous)
@@ -92,72 +92,72 @@ def test_outputs_are_fp32_whatever_the_default_dtype():
 
 @pytest.fixture
 def onednn_calls(monkeypatch):
-    """oneDNN's GEMM calls (cpu_kernels.onednn_linear), recorded: x's shape each, then run."""
-    calls, fn = [], cpu_kernels._onednn_linear
+    """oneDNN's GEMM calls (cpu_linear.onednn_linear), recorded: x's shape each, then run."""
+    calls, fn = [], cpu_linear._onednn_linear
 
     def spy(x, *args):
         calls.append(tuple(x.shape))
         return fn(x, *args)
 
-    monkeypatch.setattr(cpu_kernels, "_onednn_linear", spy)
-    monkeypatch.setattr(cpu_kernels, "ONEDNN_MIN_MACS", 0)  # the tests' small products count too
+    monkeypatch.setattr(cpu_linear, "_onednn_linear", spy)
+    monkeypatch.setattr(cpu_linear, "ONEDNN_MIN_MACS", 0)  # the tests' small products count too
     return calls
 
 
 def test_many_rows_run_onednn(onednn_calls, linear_calls, monkeypatch):
     """More than LINEAR_MAX_ROWS rows of fp32 inference: oneDNN's GEMM, within rounding of F.linear,
     for 2-d and 3-d x, with and without bias, x strided; MAMBAKIT_ONEDNN=0 gives F.linear's bits."""
-    if not cpu_kernels._onednn_on():
+    if not cpu_linear._onednn_on():
         pytest.skip("this torch has no working oneDNN linear")
     onednn_calls.clear()  # the first _onednn_on() checks the op with a call of its own
     g = torch.Generator().manual_seed(13)
     w, b = torch.randn(19, 33, generator=g), torch.randn(19, generator=g)
-    many = cpu_kernels.LINEAR_MAX_ROWS + 1
+    many = cpu_linear.LINEAR_MAX_ROWS + 1
     cases = [(torch.randn(many, 33, generator=g), b), (torch.randn(2, 40, 33, generator=g), None),
              (torch.randn(3, many, 66, generator=g)[..., ::2], b)]
     with torch.no_grad():
         for x, bias in cases:
-            torch.testing.assert_close(cpu_kernels.linear(x, w, bias), F.linear(x, w, bias), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(cpu_linear.linear(x, w, bias), F.linear(x, w, bias), rtol=1e-5, atol=1e-5)
         assert onednn_calls == [tuple(x.shape) for x, _ in cases] and not linear_calls
         monkeypatch.setenv("MAMBAKIT_ONEDNN", "0")
         x = cases[1][0]
-        assert torch.equal(cpu_kernels.linear(x, w), F.linear(x, w)) and len(onednn_calls) == len(cases)
+        assert torch.equal(cpu_linear.linear(x, w), F.linear(x, w)) and len(onednn_calls) == len(cases)
 
 
 def test_small_products_stay_on_f_linear(onednn_calls, monkeypatch):
     """Below ONEDNN_MIN_MACS multiply-adds oneDNN's fixed cost loses: F.linear runs, the same bits."""
-    monkeypatch.setattr(cpu_kernels, "ONEDNN_MIN_MACS", 1 << 22)
+    monkeypatch.setattr(cpu_linear, "ONEDNN_MIN_MACS", 1 << 22)
     x, w = torch.randn(8, 64), torch.randn(256, 64)  # 131,072 multiply-adds
     with torch.no_grad():
-        assert torch.equal(cpu_kernels.linear(x, w), F.linear(x, w))
+        assert torch.equal(cpu_linear.linear(x, w), F.linear(x, w))
         assert not onednn_calls
-        cpu_kernels.linear(torch.randn(5, 768), torch.randn(3072, 768))  # 11.8M: oneDNN
-    assert onednn_calls[-1:] == [(5, 768)] or not cpu_kernels._onednn_on()  # (the first call may check the op)
+        cpu_linear.linear(torch.randn(5, 768), torch.randn(3072, 768))  # 11.8M: oneDNN
+    assert onednn_calls[-1:] == [(5, 768)] or not cpu_linear._onednn_on()  # (the first call may check the op)
 
 
 def test_many_rows_fall_back_to_torch(onednn_calls):
     """Autograd, another dtype, a bias F.linear broadcasts, a fake tensor: F.linear, not oneDNN."""
     g = torch.Generator().manual_seed(14)
     x, w, b = torch.randn(2, 8, 33, generator=g), torch.randn(19, 33, generator=g), torch.randn(19, generator=g)
-    y = cpu_kernels.linear(x, w.clone().requires_grad_(True), b)
+    y = cpu_linear.linear(x, w.clone().requires_grad_(True), b)
     assert y.requires_grad and torch.equal(y.detach(), F.linear(x, w, b))
     # oneDNN would read a strided or expanded bias as if it were contiguous
     for args in ((x.double(), w.double(), b.double()), (x, w, torch.ones(1)), (x, w, torch.arange(38.0)[::2]),
                  (x, w, torch.tensor([5.0]).expand(19))):
-        assert torch.equal(cpu_kernels.linear(*args), F.linear(*args))
+        assert torch.equal(cpu_linear.linear(*args), F.linear(*args))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's dtype, as F.linear
-        assert cpu_kernels.linear(x, w, b).dtype == torch.bfloat16
+        assert cpu_linear.linear(x, w, b).dtype == torch.bfloat16
     from torch._subclasses.fake_tensor import FakeTensorMode
     with torch.no_grad(), FakeTensorMode():
-        assert cpu_kernels.linear(torch.empty(2, 8, 33), torch.empty(19, 33)).shape == (2, 8, 19)
+        assert cpu_linear.linear(torch.empty(2, 8, 33), torch.empty(19, 33)).shape == (2, 8, 19)
     assert not onednn_calls
 
 
 def test_onednn_check_leaves_the_random_stream_and_the_caller_context_alone(monkeypatch):
     """The first oneDNN call checks the op on fixed values: the global random stream is untouched,
     and a float64 default dtype at that moment does not switch oneDNN off for the process."""
-    monkeypatch.setattr(cpu_kernels, "_onednn_state", None)
-    monkeypatch.setattr(cpu_kernels, "ONEDNN_MIN_MACS", 0)
+    monkeypatch.setattr(cpu_linear, "_onednn_state", None)
+    monkeypatch.setattr(cpu_linear, "ONEDNN_MIN_MACS", 0)
     x, w = torch.randn(8, 16, dtype=torch.float32), torch.randn(4, 16, dtype=torch.float32)
     torch.manual_seed(5)
     want = torch.rand(3)
@@ -166,11 +166,11 @@ def test_onednn_check_leaves_the_random_stream_and_the_caller_context_alone(monk
     torch.set_default_dtype(torch.float64)
     try:
         with torch.no_grad():
-            cpu_kernels.onednn_linear(x, w)
+            cpu_linear.onednn_linear(x, w)
     finally:
         torch.set_default_dtype(default)
     assert torch.equal(torch.rand(3), want)
-    assert cpu_kernels._onednn_state is torch.backends.mkldnn.is_available()
+    assert cpu_linear._onednn_state is torch.backends.mkldnn.is_available()
 
 
 def test_training_calls_the_module_so_its_backward_hooks_fire():
@@ -192,7 +192,7 @@ def test_linear_falls_back_to_torch(linear_calls):
              (torch.randn(2, 33, generator=g), w, torch.randn(38, generator=g)[::2]),
              (torch.randn(0, 33, generator=g), w, b)]
     for x, weight, bias in cases:
-        y = cpu_kernels.linear(x, weight, bias)
+        y = cpu_linear.linear(x, weight, bias)
         assert y.dtype == x.dtype and torch.equal(y, F.linear(x, weight, bias))
     assert not linear_calls
 
@@ -202,7 +202,7 @@ def test_linear_under_autograd_gives_torch_gradients(grad_of, linear_calls):
     g = torch.Generator().manual_seed(12)
     x0, w0, b0 = torch.randn(2, 1, 33, generator=g), torch.randn(19, 33, generator=g), torch.randn(19, generator=g)
     grads = []
-    for fn in (cpu_kernels.linear, F.linear):
+    for fn in (cpu_linear.linear, F.linear):
         x, w, b = x0.clone(), w0.clone(), b0.clone()
         leaves = [x] if grad_of == "x" else [w, b]
         for t in leaves:
@@ -214,7 +214,7 @@ def test_linear_under_autograd_gives_torch_gradients(grad_of, linear_calls):
     assert all(torch.equal(a, e) for a, e in zip(*grads))
     assert not linear_calls
     with torch.no_grad():  # parameters that need grad, outside grad mode: the C loop
-        cpu_kernels.linear(x0, w0.requires_grad_(True), b0)
+        cpu_linear.linear(x0, w0.requires_grad_(True), b0)
     assert len(linear_calls) == 1
 
 
@@ -225,9 +225,9 @@ def test_linear_module(linear_calls):
         lin = torch.nn.Linear(33, 19, bias=bias)
         with torch.no_grad():
             n = len(linear_calls)
-            close_to_linear(cpu_kernels.linear_module(lin, x), x, lin.weight, lin.bias)
+            close_to_linear(cpu_linear.linear_module(lin, x), x, lin.weight, lin.bias)
             assert len(linear_calls) == n + 1
-        y = cpu_kernels.linear_module(lin, x)  # grad mode, parameters needing grad: autograd works
+        y = cpu_linear.linear_module(lin, x)  # grad mode, parameters needing grad: autograd works
         y.sum().backward()
         assert torch.equal(y, lin(x)) and lin.weight.grad is not None
     n = len(linear_calls)
@@ -237,7 +237,7 @@ def test_linear_module(linear_calls):
     lin.register_forward_pre_hook(lambda mod, args: seen.append("pre"))
     lin.register_forward_hook(lambda mod, args, out: seen.append("post") or out * 3)
     with torch.no_grad():
-        y = cpu_kernels.linear_module(lin, x)
+        y = cpu_linear.linear_module(lin, x)
         assert seen == ["pre", "post"] and torch.equal(y, F.linear(x, lin.weight, lin.bias) * 3)
 
     class Doubled(torch.nn.Linear):
@@ -248,9 +248,9 @@ def test_linear_module(linear_calls):
     parametrized = torch.nn.Linear(33, 19)
     torch.nn.utils.parametrize.register_parametrization(parametrized, "weight", Doubled(33, 33))  # W' = 2 (W A^T + c)
     with torch.no_grad():
-        assert torch.equal(cpu_kernels.linear_module(doubled, x), 2 * F.linear(x, doubled.weight, doubled.bias))
-        assert cpu_kernels.linear_module(identity, x) is x
-        assert torch.equal(cpu_kernels.linear_module(parametrized, x), parametrized(x))
+        assert torch.equal(cpu_linear.linear_module(doubled, x), 2 * F.linear(x, doubled.weight, doubled.bias))
+        assert cpu_linear.linear_module(identity, x) is x
+        assert torch.equal(cpu_linear.linear_module(parametrized, x), parametrized(x))
     assert len(linear_calls) == n  # none of them through the C loop
 
 
@@ -326,7 +326,7 @@ def _forward_ad_linear(x, w):
     import torch.autograd.forward_ad as fwAD
     with fwAD.dual_level():
         dual = fwAD.make_dual(x, torch.ones_like(x))
-        primal, tangent = fwAD.unpack_dual(cpu_kernels.linear(dual, w))
+        primal, tangent = fwAD.unpack_dual(cpu_linear.linear(dual, w))
         assert tangent is not None and torch.allclose(tangent, F.linear(torch.ones_like(x), w), atol=1e-5)
         return primal
 
@@ -341,25 +341,25 @@ def test_linear_leaves_traced_and_transformed_calls_to_torch(case, linear_calls)
         if case == "fake":
             from torch._subclasses.fake_tensor import FakeTensorMode
             with FakeTensorMode():
-                assert cpu_kernels.linear(torch.empty(2, 24), torch.empty(9, 24)).shape == (2, 9)
+                assert cpu_linear.linear(torch.empty(2, 24), torch.empty(9, 24)).shape == (2, 9)
         elif case == "vmap":
-            y = torch.func.vmap(lambda r: cpu_kernels.linear(r, w))(x)
+            y = torch.func.vmap(lambda r: cpu_linear.linear(r, w))(x)
             torch.testing.assert_close(y, F.linear(x, w))
         elif case == "forward_ad":
             torch.testing.assert_close(_forward_ad_linear(x, w), F.linear(x, w))
         elif case == "jit_trace":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # deprecation, and the shape checks as constants
-                traced = torch.jit.trace(lambda a: cpu_kernels.linear(a, w), (x,))
+                traced = torch.jit.trace(lambda a: cpu_linear.linear(a, w), (x,))
             x2 = torch.randn(2, 24, generator=g)
             torch.testing.assert_close(traced(x2), F.linear(x2, w))
         elif case == "subclass":
-            y = cpu_kernels.linear(x, w.as_subclass(_Wrapped))
+            y = cpu_linear.linear(x, w.as_subclass(_Wrapped))
             torch.testing.assert_close(y.as_subclass(torch.Tensor), F.linear(x, w))
         elif case == "flop_counter":
             from torch.utils.flop_counter import FlopCounterMode
             with FlopCounterMode(display=False) as counter:
-                cpu_kernels.linear(x, w)
+                cpu_linear.linear(x, w)
             assert counter.get_total_flops() == 2 * 2 * 24 * 9
     if case != "jit_trace":  # jit.trace's own check runs the plain function once more, untraced
         assert not linear_calls
@@ -372,10 +372,10 @@ def test_linear_broadcast_bias_and_default_device(linear_calls):
     x, w = torch.randn(1, 16, generator=g), torch.randn(5, 16, generator=g)
     with torch.no_grad():
         for bias in (torch.ones(1), torch.tensor(2.0)):
-            torch.testing.assert_close(cpu_kernels.linear(x, w, bias), F.linear(x, w, bias))
+            torch.testing.assert_close(cpu_linear.linear(x, w, bias), F.linear(x, w, bias))
         assert not linear_calls
         with torch.device("meta"):
-            y = cpu_kernels.linear(x, w)
+            y = cpu_linear.linear(x, w)
         assert y.device.type == "cpu" and linear_calls
         torch.testing.assert_close(y, F.linear(x, w), rtol=1e-5, atol=1e-5)
 
@@ -386,18 +386,18 @@ def test_linear_module_calls_patched_forward_and_global_hooks(linear_calls):
     seen = []
     lin.forward = lambda inp: seen.append("patched") or F.linear(inp, lin.weight, lin.bias)
     with torch.no_grad():
-        cpu_kernels.linear_module(lin, x)
+        cpu_linear.linear_module(lin, x)
     assert seen == ["patched"] and not linear_calls
     del lin.forward
     handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append("global"))
     try:
         with torch.no_grad():
-            cpu_kernels.linear_module(lin, x)
+            cpu_linear.linear_module(lin, x)
     finally:
         handle.remove()
     assert seen == ["patched", "global"] and not linear_calls
     with torch.no_grad():
-        cpu_kernels.linear_module(lin, x)
+        cpu_linear.linear_module(lin, x)
     assert len(linear_calls) == 1  # neither left: the C loop again
 
 
