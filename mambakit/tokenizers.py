@@ -131,32 +131,19 @@ class StreamDecoder:
         return text[len(before):]
 
 
-def stream_text(tokenizer: Tokenizer, tokens, prompt_ids=None, stops=(), eos_token_id=None,
-                interruptible: bool = False):
+def stream_text(tokenizer: Tokenizer, tokens, prompt_ids=None, stops=(), eos_token_id=None):
     """Text of a stream of new tokens (ints, or tensors of one id), cut at eos and at stop strings.
 
     Yields (piece, None, n) while going, then (last piece, finish, n): finish "stop" when eos came
     (not printed) or a stop string appeared (it and what follows are cut), else "length"; n is the
     tokens read so far. A piece is held back while it could still be the start of a stop string, so
     a stop string is never yielded, even one spread over several tokens. The stream is read no
-    further than the token that ends the text. interruptible: a KeyboardInterrupt while reading the
-    stream ends the text there, finish "interrupted", with what was held back (a command line's
-    Ctrl-C; a server lets it through).
+    further than the token that ends the text.
     """
     decoder = tokenizer.stream_decoder(prompt_ids=prompt_ids)
     hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop string
     text, sent, n, finish, cut = "", 0, 0, "length", None
-    tokens = iter(tokens)
-    while True:
-        try:
-            token = next(tokens)
-        except StopIteration:
-            break
-        except KeyboardInterrupt:
-            if not interruptible:
-                raise
-            finish = "interrupted"
-            break
+    for token in tokens:
         if isinstance(token, torch.Tensor) and token.numel() != 1:
             raise ValueError(f"stream_text: each token must be one id (an int or a tensor of one), got a tensor "
                              f"of shape {tuple(token.shape)}")

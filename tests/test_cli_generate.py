@@ -144,3 +144,19 @@ def test_stop_strings_end_the_text_without_being_printed(capsys, monkeypatch):
     rc, out, _ = run(capsys, "--model", "mamba2-tiny", "--prompt", "Hi", "--max-new-tokens", "16",
                      "--stop", "two", "--stop", "one, two", "--device", "cpu")
     assert rc == 0 and out == "Hi \n", out
+
+
+def test_ctrl_c_prints_the_text_held_back_for_a_stop_string(capsys, monkeypatch):
+    """Ctrl-C while a token is being made ends the text there: what was held back because it could
+    still start a stop string is printed, and the run says it was interrupted."""
+    import torch
+
+    def fake_stream(model, input_ids, max_new_tokens, **kw):
+        for t in " hello wor".encode():
+            yield torch.tensor([t])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mambakit, "stream", fake_stream)
+    rc, out, err = run(capsys, "--model", "mamba2-tiny", "--prompt", "Hi", "--max-new-tokens", "16",
+                       "--stop", "world!", "--device", "cpu")
+    assert rc == 0 and out == "Hi hello wor\n" and "interrupted" in err, (out, err)

@@ -211,19 +211,3 @@ def test_stream_text_wants_one_id_a_token():
     for bad in (torch.tensor([104, 105]), torch.tensor([])):
         with pytest.raises(ValueError, match="each token must be one id"):
             list(stream_text(tok, [bad]))
-
-
-def test_stream_text_interrupted_gives_what_it_held_back():
-    """A Ctrl-C while the stream makes a token: interruptible, the text so far comes out whole (the
-    part held back for a stop string included), finish "interrupted"; otherwise it goes through."""
-    from mambakit.tokenizers import ByteTokenizer, stream_text
-    tok = ByteTokenizer()
-
-    def tokens():
-        yield from b"hello wor"
-        raise KeyboardInterrupt
-
-    out = list(stream_text(tok, tokens(), stops=["world!"], interruptible=True))
-    assert "".join(p for p, _, _ in out) == "hello wor" and out[-1][1] == "interrupted"
-    with pytest.raises(KeyboardInterrupt):
-        list(stream_text(tok, tokens(), stops=["world!"]))

@@ -81,28 +81,28 @@ def run(args) -> int:
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
-    t_first, n = None, 0
+    t_first, n, interrupted = None, 0, False
 
     def timed(stream):  # the time the first new token exists (int() waits for the GPU), and the count
-        nonlocal t_first, n
-        for token in stream:
-            token_id = int(token[0])
-            if t_first is None:
-                t_first = time.perf_counter()
-            n += 1
-            yield token_id
+        nonlocal t_first, n, interrupted
+        try:
+            for token in stream:
+                token_id = int(token[0])
+                if t_first is None:
+                    t_first = time.perf_counter()
+                n += 1
+                yield token_id
+        except KeyboardInterrupt:  # Ctrl-C while a token is made: the text ends here, held-back text included
+            interrupted = True
 
     t0 = time.perf_counter()
     try:
-        # Ctrl-C while a token is being made ends the text there, the text held back for the stop
-        # strings included; one while printing just stops
-        for piece, finish, _ in stream_text(tokenizer, timed(tokens), ids, args.stop, tokenizer.eos_token_id,
-                                            interruptible=True):
+        for piece, _, _ in stream_text(tokenizer, timed(tokens), ids, args.stop, tokenizer.eos_token_id):
             out.write(piece)  # eos and the stop strings are the end, not text: never printed
             out.flush()
-            if finish == "interrupted":
-                _note("interrupted")
-    except KeyboardInterrupt:
+        if interrupted:
+            _note("interrupted")
+    except KeyboardInterrupt:  # one while printing just stops
         _note("interrupted")
     finally:
         tokens.close()
