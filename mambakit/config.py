@@ -62,6 +62,14 @@ class AttentionConfig:
     bias: bool = False
     max_seqlen: int | None = None  # a hard context limit, if the model has one
 
+    def head_dim_for(self, d_model: int) -> int:
+        """The width of one head: head_dim, else d_model // n_heads."""
+        return self.head_dim or d_model // self.n_heads
+
+    def rotary_dim_for(self, d_model: int) -> int:
+        """The dims of a head RoPE rotates: rotary_fraction of it, rounded down to whole pairs."""
+        return int(self.head_dim_for(d_model) * self.rotary_fraction) // 2 * 2
+
 
 @dataclass
 class MLPConfig:
@@ -190,8 +198,8 @@ class ModelConfig:
                 raise ValueError(f"attention: d_model {self.d_model} is not divisible by n_heads {a.n_heads}; set head_dim")
             if not 0.0 <= a.rotary_fraction <= 1.0:
                 raise ValueError(f"attention: rotary_fraction must be in [0, 1], got {a.rotary_fraction}")
-            hd = a.head_dim or self.d_model // a.n_heads
-            if a.rotary_fraction > 0 and int(hd * a.rotary_fraction) // 2 * 2 == 0:
+            hd = a.head_dim_for(self.d_model)
+            if a.rotary_fraction > 0 and a.rotary_dim_for(self.d_model) == 0:
                 raise ValueError(f"attention: rotary_fraction {a.rotary_fraction} of head_dim {hd} rotates no pair "
                                  f"of dims (no position encoding at all); use 0 for none or at least {2 / hd:.3g}")
             if not a.rope_theta > 0:

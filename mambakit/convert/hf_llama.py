@@ -122,7 +122,7 @@ def from_mambakit(model):
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c.vocab_size,
         "hidden_size": c.d_model, "intermediate_size": c.mlp.hidden_size or 4 * c.d_model,
         "num_hidden_layers": n, "num_attention_heads": a.n_heads, "num_key_value_heads": a.n_kv_heads or a.n_heads,
-        "head_dim": a.head_dim or c.d_model // a.n_heads, "hidden_act": "silu",
+        "head_dim": a.head_dim_for(c.d_model), "hidden_act": "silu",
         "max_position_embeddings": a.max_seqlen or 4096, "rms_norm_eps": c.norm_eps,
         "tie_word_embeddings": c.tie_embeddings, "attention_bias": a.bias, "mlp_bias": c.mlp.bias,
         "rope_theta": theta, "rope_parameters": {"rope_type": "default", "rope_theta": theta},

@@ -153,7 +153,7 @@ def from_mambakit(model):
         "time_step_limit": [m.dt_limit[0], m.dt_limit[1]],  # json writes inf as Infinity, which transformers reads
         # attention
         "num_attention_heads": n_heads, "num_key_value_heads": a.n_kv_heads or n_heads,
-        "head_dim": a.head_dim or c.d_model // n_heads, "attention_bias": False,
+        "head_dim": a.head_dim_for(c.d_model), "attention_bias": False,
         "max_position_embeddings": a.max_seqlen or 4096,
         # MLP
         "intermediate_size": c.mlp.hidden_size or 4 * c.d_model, "mlp_hidden_act": c.mlp.activation,

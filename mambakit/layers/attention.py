@@ -125,8 +125,8 @@ class Attention(nn.Module):
         self.n_kv_heads = kvh = a.n_kv_heads or a.n_heads
         if h % kvh:
             raise ValueError(f"attention: n_heads {h} is not a multiple of n_kv_heads {kvh}")
-        self.head_dim = hd = a.head_dim or d // h
-        self.rotary_dim = int(hd * a.rotary_fraction) // 2 * 2
+        self.head_dim = hd = a.head_dim_for(d)
+        self.rotary_dim = a.rotary_dim_for(d)
         self.rope_theta = a.rope_theta
         self.max_seqlen = a.max_seqlen
         self.q_proj = nn.Linear(d, h * hd, bias=a.bias)

@@ -296,7 +296,7 @@ class Trainer:
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     last = {"step": self.step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
                             "tokens": self.tokens, "tokens_per_s": tok_s,
-                            "elapsed_s": self.elapsed_before + now - self._fit_start}
+                            "elapsed_s": self._elapsed()}
                     if info.device.type == "cuda":  # this rank's peak, so a sharded run shows its saving
                         last["max_mem_gib"] = torch.cuda.max_memory_allocated(info.device) / 2**30
                     self.metrics.write(last)
