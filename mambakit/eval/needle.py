@@ -118,9 +118,13 @@ def cell_rng(seed: int, length: int, depth: float) -> np.random.Generator:
     """The random generator of the cell (length, depth): seeded by the values, not by where the cell
     sits in the grid, so that adding or removing lengths and depths leaves the other cells' examples
     as they were (depths equal to 6 decimals share their examples)."""
+    _check_seed(seed)
+    return np.random.default_rng([seed, length, round(depth * 10**6)])
+
+
+def _check_seed(seed) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    return np.random.default_rng([seed, length, round(depth * 10**6)])
 
 
 def _check_options(template: str, num_needles: int, haystack) -> None:
@@ -197,7 +201,7 @@ def evaluate_needle(model, tokenizer, lengths: list[int], depths: list[float], n
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int (haystacks per generate call), got {batch_size!r}")
     _check_options(template, num_needles, haystack)  # before the haystack file is read
-    cell_rng(seed, 0, 0.0)  # refuses a bad seed before any work
+    _check_seed(seed)  # before any work
     max_new = 12 if template == "ruler" else 11  # " 1234567." / "0123456789\n", a few tokens spare
     for length in lengths:
         if not isinstance(length, int) or length < 1:
