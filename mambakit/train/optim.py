@@ -80,17 +80,20 @@ def build_scheduler(optimizer, cfg, total_steps: int) -> torch.optim.lr_schedule
 def apply_config_on_resume(optimizer, scheduler, cfg, total_steps: int) -> list[str]:
     """After loading a checkpoint's optimizer and scheduler state, make this config govern from here.
 
-    load_state_dict brings back the saved run's lr (base_lrs, initial_lr), weight decay, betas and eps,
-    so a changed `--optim.lr` would otherwise be silently ignored while config.toml shows it. The
-    moment estimates and the step count stay as saved; only the hyperparameters change. Returns
+    load_state_dict brings back the saved run's lr (base_lrs, initial_lr), weight decay, betas, eps
+    and schedule (warm-up, min_lr_ratio), so a changed `--optim.lr` would otherwise be silently ignored
+    while config.toml shows it. The moment estimates and the scheduler's position (last_epoch, the
+    optimizer steps done) stay as saved; only the hyperparameters change. Returns
     "optim.KEY OLD -> NEW" for each value that changed (empty when resuming with the same config).
     cfg: OptimConfig. Groups as param_groups builds them: 0 decays, 1 never does.
     """
     groups = optimizer.param_groups
+    saved = scheduler.lr_lambdas[0]  # a WarmupCosine holding the checkpoint's fields after load_state_dict
     old = {"optim.lr": scheduler.base_lrs[0], "optim.weight_decay": groups[0]["weight_decay"],
-           "optim.betas": list(groups[0]["betas"]), "optim.eps": groups[0]["eps"]}
+           "optim.betas": list(groups[0]["betas"]), "optim.eps": groups[0]["eps"],
+           "optim.warmup_steps": saved.warmup, "optim.min_lr_ratio": saved.min_ratio}
     new = {"optim.lr": cfg.lr, "optim.weight_decay": cfg.weight_decay, "optim.betas": list(cfg.betas),
-           "optim.eps": cfg.eps}
+           "optim.eps": cfg.eps, "optim.warmup_steps": cfg.warmup_steps, "optim.min_lr_ratio": cfg.min_lr_ratio}
     scheduler.lr_lambdas = [WarmupCosine(cfg.warmup_steps, total_steps, cfg.min_lr_ratio) for _ in groups]
     scheduler.base_lrs = [cfg.lr for _ in groups]
     for i, (group, fn) in enumerate(zip(groups, scheduler.lr_lambdas)):

@@ -8,7 +8,8 @@ import torch
 
 from mambakit import LM, ModelConfig
 from mambakit.train.config import OptimConfig
-from mambakit.train.optim import WarmupCosine, build_optimizer, build_scheduler, no_decay_names
+from mambakit.train.optim import (WarmupCosine, apply_config_on_resume, build_optimizer, build_scheduler,
+                                  no_decay_names)
 
 
 def test_no_weight_decay_on_ssm_params_norms_biases_embeddings():
@@ -72,3 +73,35 @@ def test_the_steps_a_short_run_trains_at(warmup):
 def test_degenerate_schedules():
     assert [WarmupCosine(0, 1, 0.1)(s) for s in (0, 1)] == [1.0, 0.1]  # one step: at the peak
     assert [WarmupCosine(4, 3, 0.1)(s) for s in range(3)] == pytest.approx([0.25, 0.5, 0.75])  # ends in warm-up
+
+
+def test_resume_mid_warmup_goes_on_from_the_saved_step_with_the_new_values():
+    # 3 steps of a 4-step warm-up, saved; resumed with another lr, warm-up and min_lr_ratio: the 4th
+    # step trains at the new schedule's index 3, on the same groups, and every change is reported
+    # (warm-up and min_lr_ratio used to be applied without a word)
+    model = torch.nn.Linear(4, 4)
+    old_cfg = OptimConfig(lr=1.0, warmup_steps=4, min_lr_ratio=0.1, weight_decay=0.1)
+    opt = build_optimizer(model, old_cfg, {"bias"})
+    sched = build_scheduler(opt, old_cfg, 10)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    opt_state, sched_state = opt.state_dict(), sched.state_dict()
+
+    new_cfg = OptimConfig(lr=0.5, warmup_steps=2, min_lr_ratio=0.2, weight_decay=0.1)
+    opt = build_optimizer(model, new_cfg, {"bias"})
+    sched = build_scheduler(opt, new_cfg, 10)
+    opt.load_state_dict(opt_state)
+    sched.load_state_dict(sched_state)
+    groups = opt.param_groups
+    changed = apply_config_on_resume(opt, sched, new_cfg, 10)
+    assert changed == ["optim.lr 1.0 -> 0.5", "optim.warmup_steps 4 -> 2", "optim.min_lr_ratio 0.1 -> 0.2"]
+    assert opt.param_groups is groups and sched.last_epoch == 3
+    f = WarmupCosine(2, 10, 0.2)
+    seen = []
+    for _ in range(7):
+        seen.extend(g["lr"] for g in opt.param_groups)
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.5 * f(s) for s in range(3, 10) for _ in range(2)])
+    assert seen[-1] == pytest.approx(0.1)  # the last step ends the new schedule at lr * min_lr_ratio
