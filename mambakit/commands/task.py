@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="a task parameter (repeatable)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="a model config field (repeatable)")
     parser.add_argument("--name", help="the models' names in the table and plot, comma-separated (default: --model)")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=positive_int, default=1000)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--warmup-steps", type=int, default=None,
@@ -47,20 +47,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "time (the same batches; default 0: made in the training process)")
     parser.add_argument("--values", help="comma-separated values of the task's sweep parameter "
                         "(default: the task's own sweep, e.g. 2^6..2^20 for induction_heads)")
-    parser.add_argument("--eval-examples", type=int, default=256, help="examples per evaluation point")
-    parser.add_argument("--eval-batch-size", type=int, default=64)
-    parser.add_argument("--eval-max-batch-tokens", type=int, default=2 ** 20, help="at most this many tokens "
-                        "per evaluation batch (default 2^20); long examples still reach the device --chunk-len tokens "
-                        "at a time, so on a GPU 2^24 puts 16 examples of 2^20 tokens in one batch")
-    parser.add_argument("--eval-token-budget", type=int, help="at long lengths, fewer examples: at most this many "
-                        "tokens per point, but never fewer than 8 examples (e.g. 16777216 for induction heads to 2^20)")
-    parser.add_argument("--chunk-len", type=int, default=4096, help="tokens per forward at evaluation; longer "
-                        "examples stream through the recurrent cache, so memory stays bounded")
-    parser.add_argument("--max-attention-length", type=int, default=16384,
+    parser.add_argument("--eval-examples", type=positive_int, default=256, help="examples per evaluation point")
+    parser.add_argument("--eval-batch-size", type=positive_int, default=64)
+    parser.add_argument("--eval-max-batch-tokens", type=positive_int, default=2 ** 20,
+                        help="at most this many tokens per evaluation batch (default 2^20); long examples still "
+                        "reach the device --chunk-len tokens at a time, so on a GPU 2^24 puts 16 examples of 2^20 "
+                        "tokens in one batch")
+    parser.add_argument("--eval-token-budget", type=positive_int, help="at long lengths, fewer examples: at most "
+                        "this many tokens per point, but never fewer than 8 examples (e.g. 16777216 for induction "
+                        "heads to 2^20)")
+    parser.add_argument("--chunk-len", type=positive_int, default=4096, help="tokens per forward at evaluation; "
+                        "longer examples stream through the recurrent cache, so memory stays bounded")
+    parser.add_argument("--max-attention-length", type=positive_int, default=16384,
                         help="models with attention skip evaluation lengths above this")
-    parser.add_argument("--max-attention-scores", type=int, default=2 ** 29, help="models with attention score "
-                        "smaller batches at long lengths: batch x heads x length x chunk at most this (default 2^29, "
-                        "2 GiB of fp32 scores should SDPA fall back to its math kernel)")
+    parser.add_argument("--max-attention-scores", type=positive_int, default=2 ** 29, help="models with attention "
+                        "score smaller batches at long lengths: batch x heads x length x chunk at most this "
+                        "(default 2^29, 2 GiB of fp32 scores should SDPA fall back to its math kernel)")
     parser.add_argument("--eval-seconds", type=float, help="a time slot for the evaluation of each model: once "
                         "used up, the current point stops after 8 examples and later points are marked skipped")
     parser.add_argument("--no-eval", action="store_true", help="train only")
@@ -109,12 +111,6 @@ def run(args) -> int:
         raise ValueError("--model is required: a preset such as mamba2-tiny, or a checkpoint folder")
     if args.action == "eval" and args.set:
         raise ValueError("--set only applies to `task train` (a new model from a preset)")
-    if args.eval_token_budget is not None and args.eval_token_budget < 1:
-        raise ValueError(f"--eval-token-budget must be a positive int, got {args.eval_token_budget}")
-    for flag in ("eval_examples", "chunk_len", "eval_batch_size"):  # checked now, not after training
-        v = getattr(args, flag, None)
-        if v is not None and v < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be a positive int, got {v}")
     task = _task(args)
     values = _values(args, task)
     for v in values:
@@ -132,12 +128,6 @@ def run(args) -> int:
         raise ValueError(f"--data-workers must be >= 0, got {args.data_workers}")
     if args.eval_seconds is not None and not args.eval_seconds > 0:
         raise ValueError(f"--eval-seconds must be > 0, got {args.eval_seconds}")
-    if args.max_attention_scores < 1:
-        raise ValueError(f"--max-attention-scores must be a positive int, got {args.max_attention_scores}")
-    if args.eval_max_batch_tokens < 1:
-        raise ValueError(f"--eval-max-batch-tokens must be a positive int, got {args.eval_max_batch_tokens}")
-    if args.max_attention_length < 1:
-        raise ValueError(f"--max-attention-length must be a positive int, got {args.max_attention_length}")
     from ..placement import resolve_device
     device = str(resolve_device(args.device)) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
     results = {"task": task.name, "task_params": task.params(), "sweep_param": task.sweep_param,

@@ -61,13 +61,17 @@ def test_task_train_then_eval_commands(tmp_path, capsys):
     assert main(["task", "train", "--task", "mqar", "--model", "mamba2-tiny", "--param", "pairs=3",
                  "--out", str(tmp_path / "bad")]) == 2  # a bad parameter is an error message, not a traceback
     # refused before training (they failed after it, with no results.json): a sweep value the task
-    # refuses, and evaluation settings of zero
-    for bad in (["--values", "0"], ["--eval-examples", "0"], ["--chunk-len", "0"]):
-        args = common[:-4] + ["--values", "2", "--eval-examples", "4"] + bad
-        assert main(["task", "train", "--model", "mamba2-tiny", "--out", str(tmp_path / "late")] + args) == 2
-        assert not (tmp_path / "late").exists(), bad
-    err = capsys.readouterr().err
-    assert "num_pairs" in err and "--eval-examples must be a positive int" in err and "--chunk-len must be" in err
+    # refuses, and evaluation settings of zero (by argparse, as every command refuses a bad count)
+    late = ["task", "train", "--model", "mamba2-tiny", "--out", str(tmp_path / "late")] + common[:-4]
+    assert main(late + ["--values", "0", "--eval-examples", "4"]) == 2
+    assert "num_pairs" in capsys.readouterr().err
+    for flag in ("--eval-examples", "--chunk-len", "--eval-batch-size", "--eval-token-budget",
+                 "--eval-max-batch-tokens", "--max-attention-scores", "--steps", "--batch-size"):
+        with pytest.raises(SystemExit) as exit_:
+            main(late + ["--values", "2", flag, "0"])
+        assert exit_.value.code == 2
+        assert f"argument {flag}: expected a positive int, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "late").exists()
 
 
 def test_demo_quick(tmp_path, capsys):
@@ -226,10 +230,12 @@ def test_mqar_parameters_are_checked_and_python_constants_read():
 
 def test_bad_device_and_attention_length_are_messages(tmp_path, capsys):
     base = ["task", "train", "--task", "mqar", "--model", "mamba2-tiny", "--steps", "1", "--out", str(tmp_path / "x")]
-    assert main(base + ["--max-attention-length", "-5"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(base + ["--max-attention-length", "-5"])
+    assert exit_.value.code == 2
+    assert "argument --max-attention-length: expected a positive int, got -5" in capsys.readouterr().err
     assert main(base + ["--device", "gpu"]) == 2
-    err = capsys.readouterr().err
-    assert "--max-attention-length must be a positive int, got -5" in err and "device 'gpu'" in err
+    assert "device 'gpu'" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(base + ["--device", "cuda"]) == 2
         assert "use device='cpu'" in capsys.readouterr().err  # (why: no GPU, or a CPU-only build)
