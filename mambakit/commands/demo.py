@@ -19,6 +19,8 @@ import argparse
 import sys
 import time
 
+from . import positive_int
+
 MODELS = {  # name -> (preset, config overrides); all d_model 64, 2 layers, the task's vocabulary
     "S4D": ("mamba2-tiny", {"ssm_layer": "s4d", "s4d": {"d_state": 32}}),
     "Mamba-1": ("mamba-tiny", {"mamba1": {"d_state": 16}}),
@@ -35,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_output", help="folder for demo.json and demo.png (default: ./demo_output)")
     parser.add_argument("--quick", action="store_true", help="a few seconds: check the plumbing end to end "
                         "(tiny task, 3 steps per model, one process; the accuracies mean nothing)")
-    parser.add_argument("--steps", type=int, help=f"training steps per model (default: {FULL['steps']})")
+    parser.add_argument("--steps", type=positive_int, help=f"training steps per model (default: {FULL['steps']})")
     parser.add_argument("--seed", type=int, default=0, help="seeds the models' init and the data (default 0)")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
-    parser.add_argument("--jobs", type=int, help="models trained at once, one process and one thread each "
+    parser.add_argument("--jobs", type=positive_int, help="models trained at once, one process and one thread each "
                         "(default: min(2, cores); 1 with --quick)")
 
 
@@ -87,15 +89,11 @@ def run(args) -> int:
     t_start = time.perf_counter()
     plan = dict(QUICK if args.quick else FULL)
     if args.steps is not None:
-        if args.steps < 1:
-            raise ValueError(f"--steps must be a positive int, got {args.steps}")
         plan["steps"] = args.steps
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
     if unknown or not names:
         raise ValueError(f"--models: unknown {unknown or 'empty list'}; choose from {', '.join(MODELS)}")
-    if args.jobs is not None and args.jobs < 1:
-        raise ValueError(f"--jobs must be a positive int, got {args.jobs}")
     jobs = min(len(names), args.jobs or (1 if args.quick else min(2, os.cpu_count() or 1)))
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} exists and is not a folder")

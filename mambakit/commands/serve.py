@@ -12,14 +12,14 @@ import argparse
 import sys
 
 from ..serve import DEFAULT_MAX_TOKENS_LIMIT
-from . import add_model_arguments
+from . import add_model_arguments, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     parser.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free one)")
-    parser.add_argument("--max-tokens-limit", type=int, default=DEFAULT_MAX_TOKENS_LIMIT,
+    parser.add_argument("--max-tokens-limit", type=positive_int, default=DEFAULT_MAX_TOKENS_LIMIT,
                         help=f"the most new tokens a request may ask for (default {DEFAULT_MAX_TOKENS_LIMIT})")
     parser.add_argument("--seed", type=int, default=0, help="seed of a preset's random weights (default 0)")
     parser.add_argument("--cuda-graph", action="store_true", help="replay the decode step from a CUDA graph")
@@ -36,8 +36,6 @@ def _port(text: str) -> int:
 def run(args) -> int:
     from ..eval.data import load_model
     from ..serve import make_server
-    if args.max_tokens_limit < 1:
-        raise ValueError(f"--max-tokens-limit must be >= 1, got {args.max_tokens_limit}")
     model, tokenizer, notes = load_model(args.model, args.tokenizer, device=args.device, dtype=args.dtype,
                                          seed=args.seed)
     for note in notes:
