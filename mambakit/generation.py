@@ -5,10 +5,12 @@ Letters: b batch, l prompt length (padded), t new tokens, v vocabulary, s stop-s
 Padding. `attention_mask` (b, l) marks real tokens with 1. A left-padded row is treated like a
 packed row whose first "document" is the padding: seq_idx is 0 on the padding and 1 on the
 prompt, so the conv and the scan restart where the prompt starts and no padding reaches a state.
-After each prefill chunk `cache.clear_padding_` wipes what padding left behind (the states of rows
-still inside their padding, conv inputs that were padding), and attention layers skip the first
-`cache.pad_lengths[i]` keys. Decode steps then run per row as usual. Right padding is turned into
-left padding (each row rolled) and rolled back in the output: prompt, new tokens, then padding.
+A chunked prefill relies on the model's handling of packed documents fed in chunks: a prompt that
+starts inside a chunk has the padding's conv inputs wiped after it (cache.close_documents_), one
+that starts at a chunk's first token has the padding's states wiped before it
+(cache.open_documents_); attention layers skip the first `cache.pad_lengths[i]` keys. Decode steps
+then run per row as usual. Right padding is turned into left padding (each row rolled) and rolled
+back in the output: prompt, new tokens, then padding.
 """
 from __future__ import annotations
 
@@ -282,23 +284,21 @@ def prefill(model, input_ids: torch.Tensor, cache, seq_idx: torch.Tensor | None 
     """Run a (left-padded) prompt (b, l) through the model into `cache`; return the last logits (b, v).
 
     With `chunk`, the prompt goes in pieces of at most `chunk` tokens, so activations stay
-    bounded whatever l is; the states after it are those of a one-shot prefill.
+    bounded whatever l is; the states after it are those of a one-shot prefill. A padded prompt
+    needs seq_idx (0 on the padding, 1 on the prompt); pad_lengths only gives max_pad.
     """
     l = input_ids.shape[1]
     step = chunk or l
     if pad_lengths is not None and max_pad is None:
         max_pad = int(pad_lengths.max())
-    conv_width = max((state["conv"].shape[-1] for state in cache.layers if "conv" in state), default=0)
     logits = None
     for start in range(0, l, step):
         end = min(start + step, l)
-        # Chunks past every row's padding need no document ids (the fast path).
-        sl = seq_idx[:, start:end] if seq_idx is not None and start < max_pad else None
+        # Chunks past every row's padding need no document ids (the fast path). The chunk starting
+        # at max_pad still takes them: a prompt starting at its first token is told apart from the
+        # padding before it only there (open_documents_), which clears what the padding left.
+        sl = seq_idx[:, start:end] if seq_idx is not None and start <= max_pad else None
         logits = model(input_ids[:, start:end], cache=cache, seq_idx=sl, validate=False, last_only=True)
-        # Wipe padding's traces while they can still be there: states of rows not yet started
-        # (end <= pad), conv windows reaching back into padding (end - k < pad).
-        if pad_lengths is not None and end - max(conv_width, 1) < max_pad:
-            cache.clear_padding_(pad_lengths, end)
     return logits[:, -1]
 
 

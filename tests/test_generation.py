@@ -91,6 +91,27 @@ def test_chunked_prefill_equals_one_shot(model, padded):
                                            msg=lambda m: f"chunk {chunk}, layer {i} {name}: {m}")
 
 
+def test_padded_prefill_clears_the_padding_once_per_boundary(monkeypatch):
+    # The model's document handling clears a padded row's states where its prompt starts (inside a
+    # chunk: after it; at a chunk's first token: before it); prefill used to clear again after
+    # every chunk near the padding, the same work twice.
+    from mambakit.cache import InferenceCache
+    calls = []
+    real = InferenceCache.clear_padding_
+    monkeypatch.setattr(InferenceCache, "clear_padding_", lambda self, pad, n: calls.append(n) or real(self, pad, n))
+    model = make_model("mamba2")
+    ids = torch.randint(0, 256, (2, 12))
+    pad = torch.tensor([0, 8])  # row 1's prompt starts at 8: inside a chunk of 5, at a chunk of 4's start
+    seq_idx = (torch.arange(12)[None] >= pad[:, None]).long()
+    for chunk, cleared_at in ((None, [12]), (5, [10]), (4, [8])):
+        calls.clear()
+        cache = model.allocate_cache(2)
+        cache.pad_lengths = pad
+        with torch.inference_mode():
+            prefill(model, ids, cache, seq_idx, pad, chunk)
+        assert calls == cleared_at, chunk
+
+
 @pytest.mark.parametrize("split", [3, 5, 6, 8])
 def test_packed_documents_fed_in_chunks_equal_one_forward(model, split):
     """model(ids, cache, seq_idx) in two chunks, then decode steps, against one forward over the
