@@ -181,3 +181,17 @@ def test_bits_per_byte_of_another_tokenizer():
     r = perplexity(tiny_model("mamba2"), CharTokenizer(), [("d", text)], context=2, stride=2)
     scored = range(1, len(text), 2)  # windows of 2 moving by 2 score every second token
     assert r.tokens == len(scored) and r.bytes == sum(len(text[p].encode()) for p in scored)
+
+
+def test_the_perplexity_module_is_reachable_by_its_path():
+    # the package re-exported the function as `perplexity`, which hid the module of that name:
+    # `import mambakit.eval.perplexity as m` gave the function (docs/evaluation.md names
+    # mambakit.eval.perplexity.token_bytes)
+    import types
+
+    import mambakit.eval
+    import mambakit.eval.perplexity as module
+    assert isinstance(module, types.ModuleType) and mambakit.eval.perplexity is module
+    assert callable(mambakit.eval.perplexity.token_bytes)
+    assert mambakit.eval.evaluate_perplexity is perplexity
+    assert all(hasattr(mambakit.eval, name) for name in mambakit.eval.__all__)
