@@ -18,7 +18,9 @@ of that exact size.
 
 Generation is numpy's PCG64 seeded by `seed` (an int or a tuple of ints, through SeedSequence):
 the same seed gives the same batch on every machine, and (seed, 0, step) / (seed, 1, ...) give
-training and evaluation streams that never share a generator.
+training and evaluation streams that never share a generator. An int seed is a stream of its own,
+not the tuple (seed,): SeedSequence pads its entropy with zeros, so (s,) is (s, 0, 0), the runner's
+first training batch of seed s (see rng_for).
 """
 from __future__ import annotations
 
@@ -46,8 +48,19 @@ class TaskBatch:
 
 
 def rng_for(seed: Seed) -> np.random.Generator:
+    """The generator of an int seed or a tuple of ints (non-negative).
+
+    A tuple is SeedSequence(tuple): tuples of up to 4 ints that differ only by trailing zeros are one
+    stream (numpy pads the entropy with zeros), which the streams the runner and the trainer use
+    never do. An int s is SeedSequence(s) with a pool of 8 words instead of 4: its entropy alone is
+    that of (s,), hence of (s, 0, 0), and task.generate(b, s) replayed the runner's first training
+    batch of seed s. The pool size enters every word SeedSequence makes, so an int's stream equals a
+    tuple's no more than two different tuples' streams do.
+    """
     if isinstance(seed, (int, np.integer)):
-        seed = [int(seed)]
+        if seed < 0:
+            raise ValueError(f"seeds must be non-negative ints, got {int(seed)}")
+        return np.random.default_rng(np.random.SeedSequence(int(seed), pool_size=8))
     seed = [int(s) for s in seed]
     if any(s < 0 for s in seed):
         raise ValueError(f"seeds must be non-negative ints, got {seed}")

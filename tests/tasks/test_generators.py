@@ -133,19 +133,36 @@ def test_phonebook_and_mqar_size_ranges_for_training_exact_sizes_at_evaluation()
 
 
 def test_golden_examples():
-    """Fixed seeds give these exact examples on every machine (numpy PCG64 through SeedSequence)."""
-    b = get_task("mqar", vocab_size=16, length=16, num_pairs=3).generate(1, 0)
+    """Fixed seeds give these exact examples on every machine (numpy PCG64 through SeedSequence).
+    The seed (0,) is the one the int 0 meant until int seeds got a stream of their own."""
+    b = get_task("mqar", vocab_size=16, length=16, num_pairs=3).generate(1, (0,))
     assert b.input_ids[0].tolist() == [4, 12, 3, 14, 2, 9, 3, 10, 4, 9, 2, 6, 7, 15, 12, 15]
     X = IGNORE_INDEX
     assert b.targets[0].tolist() == [X] * 6 + [14, X, 12, X, 9] + [X] * 5
-    b = get_task("phonebook", num_entries=3, num_examples=1, digits=4).generate(1, 0)
+    b = get_task("phonebook", num_entries=3, num_examples=1, digits=4).generate(1, (0,))
     assert decode(b.input_ids[0]) == ("Phonebook:\nPiheba Fupu: 4001\nPuroni Huraku: 0656\nBorufa Bidemi: 2673\n"
                                       "Q: Piheba Fupu? A: 4001\nQ: Borufa Bidemi? A: 2673\n")
     assert decode(b.targets[0][b.targets[0] != X]) == "40012673"
-    b = get_task("selective_copying", vocab_size=6, num_tokens=2, length=8).generate(1, 0)
+    b = get_task("selective_copying", vocab_size=6, num_tokens=2, length=8).generate(1, (0,))
     assert b.input_ids[0].tolist() == [0, 4, 3, 0, 0, 0, 5, 5] and b.targets[0].tolist() == [X] * 6 + [4, 3]
-    b = get_task("induction_heads", vocab_size=6, length=8).generate(1, 0)
+    b = get_task("induction_heads", vocab_size=6, length=8).generate(1, (0,))
     assert b.input_ids[0].tolist() == [4, 5, 2, 1, 1, 0, 0, 5] and b.targets[0].tolist() == [X] * 7 + [2]
+    b = get_task("induction_heads", vocab_size=6, length=8).generate(1, 0)
+    assert b.input_ids[0].tolist() == [5, 0, 3, 3, 3, 1, 3, 5] and b.targets[0].tolist() == [X] * 7 + [0]
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_an_int_seed_is_no_tuple_seed(name):
+    # SeedSequence pads its entropy with zeros: the int s was the tuple (s,), hence (s, 0, 0), the
+    # runner's first training batch of seed s (and task.generate(b, s) gave exactly it)
+    task = get_task(name, **SMALL[name])
+    for s in (0, 3, 2**40):
+        ints = task.generate(8, s).input_ids
+        assert torch.equal(ints, task.generate(8, np.int64(s)).input_ids)
+        for other in ((s,), (s, 0), (s, 0, 0), (s, 0, 0, 0)):
+            assert not torch.equal(ints, task.generate(8, other).input_ids), (s, other)
+    with pytest.raises(ValueError, match="non-negative"):
+        task.generate(8, -1)
 
 
 @pytest.mark.parametrize("name, params", [
