@@ -74,9 +74,13 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def _shards(index: Path) -> list[str]:
     try:
-        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    except (json.JSONDecodeError, KeyError, AttributeError) as err:
+        names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{index}: not a shard index (expected JSON with a weight_map): {err}") from err
+    if not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{index}: not a shard index (its weight_map must map tensor names to file names, "
+                              f"got {sorted(map(repr, names))[:3]})")
+    return sorted(names)
 
 
 def _read_torch(f: Path) -> dict:

@@ -335,3 +335,23 @@ def test_save_names_a_bad_path(tmp_path):
         model.save(tmp_path / "file" / "sub")
     with pytest.raises(ValueError, match="a checkpoint path is a str or a Path, got NoneType"):
         model.save(None)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"model.safetensors"', '{"weight_map": {"a": 5}}',
+                                  '{"weight_map": {"a": ["x"]}}', b"\xff\xfe\x00{"])
+def test_a_corrupt_shard_index_is_named_and_replaced_by_a_save(text, tmp_path):
+    """A shard index that is JSON but not a weight_map of file names (or not text) is a CheckpointError
+    naming it, not a TypeError; a save over the folder replaces it, as it does a broken one."""
+    model = tiny_model("mamba2")
+    model.save(tmp_path / "c")
+    (tmp_path / "c" / "model.safetensors").rename(tmp_path / "c" / "model-00001-of-00001.safetensors")
+    index = tmp_path / "c" / "model.safetensors.index.json"
+    index.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(CheckpointError, match="model.safetensors.index.json: not a shard index"):
+        mambakit.load(tmp_path / "c")
+    model.save(tmp_path / "c")
+    assert not index.exists()
+    ids = torch.randint(0, 256, (1, 5))
+    with torch.no_grad():
+        assert torch.equal(mambakit.load(tmp_path / "c")(ids), model(ids))
+
