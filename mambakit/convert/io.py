@@ -38,12 +38,29 @@ def read_config(path: Path) -> dict:
     return raw
 
 
+_LFS_MAGIC = b"version https://git-lfs"  # how a Git LFS pointer file begins
+
+
+def _lfs_pointer(f: Path) -> CheckpointError | None:
+    """The error for a Git LFS pointer file (a clone without git-lfs) in place of the weights, else None."""
+    try:
+        with open(f, "rb") as fh:
+            head = fh.read(len(_LFS_MAGIC))
+    except OSError:
+        return None
+    if head != _LFS_MAGIC:
+        return None
+    return CheckpointError(f"{f}: a Git LFS pointer, not the weights (the repository was cloned without git-lfs); "
+                           "fetch the files with `git lfs pull` in that repository, or download them again")
+
+
 def _read_safetensors(f: Path) -> dict:
     from safetensors.torch import load_file
     try:
         return load_file(str(f))
     except Exception as err:  # safetensors raises its own error types for truncation
-        raise CheckpointError(f"{f}: cannot read safetensors file (truncated or corrupt?): {err}") from err
+        raise (_lfs_pointer(f) or CheckpointError(
+            f"{f}: cannot read safetensors file (truncated or corrupt?): {err}")) from err
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -87,7 +104,7 @@ def _read_torch(f: Path) -> dict:
     try:
         state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{f}: cannot read weights (truncated or corrupt?): {err}") from err
+        raise (_lfs_pointer(f) or CheckpointError(f"{f}: cannot read weights (truncated or corrupt?): {err}")) from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{f}: expected a dict of tensors (a state_dict), got {type(state).__name__}")
     return state

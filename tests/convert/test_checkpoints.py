@@ -355,3 +355,14 @@ def test_a_corrupt_shard_index_is_named_and_replaced_by_a_save(text, tmp_path):
     with torch.no_grad():
         assert torch.equal(mambakit.load(tmp_path / "c")(ids), model(ids))
 
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_a_git_lfs_pointer_is_named_as_one(name, tmp_path):
+    """A repository cloned without git-lfs holds 130-byte pointer files in place of the weights:
+    the error says so rather than 'header too large' or 'invalid load key'."""
+    tiny_model("mamba2").save(tmp_path / "c")
+    (tmp_path / "c" / "model.safetensors").unlink()
+    (tmp_path / "c" / name).write_text("version https://git-lfs.github.com/spec/v1\noid sha256:"
+                                       + "0" * 64 + "\nsize 1234567\n")
+    with pytest.raises(CheckpointError, match=f"{name}: a Git LFS pointer, not the weights.*git lfs pull"):
+        mambakit.load(tmp_path / "c")
