@@ -50,8 +50,8 @@ def parse_request(body: bytes) -> dict:
     """The JSON body of a completion request -> its fields with defaults; BadRequest if malformed."""
     try:
         req = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(f"the body is not JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, an int of > 4300 digits;
+        raise BadRequest(f"the body is not JSON: {err}") from None  # arrays or objects nested too deep
     if not isinstance(req, dict):
         raise BadRequest(f"the body must be a JSON object, got {type(req).__name__}")
     unknown = sorted(set(req) - set(FIELDS))

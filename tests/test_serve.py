@@ -239,3 +239,11 @@ def test_an_ipv6_host_is_served():
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000 + b"]" * 100_000,  # nested deeper than json can recurse
+                                 b'{"prompt": "a", "max_tokens": ' + b"9" * 5000 + b"}"])  # an int past Python's limit
+def test_json_that_python_cannot_read_is_a_bad_request(served, raw):
+    status, body = post(served[2], None, raw=raw)
+    assert status == 400 and "the body is not JSON" in json.loads(body)["error"]["message"], body
+
