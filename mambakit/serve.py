@@ -247,11 +247,15 @@ class Handler(BaseHTTPRequestHandler):
             self._stream(meta, first, pieces)
             return
         text, finish, usage = first
-        for i, (piece, finish, usage) in enumerate(pieces):
-            text += piece
-            if i % 16 == 15 and self._client_gone():  # nobody waits for the answer: free the model
-                pieces.close()
-                return
+        try:
+            for i, (piece, finish, usage) in enumerate(pieces):
+                text += piece
+                if i % 16 == 15 and self._client_gone():  # nobody waits for the answer: free the model
+                    pieces.close()
+                    return
+        except Exception as err:  # noqa: BLE001 - the model failed after the first piece: say so, as above
+            self._error(500, f"generation failed: {type(err).__name__}: {err}")
+            return
         self._json(200, {**meta, "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
                          "usage": usage})
 

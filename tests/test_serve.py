@@ -247,3 +247,29 @@ def test_json_that_python_cannot_read_is_a_bad_request(served, raw):
     status, body = post(served[2], None, raw=raw)
     assert status == 400 and "the body is not JSON" in json.loads(body)["error"]["message"], body
 
+
+def test_a_generation_that_fails_half_way_is_answered(monkeypatch):
+    """A non-streamed request whose model fails after its first piece gets a 500 saying why, as one that
+    fails at once does, rather than a dropped connection; the model is free for the next request."""
+    tok = ByteTokenizer()
+    model = mambakit.LM(mambakit.ModelConfig.from_preset("mamba2-tiny", vocab_size=tok.vocab_size)).eval()
+    calls, normalize = [0], model.norm_f.normalize_residual
+
+    def failing(x):  # once per forward: the prefill, then each decode step
+        calls[0] += 1
+        if calls[0] == 12:  # past the first piece (a byte run is let go after at most 8 tokens)
+            raise RuntimeError("out of memory (simulated)")
+        return normalize(x)
+    monkeypatch.setattr(model.norm_f, "normalize_residual", failing)
+    server = make_server(model, tok, port=0, quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        status, body = post(url, {"prompt": "Hello", "max_tokens": 20})
+        assert status == 500 and "generation failed: RuntimeError: out of memory (simulated)" in body, body
+        status, body = post(url, {"prompt": "Hello", "max_tokens": 3})
+        assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 3
+    finally:
+        server.shutdown()
+        server.server_close()
+
