@@ -252,6 +252,11 @@ class Handler(BaseHTTPRequestHandler):
                 text += piece
                 if i % 16 == 15 and self._client_gone():  # nobody waits for the answer: free the model
                     pieces.close()
+                    # A client that only shut its sending side (a half-close) reads the same and still
+                    # waits: tell it why (to a client that left, this goes nowhere).
+                    self._error(400, "the client closed its side of the connection before the answer, which "
+                                     "reads as leaving: generation stopped; keep the connection open until "
+                                     "the answer arrives, or ask with \"stream\": true")
                     return
         except Exception as err:  # noqa: BLE001 - the model failed after the first piece: say so, as above
             self._error(500, f"generation failed: {type(err).__name__}: {err}")

@@ -273,3 +273,16 @@ def test_a_generation_that_fails_half_way_is_answered(monkeypatch):
         server.shutdown()
         server.server_close()
 
+
+def test_a_client_that_half_closes_is_told_why_it_got_no_text(served):
+    """A client that shuts its sending side after the request cannot be told from one that left (both
+    read as end of file), so its generation stops too; it gets a reason rather than an empty reply.
+    A streamed answer, written as it goes, needs no such check and reaches it whole."""
+    body = json.dumps({"prompt": "Hello", "max_tokens": 40}).encode()
+    reply = _raw(served[2], b"POST /v1/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert reply, "no answer at all"
+    status, _, payload = reply.partition(b"\r\n")[0], None, reply.partition(b"\r\n\r\n")[2]
+    assert b" 400 " in status and "closed its side of the connection" in json.loads(payload)["error"]["message"]
+    streamed = json.dumps({"prompt": "Hello", "max_tokens": 40, "stream": True}).encode()
+    reply = _raw(served[2], b"POST /v1/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(streamed) + streamed)
+    assert b" 200 " in reply.partition(b"\r\n")[0] and reply.endswith(b"data: [DONE]\n\n")  # a stream is not cut
