@@ -25,7 +25,8 @@ def to_mambakit(raw: dict, state: dict):
         residual_in_fp32=raw.get("residual_in_fp32", True),
         mamba1=Mamba1Config(d_state=raw.get("state_size", 16), d_conv=raw.get("conv_kernel", 4), expand=expand,
                             dt_rank=raw.get("time_step_rank", "auto"), conv_bias=raw.get("use_conv_bias", True),
-                            bias=raw.get("use_bias", False)))
+                            bias=raw.get("use_bias", False), dt_min=raw.get("time_step_min", 0.001),
+                            dt_max=raw.get("time_step_max", 0.1), dt_init_floor=raw.get("time_step_floor", 1e-4)))
     return config, pad_vocab(strip_backbone(state), config)
 
 

@@ -366,3 +366,15 @@ def test_a_git_lfs_pointer_is_named_as_one(name, tmp_path):
                                        + "0" * 64 + "\nsize 1234567\n")
     with pytest.raises(CheckpointError, match=f"{name}: a Git LFS pointer, not the weights.*git lfs pull"):
         mambakit.load(tmp_path / "c")
+
+
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+def test_dt_init_range_survives_a_transformers_round_trip(kind, tmp_path):
+    """The hf writers store dt's init range as time_step_min / max / floor; reading it back keeps it
+    (a model built from the config again is initialized as the original was)."""
+    sub = {"dt_min": 0.002, "dt_max": 0.05, "dt_init_floor": 2e-4}
+    model = tiny_model(kind, mamba1=sub, mamba2=sub)
+    model.save(tmp_path / "hf", format="hf")
+    back = mambakit.load(tmp_path / "hf").config
+    ssm = getattr(back, model.config.ssm_layer)
+    assert {k: getattr(ssm, k) for k in sub} == sub
