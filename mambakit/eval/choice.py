@@ -35,9 +35,11 @@ cloze: the question alone, each answer text scored; continuations " {choice}"
     Answer:
 
 k-shot examples are the first k questions of the same subject in the dev split, in file order
-(MMLU's dev split has five a subject). The prediction is the choice of highest log-likelihood
-(accuracy); accuracy_norm divides each log-likelihood by the choice's length in characters
-(the harness's acc_norm), which matters when answer texts differ in length (choices, cloze).
+(MMLU's dev split has five a subject), skipping the question asked should the dev split hold it
+(as lm-eval's samplers do: its answer would be in its own prompt). The prediction is the choice
+of highest log-likelihood (accuracy); accuracy_norm divides each log-likelihood by the choice's
+length in characters (the harness's acc_norm), which matters when answer texts differ in length
+(choices, cloze).
 """
 from __future__ import annotations
 
@@ -79,7 +81,8 @@ def build_prompt(q: Question, fmt: str, shots: list[Question] = ()) -> tuple[str
 
 
 def select_shots(questions: list[Question], dev: list[Question] | None, k: int) -> dict[str, list[Question]]:
-    """subject -> its first k dev questions; a ValueError if a subject has fewer than k."""
+    """subject -> its dev questions in file order (shots_for takes the first k of them); a ValueError
+    if a subject has fewer than k."""
     if not isinstance(k, int) or k < 0:
         raise ValueError(f"the number of shots must be an int >= 0, got {k!r}")
     if k == 0:
@@ -94,7 +97,21 @@ def select_shots(questions: list[Question], dev: list[Question] | None, k: int) 
         if have < k:
             raise ValueError(f"the dev split has {have} question{'s' if have != 1 else ''} of subject "
                              f"{subject!r}; {k}-shot prompts need {k}")
-    return {s: qs[:k] for s, qs in by_subject.items()}
+    return dict(by_subject)
+
+
+def _same(a: Question, b: Question) -> bool:
+    return (a.question, a.choices, a.answer, a.subject) == (b.question, b.choices, b.answer, b.subject)
+
+
+def shots_for(q: Question, pool: list[Question], k: int) -> list[Question]:
+    """The first k questions of pool that are not q itself (a dev split holding test questions, or the
+    test file given as --dev, would otherwise show q with its answer in its own prompt)."""
+    shots = [s for s in pool if not _same(s, q)][:k]
+    if len(shots) < k:
+        raise ValueError(f"{q.where}: the dev split has {len(shots)} question{'s' if len(shots) != 1 else ''} of "
+                         f"subject {q.subject!r} other than this one; {k}-shot prompts need {k}")
+    return shots
 
 
 def evaluate_choice(model, tokenizer, questions: list[Question], fmt: str = "standard",
@@ -107,7 +124,7 @@ def evaluate_choice(model, tokenizer, questions: list[Question], fmt: str = "sta
     examples = select_shots(questions, dev, shots)
     requests, spans, prompts = [], [], []
     for q in questions:
-        context, continuations = build_prompt(q, fmt, examples[q.subject])
+        context, continuations = build_prompt(q, fmt, shots_for(q, examples[q.subject], shots))
         pairs = [encode_pair(tokenizer, context, c) for c in continuations]
         if not pairs[0][0]:
             raise ValueError(f"{q.where}: the prompt encodes to no token")

@@ -63,7 +63,9 @@ def test_predictions_are_argmax_of_forward_scores(tmp_path, fmt):
     res = evaluate_choice(model, tok, questions, fmt, dev=dev, shots=1, batch_size=5)
     hits = {}
     for q, pred in zip(questions, res["predictions"]):
-        context, conts = build_prompt(q, fmt, [d for d in dev if d.subject == q.subject][:1])
+        # the first dev question of the subject that is not q itself (ROWS[4] is both)
+        context, conts = build_prompt(q, fmt, [d for d in dev if d.subject == q.subject
+                                               and d.question != q.question][:1])
         lls = [forward_score(model, *encode_pair(tok, context, c)) for c in conts]
         assert pred["loglikelihoods"] == pytest.approx(lls, abs=2e-4)
         assert pred["prediction"] == max(range(3), key=lambda j: lls[j])
@@ -103,3 +105,22 @@ def test_shots_and_context_limit(tmp_path):
     with pytest.raises(ValueError, match=r"test\.jsonl:1: the 0-shot standard prompt .* needs 1\d\d tokens, "
                                          r"more than this model's context limit of 64"):
         evaluate_choice(limited_model(64), tok, questions)
+
+
+@pytest.mark.parametrize("fmt", ["standard", "cloze"])
+def test_a_question_is_never_its_own_shot(tmp_path, fmt):
+    # Dev and test from one file (or a dev split that holds test questions): a question's k-shot
+    # examples skip the question itself, as lm-eval's samplers do (its answer is not in its prompt).
+    questions = load_questions(_write(tmp_path / "test.jsonl", ROWS))
+    model, tok = tiny_model("mamba2"), ByteTokenizer()
+    res = evaluate_choice(model, tok, questions, fmt, dev=questions, shots=1, batch_size=5)
+    assert res["example_prompt"] == build_prompt(questions[0], fmt, [questions[1]])[0]
+    for q, pred in zip(questions, res["predictions"]):
+        shot = next(d for d in questions if d.subject == q.subject and d is not q)  # the first other one
+        context, conts = build_prompt(q, fmt, [shot])
+        lls = [forward_score(model, *encode_pair(tok, context, c)) for c in conts]
+        assert pred["loglikelihoods"] == pytest.approx(lls, abs=2e-4)
+    dev = load_questions(_write(tmp_path / "dev.jsonl", ROWS[:4]))  # s_b: only Q3, which is asked
+    with pytest.raises(ValueError, match=r"test\.jsonl:4: the dev split has 0 questions of subject 's_b' "
+                                         r"other than this one; 1-shot prompts need 1"):
+        evaluate_choice(model, tok, questions, fmt, dev=dev, shots=1)
