@@ -66,7 +66,9 @@ def get_tokenizer(spec: str) -> TokenEncoder:
 # --- sources -----------------------------------------------------------------------------------------
 def collect_files(paths, extensions, exclude=()) -> list[Path]:
     """The files behind data.path: files as given, folders searched recursively by extension,
-    skipping any file whose path below the folder has a part matching an `exclude` glob."""
+    skipping any file whose path below the folder has a part matching an `exclude` glob. A file
+    reached more than once (a folder and a file in it, a path given twice) is read once: a second
+    copy would be a second document, which the split could put in validation beside the first."""
     from fnmatch import fnmatch
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     exts = {e if e.startswith(".") else "." + e for e in extensions}
@@ -91,7 +93,12 @@ def collect_files(paths, extensions, exclude=()) -> list[Path]:
             files += found
         else:
             files.append(p)
-    return files
+    unique, seen = [], set()
+    for f in files:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    return unique
 
 
 HF_DATASET_MARKERS = ("dataset_dict.json", "state.json")

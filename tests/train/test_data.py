@@ -182,3 +182,19 @@ def test_a_run_folder_inside_the_data_is_not_data(tmp_path):
     (run / "config.toml").write_text("seed = 0\n")
     (run / "metrics.jsonl").write_text(json.dumps({"text": "step 1 loss 3.2"}) + "\n")
     assert D.collect_files(tmp_path / "data", [".txt"]) == [tmp_path / "data" / "a.txt"]
+
+
+def test_a_file_reached_twice_is_read_once(tmp_path, corpus):
+    # A folder and a file inside it, a path spelled twice: each file is one document of the data,
+    # not two (the second copy could land in validation while the first is trained on).
+    other = tmp_path / "other.txt"
+    other.write_text("a document given by itself " * 20)
+    paths = [str(corpus), str(corpus / "doc03.txt"), str(corpus / ".." / corpus.name), str(other), str(other)]
+    tf = D.prepare_tokens(DataConfig(path=paths, cache_dir=str(tmp_path / "cache")), D.get_tokenizer("byte"))
+    files = list(corpus.iterdir()) + [other]
+    assert len(tf.doc_starts) == len(files) and tf.n_tokens == sum(f.stat().st_size for f in files)
+    data = D.TrainData(tf, seq_len=32, val_fraction=0.1, seed=0)
+    ends = list(tf.doc_starts[1:]) + [tf.n_tokens]
+    docs = [bytes(tf.tokens[s:e]) for s, e in zip(tf.doc_starts, ends)]
+    val = {d for s, d in zip(tf.doc_starts, docs) if s >= data.val.start}
+    assert val and not val & {d for s, d in zip(tf.doc_starts, docs) if s < data.val.start}
