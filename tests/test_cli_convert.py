@@ -174,3 +174,26 @@ def test_save_refuses_a_folder_that_is_not_a_checkpoint(tmp_path, monkeypatch):
             model.save(path)
     model.save("sub/../ckpt")  # a path through "..": resolved first
     assert mambakit.load(here / "ckpt").config == model.config and sorted(p.name for p in here.iterdir()) == ["ckpt"]
+
+
+def test_a_failed_swap_leaves_dst_as_it_was(capsys, tmp_path, monkeypatch):
+    # convert moves the old DST aside and renames the new folder in: if that rename fails, DST is
+    # put back (it used to be deleted along with the work folder).
+    torch.manual_seed(0)
+    old, new = (mambakit.LM(mambakit.ModelConfig.from_preset("mamba-tiny")).eval() for _ in range(2))
+    old.save(tmp_path / "dst")
+    new.save(tmp_path / "src")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if ".convert-" in str(src) and os.fspath(dst) == os.fspath(tmp_path / "dst"):  # the new DST going in
+            raise OSError("rename failed")
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="rename failed"):
+        main(["convert", str(tmp_path / "src"), str(tmp_path / "dst")])
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["dst", "src"]
+    ids = torch.randint(0, 100, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(mambakit.load(tmp_path / "dst")(ids), old(ids))

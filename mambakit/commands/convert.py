@@ -75,7 +75,7 @@ def same_logits(model, folder: Path) -> tuple[bool, str]:
 
 def run(args) -> int:
     import mambakit
-    from ..convert.io import copy_other_files, new_folder_mode
+    from ..convert.io import copy_other_files, new_folder_mode, replace_folder
     # real paths: a link to a checkpoint folder converts into the folder it points to (as model.save)
     src, dst = Path(os.path.realpath(args.src)), Path(os.path.realpath(args.dst))
     if not src.exists():
@@ -104,9 +104,7 @@ def run(args) -> int:
                 return 1
             _note(f"checked: read back, it gives the logits of {args.src} read in {dtype} bit for bit "
                   f"({CHECK_BATCH} x {CHECK_TOKENS} random tokens){detail}")
-        if dst.exists():
-            os.replace(dst, work_dir / "replaced")  # removed with work_dir
-        os.replace(work, dst)
+        replace_folder(work, dst)  # a failed swap puts DST back as it was
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     _note(f"wrote {args.dst} ({args.to}, {_size(dst)})" + (f"; from {args.src} also: {', '.join(copied)}"

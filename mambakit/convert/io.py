@@ -265,6 +265,24 @@ def check_replaceable(path: Path) -> None:
                          "empty folder (an existing checkpoint folder is replaced, its other files kept)") from None
 
 
+def replace_folder(new: Path, dst: Path) -> None:
+    """Rename the folder `new` to `dst`, replacing the folder there if there is one. The old folder is
+    moved aside first (.NAME.old-PID beside it) and back again if the second rename fails, so `dst`
+    is never left missing by a failed swap; it is removed once the new folder is in place. Only a
+    crash between the two renames leaves the old folder whole under its aside name."""
+    if not dst.exists():
+        os.replace(new, dst)
+        return
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    os.replace(dst, old)
+    try:
+        os.replace(new, dst)
+    except BaseException:
+        os.replace(old, dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_folder(path: Path, raw_config: dict, state: dict[str, torch.Tensor]) -> None:
     """Write config.json + model.safetensors into `path` atomically: a temporary folder beside it,
     then renamed. Over an existing checkpoint folder, its other files (tokenizer, README, ...) are
@@ -302,12 +320,7 @@ def write_folder(path: Path, raw_config: dict, state: dict[str, torch.Tensor]) -
                   metadata={"format": "pt"})
         if path.exists():
             copy_other_files(path, tmp, link=True)  # hard links (same filesystem): nothing is copied
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -378,3 +378,24 @@ def test_dt_init_range_survives_a_transformers_round_trip(kind, tmp_path):
     back = mambakit.load(tmp_path / "hf").config
     ssm = getattr(back, model.config.ssm_layer)
     assert {k: getattr(ssm, k) for k in sub} == sub
+
+
+def test_a_swap_that_fails_puts_the_old_checkpoint_back(tmp_path, monkeypatch):
+    # The new folder is renamed into place after the old one is moved aside: should that second
+    # rename fail, the old checkpoint is moved back (not left under an aside name, nor deleted).
+    model, other = tiny_model("mamba2"), tiny_model("mamba2")
+    model.save(tmp_path / "ckpt")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if ".tmp-" in str(src):  # the new folder going into place
+            raise OSError("rename failed")
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="rename failed"):
+        other.save(tmp_path / "ckpt")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    ids = torch.randint(0, 256, (1, 5))
+    with torch.no_grad():
+        assert torch.equal(mambakit.load(tmp_path / "ckpt")(ids), model(ids))
