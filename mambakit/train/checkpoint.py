@@ -8,6 +8,9 @@ A checkpoint is the folder RUN_DIR/checkpoints/step-NNNNNNN (N = optimizer steps
   trainer.pt                       step, samples consumed (the data position), scheduler, config,
                                    elapsed_s (wall time of the run so far)
   rng-rank{r}.pt                   every RNG state of rank r (python, numpy, torch, cuda)
+  tokenizer.json                   the run's data.tokenizer (not with "byte"), with the
+                                   tokenizer_config.json / special_tokens_map.json beside it: eval,
+                                   generate and serve on the folder read text as the model was trained
   manifest.json                    sha256 of each file above; written last
 Everything is written into `.tmp-step-NNNNNNN` and renamed into place, so a folder named step-*
 is complete; a crash mid-write leaves only a .tmp-* folder, which is never read and is removed by
@@ -117,6 +120,20 @@ def write_main(tmp: Path, model_config, model_state: dict, optim_state: dict, tr
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     torch.save(optim_state, tmp / "optimizer.pt")
     torch.save(trainer_state, tmp / "trainer.pt")
+
+
+def write_tokenizer(tmp: Path, spec: str) -> None:
+    """Rank 0: the run's tokenizer (data.tokenizer: a tokenizer.json or a folder holding one) into the
+    checkpoint, with the files beside it that name its special tokens. Without it, mambakit.eval's
+    load_model and the generate CLI take a checkpoint folder's missing tokenizer.json to mean bytes."""
+    if not spec or spec == "byte":
+        return
+    p = Path(spec).expanduser()
+    file = p / "tokenizer.json" if p.is_dir() else p
+    shutil.copy2(file, tmp / "tokenizer.json")
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (file.parent / name).is_file():
+            shutil.copy2(file.parent / name, tmp / name)
 
 
 def write_manifest(tmp: Path, step: int) -> None:

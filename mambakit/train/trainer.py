@@ -266,6 +266,8 @@ class Trainer:
                        "scheduler": self.scheduler.state_dict(), "data_key": self.data.key, "world_size": info.world,
                        "config": self.cfg.to_dict(), "elapsed_s": self._elapsed()}
             ckpt.write_main(tmp, self.model_config, model_state, optim_state, trainer)
+            if not self.cfg.data.task:
+                ckpt.write_tokenizer(tmp, self.cfg.data.tokenizer)
         D.barrier(info)
         if info.is_main:
             ckpt.commit(run, self.step, self.cfg.checkpoint.keep_last)

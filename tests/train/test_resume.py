@@ -151,3 +151,32 @@ def test_a_save_removes_stale_temporary_folders_of_any_step(tmp_path):
     tmp = ckpt.begin(tmp_path, 5)
     assert tmp.is_dir() and not any(tmp.iterdir())
     assert sorted(p.name for p in root.iterdir()) == [".tmp-step-0000005"]
+
+
+def test_a_checkpoint_carries_the_runs_tokenizer(tmp_path, corpus, tiny_config):
+    # A run on a tokenizer.json: its checkpoints hold the tokenizer, so `mambakit eval` / `generate`
+    # on a checkpoint read text with it (they fell back to bytes, giving numbers of the wrong tokens).
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from mambakit.eval.data import load_model
+    from mambakit.tokenizers import HFTokenizer
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([f.read_text() for f in sorted(corpus.iterdir())], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    (tmp_path / "tok").mkdir()
+    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    path = tiny_config(tmp_path, corpus, data={"tokenizer": str(tmp_path / "tok")},
+                       train={"steps": 2, "eval_every": 0}, checkpoint={"every": 1})
+    train(TrainConfig.from_toml(path))
+    run = Path(TrainConfig.from_toml(path).out_dir)
+    model, loaded, notes = load_model(ckpt.final_dir(run, 2), device="cpu")
+    assert isinstance(loaded, HFTokenizer) and not notes
+    assert loaded.vocab_size == model.config.vocab_size == tok.get_vocab_size()
+    assert loaded.eos_token_id == tok.token_to_id("<|endoftext|>")
+    text = "the state space model."
+    assert loaded.encode(text, add_special_tokens=False) == tok.encode(text).ids
+    ckpt.verify(ckpt.final_dir(run, 2))  # in the manifest: a resume checks it like the rest
+    Trainer(TrainConfig.from_toml(path, ["--train.steps", "3"]), resume=str(ckpt.final_dir(run, 1))).close()
