@@ -54,6 +54,19 @@ def read_jsonl(path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
     return rows
 
 
+def check_text(where: str, field: str, value) -> None:
+    """ValueError naming where and field if value (a str or a list of them) holds a lone UTF-16
+    surrogate: JSON's \\ud83d escape of half a character (an emoji cut in two) reads as a str that
+    no UTF-8 encoder takes, so every tokenizer failed on it later, naming no file or line."""
+    for text in [value] if isinstance(value, str) else value:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"{where}: field {field!r} holds {text[err.start]!r}, half of a UTF-16 surrogate "
+                             "pair (the JSON escape of a cut character, e.g. an emoji split in two): no text that "
+                             "UTF-8 can encode; mend or drop the line") from None
+
+
 @dataclass(frozen=True)
 class Question:
     question: str
@@ -80,6 +93,8 @@ def load_questions(path) -> list[Question]:
         if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS) \
                 or not all(isinstance(c, str) for c in choices):
             raise ValueError(f"{where}: 'choices' must be a list of 2 to {len(LETTERS)} strings, got {choices!r}")
+        for field in ("question", "choices", "subject"):
+            check_text(where, field, r[field])
         out.append(Question(r["question"], tuple(choices), _answer_index(r["answer"], len(choices), where),
                             r["subject"], where))
     if not out:
@@ -119,6 +134,7 @@ def load_documents(paths, text_field: str = "text") -> list[tuple[str, str]]:
                 if not isinstance(r[text_field], str):
                     raise ValueError(f"{p}:{lineno}: field {text_field!r} must be a string, "
                                      f"got {type(r[text_field]).__name__}")
+                check_text(f"{p}:{lineno}", text_field, r[text_field])
                 docs.append((f"{p}:{lineno}", r[text_field]))
         else:
             if not p.is_file():

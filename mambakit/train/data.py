@@ -142,12 +142,19 @@ def iter_documents(path: Path, text_field: str):
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from err
             if isinstance(record, str):
-                yield record.encode("utf-8")
+                text = record
             elif isinstance(record, dict) and isinstance(record.get(text_field), str):
-                yield record[text_field].encode("utf-8")
+                text = record[text_field]
             else:
                 raise ValueError(f"{path}:{lineno}: expected a string or an object with a string field "
                                  f"{text_field!r} (data.text_field)")
+            try:
+                raw = text.encode("utf-8")
+            except UnicodeEncodeError as err:  # JSON's \ud83d: half a UTF-16 pair, a cut character
+                raise ValueError(f"{path}:{lineno}: field {text_field!r} holds {text[err.start]!r}, half of a "
+                                 "UTF-16 surrogate pair (the JSON escape of a cut character, e.g. an emoji split "
+                                 "in two): no text that UTF-8 can encode; mend or drop the line") from None
+            yield raw
 
 
 # --- the token file ------------------------------------------------------------------------------------

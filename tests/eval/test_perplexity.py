@@ -108,6 +108,16 @@ def test_documents_that_are_empty_or_not_text_are_named(tmp_path):
     (tmp_path / "bin.jsonl").write_bytes(b'{"text": "a"}\n\xff\n')
     with pytest.raises(ValueError, match="bin.jsonl: not UTF-8 text after line"):
         load_documents([tmp_path / "bin.jsonl"])
+    # a JSON escape of half a UTF-16 pair (a cut emoji): valid JSON, but no text UTF-8 can encode;
+    # named with its line when the files are read, before the model loads (it was a bare
+    # "'utf-8' codec can't encode character" from the scorer)
+    (tmp_path / "cut.jsonl").write_text('{"text": "fine"}\n{"text": "half an emoji \\ud83d here"}\n')
+    with pytest.raises(ValueError, match=r"cut\.jsonl:2: field 'text' holds '\\ud83d'.*surrogate"):
+        load_documents([tmp_path / "cut.jsonl"])
+    from mambakit.eval.data import load_questions
+    (tmp_path / "q.jsonl").write_text('{"question": "q", "choices": ["a", "b\\udc00"], "answer": 0, "subject": "s"}\n')
+    with pytest.raises(ValueError, match=r"q\.jsonl:1: field 'choices' holds '\\udc00'"):
+        load_questions(tmp_path / "q.jsonl")
 
 
 # ß, ŵ and 🐍 are not in the tokenizers' training text: byte-level BPE splits them into byte tokens

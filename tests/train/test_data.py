@@ -56,6 +56,10 @@ def test_jsonl_documents(tmp_path):
     f.write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"d\.jsonl:1: .*'text'"):
         _prepare(tmp_path, f)
+    # half a UTF-16 pair escaped (a cut emoji): valid JSON, no UTF-8 text; named with its line
+    f.write_text(json.dumps({"text": "fine"}) + '\n{"text": "half an emoji \\ud83d here"}\n')
+    with pytest.raises(ValueError, match=r"d\.jsonl:2: field 'text' holds '\\ud83d'.*surrogate"):
+        _prepare(tmp_path, f)
 
 
 def test_missing_and_empty_paths(tmp_path):
