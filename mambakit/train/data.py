@@ -201,8 +201,12 @@ def prepare_tokens(data_cfg, tokenizer, write: bool = True) -> TokenFile:
         _tokenize(files, tokenizer, data_cfg.text_field, cache, key)
     meta = json.loads(meta_path.read_text())
     n = meta["n_tokens"]
-    tokens = np.memmap(cache / f"{key}.bin", dtype=np.dtype(meta["dtype"]), mode="r", shape=(n,)) if n \
-        else np.zeros(0, dtype=np.dtype(meta["dtype"]))
+    if n == 0:  # said here: the row check would blame train.seq_len ("lower train.seq_len or add data")
+        shown = data_cfg.path if isinstance(data_cfg.path, str) else ", ".join(data_cfg.path)
+        raise ValueError(f"data.path {shown!r}: its {len(files)} file{'s' if len(files) != 1 else ''} hold"
+                         f"{'s' if len(files) == 1 else ''} no text (0 tokens: every document is empty); "
+                         "expected text to train on")
+    tokens = np.memmap(cache / f"{key}.bin", dtype=np.dtype(meta["dtype"]), mode="r", shape=(n,))
     return TokenFile(tokens, np.load(cache / f"{key}.docs.npy"), key, meta["vocab_size"])
 
 

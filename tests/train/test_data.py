@@ -69,6 +69,12 @@ def test_missing_and_empty_paths(tmp_path):
     (tmp_path / "empty" / "x.bin").write_bytes(b"123")
     with pytest.raises(ValueError, match="without files ending in"):
         _prepare(tmp_path, tmp_path / "empty")
+    # files that hold no text: said so, not "train.seq_len 64 is larger than the data ... lower train.seq_len"
+    (tmp_path / "empty" / "a.txt").write_text("")
+    (tmp_path / "empty" / "b.jsonl").write_text('{"text": ""}\n\n')
+    with pytest.raises(ValueError, match=r"data.path '.*empty': its 2 files hold no text \(0 tokens: every "
+                                         r"document is empty\); expected text to train on"):
+        _prepare(tmp_path, tmp_path / "empty")
 
 
 def test_seq_len_larger_than_data(tmp_path, corpus):
