@@ -15,7 +15,7 @@
 #    x from L2 twice the weights' bytes at 4 rows), then batch-4 steps with the defaults and the sweep's best;
 #    gemvrows: session 14's several-row tiles: their GPU tests, the one-row and new tiles at 2 and 4 rows,
 #    the hybrid at 64K, batch 4; steps: Mamba-2 1K steps at batch 1, 2 (default and one-row tiles) and 4)
-# TESTS_ARGS adds pytest arguments to the tests stage (e.g. --ignore=... after a gemvall); TESTS_PATHS
+# TRAIN_ARGS adds arguments to the train stage (e.g. --backends triton torch+ckpt). TESTS_ARGS adds pytest arguments to the tests stage (e.g. --ignore=... after a gemvall); TESTS_PATHS
 # replaces its paths (default tests). In one process the whole CUDA suite needed more than one 10-minute
 # command (session 14: 131 of 201 tests in 540 s); with the 8 workers below all 232 ran in 156 s
 # (session 15), so one command holds it and the split (TESTS_PATHS) is for a single file's rerun.
@@ -49,7 +49,7 @@ for s in ${1:-tests kernels scan}; do
         scantests) stage scantests "${TESTS_S:-300}" python -m pytest -q tests/gpu/test_selective_scan_triton.py -p no:cacheprovider -rfE ;;
         kernels) stage kernels "${KERNELS_S:-240}" python benchmarks/gpu_kernels.py --sweep --warm --out "$R" ;;
         scan) stage scan "${SCAN_S:-120}" python benchmarks/gpu_selective_scan.py --quick --out "$R" ;;
-        train) stage train "${TRAIN_S:-200}" python benchmarks/gpu_training_step.py --out "$R" ;;
+        train) stage train "${TRAIN_S:-200}" python benchmarks/gpu_training_step.py --out "$R" ${TRAIN_ARGS:-} ;;
         profile) stage profile "${PROFILE_S:-90}" python benchmarks/gpu_profile_ssd.py --out "$R" ;;
         decodeprofile) PYTHONPATH=. stage decodeprofile "${DPROF_S:-150}" python benchmarks/gpu_profile_decode.py --out "$R" ${DPROF_ARGS:-} ;;
         gemvtune) stage gemv_sweep "${GEMV_S:-100}" python benchmarks/gpu_gemv.py --rows 1 --sweep \

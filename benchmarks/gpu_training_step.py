@@ -4,7 +4,8 @@ Letters: b batch, l length, d model width, v vocabulary.
 
 For each model and backend: AdamW (fused) on fp32 parameters, bf16 autocast, next-token loss over
 (b, l) random tokens; the median of --steps timed steps after --warmup. Backends: "triton" (the
-default dispatch on CUDA) and "torch" (MAMBAKIT_BACKEND=torch: the chunked PyTorch path).
+default dispatch on CUDA) and "torch" (MAMBAKIT_BACKEND=torch: the chunked PyTorch path), each also
+as "NAME+ckpt": with LM.activation_checkpointing (each block recomputed in the backward).
 Model FLOPs per token = 6 x (matmul weights, the head included) + 3 x the forward's SSD chunk
 matmuls + 3 x attention's score and value matmuls (causal: half), as in the PaLM MFU convention.
 
@@ -54,10 +55,14 @@ def model_flops_per_token(model, seqlen: int) -> float:
 
 
 def run_one(preset: str, backend: str, args) -> dict:
-    os.environ["MAMBAKIT_BACKEND"] = "auto" if backend == "triton" else "torch"
+    kernels, _, option = backend.partition("+")
+    if kernels not in ("triton", "torch") or option not in ("", "ckpt"):
+        raise ValueError(f"unknown backend {backend!r}; expected triton or torch, optionally with +ckpt")
+    os.environ["MAMBAKIT_BACKEND"] = "auto" if kernels == "triton" else "torch"
     torch.manual_seed(0)
     config = mambakit.ModelConfig.from_preset(preset)
     model = mambakit.LM(config).cuda().train()
+    model.activation_checkpointing = option == "ckpt"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     ids = torch.randint(0, config.vocab_size, (args.batch, args.seqlen + 1), device="cuda")
 
@@ -88,7 +93,7 @@ def run_one(preset: str, backend: str, args) -> dict:
            "params": sum(p.numel() for p in model.parameters()), "step_s": t, "tokens_per_s": tokens / t,
            "mfu": flops / t / bf16_peak(), "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
            "loss": float(loss.detach())}
-    print(f"{preset:22s} {backend:7s} {row['tokens_per_s']:10.0f} tok/s  MFU {100 * row['mfu']:5.1f}%  "
+    print(f"{preset:22s} {backend:10s} {row['tokens_per_s']:10.0f} tok/s  MFU {100 * row['mfu']:5.1f}%  "
           f"step {1e3 * t:8.1f} ms  mem {row['peak_mem_gib']:.1f} GiB", flush=True)
     del model, opt
     torch.cuda.empty_cache()

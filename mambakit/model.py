@@ -12,6 +12,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .cache import InferenceCache
 from .config import ModelConfig
@@ -78,6 +79,11 @@ class LM(nn.Module):
         self._init_weights()
         if config.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
+        # Training memory: with this on, a forward that autograd records (and no cache) keeps only
+        # each block's input and recomputes the block in the backward (torch.utils.checkpoint,
+        # non-reentrant): activations of one block at a time instead of all, for about one more
+        # forward of compute. A run-time choice, not part of the config or of saved checkpoints.
+        self.activation_checkpointing = False
 
     def _init_weights(self) -> None:
         """As mamba_ssm: embeddings N(0, 0.02), biases 0 (except dt), output projections / sqrt(n_layer)."""
@@ -147,8 +153,12 @@ class LM(nn.Module):
         x = self.embedding(input_ids)  # (b, l, d)
         if self.config.residual_in_fp32:
             x = x.float()
-        for block in self.layers:
-            x = block(x, cache=cache, seq_idx=seq_idx)
+        if self.activation_checkpointing and cache is None and torch.is_grad_enabled():
+            for block in self.layers:
+                x = checkpoint(block, x, seq_idx=seq_idx, use_reentrant=False)
+        else:
+            for block in self.layers:
+                x = block(x, cache=cache, seq_idx=seq_idx)
         if last_only:
             x = x[:, -1:]  # (b, 1, d)
         x = self.norm_f.normalize_residual(x)

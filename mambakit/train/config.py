@@ -71,6 +71,7 @@ class LoopConfig:
     seq_len: int = 64
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on the CPU; parameters stay fp32
     compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each block in the backward: less memory, ~1 more forward
     device: str = "auto"  # auto = cuda if available else cpu
     distributed: str = "ddp"  # under torchrun: "ddp" (DistributedDataParallel) or "fsdp" (FSDP2 fully_shard)
     threads: int = 0  # torch CPU threads per process; 0 = leave torch's default

@@ -74,6 +74,7 @@ class Trainer:
             raise ValueError(f"train.seq_len {t.seq_len} exceeds the model's context limit of {limit}")
         torch.manual_seed(cfg.seed)
         self.model = LM(self.model_config).to(info.device)
+        self.model.activation_checkpointing = t.activation_checkpointing
         no_decay = no_decay_names(self.model)
         if info.world > 1 and t.distributed == "fsdp":
             # FSDP2 warns on every forward that LM returns a view (the vocabulary slice of the logits);

@@ -96,3 +96,20 @@ def test_non_finite_metrics_read_back_as_numbers(tmp_path):
     pytest.importorskip("matplotlib")
     from mambakit.train.plot import plot_run
     assert [p.name for p in plot_run(tmp_path)] == ["loss.png", "lr.png"]
+
+
+def test_activation_checkpointing_trains_the_same(tmp_path, corpus, tiny_config):
+    # train.activation_checkpointing recomputes each block in the backward: the same losses, step by step
+    losses = {}
+    for flag in ("false", "true"):
+        path = tiny_config(tmp_path / flag, corpus, train={"steps": 3, "eval_every": 0}, checkpoint={"every": 0})
+        assert main(["train", path, "--train.activation_checkpointing", flag]) == 0
+        rows = [json.loads(line) for line in (tmp_path / flag / "run" / "metrics.jsonl").read_text().splitlines()]
+        losses[flag] = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses["true"]) == 3
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-5)
+    from mambakit.train.config import TrainConfig
+    from mambakit.train.trainer import Trainer
+    fresh = tiny_config(tmp_path / "fresh", corpus, train={"activation_checkpointing": True})
+    trainer = Trainer(TrainConfig.from_toml(fresh))
+    assert trainer.model.activation_checkpointing is True  # the key reaches the model
