@@ -20,7 +20,6 @@ bounded by b * c, whatever l. Chunks without an answer skip the output head (las
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..model import LM
-from ..train.optim import no_decay_names, param_groups
+from ..train.optim import WarmupCosine, no_decay_names, param_groups
 from .base import IGNORE_INDEX, Task, TaskBatch
 from .scoring import Score, score_predictions
 
@@ -103,12 +102,10 @@ class TrainSettings:
 
 
 def lr_factor(step: int, s: TrainSettings, time_fraction: float = 0.0) -> float:
-    """Linear warm-up over warmup_steps, then cosine down to min_lr_ratio; the cosine's progress is the
-    larger of the steps done and time_fraction (the share of max_seconds used)."""
-    if step < s.warmup_steps:
-        return (step + 1) / (s.warmup_steps + 1)
-    t = max((step - s.warmup_steps) / max(1, s.steps - s.warmup_steps), time_fraction)
-    return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    """`mambakit train`'s schedule (train.optim.WarmupCosine: linear warm-up whose last step is at the
+    peak, then cosine down to min_lr_ratio at the last step); the cosine's progress is the larger of
+    the steps done and time_fraction (the share of max_seconds used)."""
+    return WarmupCosine(s.warmup_steps, s.steps, s.min_lr_ratio)(step, time_fraction)
 
 
 def _make_batch(task: Task, batch_size: int, seed: tuple) -> TaskBatch:

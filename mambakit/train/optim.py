@@ -57,19 +57,21 @@ class WarmupCosine:
     at index max(warmup - 1, 0) to `min_ratio` at index total - 1, the last step of the run; steps
     past it (a run extended without a longer schedule) stay at `min_ratio`. warmup 0 and 1 are the
     same schedule. When warmup >= total the run ends inside the warm-up, and a one-step run trains
-    at the peak: there is no span to decay over.
+    at the peak: there is no span to decay over. time_fraction (runs with a time limit, the task
+    runner's): the cosine goes at least that far (the share of the time used), so a run stopped by
+    its clock ends at the floor too.
     """
 
     def __init__(self, warmup: int, total: int, min_ratio: float):
         self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, step: int, time_fraction: float = 0.0) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
         peak, last = max(self.warmup - 1, 0), self.total - 1
         if last <= peak:  # no cosine span: the peak until the end, min_ratio after it
             return 1.0 if step <= peak else self.min_ratio
-        progress = min(1.0, (step - peak) / (last - peak))
+        progress = min(1.0, max((step - peak) / (last - peak), time_fraction))
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

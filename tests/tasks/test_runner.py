@@ -240,3 +240,16 @@ def test_bad_device_and_attention_length_are_messages(tmp_path, capsys):
         assert main(base + ["--device", "cuda"]) == 2
         assert "use device='cpu'" in capsys.readouterr().err  # (why: no GPU, or a CPU-only build)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_schedule_is_mambakit_trains():
+    # task train and the demo warm up and decay as `mambakit train` does: the warm-up's last step at
+    # the peak, the run's last step at the floor (the runner's own formula peaked a step late, and
+    # with warmup_steps == steps never reached the peak)
+    from mambakit.tasks.runner import TrainSettings, lr_factor
+    from mambakit.train.optim import WarmupCosine
+    s = TrainSettings(steps=20, warmup_steps=4)
+    got = [lr_factor(i, s) for i in range(20)]
+    assert got == [WarmupCosine(4, 20, s.min_lr_ratio)(i) for i in range(20)]
+    assert got[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]) and got[-1] == pytest.approx(s.min_lr_ratio)
+    assert lr_factor(4, TrainSettings(steps=5, warmup_steps=5)) == pytest.approx(1.0)
