@@ -160,3 +160,22 @@ def test_ctrl_c_prints_the_text_held_back_for_a_stop_string(capsys, monkeypatch)
     rc, out, err = run(capsys, "--model", "mamba2-tiny", "--prompt", "Hi", "--max-new-tokens", "16",
                        "--stop", "world!", "--device", "cpu")
     assert rc == 0 and out == "Hi hello wor\n" and "interrupted" in err, (out, err)
+
+
+def test_end_of_text_from_the_checkpoint_config(tmp_path):
+    """Tokenizer files that name no end-of-text token: the checkpoint config's eos_token_id is used."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from mambakit.eval.data import load_model
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["hello there " * 4], trainers.BpeTrainer(
+        vocab_size=270, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    config = mambakit.ModelConfig.from_preset("mamba2-tiny", vocab_size=tok.get_vocab_size(),
+                                              token_ids={"eos_token_id": [5, 6]})
+    mambakit.LM(config).save(tmp_path)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    model, loaded, notes = load_model(tmp_path, device="cpu")
+    assert loaded.eos_token_id == 5 and any("end of text: id 5" in n for n in notes)
+    (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "e"}')  # the tokenizer's own wins
+    model, loaded, notes = load_model(tmp_path, device="cpu")
+    assert loaded.eos_token_id == tok.token_to_id("e") != 5

@@ -176,6 +176,13 @@ def load_model(spec, tokenizer=None, device="auto", dtype="auto", seed: int = 0)
                 notes.append(f"{path} has no tokenizer.json; using the byte tokenizer (pass a tokenizer to choose one)")
         tok = load_tokenizer(tokenizer)
         model = mambakit.load(path, dtype=dtype, device=device)
+        eos = model.config.token_ids.get("eos_token_id")
+        eos = eos[0] if isinstance(eos, list) else eos
+        if getattr(tok, "eos_token_id", 0) is None and eos is not None and eos < tok.vocab_size:
+            # tokenizer files that name no end-of-text token: the checkpoint's config.json may (else
+            # generation would run to max_tokens)
+            tok.eos_token_id = eos
+            notes.append(f"end of text: id {eos}, from {path}'s config (its tokenizer files name none)")
     elif str(spec) in mambakit.PRESETS:
         tok = load_tokenizer(tokenizer)
         overrides = {}
