@@ -180,9 +180,9 @@ class ModelConfig:
             if not 0 <= lo < hi:
                 raise ValueError(f"mamba2: dt_limit must be (lo, hi) with 0 <= lo < hi, got {m2.dt_limit}")
             lo, hi = m2.A_init_range
-            if not 0 < lo <= hi:
-                raise ValueError(f"mamba2: A_init_range must be (lo, hi) with 0 < lo <= hi (A = -uniform(lo, hi)), "
-                                 f"got {m2.A_init_range}")
+            if not 0 < lo <= hi < 3.4e38:  # drawn in fp32 (uniform_ refuses bounds beyond its range)
+                raise ValueError(f"mamba2: A_init_range must be (lo, hi) with 0 < lo <= hi, both finite in fp32 "
+                                 f"(A = -uniform(lo, hi)), got {m2.A_init_range}")
             e = m2.expand * self.d_model
             if e % m2.headdim:
                 raise ValueError(f"mamba2: expand*d_model = {e} is not divisible by headdim {m2.headdim}")
@@ -226,8 +226,9 @@ class ModelConfig:
             if key not in valid:
                 raise _unknown_key_error("ModelConfig", key, valid)
         d = dict(d)
-        if isinstance(d.get("mamba2"), dict) and "dt_limit" in d["mamba2"]:
-            d["mamba2"] = dict(d["mamba2"], dt_limit=tuple(float(v) for v in d["mamba2"]["dt_limit"]))
+        if isinstance(d.get("mamba2"), dict) and isinstance(d["mamba2"].get("dt_limit"), (list, tuple)):
+            # JSON writes an infinite bound as "inf": read it back; anything else is left to validate()
+            d["mamba2"] = dict(d["mamba2"], dt_limit=tuple(_float_or_keep(v) for v in d["mamba2"]["dt_limit"]))
         return cls(**d)
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -284,6 +285,18 @@ def deep_merge(base: dict, extra: dict) -> dict:
     for k, v in extra.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def _float_or_keep(v):
+    """A number, or one spelled as a string ("inf", as to_dict writes it), as a float; other values unchanged."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
 
 
 def _finite_or_str(v: float):
