@@ -37,6 +37,12 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     k = weight.shape[1]
     if initial_state is not None and initial_state.shape != (b, c, k):
         raise ValueError(f"causal_conv1d: initial_state must be {(b, c, k)}, got {tuple(initial_state.shape)}")
+    _check_floats_and_bias("causal_conv1d", x, weight, bias, c)
+    if seq_idx is not None:
+        if tuple(seq_idx.shape) != (b, l):
+            raise ValueError(f"causal_conv1d: seq_idx must be ({b}, {l}), got {tuple(seq_idx.shape)}")
+        if seq_idx.is_floating_point() or seq_idx.is_complex() or seq_idx.dtype == torch.bool:
+            raise ValueError(f"causal_conv1d: seq_idx must hold integer document ids, got {seq_idx.dtype}")
     if l == 0:  # nothing to convolve: the state goes through as it was (the paths below need a token)
         y = x.new_empty(b, 0, c)
         if not return_final_state:
@@ -71,6 +77,16 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return y, final.contiguous()
 
 
+def _check_floats_and_bias(op: str, x, weight, bias, c: int) -> None:
+    """ValueError unless x and weight (and bias) are real floating tensors and bias is (c,): the
+    torch op would otherwise broadcast a bias of another shape, or round the weights to x's ints."""
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"{op}: {name} must be a floating point tensor, got {t.dtype}")
+    if bias is not None and tuple(bias.shape) != (c,):
+        raise ValueError(f"{op}: bias must be ({c},), got {tuple(bias.shape)}")
+
+
 def _activate_fresh(y: torch.Tensor, activation: str | None) -> torch.Tensor:
     """_activate on a buffer of ours: in place when no autograd graph needs the pre-activation."""
     if activation is not None and not y.requires_grad:
@@ -103,10 +119,14 @@ def _causal_conv1d_packed(x, w, bias, activation, past, seq_idx, return_final_st
 def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
                          bias: torch.Tensor | None = None, activation: str | None = None) -> torch.Tensor:
     """One decode step. x: (b, c); conv_state: (b, c, k) updated in place. Returns y (b, c)."""
-    if x.dim() != 2 or conv_state.shape[:2] != x.shape or conv_state.shape[2] != weight.shape[1]:
+    if x.dim() != 2 or conv_state.dim() != 3 or conv_state.shape[:2] != x.shape or weight.dim() != 2 \
+            or conv_state.shape[2] != weight.shape[1]:
         raise ValueError(f"causal_conv1d_update: x (b, c) and conv_state (b, c, k) disagree: "
-                         f"{tuple(x.shape)} vs {tuple(conv_state.shape)} (k={weight.shape[1]})")
+                         f"{tuple(x.shape)} vs {tuple(conv_state.shape)} (weight {tuple(weight.shape)})")
     b, c, k = conv_state.shape
+    if weight.shape[0] != c:
+        raise ValueError(f"causal_conv1d_update: weight must be ({c}, {k}), got {tuple(weight.shape)}")
+    _check_floats_and_bias("causal_conv1d_update", x, weight, bias, c)
     if conv_state.is_contiguous():
         # Shift left by one as a flat copy: rows are contiguous, and the slot this moves into
         # each row's end from the next row is overwritten by x below (two memcpys, cheaper than roll).
