@@ -134,6 +134,7 @@ class StreamDecoder:
 def stream_text(tokenizer: Tokenizer, tokens, prompt_ids=None, stops=(), eos_token_id=None):
     """Text of a stream of new tokens (ints, or tensors of one id), cut at eos and at stop strings.
 
+    eos_token_id: None, an id or a list of ids (any of them ends the text).
     Yields (piece, None, n) while going, then (last piece, finish, n): finish "stop" when eos came
     (not printed) or a stop string appeared (it and what follows are cut), else "length"; n is the
     tokens read so far. A piece is held back while it could still be the start of a stop string, so
@@ -141,6 +142,7 @@ def stream_text(tokenizer: Tokenizer, tokens, prompt_ids=None, stops=(), eos_tok
     further than the token that ends the text.
     """
     decoder = tokenizer.stream_decoder(prompt_ids=prompt_ids)
+    eos = set() if eos_token_id is None else set(as_token_ids(eos_token_id, "eos_token_id"))
     hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop string
     text, sent, n, finish, cut = "", 0, 0, "length", None
     for token in tokens:
@@ -149,7 +151,7 @@ def stream_text(tokenizer: Tokenizer, tokens, prompt_ids=None, stops=(), eos_tok
                              f"of shape {tuple(token.shape)}")
         token_id = int(token.reshape(())) if isinstance(token, torch.Tensor) else int(token)
         n += 1
-        if token_id == eos_token_id:
+        if token_id in eos:
             finish = "stop"
             break
         start = max(0, len(text) - hold)

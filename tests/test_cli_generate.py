@@ -179,3 +179,28 @@ def test_end_of_text_from_the_checkpoint_config(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "e"}')  # the tokenizer's own wins
     model, loaded, notes = load_model(tmp_path, device="cpu")
     assert loaded.eos_token_id == tok.token_to_id("e") != 5
+
+
+def test_every_end_of_text_id_of_the_checkpoint_ends_the_text(capsys, tmp_path, monkeypatch):
+    """A config listing several end-of-text ids (Llama 3 instruct: end_of_text, eom, eot) ends the text
+    at any of them, as transformers' generate does, not only at the tokenizer's one."""
+    import torch
+    tok = _bpe_folder(tmp_path)
+    eos = tok.token_to_id("<|endoftext|>")  # the tokenizer's end of text (its guess)
+    other = tok.encode("mamba").ids[0]  # a second end-of-text id of the checkpoint
+    config = mambakit.ModelConfig.from_preset("mamba2-tiny", vocab_size=tok.get_vocab_size(),
+                                              token_ids={"eos_token_id": [eos, other]})
+    mambakit.LM(config).save(tmp_path)
+    word = tok.encode("hello").ids
+    seen = {}
+
+    def fake_stream(model, input_ids, max_new_tokens, **kw):  # the model "writes" hello, the other eos, hello
+        seen["eos"] = kw["eos_token_id"]
+        for t in [*word, other, *word]:
+            yield torch.tensor([t])
+
+    monkeypatch.setattr(mambakit, "stream", fake_stream)
+    rc, out, err = run(capsys, "--model", str(tmp_path), "--prompt", "general ", "--max-new-tokens", "9",
+                       "--device", "cpu")
+    assert rc == 0 and sorted(seen["eos"]) == sorted([eos, other]), seen
+    assert out == "general hello\n", out
