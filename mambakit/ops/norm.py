@@ -27,6 +27,8 @@ def _rsqrt_mean_square(xg: torch.Tensor, eps: float) -> torch.Tensor:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """x / rms(x) * weight over the last axis (..., e)."""
+    if weight.shape != x.shape[-1:]:
+        raise ValueError(f"rms_norm: weight must be ({x.shape[-1]},), got {tuple(weight.shape)}")
     dtype = x.dtype
     if dtype == torch.float32 and weight.dtype == torch.float32:
         if x.numel() >= BIG and _no_grad(x, weight):
@@ -49,8 +51,12 @@ def gated_rms_norm(x: torch.Tensor, z: torch.Tensor | None, weight: torch.Tensor
     dtype = x.dtype
     e = x.shape[-1]
     group_size = group_size or e
-    if e % group_size:
-        raise ValueError(f"gated_rms_norm: width {e} is not a multiple of group_size {group_size}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 or e % group_size:
+        raise ValueError(f"gated_rms_norm: group_size must be a positive int dividing the width {e}, got {group_size!r}")
+    if weight.shape != (e,):
+        raise ValueError(f"gated_rms_norm: weight must be ({e},), got {tuple(weight.shape)}")
+    if z is not None and z.shape != x.shape:
+        raise ValueError(f"gated_rms_norm: z must have the shape of x {tuple(x.shape)}, got {tuple(z.shape)}")
     if dtype == torch.float32 and weight.dtype == torch.float32 and x.numel() >= BIG and _no_grad(x, z, weight):
         # Inference, fp32: one (..., e) buffer, every later step in place (see rms_norm).
         gate_first = z is not None and not norm_before_gate
