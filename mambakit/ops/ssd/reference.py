@@ -19,6 +19,9 @@ import torch
 import torch.nn.functional as F
 
 
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype of the internal math: float64 for float64 inputs, fp32 otherwise."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -66,6 +69,11 @@ def check_ssd_inputs(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_limit=(0.0
     if initial_state is not None and _shape(initial_state) != (b, h, p, n):
         raise ValueError(f"ssd: initial_state must have shape (b, h, p, n) = {(b, h, p, n)}, "
                          f"got {_shape(initial_state)}")
+    for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("dt_bias", dt_bias),
+                    ("initial_state", initial_state)):
+        if t is not None and t.dtype not in _FLOATS:
+            raise ValueError(f"ssd: {name} must be a real floating tensor (float16/bfloat16/float32/float64), "
+                             f"got {t.dtype}")
     try:
         lo, hi = (float(v) for v in dt_limit)
     except (TypeError, ValueError):
