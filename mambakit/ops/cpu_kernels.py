@@ -73,9 +73,13 @@ def _process_holds_libgomp() -> bool:
 
 
 def _build():
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    named = os.environ.get("CC")
+    cc = shutil.which(named) if named else (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"))
     if not cc:
-        logger.info("mambakit: no C compiler found, the CPU kernels are off (PyTorch paths instead)")
+        # a warning (shown once, at the default level): the PyTorch paths are correct but slower on the CPU
+        where = f"CC={named!r} names no executable" if named else "no cc, gcc or clang on PATH"
+        logger.warning("mambakit: no C compiler found (%s): the CPU kernels are off and the PyTorch paths run "
+                       "instead (slower); install one, or set MAMBAKIT_CPU_KERNELS=off to silence this", where)
         return None
     # -fopenmp: the decode steps split over threads with `omp parallel`. Linked to libgomp.so.1, the
     # library loads into the libgomp that torch already holds (one soname, one copy per process),
@@ -130,7 +134,8 @@ def available() -> bool:
                     _lib = _build()
                     _openmp = _lib is not None and bool(_lib.built_with_openmp())
                 except Exception as exc:  # a broken compiler: say so once, keep the PyTorch paths
-                    logger.warning("mambakit: building the CPU kernels failed (%s); using PyTorch paths", exc)
+                    logger.warning("mambakit: building the CPU kernels with the C compiler failed (%s); using "
+                                   "PyTorch paths (MAMBAKIT_CPU_KERNELS=off silences this)", exc)
                     _lib = None
                 _tried = True
     return _lib is not None
