@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 
-from .tokenizers import stream_text
+from .tokenizers import end_of_text_ids, stream_text
 
 MAX_BODY = 1 << 20  # bytes of a request body
 MAX_STOPS, MAX_STOP_CHARS = 16, 256
@@ -97,6 +97,7 @@ class Completer:
         self.model, self.tokenizer, self.model_name, self.cuda_graph = model, tokenizer, model_name, cuda_graph
         self.max_tokens_limit = max_tokens_limit
         self.device = next(model.parameters()).device
+        self.eos = end_of_text_ids(tokenizer, model.config)  # the tokenizer's and the config's
         self.lock = threading.Lock()
 
     def pieces(self, req: dict):
@@ -120,7 +121,7 @@ class Completer:
                 tokens = mambakit.stream(
                     self.model, torch.tensor([ids], device=self.device), req["max_tokens"],
                     temperature=req["temperature"], top_k=req["top_k"], top_p=req["top_p"], min_p=req["min_p"],
-                    repetition_penalty=req["repetition_penalty"], eos_token_id=self.tokenizer.eos_token_id,
+                    repetition_penalty=req["repetition_penalty"], eos_token_id=self.eos or None,
                     generator=gen, cuda_graph=self.cuda_graph)
             except ValueError as err:  # the library's checks: sampling values, lengths, limits
                 raise BadRequest(str(err)) from None
@@ -130,7 +131,7 @@ class Completer:
                 tokens.close()  # also when the client left half-way: the decoder is freed
 
     def _text(self, tokens, ids, stops):
-        for piece, finish, n in stream_text(self.tokenizer, tokens, ids, stops, self.tokenizer.eos_token_id):
+        for piece, finish, n in stream_text(self.tokenizer, tokens, ids, stops, self.eos):
             usage = None if finish is None else {"prompt_tokens": len(ids), "completion_tokens": n,
                                                  "total_tokens": len(ids) + n}
             yield piece, finish, usage

@@ -304,6 +304,19 @@ def _special_tokens(folder: Path) -> dict:
     return found
 
 
+def end_of_text_ids(tokenizer: Tokenizer, config) -> list[int]:
+    """The ids that end a text: the tokenizer's end-of-text id, then those of the checkpoint's config
+    (its eos_token_id may list several, as Llama 3 instruct's end_of_text, eom and eot), each once and
+    inside the model's vocabulary. Any of them ends the text, as in transformers."""
+    config_eos = config.token_ids.get("eos_token_id")
+    config_eos = config_eos if isinstance(config_eos, list) else [] if config_eos is None else [config_eos]
+    eos = []
+    for i in [tokenizer.eos_token_id, *config_eos]:
+        if i is not None and 0 <= i < config.vocab_size and i not in eos:
+            eos.append(i)
+    return eos
+
+
 def load_tokenizer(spec=None) -> Tokenizer:
     """None or "byte": the byte tokenizer; a path: a tokenizer.json file or a folder holding one."""
     if spec is None or spec == "byte":

@@ -286,3 +286,21 @@ def test_a_client_that_half_closes_is_told_why_it_got_no_text(served):
     streamed = json.dumps({"prompt": "Hello", "max_tokens": 40, "stream": True}).encode()
     reply = _raw(served[2], b"POST /v1/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(streamed) + streamed)
     assert b" 200 " in reply.partition(b"\r\n")[0] and reply.endswith(b"data: [DONE]\n\n")  # a stream is not cut
+
+
+def test_every_end_of_text_id_of_the_checkpoint_ends_a_completion(monkeypatch):
+    # a config listing several end-of-text ids (Llama 3 instruct: end_of_text, eom, eot): the server
+    # stops at any of them, as `mambakit generate` does, not only at the tokenizer's (here: none)
+    from mambakit.serve import Completer, parse_request
+    config = mambakit.ModelConfig.from_preset("mamba2-tiny", token_ids={"eos_token_id": [7, 9]})
+    completer = Completer(mambakit.LM(config), ByteTokenizer(), "tiny")
+    seen = {}
+
+    def fake_stream(model, input_ids, max_new_tokens, **kw):  # the model "writes" h, i, id 9, h
+        seen["eos"] = kw["eos_token_id"]
+        for t in [ord("h"), ord("i"), 9, ord("h")]:
+            yield torch.tensor([t])
+    monkeypatch.setattr(mambakit, "stream", fake_stream)
+    pieces = list(completer.pieces(parse_request(json.dumps({"prompt": "x", "max_tokens": 8}).encode())))
+    assert seen["eos"] == [7, 9]
+    assert "".join(p for p, _, _ in pieces) == "hi" and pieces[-1][1] == "stop"

@@ -16,7 +16,7 @@ import time
 
 from . import add_model_arguments
 from ..generation import DEFAULT_PREFILL_CHUNK
-from ..tokenizers import stream_text
+from ..tokenizers import end_of_text_ids, stream_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +72,7 @@ def run(args) -> int:
         _note(f"--max-new-tokens {args.max_new_tokens} capped at {limit - len(ids)}: this model reads at most "
               f"{limit} tokens in all and the prompt is {len(ids)}")
         args.max_new_tokens = limit - len(ids)
-    eos = _eos_ids(tokenizer, model)
+    eos = end_of_text_ids(tokenizer, model.config)
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     tokens = mambakit.stream(model, input_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -112,18 +112,6 @@ def run(args) -> int:
     out.flush()
     _report(len(ids), n, t0, t_first, t_end)
     return 0
-
-
-def _eos_ids(tokenizer, model) -> list[int]:
-    """The tokenizer's end-of-text id, then those of the checkpoint's config (eos_token_id may list
-    several, as Llama 3 instruct's end_of_text, eom and eot): any of them ends the text, as in transformers."""
-    config_eos = model.config.token_ids.get("eos_token_id")
-    config_eos = config_eos if isinstance(config_eos, list) else [] if config_eos is None else [config_eos]
-    eos = []
-    for i in [tokenizer.eos_token_id, *config_eos]:
-        if i is not None and 0 <= i < model.config.vocab_size and i not in eos:
-            eos.append(i)
-    return eos
 
 
 def _report(prompt_tokens: int, new_tokens: int, t0: float, t_first, t_end: float) -> None:
