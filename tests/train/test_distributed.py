@@ -1,6 +1,6 @@
-"""Two CPU processes (gloo) under torchrun, DDP and FSDP2: the same losses as one process with the
-same global batch (validation over 7 rows: 4 + 3, the same rows as one process), and checkpoints
-saved by one strategy resumed by the other.
+"""Two CPU processes (gloo) under torchrun, DDP and FSDP2 (each also with activation checkpointing):
+the same losses as one process with the same global batch (validation over 7 rows: 4 + 3, the same
+rows as one process), and checkpoints saved by one strategy resumed by the other.
 
 No shape letters: the test compares losses and whole state dicts.
 """
@@ -29,14 +29,17 @@ WORKER = """
 import sys
 from mambakit.train import TrainConfig, Trainer
 path, root = sys.argv[1], sys.argv[2]
-def run(name, strategy, resume=None):
+def run(name, strategy, resume=None, extra=()):
     cfg = TrainConfig.from_toml(path, ["--out_dir", f"{root}/{name}", "--train.distributed", strategy,
-                                       "--train.micro_batch_size", "1"])
+                                       "--train.micro_batch_size", "1", *extra])
     trainer = Trainer(cfg, resume=resume)
     trainer.fit()
     return trainer
 run("ddp", "ddp")
 run("fsdp", "fsdp")
+ckpt = ["--train.activation_checkpointing", "true"]  # blocks recomputed in the backward, under each wrapper
+run("ddp_ckpt", "ddp", extra=ckpt)
+run("fsdp_ckpt", "fsdp", extra=ckpt)
 run("fsdp_from_ddp", "fsdp", resume=f"{root}/ddp/checkpoints/step-0000003")
 run("ddp_from_fsdp", "ddp", resume=f"{root}/fsdp/checkpoints/step-0000003").close()
 """
@@ -65,7 +68,8 @@ def test_ddp_and_fsdp2_match_one_process(tmp_path, corpus, tiny_config):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    for name, first in (("ddp", 1), ("fsdp", 1), ("fsdp_from_ddp", 4), ("ddp_from_fsdp", 4)):
+    for name, first in (("ddp", 1), ("fsdp", 1), ("fsdp_from_ddp", 4), ("ddp_from_fsdp", 4), ("ddp_ckpt", 1),
+                        ("fsdp_ckpt", 1)):
         loss, val = _metrics(tmp_path / name)
         assert sorted(loss) == list(range(first, 7)), name
         for step, value in loss.items():
