@@ -76,6 +76,7 @@ def same_logits(model, folder: Path) -> tuple[bool, str]:
 def run(args) -> int:
     import mambakit
     from ..convert.io import copy_other_files, new_folder_mode, replace_folder
+    from ..train.checkpoint import training_state_files
     # real paths: a link to a checkpoint folder converts into the folder it points to (as model.save)
     src, dst = Path(os.path.realpath(args.src)), Path(os.path.realpath(args.dst))
     if not src.exists():
@@ -92,7 +93,10 @@ def run(args) -> int:
             model.save(work, format=args.to)
         except ValueError as err:  # the library names save()'s argument; here it is the command's option
             raise ValueError(str(err).replace("format='native'", "--to native")) from err
-        copied = copy_other_files(src, work, overwrite=True, skip_hidden=True, leave=(dst,))
+        # a training checkpoint's optimizer, trainer and RNG state (and the manifest of them, which
+        # the converted folder would no longer match) stay behind: they resume a run, not a model
+        state = training_state_files(src)
+        copied = copy_other_files(src, work, overwrite=True, skip_hidden=True, leave=(dst, *state))
         if dst.is_dir():  # DST's own other files stay, where SRC brings none of that name (as model.save)
             copy_other_files(dst, work, link=True)
         os.chmod(work, dst.stat().st_mode & 0o7777 if dst.is_dir() else new_folder_mode())
@@ -109,4 +113,6 @@ def run(args) -> int:
         shutil.rmtree(work_dir, ignore_errors=True)
     _note(f"wrote {args.dst} ({args.to}, {_size(dst)})" + (f"; from {args.src} also: {', '.join(copied)}"
                                                             if copied else ""))
+    if state:
+        _note(f"left out {args.src}'s training state ({', '.join(p.name for p in state)}): it resumes the run there")
     return 0

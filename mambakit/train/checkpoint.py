@@ -37,6 +37,20 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
 
 
+RNG_FILE = re.compile(r"^rng-rank\d+\.pt$")
+
+
+def training_state_files(folder) -> list[Path]:
+    """The files of a training checkpoint that only resuming reads (optimizer.pt, trainer.pt, the
+    rng-rank*.pt files, manifest.json); [] for a folder that is no training checkpoint (no manifest
+    and trainer.pt). What the model needs (config, weights, tokenizer files) is not among them."""
+    folder = Path(folder)
+    if not ((folder / MANIFEST).is_file() and (folder / "trainer.pt").is_file()):
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.name in (MANIFEST, "trainer.pt", "optimizer.pt") or RNG_FILE.match(p.name))
+
+
 def checkpoints_root(run_dir) -> Path:
     return Path(run_dir) / "checkpoints"
 

@@ -113,3 +113,19 @@ def test_activation_checkpointing_trains_the_same(tmp_path, corpus, tiny_config)
     fresh = tiny_config(tmp_path / "fresh", corpus, train={"activation_checkpointing": True})
     trainer = Trainer(TrainConfig.from_toml(fresh))
     assert trainer.model.activation_checkpointing is True  # the key reaches the model
+
+
+def test_convert_of_a_training_checkpoint_leaves_the_training_state(tmp_path, corpus, tiny_config, capsys):
+    # `mambakit convert` of checkpoints/step-N: the model and any tokenizer files, not the optimizer,
+    # trainer and RNG state nor a manifest the converted folder would no longer match
+    path = tiny_config(tmp_path, corpus, train={"steps": 1, "eval_every": 0}, checkpoint={"every": 0})
+    assert main(["train", path]) == 0
+    step = ckpt.final_dir(tmp_path / "run", 1)
+    assert {"optimizer.pt", "trainer.pt", "manifest.json", "rng-rank0.pt"} <= {p.name for p in step.iterdir()}
+    (step / "README.md").write_text("notes")  # a file of the user's: carried as before
+    capsys.readouterr()
+    assert main(["convert", str(step), str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    err = capsys.readouterr().err
+    assert "left out" in err and "optimizer.pt" in err
+    mambakit.load(tmp_path / "out")
