@@ -30,8 +30,14 @@ def read_config(path: Path) -> dict:
     if not cfg.exists():
         raise CheckpointError(f"{cfg}: missing; a checkpoint folder needs config.json")
     try:
-        raw = json.loads(cfg.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        text = cfg.read_text(encoding="utf-8")
+    except OSError as err:  # a folder of that name, no permission: the CLI's error, not a traceback
+        raise CheckpointError(f"{cfg}: cannot read it ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{cfg}: not valid JSON ({err})") from err
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
         raise CheckpointError(f"{cfg}: not valid JSON ({err})") from err
     if not isinstance(raw, dict):
         raise CheckpointError(f"{cfg}: expected a JSON object of config fields, got {type(raw).__name__}")

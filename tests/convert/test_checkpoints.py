@@ -399,3 +399,15 @@ def test_a_swap_that_fails_puts_the_old_checkpoint_back(tmp_path, monkeypatch):
     ids = torch.randint(0, 256, (1, 5))
     with torch.no_grad():
         assert torch.equal(mambakit.load(tmp_path / "ckpt")(ids), model(ids))
+
+
+def test_a_config_json_that_cannot_be_read_is_named(tmp_path, capsys):
+    # a folder named config.json (or one without read permission) was an IsADirectoryError traceback
+    from mambakit.cli import main
+    tiny_model("mamba2").save(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "config.json").unlink()
+    (tmp_path / "ckpt" / "config.json").mkdir()
+    with pytest.raises(CheckpointError, match="config.json: cannot read it"):
+        mambakit.load(tmp_path / "ckpt")
+    assert main(["generate", "--model", str(tmp_path / "ckpt"), "--prompt", "x", "--device", "cpu"]) != 0
+    assert "config.json: cannot read it" in capsys.readouterr().err
