@@ -69,8 +69,10 @@ def test_zero_new_tokens(capsys):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--model", "mamba2-tiny", "--prompt", "x", "--top-p", "1.5"], r"top_p must be in \(0, 1\]"),
-    (["--model", "mamba2-tiny", "--prompt", "x", "--max-new-tokens", "-1"], "max_new_tokens"),
+    # the library's checks, named by the command's flags
+    (["--model", "mamba2-tiny", "--prompt", "x", "--top-p", "1.5"], r"error: --top-p must be in \(0, 1\]"),
+    (["--model", "mamba2-tiny", "--prompt", "x", "--max-new-tokens", "-1"], "--max-new-tokens"),
+    (["--model", "mamba2-tiny", "--prompt", "x", "--repetition-penalty", "-1"], "error: --repetition-penalty must be"),
     (["--model", "mamba2-tiny", "--prompt", ""], "no tokens"),
     (["--model", "mamba2-tinyy", "--prompt", "x"], "neither an existing folder nor a preset"),
     (["--model", "mamba2-tiny", "--prompt", "x", "--tokenizer", "/no/such/file.json"], "no tokenizer file"),

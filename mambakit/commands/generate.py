@@ -11,6 +11,7 @@ noise; it shows the machinery and the speed).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
@@ -51,6 +52,10 @@ def _load(args, torch):
     return model, tokenizer, next(model.parameters()).device
 
 
+# generate()'s arguments that are flags of this command under the same name, dashed
+_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "prefill_chunk")
+
+
 def run(args) -> int:
     import torch
 
@@ -75,10 +80,15 @@ def run(args) -> int:
     eos = end_of_text_ids(tokenizer, model.config)
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    tokens = mambakit.stream(model, input_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                             top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                             eos_token_id=eos[0] if len(eos) == 1 else eos or None, generator=generator,
-                             prefill_chunk=args.prefill_chunk or None, cuda_graph=args.cuda_graph)
+    try:
+        tokens = mambakit.stream(model, input_ids, args.max_new_tokens, temperature=args.temperature,
+                                 top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                                 repetition_penalty=args.repetition_penalty,
+                                 eos_token_id=eos[0] if len(eos) == 1 else eos or None, generator=generator,
+                                 prefill_chunk=args.prefill_chunk or None, cuda_graph=args.cuda_graph)
+    except ValueError as err:  # the library's checks name its arguments; here they are the command's flags
+        raise ValueError(re.sub(r"\b(" + "|".join(_FLAGS) + r")\b",
+                                lambda m: "--" + m.group(1).replace("_", "-"), str(err))) from None
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
