@@ -250,9 +250,11 @@ def _tokenize(files, tokenizer, text_field, cache: Path, key: str) -> None:
 def split_point(tf: TokenFile, val_fraction: float) -> int:
     """Where validation starts: a document start near the cut when one is close, else the cut itself."""
     n = tf.n_tokens
-    want = int(round(n * val_fraction))
-    if want == 0:
+    if val_fraction == 0:
         return n
+    # a fraction asked for but rounding to no token still asks for validation: at least one token, so
+    # that a split too small for a row is the validation split's clear error, not silently no validation
+    want = max(1, int(round(n * val_fraction)))
     cut = n - want
     j = int(np.searchsorted(tf.doc_starts, cut))
     near = [int(tf.doc_starts[k]) for k in (j - 1, j) if 0 < k < len(tf.doc_starts)]

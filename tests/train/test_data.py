@@ -83,6 +83,10 @@ def test_seq_len_larger_than_data(tmp_path, corpus):
         D.TrainData(tf, seq_len=100_000, val_fraction=0.1, seed=0)
     with pytest.raises(ValueError, match="validation split .* raise data.val_fraction"):
         D.TrainData(tf, seq_len=4096, val_fraction=0.05, seed=0)
+    # a fraction so small it rounds to no token: the same error, not a run without validation
+    with pytest.raises(ValueError, match="validation split has 1 tokens .* raise data.val_fraction"):
+        D.TrainData(tf, seq_len=32, val_fraction=1e-9, seed=0)
+    assert D.TrainData(tf, seq_len=32, val_fraction=0.0, seed=0).val is None  # 0: no validation, as asked
 
 
 def _docs_folder(tmp_path, lengths):
