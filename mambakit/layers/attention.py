@@ -255,7 +255,10 @@ def _append_kv(state: dict, name: str, new: torch.Tensor, past: int) -> torch.Te
     need = past + new.shape[1]
     if buf is None or buf.shape[1] < need:
         capacity = need if buf is None or past == 0 else max(need, 2 * buf.shape[1])
-        grown = torch.empty((new.shape[0], capacity, *new.shape[2:]), dtype=state[name].dtype, device=new.device)
+        # A plain tensor even under inference_mode, as the cache's other states (allocated outside it):
+        # a later call outside inference_mode (torch.no_grad) writes into the buffer in place.
+        with torch.inference_mode(False):
+            grown = torch.empty((new.shape[0], capacity, *new.shape[2:]), dtype=state[name].dtype, device=new.device)
         if past:
             grown[:, :past] = state[name][:, :past]
         buf = state[f"{name}_buffer"] = grown

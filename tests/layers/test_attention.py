@@ -171,3 +171,22 @@ def test_decode_step_left_padding_mask_equals_general_one():
     step = _mask_left_padding(None, pad, 1, t + 1)
     assert step.shape == (3, 1, 1, t + 1) and torch.equal(step, general)
     assert torch.equal(step[:, 0, 0], torch.arange(t + 1)[None] >= pad[:, None])
+
+
+def test_kv_cache_grown_under_inference_mode_works_outside_it():
+    """Keys appended under torch.inference_mode (generate's steps) into a cache allocated outside it
+    can be followed by steps under torch.no_grad: the grown buffers must not be inference tensors."""
+    config, layer = make(4, 2, 0.5)
+    x = torch.randn(2, 9, 32, dtype=torch.float64)
+    full = layer(x)
+    cache = _cache(config, layer, 2)
+    outs = []
+    with torch.inference_mode():
+        for start, n in ((0, 5), (5, 1)):  # the step grows the buffer (doubling: room for 10 tokens)
+            outs.append(layer(x[:, start:start + n], cache=cache).clone())
+            cache.seqlen_offset += n
+    with torch.no_grad():
+        for start in (6, 7, 8):  # these fit in the buffer grown above: written in place
+            outs.append(layer(x[:, start:start + 1], cache=cache))
+            cache.seqlen_offset += 1
+    torch.testing.assert_close(torch.cat(outs, 1), full)
