@@ -19,11 +19,26 @@ import torch
 BLOCK_ELEMENTS = 1 << 22
 
 
+# Below this |dt A|, (exp(z) - 1) / z is its Taylor series to z^6 (remainder < |z|^7 / 8! < 1e-18).
+_SERIES_BELOW = 1e-2
+
+
+def _expm1_over(z: torch.Tensor) -> torch.Tensor:
+    """(exp(z) - 1) / z, with its limit 1 at z = 0, accurate in value and gradient near 0 (where the
+    quotient is 0/0, and its autograd derivative exp(z)/z - expm1(z)/z^2 cancels catastrophically)."""
+    small = z.abs() < _SERIES_BELOW
+    zq = torch.where(small, torch.ones_like(z), z)  # no 0/0 in either branch, so no NaN gradient
+    zs = torch.where(small, z, torch.zeros_like(z))
+    series = 1 + zs / 2 * (1 + zs / 3 * (1 + zs / 4 * (1 + zs / 5 * (1 + zs / 6 * (1 + zs / 7)))))
+    return torch.where(small, series, torch.expm1(zq) / zq)
+
+
 def discretize_zoh(A: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-order hold with B = 1. A (e, n) real or complex, dt (e,) > 0 ->
-    dtA = dt A (the log of dA = exp(dt A)) and dB = (exp(dt A) - 1) / A, both (e, n)."""
+    dtA = dt A (the log of dA = exp(dt A)) and dB = (exp(dt A) - 1) / A = dt (exp(dtA) - 1) / dtA,
+    both (e, n); dB -> dt as dt A -> 0 (A = 0 is the integrator)."""
     dtA = dt[:, None] * A
-    return dtA, torch.expm1(dtA) / A
+    return dtA, dt[:, None] * _expm1_over(dtA)
 
 
 def time_blocks(e: int, n: int, l: int):
