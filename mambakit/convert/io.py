@@ -169,13 +169,15 @@ def load_checked(config, state: dict, path: Path, dtype=None, device=None, where
     return model.eval()
 
 
-KEPT_FP32 = ("A_log", "D")  # parameter names that a cast to a 16-bit dtype leaves in fp32
+# parameter names that a cast to a 16-bit dtype leaves in fp32; S4D's log_dt and A_imag too: bf16's
+# spacing of 1/32 at log_dt ~ -4.6 and of 1/2 at A_imag = pi n ~ 97 moved its kernels by up to 65%
+KEPT_FP32 = ("A_log", "D", "log_dt", "A_imag")
 
 
 def cast_keeping_fp32(model, dtype: torch.dtype):
     """model.to(dtype), except parameters named in KEPT_FP32, which stay at least fp32: the decays
     exp(dt A) are sensitive to A's rounding (mamba_ssm keeps Mamba-1's A_log and D, and Mamba-2's D,
-    in fp32). Code that needs one dtype for every parameter (FSDP) calls model.to(dtype) after."""
+    in fp32; S4D's step sizes and frequencies likewise). Code that needs one dtype for every parameter (FSDP) calls model.to(dtype) after."""
     keep = dtype if torch.finfo(dtype).bits >= 32 else torch.float32
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):

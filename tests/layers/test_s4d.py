@@ -261,8 +261,6 @@ def test_zoh_limit_small_dt_A(complex_):
         torch.testing.assert_close(A.grad.to(ref.dtype), A64.grad, **tol)
 
 
-@pytest.mark.xfail(strict=True, reason="convert/io.py KEPT_FP32 keeps only A_log and D in fp32: S4D's log_dt and "
-                                       "A_imag are rounded to bf16 (a one-line fix there, outside the S4D files)")
 def test_bf16_load_keeps_the_s4d_kernel():
     """mambakit.load(..., dtype=torch.bfloat16) (and eval's model loading) casts with cast_keeping_fp32:
     the S4D kernel should move by about the bf16 rounding of C (~0.3%), not by the rounding of the
