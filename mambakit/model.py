@@ -135,6 +135,10 @@ class LM(nn.Module):
         total = l + (cache.seqlen_offset if cache is not None else 0)
         if limit is not None and total > limit:
             raise ValueError(f"sequence of {total} tokens is longer than this model's limit of {limit}")
+        capacity = cache.capacity if cache is not None else None
+        if capacity is not None and total > capacity:  # here, before any layer (a hybrid's SSM states) moves
+            raise ValueError(f"{total} tokens exceed the static KV cache's capacity of {capacity} "
+                             f"({cache.seqlen_offset} cached + {l} new); allocate the cache with a larger capacity")
         if seq_idx is not None:
             check_seq_idx(seq_idx, b, l)
 
