@@ -97,22 +97,28 @@ def _bpe_folder(tmp_path):
     return tok
 
 
-def test_eos_ends_the_text_without_being_printed(capsys, tmp_path, monkeypatch):
+def _generate_writing(capsys, folder, monkeypatch, token_ids):
+    """`mambakit generate` on the model in `folder` whose stream "writes" token_ids -> (rc, stdout, the
+    eos_token_id the command gave the stream)."""
     import torch
-    tok = _bpe_folder(tmp_path)
-    eos = tok.token_to_id("<|endoftext|>")
-    word = tok.encode("hello").ids
     seen = {}
 
-    def fake_stream(model, input_ids, max_new_tokens, **kw):  # the model "writes" hello, then eos
+    def fake_stream(model, input_ids, max_new_tokens, **kw):
         seen["eos"] = kw["eos_token_id"]
-        for t in [*word, eos, *word]:
+        for t in token_ids:
             yield torch.tensor([t])
 
     monkeypatch.setattr(mambakit, "stream", fake_stream)
-    rc, out, err = run(capsys, "--model", str(tmp_path), "--prompt", "general ", "--max-new-tokens", "9",
-                       "--device", "cpu")
-    assert rc == 0 and seen["eos"] == eos
+    rc, out, _ = run(capsys, "--model", str(folder), "--prompt", "general ", "--max-new-tokens", "9", "--device", "cpu")
+    return rc, out, seen.get("eos")
+
+
+def test_eos_ends_the_text_without_being_printed(capsys, tmp_path, monkeypatch):
+    tok = _bpe_folder(tmp_path)
+    eos = tok.token_to_id("<|endoftext|>")
+    word = tok.encode("hello").ids
+    rc, out, seen_eos = _generate_writing(capsys, tmp_path, monkeypatch, [*word, eos, *word])  # hello, eos, hello
+    assert rc == 0 and seen_eos == eos
     assert out == "general hello\n", out  # neither "<|endoftext|>" nor what came after it
 
 
@@ -186,7 +192,6 @@ def test_end_of_text_from_the_checkpoint_config(tmp_path):
 def test_every_end_of_text_id_of_the_checkpoint_ends_the_text(capsys, tmp_path, monkeypatch):
     """A config listing several end-of-text ids (Llama 3 instruct: end_of_text, eom, eot) ends the text
     at any of them, as transformers' generate does, not only at the tokenizer's one."""
-    import torch
     tok = _bpe_folder(tmp_path)
     eos = tok.token_to_id("<|endoftext|>")  # the tokenizer's end of text (its guess)
     other = tok.encode("mamba").ids[0]  # a second end-of-text id of the checkpoint
@@ -194,15 +199,6 @@ def test_every_end_of_text_id_of_the_checkpoint_ends_the_text(capsys, tmp_path, 
                                               token_ids={"eos_token_id": [eos, other]})
     mambakit.LM(config).save(tmp_path)
     word = tok.encode("hello").ids
-    seen = {}
-
-    def fake_stream(model, input_ids, max_new_tokens, **kw):  # the model "writes" hello, the other eos, hello
-        seen["eos"] = kw["eos_token_id"]
-        for t in [*word, other, *word]:
-            yield torch.tensor([t])
-
-    monkeypatch.setattr(mambakit, "stream", fake_stream)
-    rc, out, err = run(capsys, "--model", str(tmp_path), "--prompt", "general ", "--max-new-tokens", "9",
-                       "--device", "cpu")
-    assert rc == 0 and sorted(seen["eos"]) == sorted([eos, other]), seen
+    rc, out, seen_eos = _generate_writing(capsys, tmp_path, monkeypatch, [*word, other, *word])
+    assert rc == 0 and sorted(seen_eos) == sorted([eos, other]), seen_eos
     assert out == "general hello\n", out
