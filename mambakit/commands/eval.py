@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("needle", help="needle-in-a-haystack accuracy over context length x depth, with a heatmap")
     _model_options(p, required=False)
-    p.add_argument("--lengths", default="256,512,1024", help="context lengths in tokens, comma-separated")
+    p.add_argument("--lengths", default="512,1024,2048", help="context lengths in tokens, comma-separated "
+                   "(default 512,1024,2048: every template fits 512 even in bytes)")
     p.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="needle depths in [0, 1], comma-separated")
     p.add_argument("--examples", type=int, default=8, help="examples per cell (default 8)")
     p.add_argument("--template", default="ruler", help="ruler, phonebook or phonebook-reversed")

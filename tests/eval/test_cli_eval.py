@@ -62,6 +62,15 @@ def test_needle_command_and_plot(capsys, tmp_path):
         assert rc == 2 and f in err and match in err, err
 
 
+def test_needle_default_lengths_fit_the_default_template_in_bytes(capsys):
+    # the default --lengths with the default (ruler) template on a byte-tokenizer model: its shortest
+    # prompt is 333 bytes, and a default length of 256 stopped the command with "too short"
+    rc, out, err = run(capsys, "needle", "--model", "mamba2-tiny", "--device", "cpu", "--no-progress",
+                       "--depths", "0.5", "--examples", "1")
+    assert rc == 0 and "mean accuracy" in out, err
+    assert out.splitlines()[1].split() == ["depth", "512", "1024", "2048"]
+
+
 def test_errors(capsys, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0, "subject": "s"}\n'
