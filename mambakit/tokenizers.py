@@ -304,6 +304,19 @@ def _special_tokens(folder: Path) -> dict:
     return found
 
 
+def check_text(where: str, field: str, value) -> None:
+    """ValueError naming where and field if value (a str or a list of them) holds a lone UTF-16
+    surrogate: JSON's \\ud83d escape of half a character (an emoji cut in two) reads as a str that
+    no UTF-8 encoder takes, so every tokenizer failed on it later, naming no file or line."""
+    for text in [value] if isinstance(value, str) else value:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"{where}: field {field!r} holds {text[err.start]!r}, half of a UTF-16 surrogate "
+                             "pair (the JSON escape of a cut character, e.g. an emoji split in two): no text that "
+                             "UTF-8 can encode; mend or drop the line") from None
+
+
 def end_of_text_ids(tokenizer: Tokenizer, config) -> list[int]:
     """The ids that end a text: the tokenizer's end-of-text id, then those of the checkpoint's config
     (its eos_token_id may list several, as Llama 3 instruct's end_of_text, eom and eot), each once and

@@ -16,6 +16,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..tokenizers import check_text
+
 QUESTION_FIELDS = ("question", "choices", "answer", "subject")
 LETTERS = string.ascii_uppercase
 
@@ -52,19 +54,6 @@ def read_jsonl(path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
                                  f"{', '.join(repr(m) for m in missing)} (each line needs {', '.join(required)})")
             rows.append((lineno, record))
     return rows
-
-
-def check_text(where: str, field: str, value) -> None:
-    """ValueError naming where and field if value (a str or a list of them) holds a lone UTF-16
-    surrogate: JSON's \\ud83d escape of half a character (an emoji cut in two) reads as a str that
-    no UTF-8 encoder takes, so every tokenizer failed on it later, naming no file or line."""
-    for text in [value] if isinstance(value, str) else value:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise ValueError(f"{where}: field {field!r} holds {text[err.start]!r}, half of a UTF-16 surrogate "
-                             "pair (the JSON escape of a cut character, e.g. an emoji split in two): no text that "
-                             "UTF-8 can encode; mend or drop the line") from None
 
 
 @dataclass(frozen=True)
@@ -156,7 +145,7 @@ def load_model(spec, tokenizer=None, device="auto", dtype="auto", seed: int = 0)
     import mambakit
     from mambakit.convert.io import cast_keeping_fp32
     from mambakit.placement import resolve_device, resolve_dtype
-    from mambakit.tokenizers import load_tokenizer
+    from mambakit.tokenizers import end_of_text_ids, load_tokenizer
 
     notes = []
     if device == "auto" or device is None:
@@ -176,9 +165,9 @@ def load_model(spec, tokenizer=None, device="auto", dtype="auto", seed: int = 0)
                 notes.append(f"{path} has no tokenizer.json; using the byte tokenizer (pass a tokenizer to choose one)")
         tok = load_tokenizer(tokenizer)
         model = mambakit.load(path, dtype=dtype, device=device)
-        eos = model.config.token_ids.get("eos_token_id")
-        eos = eos[0] if isinstance(eos, list) else eos
-        if getattr(tok, "eos_token_id", 0) is None and eos is not None and eos < tok.vocab_size:
+        eos = end_of_text_ids(tok, model.config) if getattr(tok, "eos_token_id", 0) is None else []
+        eos = next((i for i in eos if i < tok.vocab_size), None)
+        if eos is not None:
             # tokenizer files that name no end-of-text token: the checkpoint's config.json may (else
             # generation would run to max_tokens)
             tok.eos_token_id = eos

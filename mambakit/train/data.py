@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..tokenizers import check_text
+
 IGNORE_INDEX = -100
 FORMAT_VERSION = 1
 
@@ -148,13 +150,8 @@ def iter_documents(path: Path, text_field: str):
             else:
                 raise ValueError(f"{path}:{lineno}: expected a string or an object with a string field "
                                  f"{text_field!r} (data.text_field)")
-            try:
-                raw = text.encode("utf-8")
-            except UnicodeEncodeError as err:  # JSON's \ud83d: half a UTF-16 pair, a cut character
-                raise ValueError(f"{path}:{lineno}: field {text_field!r} holds {text[err.start]!r}, half of a "
-                                 "UTF-16 surrogate pair (the JSON escape of a cut character, e.g. an emoji split "
-                                 "in two): no text that UTF-8 can encode; mend or drop the line") from None
-            yield raw
+            check_text(f"{path}:{lineno}", text_field, text)
+            yield text.encode("utf-8")
 
 
 # --- the token file ------------------------------------------------------------------------------------
